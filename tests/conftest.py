@@ -1,0 +1,33 @@
+"""Shared fixtures: paths to the shared golden data and seeded generators."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+GOLDEN = SHARED / "data" / "golden"
+BAV = SHARED / "data" / "bav_ncsn_1984"
+
+
+@pytest.fixture
+def golden_dir() -> Path:
+    if not GOLDEN.is_dir():
+        pytest.fail(f"golden data folder not found at {GOLDEN}")
+    return GOLDEN
+
+
+@pytest.fixture
+def bav_dir() -> Path:
+    if not BAV.is_dir():
+        pytest.fail(f"BAV waveform folder not found at {BAV}")
+    return BAV
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    seed = 20181
+    print(f"rng seed {seed} for {request.node.name}")
+    return np.random.default_rng(seed)
