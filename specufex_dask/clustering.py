@@ -1,0 +1,178 @@
+"""k-means clustering of SpecUFEx fingerprints, optionally after PCA.
+
+The fingerprints of an archive (``fingerprint`` (event, state, next_state)) are flattened
+to one row of ``n_states**2`` features per event, optionally projected on their first
+principal components, and grouped by k-means. Everything is seeded, so the same archive
+and settings always give the same labels. scikit-learn is an optional extra
+(``pip install "specufex-dask[cluster]"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+from numpy.typing import NDArray
+
+__all__ = ["ClusteringResult", "cluster_fingerprints", "fingerprint_features"]
+
+CLUSTER = "cluster"
+
+
+@dataclass(frozen=True)
+class ClusteringResult:
+    """Labels and diagnostics of one clustering.
+
+    Attributes
+    ----------
+    labels : xarray.DataArray of int64, dims (event,)
+        Cluster of every event, 0 to ``n_clusters - 1``, named ``cluster``.
+    centers : ndarray of shape (n_clusters, n_features)
+        Cluster centres in the clustered space (PCA scores when PCA was used).
+    inertia : float
+        Sum of squared distances of the events to their centre.
+    explained_variance_ratio : ndarray of shape (pca_components,) or None
+        Variance fraction of each principal component kept; None without PCA.
+    """
+
+    labels: xr.DataArray
+    centers: NDArray[np.float64]
+    inertia: float
+    explained_variance_ratio: NDArray[np.float64] | None
+
+
+def _import_sklearn():
+    try:
+        import sklearn.cluster
+        import sklearn.decomposition
+    except ImportError as error:  # pragma: no cover - depends on the installation
+        raise ImportError(
+            'clustering needs scikit-learn: pip install "specufex-dask[cluster]"'
+        ) from error
+    return sklearn.cluster, sklearn.decomposition
+
+
+def fingerprint_features(fingerprint: xr.DataArray) -> NDArray[np.float64]:
+    """Flatten fingerprints to one feature row per event.
+
+    Parameters
+    ----------
+    fingerprint : xarray.DataArray, dims (event, state, next_state)
+        The archive's ``fingerprint`` variable (may be lazy).
+
+    Returns
+    -------
+    ndarray of shape (n_events, n_states * n_states), float64
+        Row ``i`` is ``fingerprint[i]`` in row-major order.
+
+    Raises
+    ------
+    ValueError
+        If the dimensions differ from (event, state, next_state) or a value is not finite
+        (the message lists the events concerned).
+    """
+    expected_dims = ("event", "state", "next_state")
+    if tuple(fingerprint.dims) != expected_dims:
+        raise ValueError(
+            f"fingerprint must have dims {expected_dims}, got {tuple(fingerprint.dims)}"
+        )
+    values = np.asarray(fingerprint.values, dtype=np.float64)
+    features = values.reshape(values.shape[0], -1)
+    bad_rows = ~np.isfinite(features).all(axis=1)
+    if bad_rows.any():
+        bad_events = [str(e) for e in fingerprint["event"].values[bad_rows][:10]]
+        raise ValueError(
+            f"fingerprint holds NaN or infinite values for {int(bad_rows.sum())} event(s): "
+            f"{', '.join(bad_events)}"
+        )
+    return features
+
+
+def cluster_fingerprints(
+    fingerprint: xr.DataArray,
+    n_clusters: int,
+    *,
+    pca_components: int | None = None,
+    random_state: int = 0,
+    n_init: int = 10,
+) -> ClusteringResult:
+    """Group events by k-means on their fingerprints.
+
+    Parameters
+    ----------
+    fingerprint : xarray.DataArray, dims (event, state, next_state)
+        Fingerprints, e.g. ``xarray.open_zarr(archive)["fingerprint"]``.
+    n_clusters : int
+        Number of clusters, at most the number of events.
+    pca_components : int, optional
+        When given, k-means runs on this many principal components of the flattened
+        fingerprints (at most ``min(n_events, n_states**2)``).
+    random_state : int, default=0
+        Seed of the PCA solver and of the k-means initialisation.
+    n_init : int, default=10
+        k-means restarts; the run with the lowest inertia is kept.
+
+    Returns
+    -------
+    ClusteringResult
+        Labels named ``cluster`` on the ``event`` coordinate, with the settings in their
+        attributes, plus centres, inertia and PCA explained variance.
+
+    Raises
+    ------
+    ValueError
+        For impossible sizes or non-finite fingerprints.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> values = np.zeros((4, 2, 2))
+    >>> values[2:] = 1.0
+    >>> fingerprint = xr.DataArray(values, dims=("event", "state", "next_state"),
+    ...                            coords={"event": ["a", "b", "c", "d"]})
+    >>> labels = cluster_fingerprints(fingerprint, 2).labels
+    >>> bool(labels[0] == labels[1]) and bool(labels[0] != labels[2])
+    True
+    """
+    cluster_module, decomposition_module = _import_sklearn()
+    features = fingerprint_features(fingerprint)
+    n_events, n_features = features.shape
+    if not 1 <= n_clusters <= n_events:
+        raise ValueError(
+            f"n_clusters must be between 1 and the number of events ({n_events}), got {n_clusters}"
+        )
+    explained_variance_ratio = None
+    if pca_components is not None:
+        largest = min(n_events, n_features)
+        if not 1 <= pca_components <= largest:
+            raise ValueError(
+                f"pca_components must be between 1 and min(n_events, n_states**2) = "
+                f"{largest}, got {pca_components}"
+            )
+        pca = decomposition_module.PCA(n_components=pca_components, random_state=random_state)
+        features = pca.fit_transform(features)
+        explained_variance_ratio = np.asarray(pca.explained_variance_ratio_, dtype=np.float64)
+    kmeans = cluster_module.KMeans(n_clusters=n_clusters, n_init=n_init, random_state=random_state)
+    labels = kmeans.fit_predict(features).astype(np.int64)
+    label_array = xr.DataArray(
+        labels,
+        dims=("event",),
+        coords={"event": fingerprint["event"].values},
+        name=CLUSTER,
+        attrs={
+            "long_name": "k-means cluster of the fingerprint",
+            "n_clusters": int(n_clusters),
+            "random_state": int(random_state),
+            "n_init": int(n_init),
+            "inertia": float(kmeans.inertia_),
+        },
+    )
+    if pca_components is not None:
+        label_array.attrs["pca_components"] = int(pca_components)
+    return ClusteringResult(
+        labels=label_array,
+        centers=np.asarray(kmeans.cluster_centers_, dtype=np.float64),
+        inertia=float(kmeans.inertia_),
+        explained_variance_ratio=explained_variance_ratio,
+    )

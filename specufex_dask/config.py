@@ -1,0 +1,521 @@
+"""Configuration of the ``specufex-dask`` command line.
+
+A configuration is a tree of frozen dataclasses whose sections mirror the SpecUFEx
+workflows: ``spectrograms`` (waveform preprocessing), ``nmf`` and ``hmm`` (the two fits),
+``fit`` (settings shared by both fits), ``clustering`` (k-means on fingerprints),
+``plot`` (figures) and ``cluster`` (the Dask cluster that does the work).
+
+Values come from the dataclass defaults, then a YAML file, then command-line flags; each
+layer overrides the one before. Every layer is checked the same way: an unknown section or
+key, or a value of the wrong type or out of range, raises one :class:`ConfigError` naming
+the key (``nmf.num_pat``) and where it came from.
+
+Examples
+--------
+>>> config = merge_config(Config(), {"nmf": {"num_pat": 30}}, source="flags")
+>>> config.nmf.num_pat
+30
+>>> merge_config(config, {"nmf": {"num_pattern": 30}})  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+specufex_dask.config.ConfigError: unknown key 'nmf.num_pattern' in overrides; ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "ClusterConfig",
+    "ClusteringConfig",
+    "Config",
+    "ConfigError",
+    "FitConfig",
+    "HMMConfig",
+    "NMFConfig",
+    "PlotConfig",
+    "SpectrogramConfig",
+    "config_from_mapping",
+    "config_to_json",
+    "load_config",
+    "merge_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag names an unknown key or holds an invalid value."""
+
+
+@dataclass(frozen=True)
+class SpectrogramConfig:
+    """Waveform preprocessing (ALGORITHM.md section 4).
+
+    Attributes
+    ----------
+    fs : float, default=100.0
+        Sampling rate the waveforms must have, in Hz.
+    window_s : float, default=1.0
+        Length of one spectrogram window, in seconds.
+    overlap : float, default=0.25
+        Overlap of consecutive windows as a fraction of the window, in [0, 1).
+    nfft : int, default=2000
+        FFT length (zero padding beyond the window).
+    fmin, fmax : float, default=8.0, 20.0
+        Frequency band kept, in Hz.
+    normalize_waveform : bool, default=True
+        Demean and divide each waveform by its largest absolute sample.
+    n_samples : int or None, default=2000
+        Number of samples taken from each waveform; None keeps every sample (all
+        waveforms must then have the same length).
+    events_per_chunk : int or None, default=None
+        Events per Zarr chunk of the archive; None lets the ingest choose.
+    """
+
+    fs: float = 100.0
+    window_s: float = 1.0
+    overlap: float = 0.25
+    nfft: int = 2000
+    fmin: float = 8.0
+    fmax: float = 20.0
+    normalize_waveform: bool = True
+    n_samples: int | None = 2000
+    events_per_chunk: int | None = None
+
+    def _check(self, name: str) -> None:
+        _require(self.fs > 0, f"{name}.fs", self.fs, "> 0")
+        _require(self.window_s > 0, f"{name}.window_s", self.window_s, "> 0")
+        _require(0 <= self.overlap < 1, f"{name}.overlap", self.overlap, "in [0, 1)")
+        _require(self.nfft >= 1, f"{name}.nfft", self.nfft, ">= 1")
+        _require(self.fmin >= 0, f"{name}.fmin", self.fmin, ">= 0")
+        _require(self.fmax > self.fmin, f"{name}.fmax", self.fmax, f"> fmin ({self.fmin})")
+        window_samples = self.window_s * self.fs
+        _require(
+            self.nfft >= window_samples,
+            f"{name}.nfft",
+            self.nfft,
+            f">= window_s * fs ({window_samples:g} samples)",
+        )
+        if self.n_samples is not None:
+            _require(
+                self.n_samples >= window_samples,
+                f"{name}.n_samples",
+                self.n_samples,
+                f">= window_s * fs ({window_samples:g} samples)",
+            )
+        if self.events_per_chunk is not None:
+            _require(
+                self.events_per_chunk >= 1,
+                f"{name}.events_per_chunk",
+                self.events_per_chunk,
+                ">= 1",
+            )
+
+
+@dataclass(frozen=True)
+class NMFConfig:
+    """Bayesian nonparametric NMF fit (the SpecUFEx dictionary).
+
+    Attributes
+    ----------
+    num_pat : int, default=75
+        Number of patterns the fit starts with; unused patterns are pruned.
+    steps : int, default=200
+        Stochastic variational inference (SVI) steps.
+    batch_size : int, default=64
+        Spectrograms per SVI step.
+    tol : float or None, default=1e-4
+        Stop early when the relative ELBO change falls below this; None runs every step.
+    """
+
+    num_pat: int = 75
+    steps: int = 200
+    batch_size: int = 64
+    tol: float | None = 1e-4
+
+    def _check(self, name: str) -> None:
+        _require(self.num_pat >= 1, f"{name}.num_pat", self.num_pat, ">= 1")
+        _require(self.steps >= 1, f"{name}.steps", self.steps, ">= 1")
+        _require(self.batch_size >= 1, f"{name}.batch_size", self.batch_size, ">= 1")
+        if self.tol is not None:
+            _require(self.tol >= 0, f"{name}.tol", self.tol, ">= 0")
+
+
+@dataclass(frozen=True)
+class HMMConfig:
+    """Bayesian HMM fit on the NMF activations (the SpecUFEx fingerprints).
+
+    Attributes
+    ----------
+    num_state : int, default=15
+        Number of hidden states.
+    steps : int, default=200
+        SVI steps.
+    """
+
+    num_state: int = 15
+    steps: int = 200
+
+    def _check(self, name: str) -> None:
+        _require(self.num_state >= 1, f"{name}.num_state", self.num_state, ">= 1")
+        _require(self.steps >= 1, f"{name}.steps", self.steps, ">= 1")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Settings shared by the NMF and HMM fits.
+
+    Attributes
+    ----------
+    compat : {"default", "specufex"}, default="default"
+        "specufex" reproduces the reference implementation's numerics.
+    random_state : int, default=0
+        Seed of every random choice of the fit.
+    checkpoint_every : int, default=10
+        SVI steps between checkpoints written into the archive.
+    """
+
+    compat: Literal["default", "specufex"] = "default"
+    random_state: int = 0
+    checkpoint_every: int = 10
+
+    def _check(self, name: str) -> None:
+        _require(self.random_state >= 0, f"{name}.random_state", self.random_state, ">= 0")
+        _require(
+            self.checkpoint_every >= 1, f"{name}.checkpoint_every", self.checkpoint_every, ">= 1"
+        )
+
+
+@dataclass(frozen=True)
+class ClusteringConfig:
+    """k-means on the fingerprints, optionally after PCA.
+
+    Attributes
+    ----------
+    n_clusters : int, default=3
+        Number of k-means clusters.
+    pca_components : int or None, default=None
+        Principal components kept before k-means; None clusters the raw fingerprints.
+    random_state : int, default=0
+        Seed of the PCA solver and of the k-means initialisation.
+    n_init : int, default=10
+        k-means restarts; the best one (lowest inertia) is kept.
+    """
+
+    n_clusters: int = 3
+    pca_components: int | None = None
+    random_state: int = 0
+    n_init: int = 10
+
+    def _check(self, name: str) -> None:
+        _require(self.n_clusters >= 1, f"{name}.n_clusters", self.n_clusters, ">= 1")
+        if self.pca_components is not None:
+            _require(
+                self.pca_components >= 1, f"{name}.pca_components", self.pca_components, ">= 1"
+            )
+        _require(self.random_state >= 0, f"{name}.random_state", self.random_state, ">= 0")
+        _require(self.n_init >= 1, f"{name}.n_init", self.n_init, ">= 1")
+
+
+@dataclass(frozen=True)
+class PlotConfig:
+    """Figures written by ``specufex-dask plot``.
+
+    Attributes
+    ----------
+    events : list of str or None, default=None
+        Event ids drawn one by one; None takes the first ``n_events``.
+    n_events : int, default=3
+        Number of events drawn when ``events`` is None.
+    dpi : int, default=120
+        Resolution of the PNG files.
+    """
+
+    events: list[str] | None = None
+    n_events: int = 3
+    dpi: int = 120
+
+    def _check(self, name: str) -> None:
+        _require(self.n_events >= 1, f"{name}.n_events", self.n_events, ">= 1")
+        _require(self.dpi >= 10, f"{name}.dpi", self.dpi, ">= 10")
+        if self.events is not None:
+            _require(len(self.events) >= 1, f"{name}.events", self.events, "not empty")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The Dask cluster that runs the work.
+
+    Attributes
+    ----------
+    scheduler : str or None, default=None
+        Address of an existing Dask scheduler (``tcp://host:8786``); when set, no
+        cluster is started and ``kind``, ``workers``... are not used.
+    kind : {"local", "slurm", "pbs"}, default="local"
+        Cluster started when no scheduler is given.
+    workers : int or None, default=None
+        Number of workers (local) or jobs (slurm/pbs); None lets Dask choose.
+    threads_per_worker : int or None, default=None
+        Threads per worker.
+    memory_limit : str or None, default=None
+        Memory per worker, e.g. "4GB".
+    jobqueue : dict, default={}
+        Keyword arguments for the dask-jobqueue cluster (queue, account, walltime, ...).
+    security : dict, default={}
+        Keyword arguments for ``distributed.security.Security`` (TLS files).
+    """
+
+    scheduler: str | None = None
+    kind: Literal["local", "slurm", "pbs"] = "local"
+    workers: int | None = None
+    threads_per_worker: int | None = None
+    memory_limit: str | None = None
+    jobqueue: dict[str, Any] = field(default_factory=dict)
+    security: dict[str, Any] = field(default_factory=dict)
+
+    def _check(self, name: str) -> None:
+        if self.workers is not None:
+            _require(self.workers >= 1, f"{name}.workers", self.workers, ">= 1")
+        if self.threads_per_worker is not None:
+            _require(
+                self.threads_per_worker >= 1,
+                f"{name}.threads_per_worker",
+                self.threads_per_worker,
+                ">= 1",
+            )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration: one attribute per section of the YAML file."""
+
+    spectrograms: SpectrogramConfig = field(default_factory=SpectrogramConfig)
+    nmf: NMFConfig = field(default_factory=NMFConfig)
+    hmm: HMMConfig = field(default_factory=HMMConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    plot: PlotConfig = field(default_factory=PlotConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict of every section (JSON and YAML serialisable)."""
+        return dataclasses.asdict(self)
+
+
+def _require(condition: bool, key: str, value: Any, expected: str) -> None:
+    if not condition:
+        raise ConfigError(f"invalid value {value!r} for '{key}': expected {expected}")
+
+
+def section_types() -> dict[str, type]:
+    """Map each section name of :class:`Config` to its dataclass."""
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """Return ``value`` converted to ``annotation`` or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        candidates = [a for a in args if a is not type(None)]
+        errors = []
+        for candidate in candidates:
+            try:
+                return _coerce(value, candidate, key, source)
+            except ConfigError as error:
+                errors.append(error)
+        raise errors[0]
+    if origin is Literal:
+        if value in args:
+            return value
+        choices = ", ".join(repr(a) for a in args)
+        raise ConfigError(
+            f"invalid value {value!r} for '{key}' in {source}: expected one of {choices}"
+        )
+    expected = _type_name(annotation)
+    # bool is an int subclass; YAML's "yes"/"true" must not become a count of 1.
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isfinite(value):
+                return float(value)
+            expected = "a finite number"
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        (item_type,) = args
+        if isinstance(value, str) and item_type is str:
+            # A comma-separated string is the natural flag form of a list of ids.
+            value = [item for item in value.split(",") if item]
+        if isinstance(value, (list, tuple)):
+            return [
+                _coerce(item, item_type, f"{key}[{i}]", source) for i, item in enumerate(value)
+            ]
+    elif origin is dict:
+        if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+            return dict(value)
+    else:  # pragma: no cover - only reached if a new field type is added without support
+        raise TypeError(f"unsupported configuration type {annotation!r} for {key}")
+    raise ConfigError(
+        f"wrong type for '{key}' in {source}: expected {expected}, got "
+        f"{type(value).__name__} {value!r}"
+    )
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        annotation, str(annotation)
+    )
+
+
+def _updated_section(section: Any, name: str, values: Mapping[str, Any], source: str) -> Any:
+    """Return a copy of one section dataclass with ``values`` applied and checked."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(
+            f"section '{name}' in {source} must be a mapping of keys to values, got "
+            f"{type(values).__name__} {values!r}"
+        )
+    hints = typing.get_type_hints(type(section))
+    known = sorted(hints)
+    changes = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(
+                f"unknown key '{name}.{key}' in {source}; known keys of '{name}': "
+                f"{', '.join(known)}"
+            )
+        changes[key] = _coerce(value, hints[key], f"{name}.{key}", source)
+    updated = dataclasses.replace(section, **changes)
+    try:
+        updated._check(name)
+    except ConfigError as error:
+        raise ConfigError(f"{error} (in {source})") from None
+    return updated
+
+
+def merge_config(
+    config: Config, overrides: Mapping[str, Mapping[str, Any]], *, source: str = "overrides"
+) -> Config:
+    """Return ``config`` with ``overrides`` applied on top.
+
+    Parameters
+    ----------
+    config : Config
+        The configuration to start from.
+    overrides : mapping of section name to mapping of key to value
+        New values; a key absent from its section keeps the value of ``config``.
+    source : str, default="overrides"
+        Where the overrides come from (a file name, "flags"); quoted in error messages.
+
+    Returns
+    -------
+    Config
+        A new, validated configuration.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown section or key, a value of the wrong type, or a value out of range.
+    """
+    sections = section_types()
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(
+            f"{source} must be a mapping of sections ({', '.join(sections)}), got "
+            f"{type(overrides).__name__}"
+        )
+    changes = {}
+    for name, values in overrides.items():
+        if name not in sections:
+            raise ConfigError(
+                f"unknown section '{name}' in {source}; known sections: {', '.join(sections)}"
+            )
+        changes[name] = _updated_section(getattr(config, name), name, values, source)
+    merged = dataclasses.replace(config, **changes)
+    _check_across_sections(merged, source)
+    return merged
+
+
+def _check_across_sections(config: Config, source: str) -> None:
+    if config.cluster.scheduler is not None and config.cluster.kind != "local":
+        raise ConfigError(
+            f"'cluster.scheduler' ({config.cluster.scheduler!r}) and 'cluster.kind' "
+            f"({config.cluster.kind!r}) both set in {source}: give one of them"
+        )
+
+
+def config_from_mapping(mapping: Mapping[str, Any] | None, *, source: str = "mapping") -> Config:
+    """Build a validated :class:`Config` from nested mappings (a parsed YAML document).
+
+    ``None`` (an empty YAML file) gives the defaults.
+    """
+    if mapping is None:
+        return Config()
+    return merge_config(Config(), mapping, source=source)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML configuration file.
+
+    Parameters
+    ----------
+    path : str or Path
+        YAML file whose top-level keys are sections of :class:`Config`.
+
+    Returns
+    -------
+    Config
+        The defaults overridden by the file, validated.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, is not valid YAML, or holds an unknown key or bad value.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read configuration file {path}: {error.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"configuration file {path} is not valid YAML: {error}") from None
+    return config_from_mapping(document, source=str(path))
+
+
+def config_to_json(config: Config, sections: list[str] | None = None) -> str:
+    """Serialise ``config`` (or only ``sections`` of it) as a JSON string, keys sorted."""
+    everything = config.to_dict()
+    if sections is not None:
+        everything = {name: everything[name] for name in sections}
+    return json.dumps(everything, sort_keys=True)
+
+
+def config_to_yaml(config: Config) -> str:
+    """Serialise ``config`` as a YAML document that :func:`load_config` reads back."""
+    import yaml
+
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
