@@ -1,0 +1,846 @@
+"""The specufex-dask archive: one Zarr (format 3) group of spectrograms and results.
+
+The schema is the shared contract of /work/notes/ARCHIVE.md:
+
+- ``spectrogram`` (event, frequency, time), float32 or float64, chunked along ``event`` only;
+- coordinates ``event`` (unique str ids), ``frequency`` (Hz), ``time`` (s) and per-event
+  metadata on ``event`` (``starttime``, ``network``, ``station``, ``location``, ``channel``,
+  ``source``, ``median``);
+- attributes ``specufex_dask_archive_version``, ``spectrogram_parameters`` (JSON) and
+  ``created_with``;
+- the table of rejected inputs: dimension ``rejected`` with ``rejected_source``,
+  ``rejected_reason`` and ``rejected_event``.
+
+Completeness
+------------
+A new archive is built in a hidden sibling directory (``.<name>.partial-<hex>``) and renamed
+into place only once every chunk, the rejected table and the attributes are written, so an
+interrupted or failed write never leaves anything at the target path. Appends cannot be
+renamed, so they first set the attribute ``specufex_dask_complete`` to ``False`` and set it
+back to ``True`` last; :func:`open_archive` refuses a store whose attribute is ``False``. A
+store without the attribute (written by other tools) is accepted.
+
+Note that ``xarray.Dataset.to_zarr(mode="a")`` replaces the group attributes with the
+dataset's own; writers adding variables to an archive should carry ``ds.attrs`` along.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+import xarray as xr
+
+from specufex_dask import __version__
+
+logger = logging.getLogger(__name__)
+
+# Variables and dimensions of ARCHIVE.md.
+SPECTROGRAM = "spectrogram"
+EVENT = "event"
+FREQUENCY = "frequency"
+TIME = "time"
+PATTERN = "pattern"
+STATE = "state"
+NEXT_STATE = "next_state"
+ACTIVATION = "activation"
+STATE_PROBABILITY = "state_probability"
+TRANSITION = "transition"
+FINGERPRINT = "fingerprint"
+CLUSTER = "cluster"
+MODEL_GROUP = "model"
+
+# Per-event metadata coordinates on ``event``.
+STARTTIME = "starttime"
+NETWORK = "network"
+STATION = "station"
+LOCATION = "location"
+CHANNEL = "channel"
+SOURCE = "source"
+MEDIAN = "median"
+
+# The table of rejected inputs.
+REJECTED = "rejected"
+REJECTED_SOURCE = "rejected_source"
+REJECTED_REASON = "rejected_reason"
+REJECTED_EVENT = "rejected_event"
+
+# Attributes.
+ARCHIVE_VERSION = 1
+VERSION_ATTR = "specufex_dask_archive_version"
+PARAMETERS_ATTR = "spectrogram_parameters"
+CREATED_WITH_ATTR = "created_with"
+COMPLETE_ATTR = "specufex_dask_complete"
+
+DEFAULT_CHUNK_EVENTS = 256
+# 1-D per-event coordinates are tiny; large chunks keep the file count low.
+_COORD_CHUNK = 65536
+_STARTTIME_ENCODING = {"units": "nanoseconds since 1970-01-01", "dtype": "int64"}
+
+
+class ArchiveError(ValueError):
+    """The archive is missing, incomplete or does not follow the schema."""
+
+
+class RejectedInput(NamedTuple):
+    """One input left out of the archive, and why.
+
+    Attributes
+    ----------
+    source : str
+        The file path or trace/array id of the input.
+    reason : str
+        Why the input was left out.
+    event : str
+        The event id, or "" when it is unknown.
+    """
+
+    source: str
+    reason: str
+    event: str = ""
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _to_str(values: npt.ArrayLike) -> np.ndarray:
+    """Fixed-width str array from str, object or StringDType input (no direct cast exists)."""
+    return np.array([str(v) for v in np.asarray(values).tolist()], dtype=str)
+
+
+def _is_local(path: str | Path) -> bool:
+    return "://" not in str(path)
+
+
+def _live_attrs(path: str | Path) -> dict[str, Any]:
+    """Group attributes read from the group's own metadata, never from consolidated copies."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    return dict(group.attrs)
+
+
+def open_archive(path: str | Path) -> xr.Dataset:
+    """Open an archive lazily (dask-backed) and validate its schema.
+
+    Parameters
+    ----------
+    path : str or Path
+        The Zarr group written by ingest, :func:`write_spectrograms` or the h5 import.
+
+    Returns
+    -------
+    xarray.Dataset
+        The archive; ``spectrogram`` is a dask array chunked along ``event``.
+
+    Raises
+    ------
+    ArchiveError
+        If the path is missing or not a Zarr group, the store is marked incomplete, or
+        ``spectrogram`` is missing, has wrong dims, an empty event axis, or duplicate ids.
+
+    Notes
+    -----
+    The values of the spectrograms (negative, non-finite) are not checked here because that
+    needs a full pass; see :func:`check_spectrogram_values`.
+
+    Examples
+    --------
+    >>> ds = open_archive("events.zarr")  # doctest: +SKIP
+    >>> ds.spectrogram.dims  # doctest: +SKIP
+    ('event', 'frequency', 'time')
+    """
+    path_str = str(path)
+    if _is_local(path) and not Path(path).exists():
+        raise ArchiveError(f"archive not found: {path_str} does not exist")
+    try:
+        attrs = _live_attrs(path_str)
+    except Exception as error:  # zarr raises several types for "not a group"
+        raise ArchiveError(f"{path_str} is not a Zarr group: {error}") from error
+    if attrs.get(COMPLETE_ATTR) is False:
+        raise ArchiveError(
+            f"archive {path_str} is incomplete: attribute {COMPLETE_ATTR!r} is False (a write "
+            "or append was interrupted); re-run the ingest"
+        )
+    with warnings.catch_warnings():
+        # Stores from other writers may lack consolidated metadata; the fallback is fine.
+        warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
+        try:
+            ds = xr.open_zarr(path_str, chunks={})
+        except Exception as error:
+            raise ArchiveError(
+                f"cannot open {path_str} as an xarray Zarr store: {error}"
+            ) from error
+    validate_archive(ds, where=path_str)
+    return ds
+
+
+def validate_archive(ds: xr.Dataset, where: str = "archive") -> None:
+    """Check the schema of an opened archive (no pass over the spectrogram values).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The dataset to check.
+    where : str, default="archive"
+        Named in error messages (usually the path).
+
+    Raises
+    ------
+    ArchiveError
+        Naming the problem and ``where``.
+    """
+    if SPECTROGRAM not in ds.variables:
+        raise ArchiveError(
+            f"{where}: variable {SPECTROGRAM!r} is missing "
+            f"(found {sorted(map(str, ds.variables))})"
+        )
+    dims = tuple(ds[SPECTROGRAM].dims)
+    if dims != (EVENT, FREQUENCY, TIME):
+        raise ArchiveError(
+            f"{where}: {SPECTROGRAM!r} has dims {dims}, expected ({EVENT!r}, {FREQUENCY!r}, "
+            f"{TIME!r})"
+        )
+    for dim in (EVENT, FREQUENCY, TIME):
+        if ds.sizes[dim] == 0:
+            raise ArchiveError(f"{where}: dimension {dim!r} of {SPECTROGRAM!r} is empty")
+    version = ds.attrs.get(VERSION_ATTR)
+    if version is not None and int(version) > ARCHIVE_VERSION:
+        raise ArchiveError(
+            f"{where}: archive version {version} is newer than this specufex-dask supports "
+            f"({ARCHIVE_VERSION}); upgrade specufex-dask"
+        )
+    if EVENT in ds.coords:
+        ids = ds[EVENT].values
+        unique, counts = np.unique(_to_str(ids), return_counts=True)
+        if unique.size != ids.size:
+            duplicated = unique[counts > 1][:5].tolist()
+            raise ArchiveError(f"{where}: event ids are not unique, e.g. {duplicated}")
+
+
+def spectrogram_parameters(ds: xr.Dataset) -> dict[str, Any]:
+    """The preprocessing parameters recorded in the archive (empty dict when absent)."""
+    raw = ds.attrs.get(PARAMETERS_ATTR)
+    return {} if raw is None else dict(json.loads(raw))
+
+
+def read_rejected(archive: xr.Dataset | str | Path) -> list[RejectedInput]:
+    """The table of rejected inputs of an archive.
+
+    Parameters
+    ----------
+    archive : xarray.Dataset or path
+        An opened archive or its path.
+
+    Returns
+    -------
+    list of RejectedInput
+        Empty when the archive has no rejected table.
+    """
+    if isinstance(archive, xr.Dataset):
+        ds = archive
+    else:
+        ds = open_archive(archive)
+    if REJECTED_SOURCE not in ds.variables:
+        return []
+    sources = _to_str(ds[REJECTED_SOURCE].values)
+    reasons = _to_str(ds[REJECTED_REASON].values)
+    if REJECTED_EVENT in ds.variables:
+        events = _to_str(ds[REJECTED_EVENT].values)
+    else:
+        events = np.full(sources.shape, "", dtype=object)
+    rows = zip(sources, reasons, events, strict=True)
+    return [RejectedInput(str(s), str(r), str(e)) for s, r, e in rows]
+
+
+def check_spectrogram_values(
+    block: npt.ArrayLike, event_ids: Sequence[Hashable]
+) -> list[tuple[str, str]]:
+    """Find events of a block whose spectrogram has negative or non-finite values.
+
+    Parameters
+    ----------
+    block : array-like of shape (n_events, n_frequencies, n_times)
+        One chunk of the ``spectrogram`` variable.
+    event_ids : sequence of length n_events
+        The ids of the events of the block.
+
+    Returns
+    -------
+    list of (event_id, reason)
+        One entry per bad event, in block order; empty when all are valid.
+
+    Examples
+    --------
+    >>> check_spectrogram_values(np.array([[[1.0]], [[-2.0]]]), ["a", "b"])
+    [('b', '1 negative value(s), min -2')]
+    """
+    values = np.asarray(block)
+    if values.ndim != 3 or values.shape[0] != len(event_ids):
+        raise ValueError(
+            f"block of shape {values.shape} does not match {len(event_ids)} event ids "
+            "(expected (n_events, n_frequencies, n_times))"
+        )
+    flat = values.reshape(values.shape[0], -1)
+    non_finite = (~np.isfinite(flat)).sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        negative = (flat < 0).sum(axis=1)
+    problems = []
+    for index in np.flatnonzero((non_finite > 0) | (negative > 0)):
+        reasons = []
+        if non_finite[index]:
+            reasons.append(f"{non_finite[index]} non-finite value(s)")
+        if negative[index]:
+            reasons.append(f"{negative[index]} negative value(s), min {np.nanmin(flat[index]):g}")
+        problems.append((str(event_ids[index]), "; ".join(reasons)))
+    return problems
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def region_bounds(start: int, stop: int, chunk_events: int) -> list[tuple[int, int]]:
+    """Split events [start, stop) at multiples of ``chunk_events``.
+
+    Each region then covers whole Zarr chunks (or the partial first/last one), so
+    concurrent writers never touch the same chunk.
+
+    Examples
+    --------
+    >>> region_bounds(3, 10, 4)
+    [(3, 4), (4, 8), (8, 10)]
+    """
+    bounds = []
+    position = start
+    while position < stop:
+        end = min((position // chunk_events + 1) * chunk_events, stop)
+        bounds.append((position, end))
+        position = end
+    return bounds
+
+
+def write_region(path: str | Path, name: str, start: int, block: npt.ArrayLike) -> tuple[int, int]:
+    """Write ``block`` into rows ``[start, start + len(block))`` of array ``name``.
+
+    Meant to run on workers: it opens the array by path and touches nothing else. Callers
+    must give chunk-aligned regions (see :func:`region_bounds`).
+
+    Returns
+    -------
+    (start, stop) : tuple of int
+    """
+    import zarr
+
+    values = np.asarray(block)
+    array = zarr.open_array(str(path), path=name, mode="r+")
+    stop = start + values.shape[0]
+    if stop > array.shape[0] or values.shape[1:] != tuple(array.shape[1:]):
+        raise ValueError(
+            f"cannot write a block of shape {values.shape} at rows {start}:{stop} of {name!r} "
+            f"with shape {array.shape} in {path}"
+        )
+    array[start:stop] = values.astype(array.dtype, copy=False)
+    return start, stop
+
+
+def _as_event_coordinate(name: str, values: npt.ArrayLike) -> np.ndarray:
+    array = np.asarray(values)
+    if name == STARTTIME:
+        return array.astype("datetime64[ns]")
+    if array.dtype.kind in "USO":
+        # Variable-length strings: fixed-width ones would break appends of longer ids.
+        return np.array([str(v) for v in array.tolist()], dtype=object)
+    return array
+
+
+def _rejected_dataset(rejected: Sequence[RejectedInput]) -> xr.Dataset:
+    def column(values: list[str]) -> np.ndarray:
+        return np.array(values, dtype=object)
+
+    return xr.Dataset(
+        {
+            REJECTED_SOURCE: (REJECTED, column([r.source for r in rejected])),
+            REJECTED_REASON: (REJECTED, column([r.reason for r in rejected])),
+            REJECTED_EVENT: (REJECTED, column([r.event for r in rejected])),
+        }
+    )
+
+
+def _default_attrs(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        VERSION_ATTR: ARCHIVE_VERSION,
+        CREATED_WITH_ATTR: f"specufex-dask {__version__}",
+    }
+    if parameters is not None:
+        attrs[PARAMETERS_ATTR] = json.dumps(dict(parameters), sort_keys=True)
+    return attrs
+
+
+def _consolidate(path: str | Path) -> None:
+    import zarr
+
+    with warnings.catch_warnings():
+        # Zarr 3 flags consolidated metadata as outside the v3 spec; xarray relies on it.
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(str(path))
+
+
+def _put_attrs(path: str | Path, attrs: Mapping[str, Any]) -> None:
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    group.attrs.put(dict(attrs))
+
+
+@dataclass
+class ArchiveWriter:
+    """Create or extend an archive whose data regions are written by anyone holding the path.
+
+    Use :meth:`create` or :meth:`append`; then write every region of
+    :attr:`regions` (with :func:`write_region`, on workers or locally) into
+    :attr:`store_path`; then :meth:`commit` (or :meth:`abort` on failure).
+
+    Attributes
+    ----------
+    final_path : Path
+        Where the archive lives once committed.
+    store_path : Path
+        Where to write now (a hidden sibling for new archives).
+    start, stop : int
+        The new events occupy rows [start, stop) of every event-dim variable.
+    chunk_events : int
+        Zarr chunk length along ``event``.
+    """
+
+    final_path: Path
+    store_path: Path
+    start: int
+    stop: int
+    chunk_events: int
+    appending: bool
+    overwrite: bool = False
+    _old_rejected: int = 0
+    _attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def regions(self) -> list[tuple[int, int]]:
+        """Chunk-aligned (start, stop) rows to fill."""
+        return region_bounds(self.start, self.stop, self.chunk_events)
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        event_coords: Mapping[str, npt.ArrayLike],
+        frequency: npt.ArrayLike,
+        time: npt.ArrayLike,
+        parameters: Mapping[str, Any] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+        chunk_events: int = DEFAULT_CHUNK_EVENTS,
+        dtype: npt.DTypeLike = np.float64,
+        extra_variables: Mapping[str, tuple[tuple[str, ...], tuple[int, ...]]] | None = None,
+        extra_coords: Mapping[str, npt.ArrayLike] | None = None,
+        overwrite: bool = False,
+    ) -> ArchiveWriter:
+        """Write the metadata of a new archive into a hidden sibling of ``path``.
+
+        Parameters
+        ----------
+        path : str or Path
+            Final location (local file system).
+        event_coords : mapping
+            ``event`` (the ids) and further per-event coordinates, each of length n_events.
+        frequency, time : array-like
+            The spectrogram axes.
+        parameters : mapping, optional
+            Stored as JSON in ``spectrogram_parameters``.
+        attrs : mapping, optional
+            Further attributes.
+        chunk_events : int, default=256
+            Events per Zarr chunk.
+        dtype : dtype, default=float64
+            Of ``spectrogram`` and the extra variables.
+        extra_variables : mapping name -> (dims, shape), optional
+            More event-major variables (e.g. ``activation``), dims starting with ``event``,
+            shape without the event axis.
+        extra_coords : mapping, optional
+            Dimension coordinates of the extra variables' other dims.
+        overwrite : bool, default=False
+            Replace an existing archive at ``path`` on commit.
+        """
+        final = Path(path)
+        if final.exists() and not overwrite:
+            raise ArchiveError(f"{final} already exists; pass overwrite=True or append")
+        _check_chunk_events(chunk_events)
+        coords = {name: _as_event_coordinate(name, v) for name, v in event_coords.items()}
+        if EVENT not in coords:
+            raise ValueError("event_coords must contain the event ids under 'event'")
+        n_events = coords[EVENT].shape[0]
+        _check_event_ids(coords[EVENT], where=str(final))
+        for name, values in coords.items():
+            if values.shape != (n_events,):
+                raise ValueError(
+                    f"event coordinate {name!r} has shape {values.shape}, expected ({n_events},)"
+                )
+        frequency = np.asarray(frequency, dtype=np.float64)
+        time = np.asarray(time, dtype=np.float64)
+        store = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
+        dataset = _placeholder_dataset(
+            n_events, 0, coords, frequency, time, chunk_events, dtype, extra_variables
+        )
+        if extra_coords:
+            dataset = dataset.assign_coords({k: np.asarray(v) for k, v in extra_coords.items()})
+        all_attrs = {**_default_attrs(parameters), **dict(attrs or {}), COMPLETE_ATTR: False}
+        dataset.attrs = all_attrs
+        encoding = _encoding(dataset, chunk_events)
+        try:
+            dataset.to_zarr(
+                str(store),
+                mode="w-",
+                compute=False,
+                zarr_format=3,
+                consolidated=False,
+                encoding=encoding,
+            )
+        except BaseException:
+            shutil.rmtree(store, ignore_errors=True)
+            raise
+        return cls(final, store, 0, n_events, chunk_events, False, overwrite, 0, all_attrs)
+
+    @classmethod
+    def append(
+        cls,
+        path: str | Path,
+        *,
+        event_coords: Mapping[str, npt.ArrayLike],
+        extra_variables: Mapping[str, tuple[tuple[str, ...], tuple[int, ...]]] | None = None,
+    ) -> ArchiveWriter:
+        """Extend an existing archive along ``event`` and mark it incomplete until commit.
+
+        Full chunks of the existing events are never rewritten; only the last, partially
+        filled chunk is extended in place.
+        """
+        ds = open_archive(path)
+        coords = {name: _as_event_coordinate(name, v) for name, v in event_coords.items()}
+        n_new = coords[EVENT].shape[0]
+        _check_event_ids(coords[EVENT], where="the events to append")
+        clash = np.intersect1d(_to_str(ds[EVENT].values), _to_str(coords[EVENT]))
+        if clash.size:
+            raise ArchiveError(
+                f"{path}: event ids already in the archive: {clash[:5].tolist()}"
+                + (f" and {clash.size - 5} more" if clash.size > 5 else "")
+            )
+        existing_event_vars = {
+            str(name) for name, var in ds.variables.items() if var.dims and var.dims[0] == EVENT
+        }
+        missing = existing_event_vars - set(coords) - {SPECTROGRAM} - set(extra_variables or {})
+        for name in sorted(missing):
+            coords[name] = _fill_like(ds[name], n_new)
+        unknown = set(coords) - existing_event_vars
+        if unknown:
+            raise ArchiveError(
+                f"{path}: cannot append new per-event coordinates {sorted(unknown)} "
+                "(not in the archive)"
+            )
+        chunks = ds[SPECTROGRAM].encoding.get("chunks") or ds[SPECTROGRAM].data.chunksize
+        chunk_events = int(chunks[0])
+        old_n = ds.sizes[EVENT]
+        shape_tail = {SPECTROGRAM: (ds.sizes[FREQUENCY], ds.sizes[TIME])}
+        variables = {SPECTROGRAM: ((EVENT, FREQUENCY, TIME), shape_tail[SPECTROGRAM])}
+        for name, (dims, tail) in (extra_variables or {}).items():
+            variables[name] = (dims, tail)
+        dtype = ds[SPECTROGRAM].dtype
+        attrs = dict(ds.attrs)
+        old_rejected = ds.sizes.get(REJECTED, 0)
+        ds.close()
+        _put_attrs(path, {**attrs, COMPLETE_ATTR: False})
+        dataset = _placeholder_dataset(
+            n_new,
+            old_n,
+            coords,
+            None,
+            None,
+            chunk_events,
+            dtype,
+            {k: v for k, v in variables.items() if k != SPECTROGRAM},
+            spectrogram_tail=variables[SPECTROGRAM][1],
+        )
+        writer = cls(
+            Path(path),
+            Path(path),
+            old_n,
+            old_n + n_new,
+            chunk_events,
+            True,
+            False,
+            old_rejected,
+            attrs,
+        )
+        try:
+            dataset.to_zarr(
+                str(path), mode="a", append_dim=EVENT, compute=False, consolidated=False
+            )
+        except BaseException:
+            writer.abort()
+            raise
+        return writer
+
+    def commit(self, rejected: Sequence[RejectedInput] = ()) -> Path:
+        """Write the rejected table and final attributes; move a new archive into place."""
+        if rejected:
+            table = _rejected_dataset(rejected)
+            if self._old_rejected:
+                table.to_zarr(
+                    str(self.store_path), mode="a", append_dim=REJECTED, consolidated=False
+                )
+            else:
+                chunking = {name: {"chunks": (_COORD_CHUNK,)} for name in table.data_vars}
+                table.to_zarr(
+                    str(self.store_path), mode="a", consolidated=False, encoding=chunking
+                )
+        # xarray's mode="a" replaced the group attributes: put ours back, completeness last.
+        _put_attrs(self.store_path, {**self._attrs, COMPLETE_ATTR: True})
+        _consolidate(self.store_path)
+        if not self.appending:
+            _move_into_place(self.store_path, self.final_path, self.overwrite)
+        logger.info(
+            "archive %s committed (%d new events)", self.final_path, self.stop - self.start
+        )
+        return self.final_path
+
+    def abort(self) -> None:
+        """Undo: delete a new archive's temporary store, or shrink an append back."""
+        if not self.appending:
+            shutil.rmtree(self.store_path, ignore_errors=True)
+            return
+        import zarr
+
+        group = zarr.open_group(str(self.store_path), mode="r+", use_consolidated=False)
+        for name, array in group.arrays():
+            dims = array.metadata.dimension_names or ()
+            if dims and dims[0] == EVENT and array.shape[0] > self.start:
+                array.resize((self.start, *array.shape[1:]))
+            if dims and dims[0] == REJECTED and array.shape[0] > self._old_rejected:
+                array.resize((self._old_rejected, *array.shape[1:]))
+            logger.debug("rolled back %s", name)
+        _put_attrs(self.store_path, {**self._attrs, COMPLETE_ATTR: True})
+        _consolidate(self.store_path)
+        logger.warning("append to %s rolled back to %d events", self.final_path, self.start)
+
+
+def _check_chunk_events(chunk_events: int) -> None:
+    if int(chunk_events) != chunk_events or chunk_events < 1:
+        raise ValueError(f"chunk_events must be a positive integer, got {chunk_events!r}")
+
+
+def _check_event_ids(ids: np.ndarray, where: str) -> None:
+    as_str = _to_str(ids)
+    unique, counts = np.unique(as_str, return_counts=True)
+    if unique.size != as_str.size:
+        raise ArchiveError(f"{where}: duplicate event ids {unique[counts > 1][:5].tolist()}")
+    if as_str.size and (as_str == "").any():
+        raise ArchiveError(f"{where}: empty event id at position {int(np.argmax(as_str == ''))}")
+
+
+def _fill_like(variable: xr.DataArray, n: int) -> np.ndarray:
+    kind = variable.dtype.kind
+    if kind == "M":
+        return np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
+    if kind == "f":
+        return np.full(n, np.nan, dtype=variable.dtype)
+    if kind in "iub":
+        raise ArchiveError(f"no value given for the integer per-event variable {variable.name!r}")
+    return np.full(n, "", dtype=object)
+
+
+def _placeholder_dataset(
+    n_events: int,
+    offset: int,
+    coords: Mapping[str, np.ndarray],
+    frequency: np.ndarray | None,
+    time: np.ndarray | None,
+    chunk_events: int,
+    dtype: npt.DTypeLike,
+    extra_variables: Mapping[str, tuple[tuple[str, ...], tuple[int, ...]]] | None,
+    spectrogram_tail: tuple[int, ...] | None = None,
+) -> xr.Dataset:
+    """Lazy zeros never computed: ``to_zarr(compute=False)`` only needs their metadata."""
+    import dask.array as da
+
+    event_chunks = tuple(b - a for a, b in region_bounds(offset, offset + n_events, chunk_events))
+    if spectrogram_tail is None:
+        spectrogram_tail = (len(frequency), len(time))
+    variables = {
+        SPECTROGRAM: (
+            (EVENT, FREQUENCY, TIME),
+            da.zeros((n_events, *spectrogram_tail), dtype=dtype, chunks=(event_chunks, -1, -1)),
+        )
+    }
+    for name, (dims, tail) in (extra_variables or {}).items():
+        if dims[0] != EVENT or len(dims) != len(tail) + 1:
+            raise ValueError(f"extra variable {name!r}: dims {dims} do not fit shape {tail}")
+        variables[name] = (
+            dims,
+            da.zeros((n_events, *tail), dtype=dtype, chunks=(event_chunks, *(-1,) * len(tail))),
+        )
+    all_coords: dict[str, Any] = {name: (EVENT, values) for name, values in coords.items()}
+    if frequency is not None:
+        all_coords[FREQUENCY] = frequency
+        all_coords[TIME] = time
+    return xr.Dataset(variables, coords=all_coords)
+
+
+def _encoding(dataset: xr.Dataset, chunk_events: int) -> dict[str, dict[str, Any]]:
+    encoding: dict[str, dict[str, Any]] = {}
+    for name, variable in dataset.variables.items():
+        if not variable.dims or variable.dims[0] != EVENT:
+            continue
+        if variable.ndim == 1 and name not in dataset.data_vars:
+            encoding[str(name)] = {"chunks": (_COORD_CHUNK,)}
+        else:
+            encoding[str(name)] = {"chunks": (chunk_events, *variable.shape[1:])}
+        if name == STARTTIME:
+            encoding[str(name)].update(_STARTTIME_ENCODING)
+    return encoding
+
+
+def _move_into_place(store: Path, final: Path, overwrite: bool) -> None:
+    retired = None
+    if final.exists():
+        if not overwrite:
+            shutil.rmtree(store, ignore_errors=True)
+            raise ArchiveError(f"{final} appeared while writing; the new archive was discarded")
+        retired = final.parent / f".{final.name}.retired-{uuid.uuid4().hex[:12]}"
+        final.rename(retired)
+    store.rename(final)
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def write_spectrograms(
+    path: str | Path,
+    spectrogram: npt.ArrayLike,
+    event: Sequence[Hashable] | npt.ArrayLike,
+    frequency: npt.ArrayLike,
+    time: npt.ArrayLike,
+    event_coords: Mapping[str, npt.ArrayLike] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    mode: str = "w",
+    rejected: Sequence[RejectedInput] = (),
+) -> Path:
+    """Write spectrograms held in memory (NumPy) or lazily (dask) as an archive.
+
+    Parameters
+    ----------
+    path : str or Path
+        The archive (a local directory).
+    spectrogram : array-like of shape (n_events, n_frequencies, n_times)
+        NumPy or dask array. NumPy input is checked for negative or non-finite values;
+        dask input is not (that needs a pass; the fitting engine checks it).
+    event : sequence of length n_events
+        Unique event ids (converted to str).
+    frequency : array-like of shape (n_frequencies,)
+    time : array-like of shape (n_times,)
+    event_coords : mapping, optional
+        More per-event coordinates (``starttime``, ``station``, ``median``...).
+    attrs : mapping, optional
+        Attributes; ``spectrogram_parameters`` may be given as a dict or a JSON string.
+    chunk_events : int, default=256
+        Events per Zarr chunk.
+    mode : {"w", "w-", "a"}, default="w"
+        Overwrite, create only, or append along ``event`` (ids must be new; frequency and
+        time must equal the archive's).
+    rejected : sequence of RejectedInput, optional
+        Rows for the rejected table.
+
+    Returns
+    -------
+    Path
+        The archive path.
+
+    Examples
+    --------
+    >>> write_spectrograms("s.zarr", np.ones((2, 3, 4)), ["a", "b"], [1.0, 2, 3],
+    ...                    [0.0, 1, 2, 3])  # doctest: +SKIP
+    """
+    import dask.array as da
+
+    if mode not in ("w", "w-", "a"):
+        raise ValueError(f"mode must be 'w', 'w-' or 'a', got {mode!r}")
+    is_dask = isinstance(spectrogram, da.Array)
+    values = spectrogram if is_dask else np.asarray(spectrogram)
+    if values.ndim != 3:
+        raise ValueError(
+            f"spectrogram must have shape (n_events, n_frequencies, n_times), got {values.shape}"
+        )
+    ids = np.array([str(e) for e in np.asarray(event).tolist()], dtype=object)
+    frequency = np.asarray(frequency, dtype=np.float64)
+    time = np.asarray(time, dtype=np.float64)
+    expected = (ids.size, frequency.size, time.size)
+    if tuple(values.shape) != expected:
+        raise ValueError(
+            f"spectrogram shape {tuple(values.shape)} does not match (event, frequency, time) "
+            f"lengths {expected}"
+        )
+    if not is_dask:
+        problems = check_spectrogram_values(values, ids)
+        if problems:
+            raise ValueError(f"invalid spectrogram values: {problems[:5]}")
+    coords = {EVENT: ids, **{k: v for k, v in (event_coords or {}).items()}}
+    attrs = dict(attrs or {})
+    parameters = attrs.pop(PARAMETERS_ATTR, None)
+    if isinstance(parameters, str):
+        parameters = json.loads(parameters)
+    if mode == "a":
+        ds = open_archive(path)
+        for name, axis in ((FREQUENCY, frequency), (TIME, time)):
+            if not np.array_equal(ds[name].values, axis):
+                raise ArchiveError(f"{path}: {name} axis differs from the archive's")
+        ds.close()
+        writer = ArchiveWriter.append(path, event_coords=coords)
+    else:
+        writer = ArchiveWriter.create(
+            path,
+            event_coords=coords,
+            frequency=frequency,
+            time=time,
+            parameters=parameters,
+            attrs=attrs,
+            chunk_events=chunk_events,
+            dtype=values.dtype if values.dtype.kind == "f" else np.float64,
+            overwrite=mode == "w",
+        )
+    try:
+        if is_dask:
+            import dask
+
+            offset = writer.start
+            tasks = [
+                dask.delayed(write_region)(
+                    str(writer.store_path),
+                    SPECTROGRAM,
+                    start,
+                    values[start - offset : stop - offset],
+                )
+                for start, stop in writer.regions
+            ]
+            dask.compute(*tasks)
+        else:
+            for start, stop in writer.regions:
+                block = values[start - writer.start : stop - writer.start]
+                write_region(writer.store_path, SPECTROGRAM, start, block)
+        return writer.commit(rejected)
+    except BaseException:
+        writer.abort()
+        raise
