@@ -269,7 +269,13 @@ class ClusterConfig:
     jobqueue : dict, default={}
         Keyword arguments for the dask-jobqueue cluster (queue, account, walltime, ...).
     security : dict, default={}
-        Keyword arguments for ``distributed.security.Security`` (TLS files).
+        TLS settings for ``distributed.security.Security`` (tls_ca_file, tls_client_cert,
+        tls_client_key, ...).
+    dashboard_address : str, default="127.0.0.1:8787"
+        Where a started scheduler serves its dashboard (a busy port falls back to a free
+        one).
+    timeout : float or None, default=None
+        Seconds to wait for an existing scheduler to answer.
     """
 
     scheduler: str | None = None
@@ -279,6 +285,8 @@ class ClusterConfig:
     memory_limit: str | None = None
     jobqueue: dict[str, Any] = field(default_factory=dict)
     security: dict[str, Any] = field(default_factory=dict)
+    dashboard_address: str = "127.0.0.1:8787"
+    timeout: float | None = None
 
     def _check(self, name: str) -> None:
         if self.workers is not None:
