@@ -1,0 +1,994 @@
+"""Seismograms to a spectrogram archive, in parallel on Dask, with a table of rejected inputs.
+
+Inputs are files (a folder, a glob, a list), a catalog table, NumPy arrays of waveforms, or
+continuous traces cut into fixed windows. Every input is grouped into small picklable *units*
+(e.g. 256 event files, one continuous file) and processed in two passes:
+
+1. **inspect** (one task per unit): read, check and compute the spectrogram of every input;
+   return only a small report per input (event id, metadata, sampling rate, length, median
+   or rejection reason). The driver then drops bad inputs and duplicate ids, checks that the
+   survivors share one sampling rate and length, and creates the store's metadata.
+2. **write** (one task per Zarr chunk of the final archive): re-read and recompute only the
+   good inputs of that chunk and write them straight into the store from the worker.
+
+The recomputation costs a second pass, but nothing is ever staged or shipped back to the
+driver, and the archive holds only good events, with no placeholder rows. A new archive is
+built in a hidden sibling and renamed into place at the end; appends are marked incomplete
+until committed (see :mod:`specufex_dask.archive`).
+
+ObsPy is an optional extra, imported only when files or traces are read.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import logging
+import math
+import time as _time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from specufex_dask.archive import (
+    CHANNEL,
+    DEFAULT_CHUNK_EVENTS,
+    EVENT,
+    LOCATION,
+    MEDIAN,
+    NETWORK,
+    SOURCE,
+    SPECTROGRAM,
+    STARTTIME,
+    STATION,
+    ArchiveWriter,
+    RejectedInput,
+    open_archive,
+    spectrogram_parameters,
+    write_region,
+)
+from specufex_dask.preprocessing import (
+    InvalidWaveformError,
+    SpectrogramParameters,
+    spectrogram_axes,
+    waveform_to_spectrogram,
+)
+
+logger = logging.getLogger(__name__)
+
+WAVEFORM_SUFFIXES = frozenset(
+    {".mseed", ".miniseed", ".ms", ".msd", ".seed", ".sac", ".gse2", ".segy", ".sgy", ".wav"}
+)
+_METADATA_KEYS = (NETWORK, STATION, LOCATION, CHANNEL)
+
+
+class IngestError(ValueError):
+    """No input could be ingested, or the inputs do not fit the archive.
+
+    Attributes
+    ----------
+    rejected : tuple of RejectedInput
+        The inputs left out, with reasons.
+    """
+
+    def __init__(self, message: str, rejected: Sequence[RejectedInput] = ()) -> None:
+        super().__init__(message)
+        self.rejected = tuple(rejected)
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What an ingest wrote and left out.
+
+    Attributes
+    ----------
+    path : Path
+        The archive.
+    n_inputs : int
+        Inputs seen (files, array rows, windows).
+    n_written : int
+        Events written.
+    rejected : tuple of RejectedInput
+        Inputs left out, with reasons (also stored in the archive).
+    seconds : float
+        Wall time.
+    parameters : dict
+        The resolved preprocessing parameters stored in the archive.
+    """
+
+    path: Path
+    n_inputs: int
+    n_written: int
+    rejected: tuple[RejectedInput, ...]
+    seconds: float
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_rejected(self) -> int:
+        """Number of inputs left out."""
+        return len(self.rejected)
+
+    @property
+    def waveforms_per_second(self) -> float:
+        """Inputs processed per second of wall time."""
+        return self.n_inputs / self.seconds if self.seconds > 0 else math.inf
+
+    def summary(self) -> str:
+        """One line for logs, with rejection counts by kind."""
+        text = (
+            f"ingested {self.n_written} of {self.n_inputs} inputs into {self.path} in "
+            f"{self.seconds:.2f} s ({self.waveforms_per_second:.1f} inputs/s)"
+        )
+        if self.rejected:
+            text += f"; rejected {self.n_rejected}: {_reason_counts(self.rejected)}"
+        return text
+
+
+def _reason_counts(rejected: Iterable[RejectedInput]) -> str:
+    counts = Counter(r.reason.split(":", 1)[0] for r in rejected)
+    return ", ".join(f"{n} x {kind}" for kind, n in counts.most_common())
+
+
+def _import_obspy() -> Any:
+    try:
+        import obspy
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            'reading waveforms needs ObsPy: pip install "specufex-dask[obspy]"'
+        ) from error
+    return obspy
+
+
+# ----------------------------------------------------------------------------- units
+
+
+@dataclass(frozen=True)
+class _Record:
+    """One input as loaded on a worker: a waveform, or the reason it has none."""
+
+    index: int
+    event: str
+    source: str
+    metadata: tuple[tuple[str, Any], ...] = ()
+    waveform: np.ndarray | None = None
+    sampling_rate: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class _Inspection:
+    """The small per-input report of the inspect pass."""
+
+    unit: int
+    index: int
+    event: str
+    source: str
+    metadata: tuple[tuple[str, Any], ...]
+    sampling_rate: float | None
+    n_samples: int
+    median: float
+    reason: str | None
+
+
+def _trace_metadata(trace: Any, start_ns: int | None = None) -> tuple[tuple[str, Any], ...]:
+    stats = trace.stats
+    start = stats.starttime.ns if start_ns is None else start_ns
+    return (
+        (NETWORK, str(stats.network)),
+        (STATION, str(stats.station)),
+        (LOCATION, str(stats.location)),
+        (CHANNEL, str(stats.channel)),
+        (STARTTIME, int(start)),
+    )
+
+
+def _select(stream: Any, select: tuple[tuple[str, str], ...]) -> Any:
+    return stream.select(**dict(select)) if select else stream
+
+
+@dataclass(frozen=True)
+class _FileUnit:
+    """A group of event files, one event per file."""
+
+    paths: tuple[str, ...]
+    events: tuple[str, ...]
+    starttimes: tuple[str | None, ...]
+    stations: tuple[str | None, ...]
+    select: tuple[tuple[str, str], ...] = ()
+    format: str | None = None
+
+    def load(self, indices: Sequence[int] | None = None) -> Iterator[_Record]:
+        obspy = _import_obspy()
+        wanted = range(len(self.paths)) if indices is None else indices
+        for index in wanted:
+            path, event = self.paths[index], self.events[index]
+            try:
+                stream = obspy.read(path, format=self.format)
+            except Exception as error:  # any reader failure means "unreadable"
+                yield _Record(index, event, path, reason=f"unreadable: {error}".strip())
+                continue
+            stream = _select(stream, self.select)
+            if self.stations[index]:
+                stream = stream.select(station=self.stations[index])
+            if self.starttimes[index]:
+                stream.trim(starttime=obspy.UTCDateTime(self.starttimes[index]))
+            yield _single_trace_record(stream, index, event, path)
+
+
+def _single_trace_record(stream: Any, index: int, event: str, source: str) -> _Record:
+    if len(stream) == 0:
+        return _Record(index, event, source, reason="no trace (after selection)")
+    ids = sorted({trace.id for trace in stream})
+    if len(ids) > 1:
+        return _Record(index, event, source, reason=f"several channels {ids}: pass select=")
+    if len(stream) > 1:
+        return _Record(index, event, source, reason=f"gaps: {len(stream)} traces for {ids[0]}")
+    trace = stream[0]
+    if np.ma.isMaskedArray(trace.data) and np.ma.getmaskarray(trace.data).any():
+        return _Record(index, event, source, reason="gaps: masked samples")
+    return _Record(
+        index,
+        event,
+        source,
+        metadata=_trace_metadata(trace),
+        waveform=np.asarray(trace.data),
+        sampling_rate=float(trace.stats.sampling_rate),
+    )
+
+
+@dataclass(frozen=True)
+class _ArrayUnit:
+    """A block of rows of a waveform array."""
+
+    data: np.ndarray
+    events: tuple[str, ...]
+    sampling_rate: float
+    first_row: int
+    starttimes: tuple[int | None, ...]
+
+    def load(self, indices: Sequence[int] | None = None) -> Iterator[_Record]:
+        wanted = range(len(self.events)) if indices is None else indices
+        for index in wanted:
+            start = self.starttimes[index]
+            metadata = () if start is None else ((STARTTIME, start),)
+            yield _Record(
+                index,
+                self.events[index],
+                f"array[{self.first_row + index}]",
+                metadata=metadata,
+                waveform=self.data[index],
+                sampling_rate=self.sampling_rate,
+            )
+
+
+@dataclass(frozen=True)
+class _ContinuousUnit:
+    """One continuous file (or in-memory stream) cut into fixed windows."""
+
+    window_length_s: float
+    step_s: float
+    path: str | None = None
+    stream: Any = None
+    select: tuple[tuple[str, str], ...] = ()
+    format: str | None = None
+
+    @property
+    def source(self) -> str:
+        return self.path if self.path is not None else "stream"
+
+    def load(self, indices: Sequence[int] | None = None) -> Iterator[_Record]:
+        obspy = _import_obspy()
+        if self.path is not None:
+            try:
+                stream = obspy.read(self.path, format=self.format)
+            except Exception as error:
+                yield _Record(0, "", self.path, reason=f"unreadable: {error}".strip())
+                return
+        else:
+            stream = self.stream.copy()
+        stream = _select(stream, self.select)
+        # Gaps become masked samples, so windows across a gap are found and rejected.
+        stream.merge(method=0, fill_value=None)
+        wanted = None if indices is None else set(indices)
+        index = 0
+        for trace in stream:
+            yield from self._windows(trace, index, wanted)
+            index += self._count(trace)
+
+    def _sizes(self, trace: Any) -> tuple[int, int]:
+        fs = float(trace.stats.sampling_rate)
+        return round(self.window_length_s * fs), round(self.step_s * fs)
+
+    def _count(self, trace: Any) -> int:
+        length, step = self._sizes(trace)
+        return 0 if trace.stats.npts < length else (trace.stats.npts - length) // step + 1
+
+    def _windows(self, trace: Any, first: int, wanted: set[int] | None) -> Iterator[_Record]:
+        fs = float(trace.stats.sampling_rate)
+        length, step = self._sizes(trace)
+        data = trace.data
+        for k in range(self._count(trace)):
+            if wanted is not None and first + k not in wanted:
+                continue
+            offset = k * step
+            start_ns = trace.stats.starttime.ns + round(offset * 1e9 / fs)
+            event = f"{trace.id}.{np.datetime64(start_ns, 'ns')}"
+            source = f"{self.source}#{event}"
+            window = data[offset : offset + length]
+            if np.ma.isMaskedArray(window) and np.ma.getmaskarray(window).any():
+                yield _Record(first + k, event, source, reason="gaps: masked samples in window")
+                continue
+            yield _Record(
+                first + k,
+                event,
+                source,
+                metadata=(*_trace_metadata(trace, start_ns), (SOURCE, self.source)),
+                waveform=np.asarray(window),
+                sampling_rate=fs,
+            )
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def _inspect_unit(unit_id: int, unit: Any, params: SpectrogramParameters) -> list[_Inspection]:
+    """Pass 1 on a worker: compute every spectrogram, return only small reports."""
+    reports = []
+    for record in unit.load():
+        reason, median, n_samples = record.reason, math.nan, 0
+        if reason is None:
+            n_samples = len(record.waveform)
+            if params.n_samples is not None:
+                n_samples = min(n_samples, int(params.n_samples))
+            try:
+                median = waveform_to_spectrogram(
+                    record.waveform, params, record.sampling_rate
+                ).median
+            except InvalidWaveformError as error:
+                reason = str(error)
+        reports.append(
+            _Inspection(
+                unit_id,
+                record.index,
+                record.event,
+                record.source,
+                record.metadata,
+                record.sampling_rate,
+                n_samples,
+                median,
+                reason,
+            )
+        )
+    return reports
+
+
+def _write_unit_region(
+    store_path: str,
+    start: int,
+    pieces: Sequence[tuple[Any, Sequence[int]]],
+    params: SpectrogramParameters,
+    dtype: str,
+) -> tuple[int, list[float]]:
+    """Pass 2 on a worker: recompute the good inputs of one chunk and write them."""
+    blocks, medians = [], []
+    for unit, indices in pieces:
+        for record in unit.load(indices):
+            if record.reason is not None:
+                raise RuntimeError(
+                    f"{record.source} was valid in the first pass but now fails: {record.reason}"
+                )
+            spectrogram = waveform_to_spectrogram(record.waveform, params, record.sampling_rate)
+            blocks.append(spectrogram.transformed.astype(dtype, copy=False))
+            medians.append(spectrogram.median)
+    write_region(store_path, SPECTROGRAM, start, np.stack(blocks))
+    return start, medians
+
+
+def _compute(tasks: list[Any], client: Any) -> list[Any]:
+    if client is not None:
+        return list(client.gather(client.compute(tasks)))
+    import dask
+
+    return list(dask.compute(*tasks))
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _run(
+    units: Sequence[Any],
+    out_path: str | Path,
+    params: SpectrogramParameters,
+    *,
+    client: Any,
+    chunk_events: int,
+    append: bool,
+    overwrite: bool,
+    dtype: npt.DTypeLike,
+    pre_rejected: Sequence[RejectedInput] = (),
+) -> IngestReport:
+    import dask
+
+    started = _time.perf_counter()
+    out_path = Path(out_path)
+    if int(chunk_events) != chunk_events or chunk_events < 1:
+        raise ValueError(f"chunk_events must be a positive integer, got {chunk_events!r}")
+    if not append and out_path.exists() and not overwrite:
+        raise IngestError(f"{out_path} already exists; pass append=True or overwrite=True")
+    existing: set[str] = set()
+    archive_parameters: dict[str, Any] = {}
+    if append:
+        archive = open_archive(out_path)
+        existing = {str(e) for e in archive[EVENT].values.tolist()}
+        archive_parameters = spectrogram_parameters(archive)
+        archive.close()
+
+    tasks = [dask.delayed(_inspect_unit)(i, unit, params) for i, unit in enumerate(units)]
+    inspections = [report for reports in _compute(tasks, client) for report in reports]
+    n_inputs = len(inspections) + len(pre_rejected)
+
+    rejected = list(pre_rejected)
+    good: list[_Inspection] = []
+    first_source: dict[str, str] = {}
+    for report in inspections:
+        if report.reason is not None:
+            rejected.append(RejectedInput(report.source, report.reason, report.event))
+        elif report.event in existing:
+            rejected.append(
+                RejectedInput(
+                    report.source, "duplicate event id: already in the archive", report.event
+                )
+            )
+        elif report.event in first_source:
+            rejected.append(
+                RejectedInput(
+                    report.source,
+                    f"duplicate event id: also from {first_source[report.event]}",
+                    report.event,
+                )
+            )
+        else:
+            first_source[report.event] = report.source
+            good.append(report)
+
+    resolved, good = _resolve_shape(params, good, archive_parameters, rejected)
+    if not good:
+        message = f"no valid input among {n_inputs}: {_reason_counts(rejected)}"
+        examples = "; ".join(f"{r.source}: {r.reason}" for r in rejected[:5])
+        raise IngestError(f"{message} (e.g. {examples}); nothing written to {out_path}", rejected)
+    if append:
+        _check_same_parameters(out_path, archive_parameters, resolved)
+
+    frequency, time = spectrogram_axes(resolved, resolved.fs, resolved.n_samples)
+    coords = _event_coords(good)
+    if append:
+        writer = ArchiveWriter.append(out_path, event_coords=_only_known(out_path, coords))
+    else:
+        writer = ArchiveWriter.create(
+            out_path,
+            event_coords=coords,
+            frequency=frequency,
+            time=time,
+            parameters=resolved.to_dict(),
+            chunk_events=chunk_events,
+            dtype=dtype,
+            overwrite=overwrite,
+        )
+    try:
+        write_tasks = []
+        for start, stop in writer.regions:
+            chosen = good[start - writer.start : stop - writer.start]
+            pieces = _group_by_unit(chosen, units)
+            write_tasks.append(
+                dask.delayed(_write_unit_region)(
+                    str(writer.store_path), start, pieces, resolved, np.dtype(dtype).str
+                )
+            )
+        results = _compute(write_tasks, client)
+        _check_medians(results, good, writer.start)
+        writer.commit(rejected)
+    except BaseException:
+        writer.abort()
+        raise
+    report = IngestReport(
+        path=out_path,
+        n_inputs=n_inputs,
+        n_written=len(good),
+        rejected=tuple(rejected),
+        seconds=_time.perf_counter() - started,
+        parameters=resolved.to_dict(),
+    )
+    logger.info(report.summary())
+    return report
+
+
+def _resolve_shape(
+    params: SpectrogramParameters,
+    good: list[_Inspection],
+    archive_parameters: Mapping[str, Any],
+    rejected: list[RejectedInput],
+) -> tuple[SpectrogramParameters, list[_Inspection]]:
+    """Fix one sampling rate and length for the archive; reject inputs that differ."""
+    fs = params.fs if params.fs is not None else archive_parameters.get("fs")
+    n_samples = params.n_samples
+    if n_samples is None:
+        n_samples = archive_parameters.get("n_samples")
+    origin = "expected"
+    if good and fs is None:
+        fs, origin = good[0].sampling_rate, f"the rate of {good[0].source}"
+    if good and n_samples is None:
+        n_samples = good[0].n_samples
+    kept = []
+    for report in good:
+        if not math.isclose(report.sampling_rate, fs, rel_tol=1e-9):
+            reason = f"sampling rate {report.sampling_rate:g} Hz, expected {fs:g} Hz ({origin})"
+            rejected.append(RejectedInput(report.source, reason, report.event))
+        elif report.n_samples != n_samples:
+            reason = f"{report.n_samples} samples, expected {n_samples} (set n_samples)"
+            rejected.append(RejectedInput(report.source, reason, report.event))
+        else:
+            kept.append(report)
+    if fs is None:
+        return params, kept
+    return replace(params.resolved(fs), n_samples=int(n_samples)), kept
+
+
+def _check_same_parameters(
+    path: Path, archive_parameters: Mapping[str, Any], resolved: SpectrogramParameters
+) -> None:
+    new = resolved.to_dict()
+    differing = sorted(
+        key
+        for key in set(new) | set(archive_parameters)
+        if key in archive_parameters and archive_parameters.get(key) != new.get(key)
+    )
+    if differing:
+        details = ", ".join(
+            f"{k}: archive {archive_parameters.get(k)!r} vs {new.get(k)!r}" for k in differing
+        )
+        raise IngestError(f"cannot append to {path}: preprocessing parameters differ ({details})")
+
+
+def _event_coords(good: Sequence[_Inspection]) -> dict[str, np.ndarray]:
+    keys: dict[str, None] = {}
+    for report in good:
+        for key, _ in report.metadata:
+            keys.setdefault(key, None)
+    coords: dict[str, np.ndarray] = {
+        EVENT: np.array([r.event for r in good], dtype=object),
+        SOURCE: np.array([r.source for r in good], dtype=object),
+        MEDIAN: np.array([r.median for r in good], dtype=np.float64),
+    }
+    for key in keys:
+        values = [dict(r.metadata).get(key) for r in good]
+        if key == STARTTIME:
+            coords[key] = np.array(
+                [np.datetime64("NaT") if v is None else np.datetime64(v, "ns") for v in values],
+                dtype="datetime64[ns]",
+            )
+        elif key != SOURCE:
+            coords[key] = np.array(["" if v is None else str(v) for v in values], dtype=object)
+        else:
+            coords[key] = np.array([str(v) for v in values], dtype=object)
+    return coords
+
+
+def _only_known(path: Path, coords: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    archive = open_archive(path)
+    known = set(map(str, archive.coords))
+    archive.close()
+    dropped = sorted(set(coords) - known)
+    if dropped:
+        logger.warning("appending to %s without per-event coordinates %s", path, dropped)
+    return {k: v for k, v in coords.items() if k in known}
+
+
+def _group_by_unit(
+    chosen: Sequence[_Inspection], units: Sequence[Any]
+) -> list[tuple[Any, list[int]]]:
+    pieces: list[tuple[Any, list[int]]] = []
+    current = None
+    for report in chosen:
+        if report.unit != current:
+            pieces.append((units[report.unit], []))
+            current = report.unit
+        pieces[-1][1].append(report.index)
+    return pieces
+
+
+def _check_medians(
+    results: Sequence[tuple[int, list[float]]], good: Sequence[_Inspection], offset: int
+) -> None:
+    for start, medians in results:
+        expected = [r.median for r in good[start - offset : start - offset + len(medians)]]
+        if medians != expected:
+            raise RuntimeError(
+                f"inputs changed between the two passes (rows {start}:{start + len(medians)})"
+            )
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def default_event_id(path: str | Path) -> str:
+    """The file name without a known waveform extension (``.mseed``, ``.sac``...).
+
+    Examples
+    --------
+    >>> default_event_id("/data/ev123.mseed"), default_event_id("BAV.NC.EHZ..D.1984.075.10633")
+    ('ev123', 'BAV.NC.EHZ..D.1984.075.10633')
+    """
+    path = Path(path)
+    return path.stem if path.suffix.lower() in WAVEFORM_SUFFIXES else path.name
+
+
+def expand_sources(sources: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Files named by a folder (its visible files, sorted), a glob, a file, or a list of them."""
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    files: list[Path] = []
+    for source in sources:
+        text = str(source)
+        if any(char in text for char in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(text))
+            files.extend(p for p in matches if p.is_file())
+        elif Path(text).is_dir():
+            files.extend(
+                sorted(
+                    p for p in Path(text).iterdir() if p.is_file() and not p.name.startswith(".")
+                )
+            )
+        elif Path(text).is_file():
+            files.append(Path(text))
+        else:
+            raise FileNotFoundError(f"waveform source not found: {text}")
+    return files
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _select_tuple(select: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((select or {}).items()))
+
+
+def ingest_waveforms(
+    sources: str | Path | Iterable[str | Path],
+    out_path: str | Path,
+    params: SpectrogramParameters | None = None,
+    *,
+    client: Any = None,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    append: bool = False,
+    overwrite: bool = False,
+    event_id: Callable[[Path], str] = default_event_id,
+    select: Mapping[str, str] | None = None,
+    format: str | None = None,
+    dtype: npt.DTypeLike = np.float64,
+) -> IngestReport:
+    """Ingest event files (one event per file) into an archive.
+
+    Parameters
+    ----------
+    sources : str, Path or iterable of them
+        A folder, a glob pattern, a file, or a list of those.
+    out_path : str or Path
+        The archive to create (or extend with ``append=True``).
+    params : SpectrogramParameters, optional
+        Preprocessing; defaults to ``SpectrogramParameters()``.
+    client : distributed.Client, optional
+        Where to run; None uses dask's current default scheduler.
+    chunk_events : int, default=256
+        Events per Zarr chunk (and per write task).
+    append : bool, default=False
+        Add events to an existing archive (same parameters; duplicate ids are rejected).
+    overwrite : bool, default=False
+        Replace an existing archive.
+    event_id : callable, default=default_event_id
+        File path to event id (runs on the driver).
+    select : mapping, optional
+        ``Stream.select`` keywords (network, station, location, channel) for every file.
+    format : str, optional
+        ObsPy format name; None lets ObsPy detect it.
+    dtype : dtype, default=float64
+        Of the stored spectrograms.
+
+    Returns
+    -------
+    IngestReport
+
+    Raises
+    ------
+    IngestError
+        If no input is valid (nothing is written), or appended inputs do not fit the archive.
+    """
+    files = expand_sources(sources)
+    events = [event_id(p) for p in files]
+    return _ingest_files(
+        [str(p) for p in files],
+        events,
+        [None] * len(files),
+        [None] * len(files),
+        out_path,
+        params,
+        client=client,
+        chunk_events=chunk_events,
+        append=append,
+        overwrite=overwrite,
+        select=select,
+        format=format,
+        dtype=dtype,
+    )
+
+
+def _ingest_files(
+    paths: Sequence[str],
+    events: Sequence[str],
+    starttimes: Sequence[str | None],
+    stations: Sequence[str | None],
+    out_path: str | Path,
+    params: SpectrogramParameters | None,
+    **options: Any,
+) -> IngestReport:
+    select, format = options.pop("select"), options.pop("format")
+    if not paths:
+        raise IngestError(f"no waveform files given; nothing written to {out_path}")
+    size = options["chunk_events"]
+    units = [
+        _FileUnit(
+            tuple(paths[i] for i in block),
+            tuple(events[i] for i in block),
+            tuple(starttimes[i] for i in block),
+            tuple(stations[i] for i in block),
+            _select_tuple(select),
+            format,
+        )
+        for block in _chunks(len(paths), size)
+    ]
+    return _run(units, out_path, params or SpectrogramParameters(), **options)
+
+
+_EVENT_COLUMNS = ("event", "event_id", "ev_ID", "evid", "id")
+_FILE_COLUMNS = ("file", "filename", "path", "waveform")
+
+
+def _column(header: Sequence[str], given: str | None, aliases: Sequence[str], what: str) -> str:
+    if given is not None:
+        if given not in header:
+            raise ValueError(f"catalog has no {what} column {given!r} (columns: {list(header)})")
+        return given
+    for name in aliases:
+        if name in header:
+            return name
+    raise ValueError(
+        f"catalog has no {what} column: tried {list(aliases)} (columns: {list(header)}); "
+        f"pass {what}_column="
+    )
+
+
+def ingest_catalog(
+    catalog: str | Path,
+    out_path: str | Path,
+    params: SpectrogramParameters | None = None,
+    *,
+    waveform_dir: str | Path | None = None,
+    event_column: str | None = None,
+    file_column: str | None = None,
+    starttime_column: str | None = None,
+    station_column: str | None = None,
+    client: Any = None,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    append: bool = False,
+    overwrite: bool = False,
+    select: Mapping[str, str] | None = None,
+    format: str | None = None,
+    dtype: npt.DTypeLike = np.float64,
+) -> IngestReport:
+    """Ingest the events of a catalog table (CSV), in the table's order.
+
+    Parameters
+    ----------
+    catalog : str or Path
+        CSV with a header row.
+    out_path : str or Path
+        The archive.
+    params : SpectrogramParameters, optional
+        Preprocessing.
+    waveform_dir : str or Path, optional
+        Folder for relative file names; defaults to the catalog's folder.
+    event_column, file_column : str, optional
+        Column names; by default the first of ``event, event_id, ev_ID, evid, id`` and
+        ``file, filename, path, waveform`` present.
+    starttime_column : str, optional
+        If given, each trace is cut to start at this time (ISO 8601) before taking
+        ``n_samples`` samples.
+    station_column : str, optional
+        If given, only that station's traces are read from each file.
+    client, chunk_events, append, overwrite, select, format, dtype
+        As in :func:`ingest_waveforms`.
+
+    Returns
+    -------
+    IngestReport
+    """
+    catalog = Path(catalog)
+    base = Path(waveform_dir) if waveform_dir is not None else catalog.parent
+    with catalog.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        rows = list(reader)
+    event_key = _column(header, event_column, _EVENT_COLUMNS, "event")
+    file_key = _column(header, file_column, _FILE_COLUMNS, "file")
+    for key, what in ((starttime_column, "starttime"), (station_column, "station")):
+        if key is not None:
+            _column(header, key, (), what)
+    paths = [str(base / row[file_key]) for row in rows]
+    events = [row[event_key].strip() for row in rows]
+    empty = [i + 2 for i, e in enumerate(events) if not e]
+    if empty:
+        raise ValueError(f"catalog {catalog}: empty event id on line(s) {empty[:5]}")
+    starttimes = [row[starttime_column] or None if starttime_column else None for row in rows]
+    stations = [row[station_column] or None if station_column else None for row in rows]
+    return _ingest_files(
+        paths,
+        events,
+        starttimes,
+        stations,
+        out_path,
+        params,
+        client=client,
+        chunk_events=chunk_events,
+        append=append,
+        overwrite=overwrite,
+        select=select,
+        format=format,
+        dtype=dtype,
+    )
+
+
+def ingest_arrays(
+    waveforms: npt.ArrayLike,
+    out_path: str | Path,
+    params: SpectrogramParameters | None = None,
+    *,
+    sampling_rate: float | None = None,
+    event: Sequence[str] | None = None,
+    starttime: npt.ArrayLike | None = None,
+    client: Any = None,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    append: bool = False,
+    overwrite: bool = False,
+    dtype: npt.DTypeLike = np.float64,
+) -> IngestReport:
+    """Ingest waveforms held in a NumPy array of shape (n_events, n_samples).
+
+    Parameters
+    ----------
+    waveforms : array-like of shape (n_events, n_samples)
+        One waveform per row (NaN rows, constant rows... are rejected like bad files).
+    out_path : str or Path
+        The archive.
+    params : SpectrogramParameters, optional
+        Preprocessing.
+    sampling_rate : float, optional
+        Hz; defaults to ``params.fs`` (one of them is required).
+    event : sequence of str, optional
+        Ids; default "0", "1", ...
+    starttime : array-like of datetime64, optional
+        Per-event start times.
+    client, chunk_events, append, overwrite, dtype
+        As in :func:`ingest_waveforms`.
+
+    Returns
+    -------
+    IngestReport
+    """
+    params = params or SpectrogramParameters()
+    data = np.asarray(waveforms)
+    if data.ndim != 2:
+        raise ValueError(f"waveforms must have shape (n_events, n_samples), got {data.shape}")
+    fs = sampling_rate if sampling_rate is not None else params.fs
+    if fs is None:
+        raise ValueError("the sampling rate is unknown: give sampling_rate or params.fs")
+    events = [str(i) for i in range(len(data))] if event is None else [str(e) for e in event]
+    if len(events) != len(data):
+        raise ValueError(f"{len(events)} event ids for {len(data)} waveforms")
+    starts: list[int | None] = [None] * len(data)
+    if starttime is not None:
+        times = np.asarray(starttime).astype("datetime64[ns]")
+        starts = [None if np.isnat(t) else int(t.astype(np.int64)) for t in times]
+    units = [
+        _ArrayUnit(
+            data[block.start : block.stop],
+            tuple(events[i] for i in block),
+            float(fs),
+            block.start,
+            tuple(starts[i] for i in block),
+        )
+        for block in _chunks(len(data), chunk_events)
+    ]
+    if not units:
+        raise IngestError(f"no waveforms given; nothing written to {out_path}")
+    return _run(
+        units,
+        out_path,
+        params,
+        client=client,
+        chunk_events=chunk_events,
+        append=append,
+        overwrite=overwrite,
+        dtype=dtype,
+    )
+
+
+def ingest_continuous(
+    traces: Any,
+    out_path: str | Path,
+    window_length_s: float,
+    step_s: float,
+    params: SpectrogramParameters | None = None,
+    *,
+    client: Any = None,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    append: bool = False,
+    overwrite: bool = False,
+    select: Mapping[str, str] | None = None,
+    format: str | None = None,
+    dtype: npt.DTypeLike = np.float64,
+) -> IngestReport:
+    """Cut continuous traces into fixed windows and ingest each window as an event.
+
+    Windows start every ``step_s`` seconds from each trace's first sample; a window across a
+    gap is rejected. Event ids are ``<trace id>.<window start ISO 8601>`` and the window
+    start is the ``starttime`` coordinate.
+
+    Parameters
+    ----------
+    traces : obspy Stream or Trace, or files as in :func:`ingest_waveforms`
+        Continuous data; each file is one task.
+    out_path : str or Path
+        The archive.
+    window_length_s, step_s : float
+        Window length and the step between window starts, in seconds.
+    params : SpectrogramParameters, optional
+        Preprocessing (``n_samples`` defaults to the window length).
+    client, chunk_events, append, overwrite, select, format, dtype
+        As in :func:`ingest_waveforms`.
+
+    Returns
+    -------
+    IngestReport
+    """
+    if not (window_length_s > 0 and step_s > 0):
+        raise ValueError(
+            f"window_length_s and step_s must be positive, got {window_length_s}, {step_s}"
+        )
+    chosen = _select_tuple(select)
+    if hasattr(traces, "stats") or hasattr(traces, "traces"):
+        obspy = _import_obspy()
+        stream = traces if hasattr(traces, "traces") else obspy.Stream([traces])
+        units = [_ContinuousUnit(window_length_s, step_s, stream=stream, select=chosen)]
+    else:
+        files = expand_sources(traces)
+        if not files:
+            raise IngestError(f"no continuous files given; nothing written to {out_path}")
+        units = [
+            _ContinuousUnit(window_length_s, step_s, path=str(p), select=chosen, format=format)
+            for p in files
+        ]
+    return _run(
+        units,
+        out_path,
+        params or SpectrogramParameters(),
+        client=client,
+        chunk_events=chunk_events,
+        append=append,
+        overwrite=overwrite,
+        dtype=dtype,
+    )
