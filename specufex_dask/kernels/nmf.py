@@ -1,0 +1,236 @@
+"""Batched local step and transform of the Bayesian Poisson NMF (ALGORITHM.md section 1).
+
+Everything here works on a *stack* of spectrograms ``X`` of shape ``(n, D, M)``. Columns
+are independent given the global factors (ALGORITHM.md 1d), so the batch is one problem;
+it is kept as a stack rather than concatenated into a ``(D, n * M)`` matrix so that
+every spectrogram's numbers come from matrix products of the same shape whatever batch
+it sits in. That makes results bit-for-bit independent of how events are grouped into
+batches, chunks and workers, at a modest cost in BLAS efficiency.
+
+The responsibilities ``P[k, t, d]`` are never formed. With ``E = exp(L / T)`` and
+``F = exp(E[ln H] / T)`` they are ``E[d, k] F[k, t] / Z[d, t]`` with ``Z = E @ F``, so
+(ALGORITHM.md 1c)
+
+* ``sum_d P X = F * (E.T @ (X / Z))``  (patterns x times, per spectrogram)
+* ``sum_t X P = E * ((X / Z) @ F.T)``  (frequencies x patterns, per spectrogram)
+
+Symbols follow ALGORITHM.md: ``W1, W2`` (q(W) shape and rate), ``A1, A2`` (q(a)),
+``V1, V2`` (q(H)), ``h01, h02`` (prior of H), ``T`` the annealing temperature.
+Plain NumPy/SciPy only: no Dask, xarray or I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import digamma, gammaln
+
+__all__ = [
+    "NMFLocalResult",
+    "expected_log",
+    "gamma_kl",
+    "nmf_local_step",
+    "nmf_transform",
+]
+
+
+def expected_log(shape: NDArray, rate: NDArray) -> NDArray:
+    """E[ln x] for x ~ Gamma(shape, rate): ``psi(shape) - ln(rate)``."""
+    return digamma(shape) - np.log(rate)
+
+
+def gamma_kl(shape: NDArray, rate: NDArray, prior_shape: float, prior_rate: float) -> NDArray:
+    """Elementwise KL( Gamma(shape, rate) || Gamma(prior_shape, prior_rate) )."""
+    return (
+        (shape - prior_shape) * digamma(shape)
+        - gammaln(shape)
+        + gammaln(prior_shape)
+        + prior_shape * (np.log(rate) - np.log(prior_rate))
+        + shape * (prior_rate - rate) / rate
+    )
+
+
+def _row_softmax_factor(log_values: NDArray, temperature: float, axis: int) -> NDArray:
+    """``exp(log_values / T)`` rescaled by its maximum along ``axis``.
+
+    The scale cancels in the normalisation over patterns, and keeps ``exp`` finite.
+    """
+    shifted = log_values - log_values.max(axis=axis, keepdims=True)
+    if temperature != 1.0:
+        shifted /= temperature
+    return np.exp(shifted, out=shifted)
+
+
+def _ratio(X: NDArray, E: NDArray, F: NDArray) -> NDArray:
+    """``X / (E @ F)`` per spectrogram, guarded against an underflowed normaliser."""
+    Z = np.matmul(E, F)
+    np.maximum(Z, np.finfo(Z.dtype).tiny, out=Z)
+    return np.divide(X, Z, out=Z)
+
+
+def _activation_iterations(
+    X: NDArray,
+    E: NDArray,
+    log_rate: NDArray,
+    shape: NDArray,
+    n_iter: int,
+    temperature: float,
+    h01: float,
+    rate_in_first: bool,
+) -> NDArray:
+    """Fixed-point iterations of q(H)'s shape for fixed globals (ALGORITHM.md 1a/1b)."""
+    E_transposed = np.ascontiguousarray(E.T)
+    for i in range(n_iter):
+        log_activation = digamma(shape)
+        if i > 0 or rate_in_first:
+            log_activation -= log_rate[:, None]
+        F = _row_softmax_factor(log_activation, temperature, axis=-2)
+        counts = F * np.matmul(E_transposed, _ratio(X, E, F))
+        # 1 + (h01 + counts - 1) / T, which is h01 + counts at T = 1
+        shape = 1.0 + (h01 + counts - 1.0) / temperature
+    return shape
+
+
+@dataclass(frozen=True)
+class NMFLocalResult:
+    """What one local step returns for a stack of spectrograms.
+
+    Attributes
+    ----------
+    shape : ndarray of shape (n, K, M)
+        Shape V1 of q(H) for every spectrogram.
+    rate : ndarray of shape (K,)
+        Rate V2 of q(H), shared by all columns.
+    basis_counts : ndarray of shape (n, D, K)
+        ``sum_t X[d, t] P[k, t, d]`` of every spectrogram.
+    activation_sum : ndarray of shape (n, K)
+        ``sum_t E[H[k, t]]`` of every spectrogram.
+    elbo : ndarray of shape (n,)
+        Each spectrogram's share of the evidence lower bound at T = 1, without the data
+        constant ``-sum ln Gamma(X + 1)``: expected log likelihood minus KL(q(H) || p(H)).
+        NaN when not computed.
+    """
+
+    shape: NDArray
+    rate: NDArray
+    basis_counts: NDArray
+    activation_sum: NDArray
+    elbo: NDArray
+
+
+def nmf_local_step(
+    X: NDArray,
+    log_basis: NDArray,
+    basis_weight: NDArray,
+    *,
+    h01: float,
+    h02: float,
+    temperature: float,
+    n_inner: int,
+    with_elbo: bool = True,
+) -> NMFLocalResult:
+    """Local variational step of the NMF on a stack of spectrograms (ALGORITHM.md 1a).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D, M)
+        Nonnegative spectrograms.
+    log_basis : ndarray of shape (D, K)
+        ``L = E[ln W] + E[ln a]`` of the current global state.
+    basis_weight : ndarray of shape (K,)
+        ``sum_d E[W[d, k]] E[a[k]]`` of the current global state.
+    h01, h02 : float
+        Gamma prior of the activations.
+    temperature : float
+        Annealing temperature T >= 1.
+    n_inner : int
+        Number of fixed-point iterations.
+    with_elbo : bool, default=True
+        Also compute the ELBO contributions (one more matrix product when T != 1).
+
+    Returns
+    -------
+    NMFLocalResult
+    """
+    K = log_basis.shape[1]
+    dtype = X.dtype
+    log_basis = log_basis.astype(dtype, copy=False)
+    rate = ((h02 + basis_weight) / temperature).astype(dtype, copy=False)
+    log_rate = np.log(rate)
+    E = _row_softmax_factor(log_basis, temperature, axis=1)
+    shape = np.full((X.shape[0], K, X.shape[2]), 1.0 / K, dtype=dtype)
+    shape = _activation_iterations(
+        X, E, log_rate, shape, n_inner, temperature, h01, rate_in_first=False
+    )
+    log_activation = digamma(shape) - log_rate[:, None]
+    F = _row_softmax_factor(log_activation, temperature, axis=-2)
+    basis_counts = E * np.matmul(_ratio(X, E, F), F.transpose(0, 2, 1))
+    activation_sum = shape.sum(axis=2) / rate
+    if with_elbo:
+        elbo = _local_elbo(X, log_basis, log_activation, shape, rate, basis_weight, h01, h02)
+    else:
+        elbo = np.full(X.shape[0], np.nan)
+    return NMFLocalResult(shape, rate, basis_counts, activation_sum, elbo)
+
+
+def _local_elbo(
+    X: NDArray,
+    log_basis: NDArray,
+    log_activation: NDArray,
+    shape: NDArray,
+    rate: NDArray,
+    basis_weight: NDArray,
+    h01: float,
+    h02: float,
+) -> NDArray:
+    """ELBO terms of every spectrogram at T = 1 with the optimal responsibilities.
+
+    With P optimal, ``sum_k P X (L + E[ln H] - ln P) = X ln sum_k exp(L + E[ln H])``.
+    """
+    basis_max = log_basis.max(axis=1, keepdims=True)
+    activation_max = log_activation.max(axis=1, keepdims=True)
+    Z = np.matmul(np.exp(log_basis - basis_max), np.exp(log_activation - activation_max))
+    np.maximum(Z, np.finfo(Z.dtype).tiny, out=Z)
+    log_normaliser = np.log(Z) + basis_max + activation_max
+    data = np.sum(X * log_normaliser, axis=(1, 2), dtype=np.float64)
+    expected_rate = (shape.sum(axis=2) / rate) @ basis_weight
+    kl = np.sum(gamma_kl(shape, rate[:, None], h01, h02), axis=(1, 2), dtype=np.float64)
+    return data - expected_rate - kl
+
+
+def nmf_transform(
+    X: NDArray,
+    log_basis: NDArray,
+    basis_weight: NDArray,
+    *,
+    h01: float,
+    h02: float,
+    n_iter: int = 5,
+) -> NDArray:
+    """Activations E[H] of a stack of spectrograms for fixed globals (ALGORITHM.md 1b).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D, M)
+    log_basis : ndarray of shape (D, K)
+        The stored ``ElnWA``.
+    basis_weight : ndarray of shape (K,)
+        ``sum_d EW[d, k] EA[k]``.
+    h01, h02 : float
+        Gamma prior of the activations.
+    n_iter : int, default=5
+        Fixed-point iterations, starting from a shape of one.
+
+    Returns
+    -------
+    ndarray of shape (n, K, M)
+        ``V1 / V2``, the activation matrices (the reference's ACM).
+    """
+    dtype = X.dtype
+    rate = (h02 + basis_weight).astype(dtype, copy=False)
+    E = _row_softmax_factor(log_basis.astype(dtype), 1.0, axis=1)
+    shape = np.ones((X.shape[0], log_basis.shape[1], X.shape[2]), dtype=dtype)
+    shape = _activation_iterations(X, E, np.log(rate), shape, n_iter, 1.0, h01, rate_in_first=True)
+    return shape / rate[:, None]

@@ -1,0 +1,674 @@
+"""In-memory SpecUFEx models with the reference's API (ALGORITHM.md sections 1-3).
+
+``BayesianNonparametricNMF`` and ``BayesianHMM`` keep the names of the public
+``specufex`` package, so a script written for it runs with only its import changed.
+Their variational parameters are public attributes under the reference's names
+(``W1, W2, A1, A2, step``; ``B1, B2, step``); derived quantities (``EW``, ``EA``,
+``ElnWA``, ``gain``; ``EB``, ``ElnB``) are computed from them, so setting a state by hand
+is enough. Layout: spectrograms are (n, D, M) = (events, frequencies, times); ``W`` is
+D x K (frequencies x patterns), activations are (n, K, M).
+
+Two fidelity modes (``compat``):
+
+``"default"``
+    The MATLAB original's forward-backward (ALGORITHM.md 2a), minibatches of
+    ``batch_size`` events scaled by (data size / batch size), a decreasing HMM step size.
+``"specufex"``
+    Reproduces the reference bit for bit in its quirks (ALGORITHM.md 2c): one event per
+    step, scale ``N_eff / M``, its forward-backward and its HMM step counter.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import compat as reference
+from . import persistence
+from .kernels.nmf import expected_log
+from .seeding import generator, minibatch, resolve_seed
+from .stats import HMMStatistics, NMFStatistics, fold
+from .steps import (
+    HMMStepParameters,
+    NMFStepParameters,
+    hmm_leaves,
+    hmm_outputs,
+    nmf_activations,
+    nmf_leaves,
+)
+from .updates import (
+    NMFPrior,
+    check_finite,
+    hmm_global_kl,
+    hmm_global_update,
+    hmm_step_size,
+    nmf_global_kl,
+    nmf_global_update,
+    nmf_inner_iterations,
+    nmf_step_size,
+    nmf_temperature,
+    pattern_order,
+    prune_mask,
+    state_order,
+)
+from .validation import check_stack
+
+__all__ = ["BayesianHMM", "BayesianNonparametricNMF", "ConvergenceMonitor", "ConvergenceWarning"]
+
+logger = logging.getLogger("specufex_dask")
+
+COMPAT_MODES = ("default", "specufex")
+
+
+class ConvergenceWarning(UserWarning):
+    """The step budget ran out before the ELBO settled."""
+
+
+class ConvergenceMonitor:
+    """ELBO history and the stopping rule of a fit.
+
+    The ELBO of a minibatch step is a noisy estimate, so the rule compares the means of
+    the last two windows of ``window`` steps (one window per pass over the data; a
+    full-batch fit compares consecutive steps): converged when they differ by less than
+    ``tol`` relative to the latest mean.
+
+    Parameters
+    ----------
+    tol : float or None
+        Relative tolerance; None never stops early.
+    window : int
+        Steps per window.
+    """
+
+    def __init__(self, tol: float | None, window: int = 1) -> None:
+        self.tol = tol
+        self.window = max(1, int(window))
+        self.history: list[float] = []
+        self.converged = False
+
+    def report(self, elbo: float, ready: bool = True) -> bool:
+        """Record a step's ELBO; return True once converged.
+
+        ``ready=False`` (annealing still on) records without testing.
+        """
+        self.history.append(float(elbo))
+        if self.tol is None or not ready or len(self.history) < 2 * self.window:
+            return False
+        latest = np.mean(self.history[-self.window :])
+        previous = np.mean(self.history[-2 * self.window : -self.window])
+        self.converged = bool(abs(latest - previous) <= self.tol * abs(latest))
+        return self.converged
+
+
+def _check_compat(compat: str) -> str:
+    if compat not in COMPAT_MODES:
+        raise ValueError(f"compat must be one of {COMPAT_MODES}, got {compat!r}")
+    return compat
+
+
+def _check_positive_int(name: str, value: int | None, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class _SVIModel:
+    """The SVI driver shared by both models: minibatches, stopping, logging."""
+
+    _batch_purpose: str
+    _unit: str
+
+    def _init_driver(
+        self,
+        compat: str,
+        batch_size: int,
+        max_steps: int | None,
+        tol: float | None,
+        step_size: float | None,
+        random_state: int | None,
+        dtype: ArrayLike,
+        verbose: bool,
+    ) -> None:
+        self.compat = _check_compat(compat)
+        _check_positive_int("batch_size", batch_size, allow_none=False)
+        _check_positive_int("max_steps", max_steps)
+        if tol is not None and not tol > 0:
+            raise ValueError(f"tol must be positive or None, got {tol!r}")
+        if step_size is not None and not 0 < step_size <= 1:
+            raise ValueError(f"step_size must be in (0, 1] or None, got {step_size!r}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        if compat == "specufex" and (batch_size != 1 or max_steps is not None or tol):
+            raise ValueError(
+                "compat='specufex' steps through the data one event at a time as the "
+                "reference does; batch_size, max_steps and tol need compat='default'"
+            )
+        self.batch_size = int(batch_size)
+        self.max_steps = max_steps
+        self.tol = tol
+        self.step_size = step_size
+        self.random_state = resolve_seed(random_state)
+        self.verbose = verbose
+        self.elbo_: list[float] = []
+
+    def _log(self, message: str, *args: object) -> None:
+        logger.log(logging.INFO if self.verbose else logging.DEBUG, message, *args)
+
+    def _run_svi(
+        self, data: NDArray, take_step: Callable[[NDArray], float], ready: Callable[[], bool]
+    ) -> None:
+        """Steps over ``data`` with seeded minibatches until the budget or convergence."""
+        n = len(data)
+        per_pass = math.ceil(n / self.batch_size)
+        n_steps = self.max_steps if self.max_steps is not None else per_pass
+        monitor = ConvergenceMonitor(self.tol, per_pass)
+        for _ in range(n_steps):
+            index = minibatch(
+                self.random_state, self._batch_purpose, self.step, n, self.batch_size
+            )
+            elbo = take_step(data[index])
+            if monitor.report(elbo, ready()):
+                self._log("%s converged after %d steps", type(self).__name__, len(monitor.history))
+                return
+        if self.tol is not None and self.max_steps is not None:
+            warnings.warn(
+                f"{type(self).__name__}: ELBO not converged to tol={self.tol} in "
+                f"{n_steps} steps; raise max_steps",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+
+class BayesianNonparametricNMF(_SVIModel):
+    """Bayesian nonparametric Poisson NMF of spectrograms fitted by SVI.
+
+    Parameters
+    ----------
+    X_shape : tuple of int
+        ``(n_events, n_frequencies, n_times)`` of the data set; ``n_events`` is the data
+        size ``N_eff`` that scales the minibatch statistics.
+    num_pat : int, default=75
+        Initial number of patterns K0; unused patterns are pruned during fitting.
+    compat : {"default", "specufex"}, default="default"
+        Fidelity mode (see the module docstring).
+    batch_size : int, default=1
+        Spectrograms per SVI step, concatenated along time (ALGORITHM.md 1d).
+    max_steps : int, optional
+        Steps per call of :meth:`fit`; default one pass over the data given.
+    tol : float, optional
+        Relative ELBO tolerance for an early stop (tested once annealing is over).
+    step_size : float, optional
+        A fixed step size rho (1 with a full batch is batch variational Bayes); default
+        the decreasing schedule of ALGORITHM.md 1a.
+    anneal : bool, default=True
+        Use the annealing temperature ``1 + 0.75**(step - 1)``; False fixes T = 1.
+    random_state : int, optional
+        Seed of the initial state and of the minibatches.
+    dtype : {float64, float32}, default=float64
+        Precision of the kernels; the global state is kept in float64.
+    verbose : bool, default=False
+        Log every step at INFO level (logger ``specufex_dask``).
+
+    Attributes
+    ----------
+    W1, W2 : ndarray of shape (n_frequencies, num_pat)
+        Shape and rate of q(W).
+    A1, A2 : ndarray of shape (1, num_pat)
+        Shape and rate of q(a).
+    step : int
+        SVI step counter (-1 before the first step).
+    num_pat : int
+        Current number of patterns.
+    EW, EA, ElnWA, gain : ndarray
+        ``W1/W2``, ``A1/A2``, ``E[ln W] + E[ln a]`` and ``sum_d EW``.
+    elbo_ : list of float
+        ELBO estimate of every step (without the data constant).
+
+    Notes
+    -----
+    Holtzman et al. (2018), Science Advances 4(5), eaao2929.
+    """
+
+    _batch_purpose = "nmf_batch"
+
+    def __init__(
+        self,
+        X_shape: tuple[int, ...],
+        num_pat: int = 75,
+        *,
+        compat: str = "default",
+        batch_size: int = 1,
+        max_steps: int | None = None,
+        tol: float | None = None,
+        step_size: float | None = None,
+        anneal: bool = True,
+        random_state: int | None = None,
+        dtype: ArrayLike = np.float64,
+        verbose: bool = False,
+    ) -> None:
+        if len(X_shape) != 3 or min(X_shape) < 1:
+            raise ValueError(
+                f"X_shape must be (n_events, n_frequencies, n_times), all >= 1; got {X_shape}"
+            )
+        _check_positive_int("num_pat", num_pat, allow_none=False)
+        self._init_driver(
+            compat, batch_size, max_steps, tol, step_size, random_state, dtype, verbose
+        )
+        self.anneal = anneal
+        n_events, n_frequencies, _ = (int(v) for v in X_shape)
+        self.input_dims = (n_events, n_frequencies, int(X_shape[2]))
+        self.N_eff = n_events
+        self.dim = n_frequencies
+        self.num_pat = int(num_pat)
+        prior = NMFPrior.default(n_frequencies, self.num_pat)
+        self.h01, self.h02 = prior.h01, prior.h02
+        self.a01, self.a02 = prior.a01, prior.a02
+        self.w01, self.w02 = prior.w01, prior.w02
+        strength = n_events / 1000
+        rng = generator(self.random_state, "nmf_init")
+        self.W1 = strength * 100 * rng.gamma(10.0, 1 / 10, size=(n_frequencies, self.num_pat))
+        self.W2 = np.full((n_frequencies, self.num_pat), strength * 100)
+        self.A1 = np.full((1, self.num_pat), strength * 10)
+        self.A2 = np.full((1, self.num_pat), strength * 10)
+        self.step = -1
+
+    # --- derived state -------------------------------------------------------------
+    @property
+    def prior(self) -> NMFPrior:
+        """The Gamma hyperparameters."""
+        return NMFPrior(self.h01, self.h02, self.a01, self.a02, self.w01, self.w02)
+
+    @property
+    def EW(self) -> NDArray:
+        """E[W], (n_frequencies, num_pat)."""
+        return self.W1 / self.W2
+
+    @property
+    def EA(self) -> NDArray:
+        """E[a], (1, num_pat)."""
+        return self.A1 / self.A2
+
+    @property
+    def ElnWA(self) -> NDArray:
+        """E[ln W] + E[ln a], (n_frequencies, num_pat)."""
+        return expected_log(self.W1, self.W2) + expected_log(self.A1, self.A2)
+
+    @property
+    def gain(self) -> NDArray:
+        """Pattern gains ``sum_d EW[d, k]``, (num_pat,)."""
+        return self.EW.sum(axis=0)
+
+    # --- fitting -------------------------------------------------------------------
+    def step_parameters(self) -> NMFStepParameters:
+        """What the local step of the next SVI step needs (sent to workers)."""
+        temperature = nmf_temperature(self.step, self.anneal)
+        return NMFStepParameters(
+            log_basis=self.ElnWA,
+            basis_weight=(self.EW * self.EA).sum(axis=0),
+            h01=self.h01,
+            h02=self.h02,
+            temperature=temperature,
+            n_inner=nmf_inner_iterations(temperature),
+            dtype=self.dtype.name,
+        )
+
+    def transform_parameters(self) -> NMFStepParameters:
+        """What the transform needs (sent to workers)."""
+        return NMFStepParameters(
+            log_basis=self.ElnWA,
+            basis_weight=(self.EW * self.EA).sum(axis=0),
+            h01=self.h01,
+            h02=self.h02,
+            dtype=self.dtype.name,
+        )
+
+    def apply_statistics(self, stats: NMFStatistics) -> float:
+        """One global SVI update from a minibatch's statistics; returns the step's ELBO.
+
+        The statistics are scaled by ``N_eff / n_columns`` in compat mode (the
+        reference) and by ``N_eff / n_spectrograms`` otherwise, which makes a full batch
+        exact variational Bayes.
+        """
+        if stats.basis_counts.shape != self.W1.shape:
+            raise ValueError(
+                f"statistics of shape {stats.basis_counts.shape} for a model of shape "
+                f"{self.W1.shape}"
+            )
+        check_finite(
+            "NMF",
+            self.step + 1,
+            basis_counts=stats.basis_counts,
+            activation_sum=stats.activation_sum[None],
+        )
+        units = stats.n_columns if self.compat == "specufex" else stats.n_spectrograms
+        scale = self.N_eff / units
+        temperature = nmf_temperature(self.step, self.anneal)
+        rho = self.step_size or nmf_step_size(self.step, temperature)
+        elbo = scale * stats.elbo - nmf_global_kl(self.W1, self.W2, self.A1, self.A2, self.prior)
+        W1, W2, A1, A2 = nmf_global_update(
+            self.W1,
+            self.W2,
+            self.A1,
+            self.A2,
+            stats.basis_counts,
+            stats.activation_sum,
+            scale=scale,
+            step_size=rho,
+            temperature=temperature,
+            prior=self.prior,
+        )
+        check_finite("NMF", self.step + 1, W1=W1, W2=W2, A1=A1, A2=A2)
+        keep = prune_mask(A1, A2)
+        if not keep.any():
+            raise ValueError(f"NMF: every pattern was pruned at step {self.step + 1}")
+        self.W1, self.W2, self.A1, self.A2 = W1[:, keep], W2[:, keep], A1[:, keep], A2[:, keep]
+        if not keep.all():
+            self._log("NMF step %d: pruned patterns %s", self.step + 1, np.flatnonzero(~keep))
+        self.num_pat = int(keep.sum())
+        self.step += 1
+        self.elbo_.append(float(elbo))
+        self._log(
+            "NMF step %d: T=%.4f rho=%.4f ELBO=%.6e patterns=%d",
+            self.step,
+            temperature,
+            rho,
+            elbo,
+            self.num_pat,
+        )
+        return float(elbo)
+
+    def _take_step(self, X: NDArray) -> float:
+        return self.apply_statistics(fold(nmf_leaves(X, self.step_parameters())))
+
+    def _annealed(self) -> bool:
+        return nmf_temperature(self.step, self.anneal) - 1.0 < 1e-4
+
+    def sort_patterns(self) -> None:
+        """Order patterns by the frequency of their peak (done at the end of fit)."""
+        order = pattern_order(self.EW, stable=self.compat != "specufex")
+        self.W1, self.W2 = self.W1[:, order], self.W2[:, order]
+        self.A1, self.A2 = self.A1[:, order], self.A2[:, order]
+
+    def _check_X(self, X: ArrayLike) -> NDArray:
+        return check_stack(X, what="spectrograms", dtype=self.dtype, expected_rows=self.dim)
+
+    def partial_fit(self, X: ArrayLike) -> BayesianNonparametricNMF:
+        """One SVI step with all of ``X`` (n, D, M) as the minibatch (no sorting)."""
+        X = self._check_X(X)
+        if self.compat == "specufex":
+            for x in X:
+                self._take_step(x[None])
+        else:
+            self._take_step(X)
+        return self
+
+    def fit(self, X: ArrayLike) -> BayesianNonparametricNMF:
+        """Continue training on spectrograms ``X`` of shape (n, D, M).
+
+        In compat mode every spectrogram of ``X``, in order, is one step (the reference).
+        Otherwise ``max_steps`` steps (default one pass over ``X``) with seeded
+        minibatches of ``batch_size``, stopping early when ``tol`` is met. Patterns are
+        sorted by peak frequency at the end.
+        """
+        X = self._check_X(X)
+        if self.compat == "specufex":
+            for x in X:
+                self._take_step(x[None])
+        else:
+            self._run_svi(X, self._take_step, self._annealed)
+        self.sort_patterns()
+        return self
+
+    def transform(self, X: ArrayLike) -> NDArray:
+        """Activations (n, num_pat, M) of spectrograms ``X`` (n, D, M) (the reference's ACM)."""
+        return nmf_activations(self._check_X(X), self.transform_parameters())
+
+    def fit_transform(self, X: ArrayLike) -> NDArray:
+        """:meth:`fit` then :meth:`transform`."""
+        return self.fit(X).transform(X)
+
+    # --- persistence ---------------------------------------------------------------
+    def save(self, filename: str | Path) -> None:
+        """Write the model to an HDF5 file (no pickle; see :mod:`specufex_dask.persistence`)."""
+        persistence.save_model(filename, self)
+
+    @classmethod
+    def load(cls, filename: str | Path, compat: str | None = None) -> BayesianNonparametricNMF:
+        """Read a model saved by :meth:`save` or by the reference package.
+
+        ``compat=None`` keeps the file's mode (``"specufex"`` for the reference's files).
+        """
+        return persistence.load_model(filename, cls, compat)
+
+
+class BayesianHMM(_SVIModel):
+    """Bayesian HMM of NMF activations fitted by SVI, and its fingerprints.
+
+    Parameters
+    ----------
+    num_pat : int
+        Number of NMF patterns K.
+    gain : array_like of shape (num_pat,)
+        NMF pattern gains: the HMM sees ``diag(gain) V``.
+    num_state : int, default=15
+        Number of states S.
+    compat : {"default", "specufex"}, default="default"
+    batch_size : int, default=1
+        Sequences per SVI step.
+    max_steps : int, optional
+        Steps per call of :meth:`fit`; default one pass over the data given.
+    tol : float, optional
+        Relative ELBO tolerance for an early stop.
+    step_size : float, optional
+        Fixed step size; default ``(250/(1 + 5(n-1)) + step)**-0.51`` capped at 1.
+    n_eff : int, optional
+        Data size that scales the minibatch statistics. Default: the number of sequences
+        given to each :meth:`fit` call (the reference fixes 100000).
+    random_state : int, optional
+    dtype : {float64, float32}, default=float64
+    verbose : bool, default=False
+
+    Attributes
+    ----------
+    B1, B2 : ndarray of shape (num_state, num_pat)
+        Shape and rate of q(B).
+    step : int
+    EB, ElnB : ndarray of shape (num_state, num_pat)
+    elbo_ : list of float
+    """
+
+    _batch_purpose = "hmm_batch"
+
+    def __init__(
+        self,
+        num_pat: int,
+        gain: ArrayLike,
+        num_state: int = 15,
+        *,
+        compat: str = "default",
+        batch_size: int = 1,
+        max_steps: int | None = None,
+        tol: float | None = None,
+        step_size: float | None = None,
+        n_eff: int | None = None,
+        random_state: int | None = None,
+        dtype: ArrayLike = np.float64,
+        verbose: bool = False,
+    ) -> None:
+        _check_positive_int("num_pat", num_pat, allow_none=False)
+        _check_positive_int("num_state", num_state, allow_none=False)
+        _check_positive_int("n_eff", n_eff)
+        self._init_driver(
+            compat, batch_size, max_steps, tol, step_size, random_state, dtype, verbose
+        )
+        gain = np.asarray(gain, dtype=np.float64).ravel()
+        if gain.shape != (num_pat,) or not np.all(np.isfinite(gain)) or np.any(gain < 0):
+            raise ValueError(
+                f"gain must be {num_pat} finite nonnegative numbers, got shape {gain.shape}"
+            )
+        self.num_pat = int(num_pat)
+        self.num_state = int(num_state)
+        self.gain = gain
+        self.n_eff = n_eff
+        self.Neff = reference.HMM_NEFF if compat == "specufex" else n_eff
+        self.tau1 = 0.1
+        self.tau2 = 0.1
+        self.tauA = 0.1 / num_state
+        self.tauPpi = 0.01 / num_state
+        self._max_inner_ite = 20
+        rng = generator(self.random_state, "hmm_init")
+        strength = reference.HMM_NEFF * 1000
+        self.B1 = strength * rng.gamma(1.0, 1.0, size=(num_state, num_pat))
+        self.B2 = np.full((num_state, num_pat), strength * 0.03)
+        self.step = 0
+
+    @property
+    def EB(self) -> NDArray:
+        """E[B], (num_state, num_pat)."""
+        return self.B1 / self.B2
+
+    @property
+    def ElnB(self) -> NDArray:
+        """E[ln B], (num_state, num_pat)."""
+        return expected_log(self.B1, self.B2)
+
+    def step_parameters(self) -> HMMStepParameters:
+        """What the local step needs (sent to workers)."""
+        return HMMStepParameters(
+            log_rate=self.ElnB,
+            rate=self.EB,
+            gain=self.gain,
+            tau_initial=self.tauPpi,
+            tau_transition=self.tauA,
+            n_iter=self._max_inner_ite,
+            compat=self.compat == "specufex",
+            dtype=self.dtype.name,
+        )
+
+    def apply_statistics(
+        self,
+        stats: HMMStatistics,
+        *,
+        scale: float | None = None,
+        step_size: float | None = None,
+        n_data: int | None = None,
+    ) -> float:
+        """One global SVI update from a minibatch's statistics; returns the step's ELBO.
+
+        ``scale`` defaults to ``n_eff / n_sequences`` (``n_data`` stands in for an unset
+        ``n_eff``); ``step_size`` to the model's schedule. The step counter advances by one.
+        """
+        if stats.emission_counts.shape != self.B1.shape:
+            raise ValueError(
+                f"statistics of shape {stats.emission_counts.shape} for a model of shape "
+                f"{self.B1.shape}"
+            )
+        check_finite(
+            "HMM",
+            self.step,
+            emission_counts=stats.emission_counts,
+            state_counts=stats.state_counts[:, None],
+        )
+        if scale is None:
+            size = self.n_eff or n_data or stats.n_sequences
+            scale = size / stats.n_sequences
+        rho = step_size or self.step_size or hmm_step_size(self.step, stats.n_sequences)
+        elbo = scale * stats.elbo - hmm_global_kl(self.B1, self.B2, self.tau1, self.tau2)
+        B1, B2 = hmm_global_update(
+            self.B1,
+            self.B2,
+            stats.emission_counts,
+            stats.state_counts,
+            scale=scale,
+            step_size=rho,
+            tau1=self.tau1,
+            tau2=self.tau2,
+        )
+        check_finite("HMM", self.step, B1=B1, B2=B2)
+        self.B1, self.B2 = B1, B2
+        self.elbo_.append(float(elbo))
+        self._log("HMM step %d: rho=%.4f ELBO=%.6e", self.step, rho, elbo)
+        self.step += 1
+        return float(elbo)
+
+    def _check_V(self, V: ArrayLike) -> NDArray:
+        return check_stack(
+            V, what="activations", dtype=self.dtype, expected_rows=self.num_pat, row_name="pattern"
+        )
+
+    def _take_step(self, V: NDArray, n_data: int | None = None) -> float:
+        leaves = hmm_leaves(V, self.step_parameters())
+        return self.apply_statistics(fold(leaves), n_data=n_data)
+
+    def _fit_reference(self, V: NDArray) -> None:
+        for index, sequence in enumerate(V):
+            step, batch, rho = reference.hmm_schedule(self.step, index)
+            self.step = step
+            stats = fold(hmm_leaves(sequence[None], self.step_parameters()))
+            self.apply_statistics(stats, scale=self.Neff / batch, step_size=rho)
+            self.step = step  # the reference's counter only moves by the index
+
+    def sort_states(self) -> None:
+        """Order states by decreasing energy (done at the end of fit)."""
+        order = state_order(self.EB, stable=self.compat != "specufex")
+        self.B1, self.B2 = self.B1[order], self.B2[order]
+
+    def partial_fit(self, V: ArrayLike) -> BayesianHMM:
+        """One SVI step with all of ``V`` (n, num_pat, M) as the minibatch (no sorting)."""
+        V = self._check_V(V)
+        if self.compat == "specufex":
+            self._fit_reference(V)
+        else:
+            self._take_step(V)
+        return self
+
+    def fit(self, V: ArrayLike) -> BayesianHMM:
+        """Continue training on activation sequences ``V`` of shape (n, num_pat, M).
+
+        States are sorted by decreasing energy at the end.
+        """
+        V = self._check_V(V)
+        if self.compat == "specufex":
+            self._fit_reference(V)
+        else:
+            n_data = len(V)
+            self._run_svi(V, lambda batch: self._take_step(batch, n_data), lambda: True)
+        self.sort_states()
+        return self
+
+    def transform(self, V: ArrayLike) -> tuple[NDArray, NDArray, NDArray]:
+        """``(fingerprints, As, gams)`` of sequences ``V`` (n, num_pat, M).
+
+        Returns
+        -------
+        fingerprints : ndarray of shape (n, num_state, num_state)
+        As : ndarray of shape (n, num_state, num_state)
+            Final transition Dirichlet parameters of every sequence.
+        gams : ndarray of shape (n, num_state, M)
+            State probabilities (the reference's STM).
+        """
+        return hmm_outputs(self._check_V(V), self.step_parameters())
+
+    def fit_transform(
+        self, V: ArrayLike, EW: ArrayLike | None = None
+    ) -> tuple[NDArray, NDArray, NDArray]:
+        """:meth:`fit` then :meth:`transform` (``EW`` is accepted for the reference's
+        signature and not used)."""
+        return self.fit(V).transform(V)
+
+    def save(self, filename: str | Path) -> None:
+        """Write the model to an HDF5 file (no pickle)."""
+        persistence.save_model(filename, self)
+
+    @classmethod
+    def load(cls, filename: str | Path, compat: str | None = None) -> BayesianHMM:
+        """Read a model saved by :meth:`save` or by the reference package."""
+        return persistence.load_model(filename, cls, compat)

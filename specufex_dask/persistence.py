@@ -1,0 +1,177 @@
+"""Model files: HDF5, one dataset per attribute, settings as JSON; nothing is executed.
+
+Files written here carry ``specufex_dask_format`` (the class name) and
+``format_version`` attributes. Files without them are read as the reference package's
+own model files, which store one dataset per attribute under the same names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import compat as reference
+
+__all__ = ["FORMAT_VERSION", "load_model", "save_model"]
+
+FORMAT_VERSION = 1
+
+_STATE = {
+    "BayesianNonparametricNMF": {
+        "arrays": ("W1", "W2", "A1", "A2"),
+        "scalars": ("step", "N_eff", "dim", "num_pat", "h01", "h02", "a01", "a02", "w01", "w02"),
+        "settings": ("compat", "batch_size", "max_steps", "tol", "step_size", "anneal",
+                     "random_state", "verbose", "input_dims"),
+    },
+    "BayesianHMM": {
+        "arrays": ("B1", "B2", "gain"),
+        "scalars": ("step", "num_pat", "num_state", "tau1", "tau2", "tauA", "tauPpi",
+                    "_max_inner_ite"),
+        "settings": ("compat", "batch_size", "max_steps", "tol", "step_size", "n_eff", "Neff",
+                     "random_state", "verbose"),
+    },
+}  # fmt: skip
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def save_model(filename: str | Path, model: Any) -> None:
+    """Write ``model`` to ``filename`` atomically (a temporary file renamed into place)."""
+    kind = type(model).__name__
+    layout = _STATE[kind]
+    path = Path(filename)
+    settings = {name: _jsonable(getattr(model, name)) for name in layout["settings"]}
+    settings["dtype"] = model.dtype.name
+    handle, temporary = tempfile.mkstemp(dir=path.parent or ".", suffix=".h5.partial")
+    os.close(handle)
+    try:
+        with h5py.File(temporary, "w") as file:
+            file.attrs["specufex_dask_format"] = kind
+            file.attrs["format_version"] = FORMAT_VERSION
+            file.attrs["settings"] = json.dumps(settings)
+            for name in layout["arrays"]:
+                file.create_dataset(name, data=np.asarray(getattr(model, name)))
+            for name in layout["scalars"]:
+                file.create_dataset(name, data=getattr(model, name))
+            file.create_dataset("elbo_", data=np.asarray(model.elbo_, dtype=np.float64))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _read(file: h5py.File, name: str, filename: Path) -> Any:
+    if name not in file:
+        raise ValueError(f"{filename}: dataset {name!r} is missing; not a complete model file")
+    value = file[name][()]
+    return value.item() if np.ndim(value) == 0 else np.asarray(value)
+
+
+def load_model(filename: str | Path, cls: type, compat: str | None = None) -> Any:
+    """Read a model of class ``cls`` from one of our files or a reference file.
+
+    Parameters
+    ----------
+    filename : str or Path
+    cls : type
+        ``BayesianNonparametricNMF`` or ``BayesianHMM``.
+    compat : {"default", "specufex"}, optional
+        Mode of the loaded model; None keeps the file's (``"specufex"`` for a reference
+        file).
+    """
+    path = Path(filename)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    kind = cls.__name__
+    layout = _STATE[kind]
+    try:
+        file = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path}: not an HDF5 model file ({error})") from error
+    with file:
+        stored_kind = file.attrs.get("specufex_dask_format")
+        if stored_kind is not None and stored_kind != kind:
+            raise ValueError(f"{path} holds a {stored_kind}, not a {kind}")
+        if stored_kind is not None and int(file.attrs["format_version"]) > FORMAT_VERSION:
+            raise ValueError(
+                f"{path}: format version {file.attrs['format_version']} is newer than this "
+                f"package reads ({FORMAT_VERSION}); upgrade specufex-dask"
+            )
+        values = {name: _read(file, name, path) for name in layout["arrays"] + layout["scalars"]}
+        if stored_kind is not None:
+            settings = json.loads(file.attrs["settings"])
+            values["elbo_"] = list(np.asarray(file["elbo_"][()], dtype=float))
+        else:
+            settings = _reference_settings(file, kind, path)
+            values["elbo_"] = []
+    if compat is not None:
+        settings["compat"] = compat
+    return _build(cls, values, settings)
+
+
+def _reference_settings(file: h5py.File, kind: str, path: Path) -> dict[str, Any]:
+    """Settings of a reference model file (which has none of ours)."""
+    keys = reference.REFERENCE_NMF_KEYS if kind.endswith("NMF") else reference.REFERENCE_HMM_KEYS
+    missing = [key for key in keys if key not in file]
+    if missing:
+        raise ValueError(f"{path}: not a {kind} model file (missing datasets {missing})")
+    settings: dict[str, Any] = {
+        "compat": "specufex",
+        "batch_size": 1,
+        "max_steps": None,
+        "tol": None,
+        "step_size": None,
+        "random_state": 0,
+        "verbose": False,
+        "dtype": "float64",
+    }
+    if kind.endswith("NMF"):
+        settings["anneal"] = True
+        settings["input_dims"] = [int(v) for v in file["input_dims"][()]]
+    else:
+        settings["n_eff"] = None
+        settings["Neff"] = int(file["Neff"][()]) if "Neff" in file else reference.HMM_NEFF
+    return settings
+
+
+def _build(cls: type, values: dict[str, Any], settings: dict[str, Any]) -> Any:
+    model = cls.__new__(cls)
+    compat = settings.pop("compat")
+    # the reference fitted one event per step; our driver checks only ask that of new fits
+    model._init_driver(
+        compat,
+        settings.pop("batch_size") if compat == "default" else 1,
+        settings.pop("max_steps") if compat == "default" else None,
+        settings.pop("tol") if compat == "default" else None,
+        settings.pop("step_size"),
+        settings.pop("random_state"),
+        settings.pop("dtype"),
+        settings.pop("verbose"),
+    )
+    for name in ("batch_size", "max_steps", "tol"):
+        settings.pop(name, None)
+    for name, value in settings.items():
+        setattr(model, name, tuple(value) if name == "input_dims" else value)
+    for name, value in values.items():
+        if name in ("step", "N_eff", "dim", "num_pat", "num_state", "_max_inner_ite"):
+            value = int(value)
+        elif isinstance(value, np.ndarray):
+            value = value.astype(np.float64)
+        elif isinstance(value, (int, np.integer)) and name not in ("step",):
+            value = float(value)
+        setattr(model, name, value)
+    if cls.__name__ == "BayesianHMM":
+        model.gain = np.asarray(model.gain, dtype=np.float64).ravel()
+    return model

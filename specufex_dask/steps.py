@@ -1,0 +1,189 @@
+"""Per-event statistics of one SVI step: what a worker computes for its events.
+
+A step's global quantities are packed once into a small frozen parameter object, sent to
+wherever the events are, and each event's statistics come back as one leaf of the fixed
+summation tree of :mod:`specufex_dask.stats`. The in-memory models and the Dask engine
+both go through these functions, so they compute the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .kernels.hmm import fingerprints, hmm_local_step
+from .kernels.nmf import nmf_local_step, nmf_transform
+from .stats import HMMStatistics, NMFStatistics
+
+__all__ = [
+    "HMMStepParameters",
+    "NMFStepParameters",
+    "hmm_leaves",
+    "hmm_outputs",
+    "nmf_activations",
+    "nmf_leaves",
+]
+
+# Events per kernel call: big enough to amortise Python overhead, small enough that the
+# (n, D, M) temporaries stay in cache.
+NMF_GROUP = 8
+HMM_GROUP = 512
+
+
+@dataclass(frozen=True)
+class NMFStepParameters:
+    """Global quantities the NMF local step needs (ALGORITHM.md 1a/1b).
+
+    Attributes
+    ----------
+    log_basis : ndarray of shape (D, K)
+        ``E[ln W] + E[ln a]``.
+    basis_weight : ndarray of shape (K,)
+        ``sum_d E[W] E[a]``.
+    h01, h02 : float
+    temperature : float
+    n_inner : int
+        Fixed-point iterations of a fit step.
+    transform_iterations : int
+        Fixed-point iterations of the transform.
+    dtype : str
+        Floating dtype of the kernels.
+    """
+
+    log_basis: NDArray
+    basis_weight: NDArray
+    h01: float
+    h02: float
+    temperature: float = 1.0
+    n_inner: int = 10
+    transform_iterations: int = 5
+    dtype: str = "float64"
+
+
+def _groups(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def nmf_leaves(X: NDArray, params: NMFStepParameters) -> list[NMFStatistics]:
+    """Statistics of every spectrogram of ``X`` (n, D, M), one leaf each."""
+    X = np.asarray(X, dtype=params.dtype)
+    leaves: list[NMFStatistics] = []
+    for group in _groups(len(X), NMF_GROUP):
+        local = nmf_local_step(
+            X[group],
+            params.log_basis,
+            params.basis_weight,
+            h01=params.h01,
+            h02=params.h02,
+            temperature=params.temperature,
+            n_inner=params.n_inner,
+        )
+        columns = X.shape[2]
+        leaves.extend(
+            NMFStatistics(
+                local.basis_counts[i].astype(np.float64),
+                local.activation_sum[i].astype(np.float64),
+                columns,
+                1,
+                float(local.elbo[i]),
+            )
+            for i in range(len(local.elbo))
+        )
+    return leaves
+
+
+def nmf_activations(X: NDArray, params: NMFStepParameters) -> NDArray:
+    """Activations (n, K, M) of spectrograms ``X`` (n, D, M)."""
+    X = np.asarray(X, dtype=params.dtype)
+    out = np.empty((X.shape[0], params.log_basis.shape[1], X.shape[2]), dtype=X.dtype)
+    for group in _groups(len(X), NMF_GROUP):
+        out[group] = nmf_transform(
+            X[group],
+            params.log_basis,
+            params.basis_weight,
+            h01=params.h01,
+            h02=params.h02,
+            n_iter=params.transform_iterations,
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class HMMStepParameters:
+    """Global quantities the HMM local step needs (ALGORITHM.md 2a, 3).
+
+    Attributes
+    ----------
+    log_rate, rate : ndarray of shape (S, K)
+        ``ElnB`` and ``EB``.
+    gain : ndarray of shape (K,)
+        NMF pattern gains: the emissions are ``U = diag(gain) V``.
+    tau_initial, tau_transition : float
+    n_iter : int
+    compat : bool
+        The reference's forward-backward.
+    dtype : str
+    """
+
+    log_rate: NDArray
+    rate: NDArray
+    gain: NDArray
+    tau_initial: float
+    tau_transition: float
+    n_iter: int = 20
+    compat: bool = False
+    dtype: str = "float64"
+
+
+def _hmm_local(V: NDArray, params: HMMStepParameters):
+    U = np.asarray(V, dtype=params.dtype) * params.gain.astype(params.dtype)[:, None]
+    return hmm_local_step(
+        U,
+        params.log_rate,
+        params.rate,
+        tau_initial=params.tau_initial,
+        tau_transition=params.tau_transition,
+        n_iter=params.n_iter,
+        compat=params.compat,
+    )
+
+
+def hmm_leaves(V: NDArray, params: HMMStepParameters) -> list[HMMStatistics]:
+    """Statistics of every activation sequence of ``V`` (n, K, M), one leaf each."""
+    leaves: list[HMMStatistics] = []
+    for group in _groups(len(V), HMM_GROUP):
+        local = _hmm_local(V[group], params)
+        leaves.extend(
+            HMMStatistics(
+                local.emission_counts[i].astype(np.float64),
+                local.state_counts[i].astype(np.float64),
+                1,
+                float(local.elbo_per_sequence[i]),
+            )
+            for i in range(len(local.elbo_per_sequence))
+        )
+    return leaves
+
+
+def hmm_outputs(V: NDArray, params: HMMStepParameters) -> tuple[NDArray, NDArray, NDArray]:
+    """``(fingerprints, As, gams)`` of activation sequences ``V`` (n, K, M)."""
+    n, _, M = V.shape
+    S = params.rate.shape[0]
+    dtype = np.dtype(params.dtype)
+    prints = np.empty((n, S, S), dtype=dtype)
+    transitions = np.empty((n, S, S), dtype=dtype)
+    gams = np.empty((n, S, M), dtype=dtype)
+    for group in _groups(n, HMM_GROUP):
+        local = _hmm_local(V[group], params)
+        gams[group] = local.state_probability
+        transitions[group] = local.transition
+        prints[group] = fingerprints(
+            local.transition.astype(np.float64),
+            local.initial.astype(np.float64),
+            tau_initial=params.tau_initial,
+            tau_transition=params.tau_transition,
+        )
+    return prints, transitions, gams

@@ -1,0 +1,168 @@
+"""Global SVI updates of both models: pure functions of (state, statistics, step size).
+
+ALGORITHM.md 1a (NMF) and 2b (HMM). Nothing here changes its inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .kernels.nmf import expected_log, gamma_kl
+
+__all__ = [
+    "NMFPrior",
+    "NonFiniteError",
+    "check_finite",
+    "hmm_global_update",
+    "hmm_step_size",
+    "nmf_global_update",
+    "nmf_inner_iterations",
+    "nmf_step_size",
+    "nmf_temperature",
+    "pattern_order",
+    "prune_mask",
+    "state_order",
+]
+
+PRUNE_THRESHOLD = 1e-3
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """A NaN or infinity appeared inside the iterations."""
+
+
+@dataclass(frozen=True)
+class NMFPrior:
+    """Hyperparameters of the NMF (ALGORITHM.md 1): Gamma(shape, rate) priors."""
+
+    h01: float
+    h02: float
+    a01: float
+    a02: float
+    w01: float
+    w02: float
+
+    @classmethod
+    def default(cls, n_frequencies: int, n_patterns: int) -> NMFPrior:
+        """``h01 = a01 = 1/K0``, ``h02 = a02 = w02 = 1``, ``w01 = 10/D``."""
+        return cls(1.0 / n_patterns, 1.0, 1.0 / n_patterns, 1.0, 10.0 / n_frequencies, 1.0)
+
+
+def nmf_temperature(step: int, anneal: bool = True) -> float:
+    """Annealing temperature ``T = 1 + 0.75**(step - 1)``, or 1 without annealing."""
+    return 1.0 + 0.75 ** (step - 1) if anneal else 1.0
+
+
+def nmf_inner_iterations(temperature: float) -> int:
+    """``10 + round(1 + 5 (T - 1)) - 1`` fixed-point iterations (Python rounding)."""
+    return 10 + round(1 + 5 * (temperature - 1)) - 1
+
+
+def nmf_step_size(step: int, temperature: float) -> float:
+    """``rho = (250 / (1 + 5 (T - 1)) + step) ** -0.51``, capped at 1."""
+    return min(1.0, (250.0 / (1.0 + 5.0 * (temperature - 1.0)) + step) ** -0.51)
+
+
+def nmf_global_update(
+    W1: NDArray,
+    W2: NDArray,
+    A1: NDArray,
+    A2: NDArray,
+    basis_counts: NDArray,
+    activation_sum: NDArray,
+    *,
+    scale: float,
+    step_size: float,
+    temperature: float,
+    prior: NMFPrior,
+) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+    """Blend q(W), q(a) toward their minibatch optimum (ALGORITHM.md 1a).
+
+    ``scale`` multiplies the statistics (number of data units over units in the batch);
+    ``A2`` uses the ``W1, W2`` just updated, as in the original.
+    """
+    rho, T = step_size, temperature
+    EA = A1 / A2
+    W1_new = (1 - rho) * W1 + rho * (1 + (prior.w01 + scale * basis_counts - 1) / T)
+    W2_new = (1 - rho) * W2 + rho * (prior.w02 + scale * EA * activation_sum) / T
+    A1_new = (1 - rho) * A1 + rho * (
+        1 + (prior.a01 + scale * basis_counts.sum(axis=0, keepdims=True) - 1) / T
+    )
+    weighted = ((W1_new / W2_new) * activation_sum).sum(axis=0, keepdims=True)
+    A2_new = (1 - rho) * A2 + rho * (prior.a02 + scale * weighted) / T
+    return W1_new, W2_new, A1_new, A2_new
+
+
+def nmf_global_kl(W1: NDArray, W2: NDArray, A1: NDArray, A2: NDArray, prior: NMFPrior) -> float:
+    """KL(q(W) || p(W)) + KL(q(a) || p(a))."""
+    return float(
+        gamma_kl(W1, W2, prior.w01, prior.w02).sum() + gamma_kl(A1, A2, prior.a01, prior.a02).sum()
+    )
+
+
+def prune_mask(A1: NDArray, A2: NDArray, threshold: float = PRUNE_THRESHOLD) -> NDArray:
+    """Patterns to keep: ``E[a] = A1 / A2 > threshold``."""
+    return (A1 / A2).ravel() > threshold
+
+
+def pattern_order(EW: NDArray, stable: bool = True) -> NDArray:
+    """Patterns sorted by the frequency bin of each EW column's maximum.
+
+    ``stable=False`` is numpy's default sort, whose order among ties the reference's
+    outputs depend on.
+    """
+    peak = np.argmax(EW, axis=0)
+    return np.argsort(peak, kind="stable") if stable else np.argsort(peak)
+
+
+def hmm_step_size(step: int, batch_size: int) -> float:
+    """``rho = (250 / (1 + 5 (n - 1)) + step) ** -0.51``, capped at 1 (ALGORITHM.md 2b)."""
+    return min(1.0, (250.0 / (1.0 + 5.0 * (batch_size - 1)) + step) ** -0.51)
+
+
+def hmm_global_update(
+    B1: NDArray,
+    B2: NDArray,
+    emission_counts: NDArray,
+    state_counts: NDArray,
+    *,
+    scale: float,
+    step_size: float,
+    tau1: float,
+    tau2: float,
+) -> tuple[NDArray, NDArray]:
+    """Blend q(B) toward its minibatch optimum (ALGORITHM.md 2b)."""
+    rho = step_size
+    B1_new = (1 - rho) * B1 + rho * (tau1 + scale * emission_counts)
+    B2_new = (1 - rho) * B2 + rho * (tau2 + scale * state_counts[:, None])
+    return B1_new, B2_new
+
+
+def hmm_global_kl(B1: NDArray, B2: NDArray, tau1: float, tau2: float) -> float:
+    """KL(q(B) || p(B))."""
+    return float(gamma_kl(B1, B2, tau1, tau2).sum())
+
+
+def state_order(EB: NDArray, stable: bool = True) -> NDArray:
+    """States by decreasing energy ``sum_k EB[j, k]``."""
+    energy = EB.sum(axis=1)
+    return np.argsort(-energy, kind="stable") if stable else np.argsort(-energy)
+
+
+def check_finite(model: str, step: int, **arrays: NDArray) -> None:
+    """Raise :class:`NonFiniteError` naming the step, array and columns that went bad."""
+    for name, array in arrays.items():
+        bad = ~np.isfinite(array)
+        if bad.any():
+            columns = np.flatnonzero(bad.reshape(-1, array.shape[-1]).any(axis=0))
+            unit = "pattern" if model == "NMF" or name == "emission_counts" else "column"
+            raise NonFiniteError(
+                f"{model}: non-finite values in {name} at step {step}, "
+                f"{unit}s {columns.tolist()[:20]}"
+            )
+
+
+__all__ += ["expected_log", "hmm_global_kl", "nmf_global_kl"]
