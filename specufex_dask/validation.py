@@ -74,18 +74,18 @@ def check_stack(
             f"{expected_rows}"
         )
     array = np.ascontiguousarray(array, dtype=dtype)
+    singular = what[:-1] if what.endswith("s") else what
     finite = np.isfinite(array).all(axis=(1, 2))
     if not finite.all():
         bad = np.flatnonzero(~finite)
         raise ValueError(
-            f"{what}: non-finite values (NaN or inf) in {what[:-1] if what.endswith('s') else what}"
-            f" {describe_indices(bad, labels)}"
+            f"{what}: non-finite values (NaN or inf) in {singular} {describe_indices(bad, labels)}"
         )
     nonnegative = (array >= 0).all(axis=(1, 2))
     if not nonnegative.all():
         bad = np.flatnonzero(~nonnegative)
         raise ValueError(
-            f"{what}: negative values in {what[:-1] if what.endswith('s') else what} "
-            f"{describe_indices(bad, labels)}; SpecUFEx needs nonnegative input"
+            f"{what}: negative values in {singular} {describe_indices(bad, labels)}; "
+            "SpecUFEx needs nonnegative input"
         )
     return array
