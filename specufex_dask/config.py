@@ -58,58 +58,48 @@ class ConfigError(ValueError):
 class SpectrogramConfig:
     """Waveform preprocessing (ALGORITHM.md section 4).
 
+    The keys are those of :class:`specufex_dask.preprocessing.SpectrogramParameters`,
+    which also checks them, plus ``events_per_chunk`` for the archive layout.
+
     Attributes
     ----------
-    fs : float, default=100.0
-        Sampling rate the waveforms must have, in Hz.
+    fs : float or None, default=None
+        Sampling rate the waveforms must have, in Hz; None takes it from the first good
+        waveform and requires the others to match.
     window_s : float, default=1.0
         Length of one spectrogram window, in seconds.
     overlap : float, default=0.25
         Overlap of consecutive windows as a fraction of the window, in [0, 1).
-    nfft : int, default=2000
-        FFT length (zero padding beyond the window).
-    fmin, fmax : float, default=8.0, 20.0
-        Frequency band kept, in Hz.
+    nfft : int or None, default=None
+        FFT length (zero padding beyond the window); None uses the window length.
+    fmin, fmax : float or None, default=None
+        Frequency band kept, in Hz; None means 0 and the Nyquist frequency.
     normalize_waveform : bool, default=True
-        Demean and divide each waveform by its largest absolute sample.
-    n_samples : int or None, default=2000
-        Number of samples taken from each waveform; None keeps every sample (all
-        waveforms must then have the same length).
+        Divide each demeaned waveform by its largest absolute sample.
+    n_samples : int or None, default=None
+        Samples taken from the start of each waveform (shorter ones are rejected); None
+        keeps every sample (all waveforms must then have the same length).
     events_per_chunk : int or None, default=None
         Events per Zarr chunk of the archive; None lets the ingest choose.
     """
 
-    fs: float = 100.0
+    fs: float | None = None
     window_s: float = 1.0
     overlap: float = 0.25
-    nfft: int = 2000
-    fmin: float = 8.0
-    fmax: float = 20.0
+    nfft: int | None = None
+    fmin: float | None = None
+    fmax: float | None = None
     normalize_waveform: bool = True
-    n_samples: int | None = 2000
+    n_samples: int | None = None
     events_per_chunk: int | None = None
 
     def _check(self, name: str) -> None:
-        _require(self.fs > 0, f"{name}.fs", self.fs, "> 0")
-        _require(self.window_s > 0, f"{name}.window_s", self.window_s, "> 0")
-        _require(0 <= self.overlap < 1, f"{name}.overlap", self.overlap, "in [0, 1)")
-        _require(self.nfft >= 1, f"{name}.nfft", self.nfft, ">= 1")
-        _require(self.fmin >= 0, f"{name}.fmin", self.fmin, ">= 0")
-        _require(self.fmax > self.fmin, f"{name}.fmax", self.fmax, f"> fmin ({self.fmin})")
-        window_samples = self.window_s * self.fs
-        _require(
-            self.nfft >= window_samples,
-            f"{name}.nfft",
-            self.nfft,
-            f">= window_s * fs ({window_samples:g} samples)",
-        )
-        if self.n_samples is not None:
-            _require(
-                self.n_samples >= window_samples,
-                f"{name}.n_samples",
-                self.n_samples,
-                f">= window_s * fs ({window_samples:g} samples)",
-            )
+        from specufex_dask.preprocessing import SpectrogramParameters
+
+        try:
+            SpectrogramParameters(**self.parameters())
+        except ValueError as error:
+            raise ConfigError(f"invalid '{name}' settings: {error}") from None
         if self.events_per_chunk is not None:
             _require(
                 self.events_per_chunk >= 1,
@@ -117,6 +107,12 @@ class SpectrogramConfig:
                 self.events_per_chunk,
                 ">= 1",
             )
+
+    def parameters(self) -> dict[str, Any]:
+        """Keyword arguments of ``SpectrogramParameters`` (everything but the chunking)."""
+        values = dataclasses.asdict(self)
+        del values["events_per_chunk"]
+        return values
 
 
 @dataclass(frozen=True)
@@ -482,18 +478,20 @@ def config_from_mapping(mapping: Mapping[str, Any] | None, *, source: str = "map
     return merge_config(Config(), mapping, source=source)
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, base: Config | None = None) -> Config:
     """Read a YAML configuration file.
 
     Parameters
     ----------
     path : str or Path
         YAML file whose top-level keys are sections of :class:`Config`.
+    base : Config, optional
+        Values for the keys the file does not set; default the built-in defaults.
 
     Returns
     -------
     Config
-        The defaults overridden by the file, validated.
+        ``base`` overridden by the file, validated.
 
     Raises
     ------
@@ -511,7 +509,10 @@ def load_config(path: str | Path) -> Config:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"configuration file {path} is not valid YAML: {error}") from None
-    return config_from_mapping(document, source=str(path))
+    base = Config() if base is None else base
+    if document is None:
+        return base
+    return merge_config(base, document, source=str(path))
 
 
 def config_to_json(config: Config, sections: list[str] | None = None) -> str:
