@@ -1,0 +1,265 @@
+"""End-to-end tests of the ``specufex-dask`` command line, run in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+
+from specufex_dask import __version__
+from specufex_dask.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def console_script() -> str:
+    """The installed ``specufex-dask`` entry point (next to this interpreter if not on PATH)."""
+    beside = Path(sys.executable).with_name("specufex-dask")
+    script = shutil.which("specufex-dask") or (str(beside) if beside.exists() else None)
+    assert script is not None, "the specufex-dask console script is not installed"
+    return script
+
+
+def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``specufex-dask ARGS`` in a subprocess; return the finished process."""
+    command = [console_script(), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def call_main(capsys, *args: str | Path) -> tuple[int, str, str]:
+    """Run the command line in this process (for checks that need no subprocess)."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The single error line of a failed command (and check there is no traceback)."""
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [
+        line for line in result.stderr.splitlines() if line.startswith("specufex-dask: error:")
+    ]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """One in-process Dask cluster on 127.0.0.1 shared by the commands of this module."""
+    import distributed
+
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        protocol="tcp://",
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def golden_archive(tmp_path_factory):
+    """The golden SpecUFEx h5 file imported through the CLI (4 events per chunk)."""
+    from tests.conftest import GOLDEN
+
+    path = tmp_path_factory.mktemp("golden") / "golden.zarr"
+    args = ["import-h5", str(GOLDEN / "SpecUFEx_test1.h5"), str(path), "--events-per-chunk", "4"]
+    assert main(args) == 0
+    return path
+
+
+def test_help_of_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("spectrograms", "import-h5", "fit", "transform", "run", "info", "cluster"):
+        assert command in text
+    for command in ("plot", "demo"):
+        assert command in text
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    fit_help = capsys.readouterr().out
+    for flag in ("--num-pat", "--num-state", "--nmf-steps", "--scheduler", "--workers"):
+        assert flag in fit_help
+    assert "(default: 75; config: nmf.num_pat)" in " ".join(fit_help.split())
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"specufex-dask {__version__}"
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    demo_help = " ".join(capsys.readouterr().out.split())
+    assert "(default: 15; config: hmm.num_state)" in demo_help  # the demo's own default
+
+
+def test_import_h5_and_info(golden_archive, golden_dir, capsys):
+    with h5py.File(golden_dir / "SpecUFEx_test1.h5", "r") as h5:
+        group = h5["spectrograms/transformed_spectrograms"]
+        ids = list(group.keys())
+        expected = np.stack([group[i][()] for i in ids])
+    archive = xr.open_zarr(golden_archive)
+    assert list(archive["event"].values) == ids
+    np.testing.assert_array_equal(archive["spectrogram"].values, expected)
+
+    text = ok(run_cli("info", golden_archive)).stdout
+    assert text.startswith(f"archive: {golden_archive}\n")
+    assert f"events: {len(ids)}\n" in text
+    assert "4 events per chunk (3 chunks)" in text
+    assert "fingerprint: 10 event x 15 state x 15 next_state" in text
+    assert "cluster: missing" in text
+    code, out, _ = call_main(capsys, "info", golden_archive, "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["n_events"] == 10
+    assert summary["chunks"] == [4, 241, 26]
+    assert summary["outputs"]["activation"]["shape"] == [10, 75, 26]
+    assert summary["rejected"] == []
+    assert summary["configuration"]["history"][0]["command"] == "import-h5"
+
+
+def test_cluster_labels_equal_sklearn(golden_archive, tmp_path):
+    archive = tmp_path / "clustered.zarr"
+    shutil.copytree(golden_archive, archive)
+    config = tmp_path / "run.yaml"
+    config.write_text("clustering:\n  n_clusters: 5\n  pca_components: 4\n  n_init: 3\n")
+    result = ok(
+        run_cli("cluster", archive, "--config", config, "--n-clusters", "3", "--seed", "5")
+    )
+    stored = xr.open_zarr(archive)
+    fingerprints = stored["fingerprint"].values.reshape(10, -1)
+    scores = PCA(n_components=4, random_state=5).fit_transform(fingerprints)
+    expected = KMeans(n_clusters=3, n_init=3, random_state=5).fit_predict(scores)
+    np.testing.assert_array_equal(stored["cluster"].values, expected)
+    counts = np.bincount(expected, minlength=3)
+    for label, count in enumerate(counts):
+        noun = "event" if count == 1 else "events"
+        assert f"cluster {label}: {count} {noun}" in result.stdout
+    # The spectrograms and the other attributes survive the added variable.
+    np.testing.assert_array_equal(
+        stored["spectrogram"].values, xr.open_zarr(golden_archive)["spectrogram"].values
+    )
+    assert stored.attrs["specufex_dask_archive_version"] == 1
+    record = json.loads(stored.attrs["specufex_dask_config"])
+    assert record["clustering"] == {
+        "n_clusters": 3,  # the flag overrides the file
+        "pca_components": 4,
+        "random_state": 5,
+        "n_init": 3,
+    }
+    assert [entry["command"] for entry in record["history"]] == ["import-h5", "cluster"]
+    assert "cluster sizes" in ok(run_cli("info", archive)).stdout
+
+
+def test_plot_writes_the_figures_the_archive_allows(golden_archive, tmp_path):
+    archive = tmp_path / "clustered.zarr"
+    shutil.copytree(golden_archive, archive)
+    assert main(["cluster", str(archive), "--n-clusters", "2", "--quiet"]) == 0
+    outdir = tmp_path / "figures"
+    result = ok(run_cli("plot", archive, outdir, "--events", "13436,24966", "--dpi", "50"))
+    names = sorted(path.name for path in outdir.iterdir())
+    # The imported file has no model: no dictionary or emission figure.
+    assert names == ["clusters.png", "event_13436.png", "event_24966.png", "fingerprints.png"]
+    for path in outdir.iterdir():
+        assert path.read_bytes()[:8] == PNG_MAGIC
+    assert result.stdout.split() == [str(outdir / name) for name in sorted(names, key=_plot_order)]
+    assert "not drawn, the archive has no model" in result.stderr
+
+
+def _plot_order(name: str) -> int:
+    order = ["event_13436.png", "event_24966.png", "fingerprints.png", "clusters.png"]
+    return order.index(name)
+
+
+def test_plot_unknown_event(golden_archive, tmp_path, capsys):
+    code, _, err = call_main(capsys, "plot", golden_archive, tmp_path, "--events", "10633,nope")
+    assert code == 1
+    assert err.strip().startswith("specufex-dask: error: event(s) not in the archive: nope")
+
+
+def test_spectrograms_on_a_running_scheduler(bav_dir, golden_dir, tmp_path, scheduler, capsys):
+    archive = tmp_path / "bav.zarr"
+    config = tmp_path / "bav.yaml"
+    config.write_text(
+        "spectrograms:\n  fs: 100\n  window_s: 1\n  overlap: 0.25\n  nfft: 2000\n"
+        "  fmin: 8\n  fmax: 20\n  n_samples: 2000\n"
+    )
+    code, out, err = call_main(
+        capsys,
+        "spectrograms",
+        bav_dir / "waveforms",
+        "-o",
+        archive,
+        "--config",
+        config,
+        "--events-per-chunk",
+        "3",
+        "--scheduler",
+        scheduler,
+    )
+    assert code == 0, err
+    assert "ingested 10 of 10 inputs" in out
+    assert f"Dask: {scheduler}" in err
+    stored = xr.open_zarr(archive)
+    with h5py.File(golden_dir / "SpecUFEx_test1.h5", "r") as h5:
+        group = h5["spectrograms/transformed_spectrograms"]
+        for event in stored["event"].values:
+            expected = group[str(event).rsplit(".", 1)[1]][()]
+            np.testing.assert_allclose(
+                stored["spectrogram"].sel(event=event).values, expected, rtol=1e-10, atol=1e-10
+            )
+    record = json.loads(stored.attrs["specufex_dask_config"])
+    assert record["spectrograms"]["nfft"] == 2000
+    assert record["spectrograms"]["events_per_chunk"] == 3
+    assert stored["spectrogram"].encoding["chunks"] == (3, 241, 26)
+
+
+def test_bad_config_file(golden_archive, tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("nmf:\n  num_pattern: 5\n")
+    line = error_line(run_cli("cluster", golden_archive, "--config", config))
+    assert f"unknown key 'nmf.num_pattern' in {config}" in line
+    config.write_text("clustering:\n  n_clusters: three\n")
+    code, _, err = call_main(capsys, "cluster", golden_archive, "--config", config)
+    assert code == 1
+    assert "wrong type for 'clustering.n_clusters'" in err
+    code, _, err = call_main(capsys, "cluster", golden_archive, "--n-clusters", "0")
+    assert code == 1
+    assert "'clustering.n_clusters'" in err and "command-line flags" in err
+
+
+def test_bad_paths(tmp_path, capsys):
+    missing = tmp_path / "missing.zarr"
+    line = error_line(run_cli("info", missing))
+    assert line == f"specufex-dask: error: archive not found: {missing} does not exist"
+    code, _, err = call_main(capsys, "import-h5", tmp_path / "none.h5", missing)
+    assert (code, err.count("\n")) == (1, 1)
+    assert "not found" in err
+    code, _, err = call_main(capsys, "info", missing, "--config", tmp_path / "none.yaml")
+    assert code == 1 and "cannot read configuration file" in err
+    with pytest.raises(Exception, match="archive not found"):
+        main(["info", str(missing), "--debug"])  # --debug lets the traceback through
+
+
+def test_usage_errors_exit_2(capsys):
+    for args in (["cluster"], ["fit", "x.zarr", "--num-pat", "many"], ["nonsense"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+    assert "invalid int value: 'many'" in capsys.readouterr().err
