@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 _SPECTROGRAM_LABEL = "spectrogram (dB above median)"
+_FINGERPRINT_LABEL = "fingerprint (square-root scale)"
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -297,6 +298,13 @@ def plot_event(data: xr.Dataset, event: str) -> Figure:
     return figure
 
 
+def _fingerprint_norm(vmax: float):
+    """Square-root colour scale: fingerprints are dominated by a few large entries."""
+    from matplotlib.colors import PowerNorm
+
+    return PowerNorm(gamma=0.5, vmin=0.0, vmax=vmax)
+
+
 def _integer_ticks(axes: Axes, *, x: bool = True, y: bool = True) -> None:
     """Tick only whole numbers: states and patterns are indices."""
     from matplotlib.ticker import MaxNLocator
@@ -354,8 +362,7 @@ def plot_fingerprints(
             np.asarray(one.transpose("state", "next_state").values, dtype=np.float64),
             shading="nearest",
             cmap="viridis",
-            vmin=0.0,
-            vmax=vmax,
+            norm=_fingerprint_norm(vmax),
         )
         axes.invert_yaxis()
         axes.set_aspect("equal")
@@ -365,7 +372,7 @@ def plot_fingerprints(
         axes.set_ylabel("state")
     for axes in axes_grid[len(events) :]:
         axes.set_visible(False)
-    figure.colorbar(mesh, ax=axes_grid.tolist(), label="fingerprint", shrink=0.9)
+    figure.colorbar(mesh, ax=axes_grid.tolist(), label=_FINGERPRINT_LABEL, shrink=0.9)
     figure.suptitle("fingerprints")
     return figure
 
@@ -454,8 +461,7 @@ def plot_cluster_summary(data: xr.Dataset, *, n_examples: int = 2) -> Figure:
             mean_fingerprint,
             shading="nearest",
             cmap="viridis",
-            vmin=0.0,
-            vmax=vmax_fingerprint,
+            norm=_fingerprint_norm(vmax_fingerprint),
         )
         _integer_ticks(axes)
         axes.invert_yaxis()
@@ -480,7 +486,7 @@ def plot_cluster_summary(data: xr.Dataset, *, n_examples: int = 2) -> Figure:
             axes.set_title(f"cluster {cluster}: event {event_ids[int(index)]}", fontsize="medium")
             axes.set_xlabel("time (s)")
             axes.set_ylabel("frequency (Hz)")
-    figure.colorbar(fingerprint_mesh, ax=fingerprint_axes, label="mean fingerprint")
+    figure.colorbar(fingerprint_mesh, ax=fingerprint_axes, label="mean " + _FINGERPRINT_LABEL)
     if spectrogram_mesh is not None:
         figure.colorbar(spectrogram_mesh, ax=example_axes, label=_SPECTROGRAM_LABEL)
     return figure
