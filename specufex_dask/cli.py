@@ -51,6 +51,7 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
         "fmax": 20.0,
         "n_samples": 2000,
         "normalize_waveform": True,
+        "events_per_chunk": 5,
     },
     "nmf": {"num_pat": 75, "steps": 40, "batch_size": 10},
     "hmm": {"num_state": 15, "steps": 40},
@@ -780,10 +781,8 @@ def _chunk_events(config: Config) -> dict[str, int]:
     return {} if chunk is None else {"chunk_events": chunk}
 
 
-def ingest(
-    args: argparse.Namespace, config: Config, reporter: Reporter, client: Any
-):  # -> IngestReport
-    """Run the ingest that ``spectrograms`` (or ``demo``) asks for; return its report."""
+def _ingest_from_args(args: argparse.Namespace, config: Config, reporter: Reporter, client: Any):
+    """Run the ingest that ``spectrograms`` asks for; return its IngestReport."""
     from specufex_dask import ingest as ingest_module
 
     options: dict[str, Any] = {
@@ -836,7 +835,7 @@ def _report_ingest(report, reporter: Reporter) -> None:
 def cmd_spectrograms(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
     """Waveform files to a spectrogram archive."""
     with dask_client(config, reporter) as client:
-        report = ingest(args, config, reporter, client)
+        report = _ingest_from_args(args, config, reporter, client)
     record_configuration(report.path, config, ["spectrograms"], "spectrograms")
     _report_ingest(report, reporter)
     return 0
@@ -964,23 +963,19 @@ def cmd_demo(args: argparse.Namespace, config: Config, reporter: Reporter) -> in
     if archive.exists() and not args.overwrite:
         raise CommandError(f"{archive} already exists; pass --overwrite to replace it")
     outdir.mkdir(parents=True, exist_ok=True)
-    ingest_args = argparse.Namespace(
-        sources=[],
-        output=str(archive),
-        catalog=str(data / "catalog.csv"),
-        waveform_dir=str(data / "waveforms"),
-        event_column=None,
-        file_column=None,
-        starttime_column=None,
-        station=None,
-        channel=None,
-        format=None,
-        append=False,
-        overwrite=args.overwrite,
-        dtype="float64",
-    )
     with dask_client(config, reporter) as client:
-        report = ingest(ingest_args, config, reporter, client)
+        from specufex_dask.ingest import ingest_catalog
+
+        reporter.say(f"ingesting the {DEMO_ARCHIVE.split('.')[0]} events of {data}")
+        report = ingest_catalog(
+            data / "catalog.csv",
+            archive,
+            _spectrogram_parameters(config),
+            waveform_dir=data / "waveforms",
+            client=client,
+            overwrite=args.overwrite,
+            **_chunk_events(config),
+        )
         record_configuration(archive, config, ["spectrograms"], "spectrograms")
         _report_ingest(report, reporter)
         model = _fit(archive, config, reporter, client, False)
@@ -1262,11 +1257,20 @@ def _one_line(error: BaseException) -> str:
 
 
 def _configure_logging(debug: bool, quiet: bool) -> None:
-    level = logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING
-    logging.basicConfig(level=level, format=f"{PROG}: %(levelname)s: %(name)s: %(message)s")
-    # distributed sets its own loggers to INFO; its start-up chatter is not for users.
-    for name in ("distributed", "bokeh", "tornado"):
-        logging.getLogger(name).setLevel(logging.DEBUG if debug else max(level, logging.WARNING))
+    """Warnings and errors on stderr (errors only with --quiet; everything with --debug)."""
+    threshold = logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(name)s: %(message)s"))
+    # distributed sets its loggers to INFO when imported (after this runs), so the level
+    # is enforced by the handler, not by the loggers.
+    handler.addFilter(lambda record: record.levelno >= threshold)
+    handler.set_name(f"{PROG} stderr")
+    root = logging.getLogger()
+    # main() may run several times in one process (tests, notebooks): one handler only.
+    for old in [h for h in root.handlers if h.get_name() == handler.get_name()]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
     if not debug:
         # Zarr 3 flags consolidated metadata as outside the v3 spec; xarray relies on it.
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
