@@ -905,9 +905,9 @@ def _fitted_summary(model: Any) -> str:
     nmf, hmm = getattr(model, "nmf_", None), getattr(model, "hmm_", None)
     parts = []
     if nmf is not None:
-        parts.append(f"NMF: {nmf.num_pat} patterns after {nmf.step} steps")
+        parts.append(f"NMF dictionary of {_plural(nmf.num_pat, 'pattern')}")
     if hmm is not None:
-        parts.append(f"HMM: {hmm.num_state} states after {hmm.step} steps")
+        parts.append(f"HMM of {_plural(hmm.num_state, 'state')}")
     return "; ".join(parts)
 
 
@@ -986,7 +986,8 @@ def cmd_demo(args: argparse.Namespace, config: Config, reporter: Reporter) -> in
     print(
         "clusters: "
         + ", ".join(
-            f"{label}: {count} events" for label, count in zip(labels, counts, strict=True)
+            f"{label}: {_plural(count, 'event')}"
+            for label, count in zip(labels, counts, strict=True)
         )
     )
     figures = make_figures(archive, outdir / DEMO_FIGURES, config, reporter)

@@ -263,3 +263,101 @@ def test_usage_errors_exit_2(capsys):
             main(args)
         assert exit_info.value.code == 2
     assert "invalid int value: 'many'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """`specufex-dask demo` on the bundled events (fewer SVI steps than the default)."""
+    outdir = tmp_path_factory.mktemp("demo")
+    result = run_cli("demo", outdir, "--nmf-steps", "10", "--hmm-steps", "10", "--workers", "1")
+    return outdir, result
+
+
+def check_outputs(archive: xr.Dataset, n_patterns: int | None, n_states: int) -> None:
+    """Properties every transformed archive has, whatever the fit (ALGORITHM.md 3)."""
+    n_events, n_times = archive.sizes["event"], archive.sizes["time"]
+    activation = archive["activation"].values
+    assert activation.shape[0::2] == (n_events, n_times)
+    if n_patterns is not None:
+        assert activation.shape[1] == n_patterns
+    assert np.isfinite(activation).all() and (activation >= 0).all()
+    state_probability = archive["state_probability"].values
+    assert state_probability.shape == (n_events, n_states, n_times)
+    np.testing.assert_allclose(state_probability.sum(axis=1), 1.0, rtol=1e-8)
+    fingerprint = archive["fingerprint"].values
+    assert fingerprint.shape == (n_events, n_states, n_states)
+    assert np.isfinite(fingerprint).all() and (fingerprint >= 0).all()
+    # fingerprint[i, j] = v[i] sqrt(Q[i, j]) with rows of Q and v summing to 1.
+    np.testing.assert_allclose(np.sqrt((fingerprint**2).sum(axis=2)).sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_demo_runs_the_whole_pipeline(demo_run, golden_dir):
+    outdir, result = ok_demo(demo_run)
+    archive_path = outdir / "bav_ncsn_1984.zarr"
+    archive = xr.open_zarr(archive_path)
+    assert "ingested 10 of 10 inputs" in result.stdout
+    assert "dashboard http://127.0.0.1:" in result.stderr
+    assert "nmf step 10/10: ELBO" in result.stderr
+    # The spectrograms are those of the SpecUFEx workflow on the same waveforms.
+    with h5py.File(golden_dir / "SpecUFEx_test1.h5", "r") as h5:
+        group = h5["spectrograms/transformed_spectrograms"]
+        assert sorted(archive["event"].values) == sorted(group.keys())
+        for event in archive["event"].values:
+            np.testing.assert_allclose(
+                archive["spectrogram"].sel(event=event).values, group[event][()], atol=1e-10
+            )
+    check_outputs(archive, None, 15)
+    # Labels: k-means with the demo's settings (PCA 3, 3 clusters, seed 0) on the fingerprints.
+    scores = PCA(n_components=3, random_state=0).fit_transform(
+        archive["fingerprint"].values.reshape(10, -1)
+    )
+    expected = KMeans(n_clusters=3, n_init=10, random_state=0).fit_predict(scores)
+    np.testing.assert_array_equal(archive["cluster"].values, expected)
+    record = json.loads(archive.attrs["specufex_dask_config"])
+    assert record["spectrograms"]["nfft"] == 2000 and record["nmf"]["steps"] == 10
+    assert record["hmm"]["num_state"] == 15 and record["clustering"]["pca_components"] == 3
+    figures = sorted(path.name for path in (outdir / "figures").iterdir())
+    assert figures == sorted(
+        ["nmf_dictionary.png", "hmm_emission.png", "fingerprints.png", "clusters.png"]
+        + [f"event_{event}.png" for event in archive["event"].values[:3]]
+    )
+    for name in figures:
+        assert (outdir / "figures" / name).read_bytes()[:8] == PNG_MAGIC
+
+    text = ok(run_cli("info", archive_path)).stdout
+    assert "events: 10\n" in text
+    assert "5 events per chunk (2 chunks)" in text
+    assert "model: " in text and "model: none" not in text
+    assert "fingerprint: 10 event x 15 state x 15 next_state" in text
+
+
+def ok_demo(demo_run):
+    outdir, result = demo_run
+    ok(result)
+    return outdir, result
+
+
+def test_demo_refuses_to_overwrite(demo_run, capsys):
+    outdir, _ = ok_demo(demo_run)
+    code, _, err = call_main(capsys, "demo", outdir)
+    assert code == 1
+    assert "already exists; pass --overwrite" in err
+
+
+def test_run_then_transform_on_a_running_scheduler(demo_run, tmp_path, scheduler, capsys):
+    outdir, _ = ok_demo(demo_run)
+    archive_path = tmp_path / "run.zarr"
+    shutil.copytree(outdir / "bav_ncsn_1984.zarr", archive_path)
+    settings = ["--num-pat", "8", "--num-state", "4", "--nmf-steps", "5", "--hmm-steps", "5"]
+    result = ok(run_cli("run", archive_path, *settings, "--seed", "3", "--scheduler", scheduler))
+    assert f"Dask: {scheduler}" in result.stderr
+    archive = xr.open_zarr(archive_path)
+    check_outputs(archive, None, 4)
+    assert archive.sizes["pattern"] <= 8
+    record = json.loads(archive.attrs["specufex_dask_config"])
+    assert record["nmf"]["num_pat"] == 8 and record["fit"]["random_state"] == 3
+    fingerprint = archive["fingerprint"].values
+    # The stored model transforms the same spectrograms to the same fingerprints.
+    code, _, err = call_main(capsys, "transform", archive_path, "--scheduler", scheduler)
+    assert code == 0, err
+    np.testing.assert_allclose(xr.open_zarr(archive_path)["fingerprint"].values, fingerprint)
