@@ -25,6 +25,7 @@ import csv
 import glob
 import logging
 import math
+import re
 import time as _time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -130,7 +131,8 @@ class IngestReport:
 
 
 def _reason_counts(rejected: Iterable[RejectedInput]) -> str:
-    counts = Counter(r.reason.split(":", 1)[0] for r in rejected)
+    # Numbers are replaced so that e.g. all wrong sampling rates count as one kind.
+    counts = Counter(re.sub(r"\d[\d.]*", "N", r.reason.split(":", 1)[0]) for r in rejected)
     return ", ".join(f"{n} x {kind}" for kind, n in counts.most_common())
 
 
@@ -427,6 +429,13 @@ def _run(
         existing = {str(e) for e in archive[EVENT].values.tolist()}
         archive_parameters = spectrogram_parameters(archive)
         archive.close()
+
+    if append and archive_parameters.get("fs") is not None:
+        # Refuse different preprocessing before reading anything.
+        fs = params.fs if params.fs is not None else archive_parameters["fs"]
+        n_samples = params.n_samples or archive_parameters.get("n_samples")
+        expected = replace(params.resolved(fs), n_samples=n_samples)
+        _check_same_parameters(out_path, archive_parameters, expected)
 
     tasks = [dask.delayed(_inspect_unit)(i, unit, params) for i, unit in enumerate(units)]
     inspections = [report for reports in _compute(tasks, client) for report in reports]
