@@ -653,7 +653,8 @@ def describe_archive(path: str | Path, dataset, model) -> list[str]:
         m = s["model"]
         lines.append(f"model: {m['n_patterns']} patterns, {m['n_states']} states")
         for key, value in sorted(m["attributes"].items()):
-            lines.append(f"  {key}: {value}")
+            text = str(value)
+            lines.append(f"  {key}: {text if len(text) <= 100 else text[:97] + '...'}")
     lines.append(f"rejected inputs: {len(s['rejected'])}")
     for row in s["rejected"][:20]:
         event = f" (event {row['event']})" if row["event"] else ""
