@@ -16,10 +16,14 @@ send, so an open scheduler port is an open door to the machine.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
+import json
 import logging
 import os
+import shlex
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +42,7 @@ DEFAULT_SCHEDULER_PORT = 8786
 CLUSTER_KINDS = ("local", "slurm", "pbs")
 JOBQUEUE_KINDS = ("slurm", "pbs")
 SCHEDULER_PROTOCOLS = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+WORKER_HOST_VARIABLE = "SPECUFEX_WORKER_HOST"
 HPC_EXTRA_HINT = 'pip install "specufex-dask[hpc]"'
 
 # Options of a dask-jobqueue *cluster* (as opposed to the per-job options such as cores,
@@ -431,7 +436,11 @@ def split_jobqueue_options(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split job-queue options into (cluster options, per-job options).
 
-    ``jobs`` is not accepted here (it is a scaling request, see :func:`connect`).
+    ``jobs`` (how many jobs :func:`connect` submits) is left out of both. Unless the
+    options say otherwise, workers run without a dashboard, and with ``interface`` set
+    their HTTP endpoint (health, metrics) listens on that interface's address too:
+    ``dask worker`` would otherwise open it on every interface of the compute node.
+    Without ``interface`` the workers listen on all interfaces of their node (logged).
     """
     normalized = normalize_option_keys(options, where="jobqueue")
     if "host" in normalized:
@@ -439,14 +448,30 @@ def split_jobqueue_options(
             "jobqueue option 'host' is not supported: set scheduler_options: {host: ...} "
             "or interface: <network interface>"
         )
-    if "jobs" in normalized:
-        raise ClusterError("jobqueue option 'jobs' is a scaling request; pass it to connect()")
+    normalized.pop("jobs", None)
     cluster_options = {k: v for k, v in normalized.items() if k in _JOBQUEUE_CLUSTER_OPTIONS}
     job_options = {k: v for k, v in normalized.items() if k not in _JOBQUEUE_CLUSTER_OPTIONS}
-    extra_args = list(job_options.get("worker_extra_args") or [])
-    if not any(str(arg).startswith(("--dashboard", "--no-dashboard")) for arg in extra_args):
-        # A worker's dashboard would listen on every interface of the compute node.
+    extra_args = [str(arg) for arg in job_options.get("worker_extra_args") or []]
+    if not any(arg.startswith(("--dashboard", "--no-dashboard")) for arg in extra_args):
         extra_args.append("--no-dashboard")
+    interface = cluster_options.get("interface")
+    if interface is None:
+        logger.warning(
+            "jobqueue option 'interface' is not set: Dask workers will listen on every "
+            "network interface of their compute nodes"
+        )
+    elif not any(arg.startswith("--dashboard-address") for arg in extra_args):
+        python = str(job_options.get("python") or sys.executable)
+        lookup = (
+            "from distributed.utils import get_ip_interface; "
+            f"print(get_ip_interface({json.dumps(str(interface))}))"
+        )
+        prologue = list(job_options.get("job_script_prologue") or [])
+        prologue.append(
+            f'{WORKER_HOST_VARIABLE}="$({shlex.quote(python)} -c {shlex.quote(lookup)})"'
+        )
+        job_options["job_script_prologue"] = prologue
+        extra_args += ["--dashboard-address", f'"${{{WORKER_HOST_VARIABLE}}}:0"']
     job_options["worker_extra_args"] = extra_args
     return cluster_options, job_options
 
@@ -613,6 +638,8 @@ def make_security(security: Mapping[str, Any] | Security | None) -> Security | N
     if security is None or isinstance(security, Security):
         return security
     settings = normalize_option_keys(security, where="security")
+    if not settings:
+        return None
     unknown = sorted(set(settings) - set(Security.__slots__) - {"require_encryption"})
     if unknown:
         known = sorted(k for k in Security.__slots__ if k.startswith("tls_"))
@@ -771,13 +798,21 @@ def write_self_signed_tls(
 # Configuration files
 
 
-def connect_options_from_config(section: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Turn the ``cluster:`` section of a specufex-dask YAML config into connect() kwargs.
+def connect_options_from_config(section: Any) -> dict[str, Any]:
+    """Turn the ``cluster`` section of a specufex-dask configuration into connect() kwargs.
 
-    Recognized keys (``-`` or ``_``): ``scheduler``, ``kind`` (alias ``cluster``),
-    ``workers``, ``threads_per_worker``, ``memory_limit``, ``dashboard_address``,
-    ``timeout``, ``jobqueue`` (mapping), ``security`` (mapping). Command-line options
-    should override the result.
+    Parameters
+    ----------
+    section : mapping, dataclass (``specufex_dask.config.ClusterConfig``) or None
+        Keys (``-`` or ``_``): ``scheduler``, ``kind`` (alias ``cluster``), ``workers``,
+        ``threads_per_worker``, ``memory_limit``, ``dashboard_address``, ``timeout``,
+        ``jobqueue`` (mapping), ``security`` (mapping). Unset (None) values and empty
+        ``jobqueue``/``security`` mappings are left out so connect() keeps its defaults.
+
+    Returns
+    -------
+    dict
+        Keyword arguments for :func:`connect`.
 
     Raises
     ------
@@ -786,6 +821,8 @@ def connect_options_from_config(section: Mapping[str, Any] | None) -> dict[str, 
     """
     if section is None:
         return {}
+    if dataclasses.is_dataclass(section) and not isinstance(section, type):
+        section = dataclasses.asdict(section)
     settings = normalize_option_keys(section, where="cluster config")
     if "kind" in settings and "cluster" in settings:
         raise ClusterError("cluster config: give either 'kind' or 'cluster', not both")
@@ -807,11 +844,13 @@ def connect_options_from_config(section: Mapping[str, Any] | None) -> dict[str, 
         raise ClusterError(
             f"cluster config: unknown keys {unknown}; expected some of {sorted(allowed)}"
         )
-    if "cluster" in settings:
+    if settings.get("cluster") is not None:
         settings["cluster"] = _check_cluster_kind(settings["cluster"])
     for key in ("jobqueue", "security"):
-        if key in settings and settings[key] is not None:
-            if not isinstance(settings[key], Mapping):
-                raise ClusterError(f"cluster config: {key!r} must be a mapping")
-            settings[key] = normalize_option_keys(settings[key], where=f"cluster.{key}")
+        value = settings.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, Mapping):
+            raise ClusterError(f"cluster config: {key!r} must be a mapping")
+        settings[key] = normalize_option_keys(value, where=f"cluster.{key}") or None
     return {key: value for key, value in settings.items() if value is not None}
