@@ -22,6 +22,7 @@ ObsPy is an optional extra, imported only when files or traces are read.
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import logging
 import math
@@ -146,6 +147,47 @@ def _import_obspy() -> Any:
     return obspy
 
 
+# ----------------------------------------------------------------------------- reading
+
+
+@functools.cache
+def _waveform_plugin(format_name: str) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    """ObsPy's (isFormat, readFormat) of one format, through its public entry points.
+
+    ``obspy.read`` resolves its plugins' distribution metadata on every call, which costs
+    more than decoding a small miniSEED file; loading them once per process avoids that.
+    """
+    from importlib.metadata import entry_points
+
+    points = {ep.name: ep for ep in entry_points(group=f"obspy.plugin.waveform.{format_name}")}
+    if "isFormat" not in points or "readFormat" not in points:
+        return None
+    return points["isFormat"].load(), points["readFormat"].load()
+
+
+def _read_stream(path: str, format: str | None, hint: list[str]) -> Any:
+    """Read one file; try the format given (or of the previous file) before autodetection.
+
+    ``hint`` holds the format of the last file read in this unit. A file it does not
+    recognise goes through ``obspy.read``'s autodetection, which then becomes the hint.
+    """
+    obspy = _import_obspy()
+    candidate = format.upper() if format else (hint[0] if hint else None)
+    plugin = _waveform_plugin(candidate) if candidate else None
+    if plugin is not None and Path(path).is_file():
+        is_format, read_format = plugin
+        if format or is_format(path):
+            stream = read_format(path)
+            for trace in stream:
+                trace.stats._format = candidate
+            if len(stream):
+                return stream
+    stream = obspy.read(path, format=format)
+    if len(stream):
+        hint[:] = [str(stream[0].stats._format)]
+    return stream
+
+
 # ----------------------------------------------------------------------------- units
 
 
@@ -207,10 +249,11 @@ class _FileUnit:
     def load(self, indices: Sequence[int] | None = None) -> Iterator[_Record]:
         obspy = _import_obspy()
         wanted = range(len(self.paths)) if indices is None else indices
+        hint: list[str] = []
         for index in wanted:
             path, event = self.paths[index], self.events[index]
             try:
-                stream = obspy.read(path, format=self.format)
+                stream = _read_stream(path, self.format, hint)
             except Exception as error:  # any reader failure means "unreadable"
                 yield _Record(index, event, path, reason=f"unreadable: {error}".strip())
                 continue
@@ -284,10 +327,9 @@ class _ContinuousUnit:
         return self.path if self.path is not None else "stream"
 
     def load(self, indices: Sequence[int] | None = None) -> Iterator[_Record]:
-        obspy = _import_obspy()
         if self.path is not None:
             try:
-                stream = obspy.read(self.path, format=self.format)
+                stream = _read_stream(self.path, self.format, [])
             except Exception as error:
                 yield _Record(0, "", self.path, reason=f"unreadable: {error}".strip())
                 return
