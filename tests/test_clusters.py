@@ -334,6 +334,14 @@ def test_config_section_becomes_connect_options():
         clusters.connect_options_from_config({"nodes": 3})
 
 
+def test_config_dataclass_defaults_give_a_loopback_local_cluster_request():
+    from specufex_dask.config import ClusterConfig
+
+    options = clusters.connect_options_from_config(ClusterConfig())
+    assert options == {"cluster": "local", "dashboard_address": "127.0.0.1:8787"}
+    assert clusters.make_security({}) is None
+
+
 # --------------------------------------------------------------------------------------
 # TLS
 
