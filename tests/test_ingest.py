@@ -330,3 +330,21 @@ def test_catalog_column_errors_name_the_columns(tmp_path):
         ingest_catalog(catalog, tmp_path / "x.zarr")
     with pytest.raises(ValueError, match="no file column 'nope'"):
         ingest_catalog(catalog, tmp_path / "x.zarr", event_column="who", file_column="nope")
+
+
+def test_mixed_formats_in_one_folder_read_identically(tmp_path, rng):
+    folder = tmp_path / "formats"
+    folder.mkdir()
+    data = rng.standard_normal(800)
+    _write(folder / "a.mseed", data)
+    _write(folder / "b.sac", data, fmt="SAC")
+    _write(folder / "c.mseed", data)
+    params = SpectrogramParameters(fs=100.0, fmin=2.0)
+    report = ingest_waveforms(folder, tmp_path / "f.zarr", params, chunk_events=3)
+    ds = open_archive(report.path)
+    assert ds.event.values.tolist() == ["a", "b", "c"] and report.rejected == ()
+    expected = waveform_to_spectrogram(data, params).transformed
+    # SAC stores 32-bit floats.
+    from_sac = waveform_to_spectrogram(data.astype(np.float32), params).transformed
+    np.testing.assert_allclose(ds.spectrogram.values[[0, 2]], [expected, expected], rtol=1e-12)
+    np.testing.assert_allclose(ds.spectrogram.values[1], from_sac, rtol=1e-12)
