@@ -540,11 +540,16 @@ class ArchiveWriter:
                 f"{path}: event ids already in the archive: {clash[:5].tolist()}"
                 + (f" and {clash.size - 5} more" if clash.size > 5 else "")
             )
-        existing_event_vars = {
-            str(name) for name, var in ds.variables.items() if var.dims and var.dims[0] == EVENT
-        }
-        missing = existing_event_vars - set(coords) - {SPECTROGRAM} - set(extra_variables or {})
-        for name in sorted(missing):
+        existing_event_vars = {str(name) for name in ds.coords if ds[name].dims == (EVENT,)}
+        # Results of the engine (activation, fingerprint, cluster...) for the old events.
+        outputs = sorted(
+            str(name)
+            for name in ds.data_vars
+            if ds[name].dims[:1] == (EVENT,)
+            and name != SPECTROGRAM
+            and name not in (extra_variables or {})
+        )
+        for name in sorted(existing_event_vars - set(coords)):
             coords[name] = _fill_like(ds[name], n_new)
         unknown = set(coords) - existing_event_vars
         if unknown:
@@ -590,6 +595,7 @@ class ArchiveWriter:
             dataset.to_zarr(
                 str(path), mode="a", append_dim=EVENT, compute=False, consolidated=False
             )
+            _extend_outputs(path, outputs, old_n + n_new)
         except BaseException:
             writer.abort()
             raise
@@ -636,6 +642,23 @@ class ArchiveWriter:
         _put_attrs(self.store_path, {**self._attrs, COMPLETE_ATTR: True})
         _consolidate(self.store_path)
         logger.warning("append to %s rolled back to %d events", self.final_path, self.start)
+
+
+def _extend_outputs(path: str | Path, names: Sequence[str], n_events: int) -> None:
+    """Grow event-major result variables; the new rows read as their fill value."""
+    if not names:
+        return
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    for name in names:
+        array = group[name]
+        array.resize((n_events, *array.shape[1:]))
+    logger.warning(
+        "appended events have no values yet in %s of %s (fill value); re-run the fit/transform",
+        names,
+        path,
+    )
 
 
 def _check_chunk_events(chunk_events: int) -> None:

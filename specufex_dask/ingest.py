@@ -657,7 +657,8 @@ def _check_medians(
 ) -> None:
     for start, medians in results:
         expected = [r.median for r in good[start - offset : start - offset + len(medians)]]
-        if medians != expected:
+        # Same code on the same data; a tolerance only covers FFTs differing across CPUs.
+        if not np.allclose(medians, expected, rtol=1e-9, atol=0):
             raise RuntimeError(
                 f"inputs changed between the two passes (rows {start}:{start + len(medians)})"
             )

@@ -278,3 +278,23 @@ def test_import_h5_without_outputs_and_with_partial_output_group(tmp_path, rng):
     assert ds.event.values.tolist() == ["a1", "m5", "z9"]
     np.testing.assert_array_equal(ds.spectrogram.values, spectrograms[[1, 2, 0]])
     assert "fingerprint" not in ds
+
+
+def test_append_grows_result_variables_with_fill_values(tmp_path, rng):
+    path = tmp_path / "a.zarr"
+    write_spectrograms(path, _spectrograms(rng, 3), list("abc"), FREQUENCY, TIME, chunk_events=2)
+    activation = rng.random((3, 2, TIME.size))
+    attrs = dict(open_archive(path).attrs)
+    xr.Dataset(
+        {
+            "activation": (("event", "pattern", "time"), activation),
+            "cluster": ("event", np.array([2, 0, 1])),
+        },
+        attrs=attrs,
+    ).to_zarr(path, mode="a", consolidated=False)
+    write_spectrograms(path, _spectrograms(rng, 2), list("de"), FREQUENCY, TIME, mode="a")
+    ds = open_archive(path)
+    assert ds.sizes["event"] == 5
+    np.testing.assert_array_equal(ds.activation.values[:3], activation)
+    assert np.isnan(ds.activation.values[3:]).all()
+    assert ds.cluster.values[:3].tolist() == [2, 0, 1]
