@@ -22,6 +22,7 @@ GOLDEN_PARAMS = SpectrogramParameters(fs=100.0, nfft=2000, fmin=8, fmax=20, n_sa
 
 def _bav_waveforms(bav_dir):
     import obspy
+
     with (bav_dir / "catalog.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
