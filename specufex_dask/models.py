@@ -64,6 +64,8 @@ __all__ = ["BayesianHMM", "BayesianNonparametricNMF", "ConvergenceMonitor", "Con
 logger = logging.getLogger("specufex_dask")
 
 COMPAT_MODES = ("default", "specufex")
+# Longest ELBO averaging window: one pass over a large archive is too long to wait for.
+MAX_WINDOW = 20
 
 
 class ConvergenceWarning(UserWarning):
@@ -74,8 +76,8 @@ class ConvergenceMonitor:
     """ELBO history and the stopping rule of a fit.
 
     The ELBO of a minibatch step is a noisy estimate, so the rule compares the means of
-    the last two windows of ``window`` steps (one window per pass over the data; a
-    full-batch fit compares consecutive steps): converged when they differ by less than
+    the last two windows of ``window`` steps (one pass over the data, at most 20 steps;
+    a full-batch fit compares consecutive steps): converged when they differ by less than
     ``tol`` relative to the latest mean.
 
     Parameters
@@ -169,7 +171,7 @@ class _SVIModel:
         n = len(data)
         per_pass = math.ceil(n / self.batch_size)
         n_steps = self.max_steps if self.max_steps is not None else per_pass
-        monitor = ConvergenceMonitor(self.tol, per_pass)
+        monitor = ConvergenceMonitor(self.tol, min(per_pass, MAX_WINDOW))
         for _ in range(n_steps):
             index = minibatch(
                 self.random_state, self._batch_purpose, self.step, n, self.batch_size

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import compat as reference
 
-__all__ = ["FORMAT_VERSION", "load_model", "save_model"]
+__all__ = ["FORMAT_VERSION", "build_model", "load_model", "model_state", "save_model"]
 
 FORMAT_VERSION = 1
 
@@ -47,13 +47,21 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def model_state(model: Any) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+    """``(arrays, scalars, settings)`` that fully describe a model (JSON-able settings)."""
+    layout = _STATE[type(model).__name__]
+    arrays = {name: np.asarray(getattr(model, name)) for name in layout["arrays"]}
+    scalars = {name: _jsonable(getattr(model, name)) for name in layout["scalars"]}
+    settings = {name: _jsonable(getattr(model, name)) for name in layout["settings"]}
+    settings["dtype"] = model.dtype.name
+    return arrays, scalars, settings
+
+
 def save_model(filename: str | Path, model: Any) -> None:
     """Write ``model`` to ``filename`` atomically (a temporary file renamed into place)."""
     kind = type(model).__name__
-    layout = _STATE[kind]
     path = Path(filename)
-    settings = {name: _jsonable(getattr(model, name)) for name in layout["settings"]}
-    settings["dtype"] = model.dtype.name
+    arrays, scalars, settings = model_state(model)
     handle, temporary = tempfile.mkstemp(dir=path.parent or ".", suffix=".h5.partial")
     os.close(handle)
     try:
@@ -61,10 +69,8 @@ def save_model(filename: str | Path, model: Any) -> None:
             file.attrs["specufex_dask_format"] = kind
             file.attrs["format_version"] = FORMAT_VERSION
             file.attrs["settings"] = json.dumps(settings)
-            for name in layout["arrays"]:
-                file.create_dataset(name, data=np.asarray(getattr(model, name)))
-            for name in layout["scalars"]:
-                file.create_dataset(name, data=getattr(model, name))
+            for name, value in {**arrays, **scalars}.items():
+                file.create_dataset(name, data=value)
             file.create_dataset("elbo_", data=np.asarray(model.elbo_, dtype=np.float64))
         os.replace(temporary, path)
     except BaseException:
@@ -118,7 +124,7 @@ def load_model(filename: str | Path, cls: type, compat: str | None = None) -> An
             values["elbo_"] = []
     if compat is not None:
         settings["compat"] = compat
-    return _build(cls, values, settings)
+    return build_model(cls, values, settings)
 
 
 def _reference_settings(file: h5py.File, kind: str, path: Path) -> dict[str, Any]:
@@ -146,8 +152,10 @@ def _reference_settings(file: h5py.File, kind: str, path: Path) -> dict[str, Any
     return settings
 
 
-def _build(cls: type, values: dict[str, Any], settings: dict[str, Any]) -> Any:
+def build_model(cls: type, values: dict[str, Any], settings: dict[str, Any]) -> Any:
+    """A model of class ``cls`` from the state of :func:`model_state` (plus ``elbo_``)."""
     model = cls.__new__(cls)
+    settings = dict(settings)
     compat = settings.pop("compat")
     # the reference fitted one event per step; our driver checks only ask that of new fits
     model._init_driver(

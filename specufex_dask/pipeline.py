@@ -1,0 +1,340 @@
+"""``SpecUFEx``: fit and transform spectrogram archives on a Dask cluster.
+
+Example
+-------
+>>> from specufex_dask import SpecUFEx                      # doctest: +SKIP
+>>> model = SpecUFEx(num_pat=75, num_state=15, random_state=0).fit("events.zarr")
+>>> model.transform_to_zarr("events.zarr")                  # outputs written by workers
+>>> ds = model.transform("events.zarr")                     # or a lazy xarray Dataset
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from . import compat as reference
+from .engine import (
+    EventChunks,
+    check_values,
+    hmm_statistics,
+    lazy_transform,
+    nmf_statistics,
+    read_model_group,
+    transform_chunks,
+    write_model_group,
+)
+from .models import (
+    MAX_WINDOW,
+    BayesianHMM,
+    BayesianNonparametricNMF,
+    ConvergenceMonitor,
+    _check_compat,
+)
+from .seeding import minibatch, resolve_seed
+
+__all__ = ["SpecUFEx"]
+
+logger = logging.getLogger("specufex_dask")
+
+Progress = Callable[[str, dict], None]
+
+
+class SpecUFEx:
+    """SpecUFEx (NMF then HMM) on spectrogram archives, computed on a Dask cluster.
+
+    Parameters
+    ----------
+    num_pat : int, default=75
+        Initial number of NMF patterns (pruned during the fit).
+    num_state : int, default=15
+        Number of HMM states.
+    compat : {"default", "specufex"}, default="default"
+        ``"specufex"``: one event per step, the reference's scale factors, HMM step
+        schedule (as its README uses it) and forward-backward.
+    nmf_steps, hmm_steps : int, default=200
+        SVI step budgets.
+    batch_size : int or None, default=64
+        Events per SVI step; None is full-batch variational Bayes (every event in every
+        step, step size 1).
+    tol : float, optional
+        Relative ELBO tolerance that stops a stage early.
+    random_state : int, default=0
+        Seed of the initial states and of every minibatch.
+    checkpoint_every : int, default=10
+        Steps between checkpoints written to ``<archive>/model`` (when fitting a path).
+    client : distributed.Client, str, None or False
+        A client, a scheduler address, None to start a local cluster on 127.0.0.1, or
+        False to use dask's current scheduler without a distributed cluster.
+    chunk_events : int, default=256
+        Events per chunk for in-memory data (archives keep their own chunks).
+    dtype : {"float64", "float32"}, default="float64"
+        Precision of the kernels.
+    progress : callable, optional
+        ``progress(stage, info)`` after every step (stage "nmf" or "hmm"; info has
+        ``step``, ``total``, ``elbo``, ``n_patterns``) and every transformed chunk
+        (stage "transform"; ``chunk``, ``n_chunks``).
+
+    Attributes
+    ----------
+    nmf_ : BayesianNonparametricNMF
+    hmm_ : BayesianHMM
+    """
+
+    def __init__(
+        self,
+        num_pat: int = 75,
+        num_state: int = 15,
+        *,
+        compat: str = "default",
+        nmf_steps: int = 200,
+        hmm_steps: int = 200,
+        batch_size: int | None = 64,
+        tol: float | None = None,
+        random_state: int | None = 0,
+        checkpoint_every: int = 10,
+        client: Any = None,
+        chunk_events: int = 256,
+        dtype: str = "float64",
+        progress: Progress | None = None,
+    ) -> None:
+        self.num_pat = num_pat
+        self.num_state = num_state
+        self.compat = _check_compat(compat)
+        if compat == "specufex" and batch_size != 1:
+            batch_size = 1  # the reference takes one event per step
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        for name, value in (("nmf_steps", nmf_steps), ("hmm_steps", hmm_steps),
+                            ("checkpoint_every", checkpoint_every)):  # fmt: skip
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.nmf_steps = int(nmf_steps)
+        self.hmm_steps = int(hmm_steps)
+        self.batch_size = batch_size
+        self.tol = tol
+        self.random_state = resolve_seed(random_state)
+        self.checkpoint_every = int(checkpoint_every)
+        self.client = client
+        self.chunk_events = chunk_events
+        self.dtype = np.dtype(dtype).name
+        self.progress = progress
+        self._handle = None
+        self.nmf_: BayesianNonparametricNMF | None = None
+        self.hmm_: BayesianHMM | None = None
+
+    # --- cluster -------------------------------------------------------------------
+    def _client(self) -> Any:
+        if self.client is False:
+            return None
+        if self.client is None or isinstance(self.client, str):
+            if self._handle is None:
+                from .clusters import connect
+
+                self._handle = connect(self.client)
+                logger.info("Dask dashboard: %s", self._handle.dashboard_link)
+            return self._handle.client
+        return self.client
+
+    def close(self) -> None:
+        """Close a cluster this object started."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> SpecUFEx:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _report(self, stage: str, info: dict) -> None:
+        if self.progress is not None:
+            self.progress(stage, info)
+
+    # --- fitting -------------------------------------------------------------------
+    def _new_nmf(self, shape: tuple[int, int, int]) -> BayesianNonparametricNMF:
+        return BayesianNonparametricNMF(
+            shape,
+            self.num_pat,
+            compat=self.compat,
+            step_size=1.0 if self.batch_size is None else None,
+            random_state=self.random_state,
+            dtype=self.dtype,
+        )
+
+    def _new_hmm(self, n_events: int) -> BayesianHMM:
+        return BayesianHMM(
+            self.nmf_.num_pat,
+            self.nmf_.gain,
+            self.num_state,
+            compat=self.compat,
+            n_eff=n_events,
+            step_size=1.0 if self.batch_size is None else None,
+            random_state=self.random_state,
+            dtype=self.dtype,
+        )
+
+    def fit(self, data: Any, *, resume: bool = False) -> SpecUFEx:
+        """Fit the NMF, then the HMM, by distributed SVI.
+
+        Parameters
+        ----------
+        data : str, xarray.Dataset or xarray.DataArray
+            An archive path (the model and checkpoints are then written to its
+            ``model`` group), or spectrograms with dims (event, frequency, time).
+        resume : bool, default=False
+            Continue from the archive's last checkpoint; the result equals an
+            uninterrupted fit.
+        """
+        chunks = EventChunks.from_data(data, self.chunk_events)
+        client = self._client()
+        n_events = chunks.shape[0]
+        batch = n_events if self.batch_size is None else min(self.batch_size, n_events)
+        state = read_model_group(chunks.path) if resume and chunks.path else None
+        check_values(chunks, client)
+        if state is None:
+            if resume:
+                logger.info("no checkpoint in %s: fitting from the start", chunks.path)
+            self.nmf_, self.hmm_ = self._new_nmf(chunks.shape), None
+            done = {"stage": "nmf", "nmf_steps": 0, "hmm_steps": 0}
+        else:
+            self.nmf_, self.hmm_, done = state
+            logger.info("resuming %s at %s", chunks.path, done)
+        if done["stage"] == "nmf":
+            self._fit_nmf(chunks, batch, client, done)
+            self.nmf_.sort_patterns()
+            done["stage"] = "hmm"
+            self.hmm_ = self._new_hmm(n_events)
+            self._checkpoint(chunks, done)
+        if done["stage"] == "hmm":
+            self._fit_hmm(chunks, batch, client, done)
+            self.hmm_.sort_states()
+            done["stage"] = "done"
+            self._checkpoint(chunks, done)
+        return self
+
+    def _checkpoint(self, chunks: EventChunks, done: dict) -> None:
+        if chunks.path is not None:
+            write_model_group(chunks.path, self.nmf_, self.hmm_, done)
+
+    def _monitor(self, history: list[float], n_events: int, batch: int) -> ConvergenceMonitor:
+        monitor = ConvergenceMonitor(self.tol, min(-(-n_events // batch), MAX_WINDOW))
+        monitor.history = list(history)
+        return monitor
+
+    def _fit_nmf(self, chunks: EventChunks, batch: int, client: Any, done: dict) -> None:
+        nmf = self.nmf_
+        monitor = self._monitor(nmf.elbo_, chunks.shape[0], batch)
+        while done["nmf_steps"] < self.nmf_steps and not done.get("nmf_converged"):
+            index = minibatch(self.random_state, "nmf_batch", nmf.step, chunks.shape[0], batch)
+            stats = nmf_statistics(chunks, index, nmf.step_parameters(), client)
+            elbo = nmf.apply_statistics(stats)
+            done["nmf_steps"] += 1
+            done["nmf_converged"] = monitor.report(elbo, nmf._annealed())
+            self._report(
+                "nmf",
+                {"step": done["nmf_steps"], "total": self.nmf_steps, "elbo": elbo,
+                 "n_patterns": nmf.num_pat},
+            )  # fmt: skip
+            if done["nmf_steps"] % self.checkpoint_every == 0:
+                self._checkpoint(chunks, done)
+
+    def _fit_hmm(self, chunks: EventChunks, batch: int, client: Any, done: dict) -> None:
+        hmm, nmf_params = self.hmm_, self.nmf_.transform_parameters()
+        monitor = self._monitor(hmm.elbo_, chunks.shape[0], batch)
+        while done["hmm_steps"] < self.hmm_steps and not done.get("hmm_converged"):
+            draw = done["hmm_steps"]
+            index = minibatch(self.random_state, "hmm_batch", draw, chunks.shape[0], batch)
+            stats = hmm_statistics(chunks, index, nmf_params, hmm.step_parameters(), client)
+            if self.compat == "specufex":
+                # the reference used as its README shows: one sequence per fit call
+                step, n, rho = reference.hmm_schedule(hmm.step, 0)
+                elbo = hmm.apply_statistics(stats, scale=hmm.Neff / n, step_size=rho)
+                hmm.step = step
+            else:
+                elbo = hmm.apply_statistics(stats)
+            done["hmm_steps"] += 1
+            done["hmm_converged"] = monitor.report(elbo)
+            self._report("hmm", {"step": done["hmm_steps"], "total": self.hmm_steps, "elbo": elbo})
+            if done["hmm_steps"] % self.checkpoint_every == 0:
+                self._checkpoint(chunks, done)
+
+    # --- transforming --------------------------------------------------------------
+    def _fitted(self) -> tuple[BayesianNonparametricNMF, BayesianHMM]:
+        if self.nmf_ is None or self.hmm_ is None:
+            raise ValueError("SpecUFEx is not fitted: call fit() or from_archive() first")
+        return self.nmf_, self.hmm_
+
+    def model_token(self) -> str:
+        """A digest of the fitted state: outputs written with another model are stale."""
+        nmf, hmm = self._fitted()
+        digest = hashlib.sha256()
+        for array in (nmf.W1, nmf.W2, nmf.A1, nmf.A2, hmm.B1, hmm.B2, hmm.gain):
+            digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+        digest.update(f"{self.compat}{self.dtype}".encode())
+        return digest.hexdigest()
+
+    def _parameters(self):
+        nmf, hmm = self._fitted()
+        nmf.dtype = hmm.dtype = np.dtype(self.dtype)
+        return nmf.transform_parameters(), hmm.step_parameters()
+
+    def transform(self, data: Any) -> xr.Dataset:
+        """Lazy outputs: ``activation``, ``state_probability``, ``transition``, ``fingerprint``.
+
+        Writing the result with ``to_zarr`` computes chunk by chunk on the cluster.
+        """
+        chunks = EventChunks.from_data(data, self.chunk_events)
+        self._check_frequencies(chunks)
+        return lazy_transform(chunks, *self._parameters())
+
+    def transform_to_zarr(self, path: str, *, resume: bool = False) -> None:
+        """Compute every event's outputs and write them into the archive at ``path``.
+
+        Workers write their chunk's regions directly. With ``resume=True`` chunks already
+        written with the same model are skipped (a chunk counts as written only after
+        all four outputs are).
+        """
+        chunks = EventChunks.from_data(path, self.chunk_events)
+        self._check_frequencies(chunks)
+        client = self._client()
+        computed = transform_chunks(
+            chunks, *self._parameters(), self.model_token(), client,
+            resume=resume, progress=self.progress,
+        )  # fmt: skip
+        logger.info("transformed %d chunks of %s", computed, path)
+
+    def _check_frequencies(self, chunks: EventChunks) -> None:
+        nmf, _ = self._fitted()
+        if chunks.shape[1] != nmf.dim:
+            raise ValueError(
+                f"{chunks.path or 'spectrograms'}: {chunks.shape[1]} frequencies, the model "
+                f"was fitted with {nmf.dim}"
+            )
+
+    @classmethod
+    def from_archive(
+        cls, path: str, *, client: Any = None, progress: Progress | None = None
+    ) -> SpecUFEx:
+        """The fitted model stored in ``<path>/model``."""
+        state = read_model_group(str(path))
+        if state is None or state[1] is None or state[2].get("stage") != "done":
+            raise ValueError(f"{path} holds no completely fitted model; run fit first")
+        nmf, hmm, _ = state
+        model = cls(
+            nmf.num_pat,
+            hmm.num_state,
+            compat=nmf.compat,
+            random_state=nmf.random_state,
+            client=client,
+            dtype=nmf.dtype.name,
+            progress=progress,
+        )
+        model.nmf_, model.hmm_ = nmf, hmm
+        return model
