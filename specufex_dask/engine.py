@@ -118,7 +118,7 @@ class EventChunks:
         else:
             array = array.rechunk({1: -1, 2: -1})
         starts = np.concatenate([[0], np.cumsum(array.chunks[0])])
-        bounds = [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+        bounds = [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
         event = (
             np.array([str(v) for v in data[archive.EVENT].values.tolist()], dtype=object)
             if archive.EVENT in data.coords
@@ -196,7 +196,7 @@ def _task_transform(block, ids, nmf: NMFStepParameters, hmm: HMMStepParameters):
 
 def _task_transform_to_zarr(block, ids, start, path, nmf, hmm) -> tuple[int, int]:
     outputs = _task_transform(block, ids, nmf, hmm)
-    for name, values in zip(OUTPUT_NAMES, outputs):
+    for name, values in zip(OUTPUT_NAMES, outputs, strict=True):
         archive.write_region(path, name, start, values)
     # Written last: a chunk counts as done only once all its outputs are on disk.
     return archive.write_region(path, TRANSFORMED, start, np.ones(len(ids), dtype=bool))
@@ -209,7 +209,7 @@ def check_values(chunks: EventChunks, client: Any) -> None:
     """One parallel pass over every chunk; raise naming the events with bad values."""
     tasks = [
         dask.delayed(_task_check)(block, chunks.event[start:stop])
-        for block, (start, stop) in zip(chunks.blocks, chunks.bounds)
+        for block, (start, stop) in zip(chunks.blocks, chunks.bounds, strict=True)
     ]
     problems = [item for found in _compute(client, tasks) for item in found]
     if problems:
@@ -277,13 +277,13 @@ def lazy_transform(chunks: EventChunks, nmf_params, hmm_params) -> xr.Dataset:
     S = hmm_params.rate.shape[0]
     dtype = np.dtype(nmf_params.dtype)
     pieces: dict[str, list] = {name: [] for name in OUTPUT_NAMES}
-    for block, (start, stop) in zip(chunks.blocks, chunks.bounds):
+    for block, (start, stop) in zip(chunks.blocks, chunks.bounds, strict=True):
         outputs = dask.delayed(_task_transform, nout=4)(
             block, chunks.event[start:stop], nmf_params, hmm_params
         )
         n = stop - start
         shapes = [(n, K, M), (n, S, M), (n, S, S), (n, S, S)]
-        for name, value, shape in zip(OUTPUT_NAMES, outputs, shapes):
+        for name, value, shape in zip(OUTPUT_NAMES, outputs, shapes, strict=True):
             pieces[name].append(dask.array.from_delayed(value, shape=shape, dtype=dtype))
     dims = output_dims()
     variables = {
@@ -354,7 +354,7 @@ def transform_chunks(
         done = np.zeros(chunks.shape[0], dtype=bool)
     todo = [
         (block, start, stop)
-        for block, (start, stop) in zip(chunks.blocks, chunks.bounds)
+        for block, (start, stop) in zip(chunks.blocks, chunks.bounds, strict=True)
         if not done[start:stop].all()
     ]
     tasks = [
