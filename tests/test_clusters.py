@@ -354,7 +354,6 @@ def test_security_settings_are_checked(tmp_path):
 
 
 def test_tls_cluster_on_loopback_accepts_only_tls_clients(tmp_path, rng):
-    pytest.importorskip("cryptography", reason="TLS test certificates need cryptography")
     settings = clusters.write_self_signed_tls(tmp_path / "tls")
     assert stat.S_IMODE(os.stat(settings["tls_client_key"]).st_mode) == 0o600
     matrix = rng.standard_normal((120, 6))
@@ -381,7 +380,6 @@ def test_tls_cluster_on_loopback_accepts_only_tls_clients(tmp_path, rng):
 
 
 def test_local_tls_cluster_needs_scheduler_and_worker_certificates(tmp_path):
-    pytest.importorskip("cryptography", reason="TLS test certificates need cryptography")
     settings = clusters.write_self_signed_tls(tmp_path)
     client_only = {k: settings[k] for k in ("tls_ca_file", "tls_client_cert", "tls_client_key")}
     with pytest.raises(ValueError, match="tls_scheduler_cert"):

@@ -681,7 +681,6 @@ def with_paths_in(settings: dict[str, Any], files: dict[str, Any]) -> dict[str, 
 
 
 def test_tls_dask_config_snippet_configures_security(tmp_path):
-    pytest.importorskip("cryptography", reason="TLS test certificates need cryptography")
     files = clusters.write_self_signed_tls(tmp_path)
     snippet = flatten(yaml.safe_load((DEPLOY / "tls" / "distributed.yaml").read_text()))
     with dask.config.set(with_paths_in(snippet, files)):
@@ -694,7 +693,6 @@ def test_tls_dask_config_snippet_configures_security(tmp_path):
 
 
 def test_tls_commands_and_client_config_work_on_loopback(tmp_path, rng):
-    pytest.importorskip("cryptography", reason="TLS test certificates need cryptography")
     files = clusters.write_self_signed_tls(tmp_path / "tls")
     config = load_config(DEPLOY / "tls" / "config.yaml")
     client_settings = with_paths_in(
