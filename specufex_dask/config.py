@@ -257,7 +257,8 @@ class ClusterConfig:
     kind : {"local", "slurm", "pbs"}, default="local"
         Cluster started when no scheduler is given.
     workers : int or None, default=None
-        Number of workers (local) or jobs (slurm/pbs); None lets Dask choose.
+        Number of Dask workers (local cluster, or scaled through the job queue); the number
+        of batch jobs goes in ``jobqueue.jobs``. None lets Dask choose.
     threads_per_worker : int or None, default=None
         Threads per worker.
     memory_limit : str or None, default=None
