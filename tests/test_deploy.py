@@ -376,6 +376,50 @@ def test_compose_job_command_helper_targets_the_local_cluster(compose_cluster, t
     ]
 
 
+def test_compose_job_runs_the_pipeline_through_the_compose_scheduler(
+    compose_cluster, tmp_path, golden_dir
+):
+    """The compose job command, run here, fits and transforms through the compose workers.
+
+    The result must equal an in-process run with the same settings bit for bit (the
+    engine's sums do not depend on which worker computed what).
+    """
+    import h5py
+    import xarray as xr
+
+    from specufex_dask import archive
+    from specufex_dask.pipeline import SpecUFEx
+
+    with h5py.File(golden_dir / "SpecUFEx_test1.h5", "r") as file:
+        ids = list(file["ACM"])
+        group = file["spectrograms/transformed_spectrograms"]
+        spectrograms = np.stack([group[i][()] for i in ids])
+        frequency = file["spectrograms/fSTFT"][()]
+        time = file["spectrograms/tSTFT"][()]
+    path = tmp_path / "archive.zarr"
+    archive.write_spectrograms(path, spectrograms, ids, frequency, time, chunk_events=4)
+    settings = ["--num-pat", "12", "--num-state", "4", "--nmf-steps", "8", "--hmm-steps", "6",
+                "--batch-size", "5", "--tol", "none", "--quiet"]  # fmt: skip
+    command = compose_cluster.job_command(tmp_path) + settings
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+
+    expected = SpecUFEx(12, 4, nmf_steps=8, hmm_steps=6, batch_size=5, client=False)
+    outputs = expected.fit(spectrograms_array(spectrograms, ids)).transform(
+        spectrograms_array(spectrograms, ids)
+    )
+    stored = xr.open_zarr(path)
+    for name in ("activation", "state_probability", "fingerprint"):
+        np.testing.assert_array_equal(stored[name].values, outputs[name].values)
+
+
+def spectrograms_array(values: np.ndarray, ids: list[str]):
+    """Spectrograms as an in-memory DataArray with the archive's dims."""
+    import xarray as xr
+
+    return xr.DataArray(values, dims=("event", "frequency", "time"), coords={"event": ids})
+
+
 def test_dockerfile_is_pinned_non_root_and_installs_extras():
     text = (REPO / "Dockerfile").read_text()
     image = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, flags=re.MULTILINE)
