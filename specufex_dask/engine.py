@@ -20,7 +20,7 @@ import shutil
 import uuid
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,11 @@ class EventChunks:
         return parts
 
 
+def _on_workers(params):
+    """Step parameters for tasks: Dask already runs one task per worker thread."""
+    return replace(params, threads=1)
+
+
 def _compute(client: Any, tasks: Sequence) -> list:
     """Run delayed tasks on the client (or dask's current scheduler without one)."""
     if client is None:
@@ -221,6 +226,7 @@ def check_values(chunks: EventChunks, client: Any) -> None:
 
 def nmf_statistics(chunks: EventChunks, index: np.ndarray, params, client: Any):
     """Statistics of the minibatch ``index`` (sorted event indices), folded in fixed order."""
+    params = _on_workers(params)
     tasks = [
         dask.delayed(_task_nmf_nodes)(
             chunks.blocks[chunk], local, chunks.event[index[position : position + len(local)]],
@@ -236,6 +242,7 @@ def nmf_statistics(chunks: EventChunks, index: np.ndarray, params, client: Any):
 
 def hmm_statistics(chunks: EventChunks, index: np.ndarray, nmf_params, hmm_params, client):
     """HMM statistics of the minibatch; activations are computed where the chunk is."""
+    nmf_params, hmm_params = _on_workers(nmf_params), _on_workers(hmm_params)
     tasks = [
         dask.delayed(_task_hmm_nodes)(
             chunks.blocks[chunk], local, chunks.event[index[position : position + len(local)]],
@@ -272,6 +279,7 @@ def output_dims() -> dict[str, tuple[str, ...]]:
 
 def lazy_transform(chunks: EventChunks, nmf_params, hmm_params) -> xr.Dataset:
     """The four outputs as a lazy Dataset (nothing computed yet)."""
+    nmf_params, hmm_params = _on_workers(nmf_params), _on_workers(hmm_params)
     N, _, M = chunks.shape
     K = nmf_params.log_basis.shape[1]
     S = hmm_params.rate.shape[0]
@@ -345,6 +353,7 @@ def transform_chunks(
     """
     if chunks.path is None:
         raise ValueError("transform_to_zarr needs data opened from an archive path")
+    nmf_params, hmm_params = _on_workers(nmf_params), _on_workers(hmm_params)
     path = chunks.path
     K = nmf_params.log_basis.shape[1]
     S = hmm_params.rate.shape[0]

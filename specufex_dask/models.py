@@ -37,6 +37,7 @@ from .stats import HMMStatistics, NMFStatistics, fold
 from .steps import (
     HMMStepParameters,
     NMFStepParameters,
+    available_cores,
     hmm_leaves,
     hmm_outputs,
     nmf_activations,
@@ -320,6 +321,7 @@ class BayesianNonparametricNMF(_SVIModel):
             temperature=temperature,
             n_inner=nmf_inner_iterations(temperature),
             dtype=self.dtype.name,
+            threads=available_cores(),
         )
 
     def transform_parameters(self) -> NMFStepParameters:
@@ -330,6 +332,7 @@ class BayesianNonparametricNMF(_SVIModel):
             h01=self.h01,
             h02=self.h02,
             dtype=self.dtype.name,
+            threads=available_cores(),
         )
 
     def apply_statistics(self, stats: NMFStatistics) -> float:
@@ -553,6 +556,7 @@ class BayesianHMM(_SVIModel):
             n_iter=self._max_inner_ite,
             compat=self.compat == "specufex",
             dtype=self.dtype.name,
+            threads=available_cores(),
         )
 
     def apply_statistics(

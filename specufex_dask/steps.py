@@ -8,7 +8,11 @@ both go through these functions, so they compute the same numbers.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -50,6 +54,8 @@ class NMFStepParameters:
         Fixed-point iterations of the transform.
     dtype : str
         Floating dtype of the kernels.
+    threads : int
+        Threads over groups of events (1 on Dask workers, which parallelise by task).
     """
 
     log_basis: NDArray
@@ -60,18 +66,54 @@ class NMFStepParameters:
     n_inner: int = 10
     transform_iterations: int = 5
     dtype: str = "float64"
+    threads: int = 1
 
 
-def _groups(n: int, size: int):
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
+def available_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _groups(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+_blas_controller = None
+
+
+def _single_threaded_blas():
+    """BLAS limited to one thread for the duration of a ``with`` block.
+
+    The matrix products here are small (one spectrogram each); a multi-threaded BLAS
+    spends more time synchronising than computing on them, badly so on a loaded machine.
+    Parallelism comes from running groups of events on threads instead, and one BLAS
+    thread also makes every product's bits independent of the machine's core count.
+    """
+    global _blas_controller
+    if _blas_controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=1, user_api="blas")
+
+
+def _map_groups(function: Callable[[slice], Any], groups: list[slice], threads: int) -> list:
+    """``function`` over groups of events, on up to ``threads`` threads, in order."""
+    with _single_threaded_blas():
+        if threads <= 1 or len(groups) <= 1:
+            return [function(group) for group in groups]
+        with ThreadPoolExecutor(max_workers=min(threads, len(groups))) as pool:
+            return list(pool.map(function, groups))
 
 
 def nmf_leaves(X: NDArray, params: NMFStepParameters) -> list[NMFStatistics]:
     """Statistics of every spectrogram of ``X`` (n, D, M), one leaf each."""
     X = np.asarray(X, dtype=params.dtype)
-    leaves: list[NMFStatistics] = []
-    for group in _groups(len(X), NMF_GROUP):
+
+    def group_leaves(group: slice) -> list[NMFStatistics]:
         local = nmf_local_step(
             X[group],
             params.log_basis,
@@ -81,25 +123,27 @@ def nmf_leaves(X: NDArray, params: NMFStepParameters) -> list[NMFStatistics]:
             temperature=params.temperature,
             n_inner=params.n_inner,
         )
-        columns = X.shape[2]
-        leaves.extend(
+        return [
             NMFStatistics(
                 local.basis_counts[i].astype(np.float64),
                 local.activation_sum[i].astype(np.float64),
-                columns,
+                X.shape[2],
                 1,
                 float(local.elbo[i]),
             )
             for i in range(len(local.elbo))
-        )
-    return leaves
+        ]
+
+    parts = _map_groups(group_leaves, _groups(len(X), NMF_GROUP), params.threads)
+    return [leaf for part in parts for leaf in part]
 
 
 def nmf_activations(X: NDArray, params: NMFStepParameters) -> NDArray:
     """Activations (n, K, M) of spectrograms ``X`` (n, D, M)."""
     X = np.asarray(X, dtype=params.dtype)
     out = np.empty((X.shape[0], params.log_basis.shape[1], X.shape[2]), dtype=X.dtype)
-    for group in _groups(len(X), NMF_GROUP):
+
+    def transform_group(group: slice) -> None:
         out[group] = nmf_transform(
             X[group],
             params.log_basis,
@@ -108,6 +152,8 @@ def nmf_activations(X: NDArray, params: NMFStepParameters) -> NDArray:
             h02=params.h02,
             n_iter=params.transform_iterations,
         )
+
+    _map_groups(transform_group, _groups(len(X), NMF_GROUP), params.threads)
     return out
 
 
@@ -126,6 +172,8 @@ class HMMStepParameters:
     compat : bool
         The reference's forward-backward.
     dtype : str
+    threads : int
+        Threads over groups of sequences.
     """
 
     log_rate: NDArray
@@ -136,6 +184,12 @@ class HMMStepParameters:
     n_iter: int = 20
     compat: bool = False
     dtype: str = "float64"
+    threads: int = 1
+
+
+def _hmm_groups(n: int, threads: int) -> list[slice]:
+    """Groups of sequences: large (the time loop's cost is per group), one per thread."""
+    return _groups(n, max(1, min(HMM_GROUP, -(-n // max(threads, 1)))))
 
 
 def _hmm_local(V: NDArray, params: HMMStepParameters):
@@ -153,10 +207,10 @@ def _hmm_local(V: NDArray, params: HMMStepParameters):
 
 def hmm_leaves(V: NDArray, params: HMMStepParameters) -> list[HMMStatistics]:
     """Statistics of every activation sequence of ``V`` (n, K, M), one leaf each."""
-    leaves: list[HMMStatistics] = []
-    for group in _groups(len(V), HMM_GROUP):
+
+    def group_leaves(group: slice) -> list[HMMStatistics]:
         local = _hmm_local(V[group], params)
-        leaves.extend(
+        return [
             HMMStatistics(
                 local.emission_counts[i].astype(np.float64),
                 local.state_counts[i].astype(np.float64),
@@ -164,8 +218,10 @@ def hmm_leaves(V: NDArray, params: HMMStepParameters) -> list[HMMStatistics]:
                 float(local.elbo_per_sequence[i]),
             )
             for i in range(len(local.elbo_per_sequence))
-        )
-    return leaves
+        ]
+
+    parts = _map_groups(group_leaves, _hmm_groups(len(V), params.threads), params.threads)
+    return [leaf for part in parts for leaf in part]
 
 
 def hmm_outputs(V: NDArray, params: HMMStepParameters) -> tuple[NDArray, NDArray, NDArray]:
@@ -176,7 +232,8 @@ def hmm_outputs(V: NDArray, params: HMMStepParameters) -> tuple[NDArray, NDArray
     prints = np.empty((n, S, S), dtype=dtype)
     transitions = np.empty((n, S, S), dtype=dtype)
     gams = np.empty((n, S, M), dtype=dtype)
-    for group in _groups(n, HMM_GROUP):
+
+    def outputs_group(group: slice) -> None:
         local = _hmm_local(V[group], params)
         gams[group] = local.state_probability
         transitions[group] = local.transition
@@ -186,4 +243,6 @@ def hmm_outputs(V: NDArray, params: HMMStepParameters) -> tuple[NDArray, NDArray
             tau_initial=params.tau_initial,
             tau_transition=params.tau_transition,
         )
+
+    _map_groups(outputs_group, _hmm_groups(n, params.threads), params.threads)
     return prints, transitions, gams

@@ -92,44 +92,44 @@ def forward_backward(
     """
     n, S, M = emission.shape
     dtype = emission.dtype
-    alpha = np.empty((n, S, M), dtype=dtype)
+    # Time-major copies keep every step's slice contiguous; the S x S products of many
+    # sequences are one einsum rather than one BLAS call per sequence.
+    e = np.ascontiguousarray(emission.transpose(2, 0, 1))  # (M, n, S)
+    alpha = np.empty((M, n, S), dtype=dtype)
+    predicted = np.empty((M, n, S), dtype=dtype)  # (a^T alpha_{t-1})[j], t >= 1
     log_evidence = np.zeros(n, dtype=np.float64)
-    first = initial * emission[:, :, 0]
-    alpha[:, :, 0] = first
+    alpha[0] = initial * e[0]
     # The first column stays unnormalised as in the original; its sum still enters the
     # evidence through the next normaliser.
-    previous = first[:, None, :]
     for t in range(1, M):
-        column = np.matmul(previous, transition)[:, 0, :] * emission[:, :, t]
+        prediction = np.einsum("ni,nij->nj", alpha[t - 1], transition, out=predicted[t])
+        column = np.multiply(prediction, e[t], out=alpha[t])
         total = column.sum(axis=1)
         log_evidence += np.log(total)
         column /= total[:, None]
-        alpha[:, :, t] = column
-        previous = column[:, None, :]
     if M == 1:
-        log_evidence += np.log(first.sum(axis=1))
+        log_evidence += np.log(alpha[0].sum(axis=1))
 
-    beta = np.empty((n, S, M), dtype=dtype)
-    beta[:, :, M - 1] = 1.0
+    beta = np.empty((M, n, S), dtype=dtype)
+    beta[M - 1] = 1.0
     if compat:
-        beta[:, :, : M - 1] = 1.0 / S
+        beta[: M - 1] = 1.0 / S
     else:
-        following = np.ones((n, S, 1), dtype=dtype)
         for t in range(M - 2, -1, -1):
-            column = np.matmul(transition, following * emission[:, :, t + 1, None])[:, :, 0]
+            column = np.einsum("nij,nj->ni", transition, beta[t + 1] * e[t + 1], out=beta[t])
             column /= column.sum(axis=1, keepdims=True)
-            beta[:, :, t] = column
-            following = column[:, :, None]
 
     gam = alpha * beta
-    gam /= gam.sum(axis=1, keepdims=True)
+    gam /= gam.sum(axis=2, keepdims=True)
 
-    weighted = beta[:, :, 1:] * emission[:, :, 1:]  # (n, S, M-1)
+    weighted = beta[1:] * e[1:]  # (M-1, n, S)
     # xi_t[i, j] = a[i, j] alpha[i, t-1] w[j, t] / norm_t, norm_t = alpha_{t-1}^T a w_t
-    norm = np.einsum("nit,nij,njt->nt", alpha[:, :, :-1], transition, weighted)
+    norm = (predicted[1:] * weighted).sum(axis=2)  # (M-1, n)
+    scaled = alpha[:-1] / norm[:, :, None]
     transition_counts = transition * np.matmul(
-        alpha[:, :, :-1] / norm[:, None, :], weighted.transpose(0, 2, 1)
+        scaled.transpose(1, 2, 0), weighted.transpose(1, 0, 2)
     )
+    gam = np.ascontiguousarray(gam.transpose(1, 2, 0))
     return ForwardBackward(gam, transition_counts, log_evidence)
 
 
