@@ -210,6 +210,18 @@ def _task_transform_to_zarr(block, ids, start, path, nmf, hmm) -> tuple[int, int
 # ----------------------------------------------------------------------------- driver side
 
 
+def require_writable(path: str, what: str) -> None:
+    """Fail before any work when the archive cannot take ``what``."""
+    folder = Path(path)
+    # Root may write anywhere; an archive whose write bits are all cleared was still
+    # meant to be left alone.
+    if not all(
+        os.access(item, os.W_OK) and item.stat().st_mode & 0o222
+        for item in (folder, folder / "zarr.json")
+    ):
+        raise archive.ArchiveError(f"archive {path} is read-only: cannot write the {what}")
+
+
 def check_values(chunks: EventChunks, client: Any) -> None:
     """One parallel pass over every chunk; raise naming the events with bad values."""
     tasks = [
@@ -355,6 +367,7 @@ def transform_chunks(
         raise ValueError("transform_to_zarr needs data opened from an archive path")
     nmf_params, hmm_params = _on_workers(nmf_params), _on_workers(hmm_params)
     path = chunks.path
+    require_writable(path, "transform outputs")
     K = nmf_params.log_basis.shape[1]
     S = hmm_params.rate.shape[0]
     done = _resumable(path, chunks, token) if resume else None

@@ -26,6 +26,7 @@ from .engine import (
     lazy_transform,
     nmf_statistics,
     read_model_group,
+    require_writable,
     transform_chunks,
     write_model_group,
 )
@@ -193,6 +194,8 @@ class SpecUFEx:
             uninterrupted fit.
         """
         chunks = EventChunks.from_data(data, self.chunk_events)
+        if chunks.path is not None:
+            require_writable(chunks.path, "model and its checkpoints")
         client = self._client()
         n_events = chunks.shape[0]
         batch = n_events if self.batch_size is None else min(self.batch_size, n_events)
