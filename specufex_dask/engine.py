@@ -180,16 +180,18 @@ def _task_check(block: np.ndarray, ids: np.ndarray) -> list[tuple[str, str]]:
     return archive.check_spectrogram_values(np.asarray(block), ids)
 
 
-def _task_nmf_nodes(block, local, ids, position, total, params: NMFStepParameters) -> dict:
-    X = _checked(np.asarray(block)[local], ids)
-    return tree_nodes(nmf_leaves(X, params), position, total)
+def _nmf_leaves(X: np.ndarray, nmf: NMFStepParameters) -> list:
+    return nmf_leaves(X, nmf)
 
 
-def _task_hmm_nodes(
-    block, local, ids, position, total, nmf: NMFStepParameters, hmm: HMMStepParameters
-) -> dict:
+def _hmm_leaves(X: np.ndarray, nmf: NMFStepParameters, hmm: HMMStepParameters) -> list:
+    return hmm_leaves(nmf_activations(X, nmf), hmm)
+
+
+def _task_nodes(block, local, ids, position, total, leaves, *params) -> dict:
+    """Tree nodes of the minibatch events of one chunk (``leaves``: per-event statistics)."""
     X = _checked(np.asarray(block)[local], ids)
-    return tree_nodes(hmm_leaves(nmf_activations(X, nmf), hmm), position, total)
+    return tree_nodes(leaves(X, *params), position, total)
 
 
 def _task_transform(block, ids, nmf: NMFStepParameters, hmm: HMMStepParameters):
@@ -236,13 +238,13 @@ def check_values(chunks: EventChunks, client: Any) -> None:
         raise archive.ArchiveError(f"bad spectrogram values{where} in events {listing}{more}")
 
 
-def nmf_statistics(chunks: EventChunks, index: np.ndarray, params, client: Any):
+def _minibatch_statistics(chunks: EventChunks, index: np.ndarray, client, leaves, *params):
     """Statistics of the minibatch ``index`` (sorted event indices), folded in fixed order."""
-    params = _on_workers(params)
+    params = tuple(_on_workers(p) for p in params)
     tasks = [
-        dask.delayed(_task_nmf_nodes)(
+        dask.delayed(_task_nodes)(
             chunks.blocks[chunk], local, chunks.event[index[position : position + len(local)]],
-            position, len(index), params,
+            position, len(index), leaves, *params,
         )
         for chunk, local, position in chunks.split(index)
     ]  # fmt: skip
@@ -250,22 +252,16 @@ def nmf_statistics(chunks: EventChunks, index: np.ndarray, params, client: Any):
     for part in _compute(client, tasks):
         nodes.update(part)
     return tree_root(nodes, len(index))
+
+
+def nmf_statistics(chunks: EventChunks, index: np.ndarray, params, client: Any):
+    """NMF statistics of the minibatch ``index`` (sorted event indices)."""
+    return _minibatch_statistics(chunks, index, client, _nmf_leaves, params)
 
 
 def hmm_statistics(chunks: EventChunks, index: np.ndarray, nmf_params, hmm_params, client):
     """HMM statistics of the minibatch; activations are computed where the chunk is."""
-    nmf_params, hmm_params = _on_workers(nmf_params), _on_workers(hmm_params)
-    tasks = [
-        dask.delayed(_task_hmm_nodes)(
-            chunks.blocks[chunk], local, chunks.event[index[position : position + len(local)]],
-            position, len(index), nmf_params, hmm_params,
-        )
-        for chunk, local, position in chunks.split(index)
-    ]  # fmt: skip
-    nodes: dict = {}
-    for part in _compute(client, tasks):
-        nodes.update(part)
-    return tree_root(nodes, len(index))
+    return _minibatch_statistics(chunks, index, client, _hmm_leaves, nmf_params, hmm_params)
 
 
 OUTPUT_NAMES = (

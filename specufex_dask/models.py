@@ -162,6 +162,18 @@ class _SVIModel:
         self.verbose = verbose
         self.elbo_: list[float] = []
 
+    def save(self, filename: str | Path) -> None:
+        """Write the model to an HDF5 file (no pickle; see :mod:`specufex_dask.persistence`)."""
+        persistence.save_model(filename, self)
+
+    @classmethod
+    def load(cls, filename: str | Path, compat: str | None = None):
+        """Read a model saved by :meth:`save` or by the reference package.
+
+        ``compat=None`` keeps the file's mode (``"specufex"`` for the reference's files).
+        """
+        return persistence.load_model(filename, cls, compat)
+
     def _log(self, message: str, *args: object) -> None:
         logger.log(logging.INFO if self.verbose else logging.DEBUG, message, *args)
 
@@ -440,19 +452,6 @@ class BayesianNonparametricNMF(_SVIModel):
         """:meth:`fit` then :meth:`transform`."""
         return self.fit(X).transform(X)
 
-    # --- persistence ---------------------------------------------------------------
-    def save(self, filename: str | Path) -> None:
-        """Write the model to an HDF5 file (no pickle; see :mod:`specufex_dask.persistence`)."""
-        persistence.save_model(filename, self)
-
-    @classmethod
-    def load(cls, filename: str | Path, compat: str | None = None) -> BayesianNonparametricNMF:
-        """Read a model saved by :meth:`save` or by the reference package.
-
-        ``compat=None`` keeps the file's mode (``"specufex"`` for the reference's files).
-        """
-        return persistence.load_model(filename, cls, compat)
-
 
 class BayesianHMM(_SVIModel):
     """Bayesian HMM of NMF activations fitted by SVI, and its fingerprints.
@@ -669,12 +668,3 @@ class BayesianHMM(_SVIModel):
         """:meth:`fit` then :meth:`transform` (``EW`` is accepted for the reference's
         signature and not used)."""
         return self.fit(V).transform(V)
-
-    def save(self, filename: str | Path) -> None:
-        """Write the model to an HDF5 file (no pickle)."""
-        persistence.save_model(filename, self)
-
-    @classmethod
-    def load(cls, filename: str | Path, compat: str | None = None) -> BayesianHMM:
-        """Read a model saved by :meth:`save` or by the reference package."""
-        return persistence.load_model(filename, cls, compat)
