@@ -1,0 +1,231 @@
+"""Per-spectrogram cost of the NMF and HMM kernels, and how close the NMF gets to BLAS.
+
+Run: ``python benchmarks/bench_kernels.py [--repeats 5] [--batch 32] [--profile]``
+
+For each spectrogram size (241 x 26 and 513 x 51, K = 75 patterns, S = 15 states) and
+dtype (float64, float32) it times four stages on a batch of spectrograms:
+
+* NMF transform: ``nmf_transform`` (5 fixed-point iterations);
+* NMF fit step: ``nmf_local_step`` at T = 1 (10 inner iterations, with ELBO) plus the
+  global update from the batch's summed statistics;
+* HMM transform: ``hmm_local_step`` (20 iterations) plus ``fingerprints``;
+* HMM fit step: ``hmm_local_step`` plus the global update.
+
+Each is run two ways: one call on the whole batch with numpy's BLAS threads
+("1 proc"), and two Python threads over the halves of the batch with BLAS limited to one
+thread through threadpoolctl ("2 thr"). Reported: the median over ``--repeats`` runs of
+the milliseconds per spectrogram, and for the NMF stages the fraction of this machine's
+square-matmul GFLOP/s (same dtype, measured in the same run) that their matrix products
+reach, counting 2 D K M flops per product (two products per fixed-point iteration).
+The reference package takes 142, 291, 46 and 45 ms per 513 x 51 spectrogram for the
+four stages; the targets are 1, 3, 0.5 and 1 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+
+import numpy as np
+
+from specufex_dask.kernels.hmm import fingerprints, hmm_local_step
+from specufex_dask.kernels.nmf import expected_log, nmf_local_step, nmf_transform
+from specufex_dask.updates import NMFPrior, hmm_global_update, nmf_global_update
+
+N_PATTERNS, N_STATES = 75, 15
+SIZES = ((241, 26), (513, 51))
+NMF_TRANSFORM_ITERATIONS, NMF_INNER_ITERATIONS = 5, 10
+
+
+def _blas_single_thread():
+    """A context limiting BLAS to one thread (threadpoolctl comes with scikit-learn)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError as error:  # pragma: no cover - environment dependent
+        raise ImportError(
+            "the threaded benchmark needs threadpoolctl: pip install 'specufex-dask[cluster]'"
+        ) from error
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _problem(rng: np.random.Generator, n: int, D: int, M: int, dtype: type) -> dict:
+    """Globals and a batch of spectrograms with the structure the kernels see in practice."""
+    prior = NMFPrior.default(D, N_PATTERNS)
+    W1 = rng.gamma(10.0, 0.1, size=(D, N_PATTERNS)) * 50.0
+    W2 = np.full((D, N_PATTERNS), 50.0)
+    A1 = rng.gamma(5.0, 0.2, size=(1, N_PATTERNS)) * 20.0
+    A2 = np.full((1, N_PATTERNS), 20.0)
+    log_basis = expected_log(W1, W2) + expected_log(A1, A2)
+    basis_weight = ((W1 / W2) * (A1 / A2)).sum(axis=0)
+    activations = rng.gamma(0.3, 1.0, size=(n, N_PATTERNS, M))
+    X = rng.poisson((W1 / W2) @ activations * 3.0).astype(dtype)
+    V = nmf_transform(X, log_basis, basis_weight, h01=prior.h01, h02=prior.h02)
+    gain = (W1 / W2).sum(axis=0)
+    B1 = rng.gamma(1.0, 1.0, size=(N_STATES, N_PATTERNS)) * 1e3
+    B2 = np.full((N_STATES, N_PATTERNS), 30.0)
+    return {
+        "X": X, "U": (V * gain[:, None]).astype(dtype), "prior": prior,
+        "W1": W1, "W2": W2, "A1": A1, "A2": A2, "log_basis": log_basis,
+        "basis_weight": basis_weight, "B1": B1, "B2": B2,
+        "ElnB": expected_log(B1, B2), "EB": B1 / B2,
+    }  # fmt: skip
+
+
+def _nmf_transform(p: dict, X: np.ndarray) -> None:
+    nmf_transform(X, p["log_basis"], p["basis_weight"], h01=p["prior"].h01, h02=p["prior"].h02)
+
+
+def _nmf_fit_step(p: dict, X: np.ndarray) -> tuple:
+    local = nmf_local_step(
+        X, p["log_basis"], p["basis_weight"], h01=p["prior"].h01, h02=p["prior"].h02,
+        temperature=1.0, n_inner=NMF_INNER_ITERATIONS,
+    )  # fmt: skip
+    return local.basis_counts.sum(axis=0), local.activation_sum.sum(axis=0)
+
+
+def _nmf_update(p: dict, counts: np.ndarray, activation_sum: np.ndarray, n: int) -> None:
+    nmf_global_update(
+        p["W1"], p["W2"], p["A1"], p["A2"], counts.astype(np.float64),
+        activation_sum.astype(np.float64), scale=1000.0 / n, step_size=0.1, temperature=1.0,
+        prior=p["prior"],
+    )  # fmt: skip
+
+
+def _hmm_local(p: dict, U: np.ndarray):
+    return hmm_local_step(
+        U, p["ElnB"], p["EB"], tau_initial=0.01 / N_STATES, tau_transition=0.1 / N_STATES
+    )
+
+
+def _hmm_transform(p: dict, U: np.ndarray) -> None:
+    local = _hmm_local(p, U)
+    fingerprints(
+        local.transition.astype(np.float64), local.initial.astype(np.float64),
+        tau_initial=0.01 / N_STATES, tau_transition=0.1 / N_STATES,
+    )  # fmt: skip
+
+
+def _hmm_fit_step(p: dict, U: np.ndarray) -> tuple:
+    local = _hmm_local(p, U)
+    return local.emission_counts.sum(axis=0), local.state_counts.sum(axis=0)
+
+
+def _hmm_update(p: dict, counts: np.ndarray, state_counts: np.ndarray, n: int) -> None:
+    hmm_global_update(
+        p["B1"], p["B2"], counts.astype(np.float64), state_counts.astype(np.float64),
+        scale=1000.0 / n, step_size=0.1, tau1=0.1, tau2=0.1,
+    )  # fmt: skip
+
+
+def _stage_runner(stage: str, p: dict, threads: int) -> Callable[[], None]:
+    """A function running ``stage`` on the whole batch once."""
+    data = p["U"] if stage.startswith("HMM") else p["X"]
+    n = len(data)
+    local = {
+        "NMF transform": _nmf_transform,
+        "NMF fit step": _nmf_fit_step,
+        "HMM transform": _hmm_transform,
+        "HMM fit step": _hmm_fit_step,
+    }[stage]
+    update = {"NMF fit step": _nmf_update, "HMM fit step": _hmm_update}.get(stage)
+    halves = (slice(0, n // 2), slice(n // 2, n))
+
+    def run() -> None:
+        if threads == 1:
+            parts = [local(p, data)]
+        else:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                parts = list(pool.map(lambda half: local(p, data[half]), halves))
+        if update is not None:
+            update(p, sum(part[0] for part in parts), sum(part[1] for part in parts), n)
+
+    return run
+
+
+def _median_seconds(run: Callable[[], None], repeats: int) -> float:
+    run()  # warm up caches and thread pools
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_gflops(dtype: type, repeats: int, size: int = 1024) -> float:
+    """GFLOP/s of a square matrix product with numpy's BLAS threads."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(dtype)
+    b = rng.standard_normal((size, size)).astype(dtype)
+    seconds = _median_seconds(lambda: a @ b, repeats)
+    return 2.0 * size**3 / seconds / 1e9
+
+
+def nmf_matmul_flops(stage: str, D: int, M: int) -> float:
+    """Flops of the NMF stage's matrix products per spectrogram (2 D K M each)."""
+    per_product = 2.0 * D * N_PATTERNS * M
+    if stage == "NMF transform":
+        return 2 * NMF_TRANSFORM_ITERATIONS * per_product
+    # inner iterations, then the final counts (2 products) and the ELBO's normaliser
+    return (2 * NMF_INNER_ITERATIONS + 3) * per_product
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--profile", action="store_true", help="cProfile each stage once")
+    args = parser.parse_args()
+
+    peaks = {dtype: matmul_gflops(dtype, args.repeats) for dtype in (np.float64, np.float32)}
+    print(
+        f"square 1024 matmul, numpy BLAS threads: float64 {peaks[np.float64]:.1f} GFLOP/s, "
+        f"float32 {peaks[np.float32]:.1f} GFLOP/s; batch {args.batch}, median of "
+        f"{args.repeats}\n"
+    )
+    stages = ("NMF transform", "NMF fit step", "HMM transform", "HMM fit step")
+    print(
+        "| stage | size | dtype | 1 proc ms/spec | 2 thr ms/spec "
+        "| NMF matmul % of peak (1 proc / 2 thr) |"
+    )
+    print("|---|---|---|---:|---:|---:|")  # fmt: skip
+    rng = np.random.default_rng(0)
+    for D, M in SIZES:
+        for dtype in (np.float64, np.float32):
+            problem = _problem(rng, args.batch, D, M, dtype)
+            for stage in stages:
+                per_spectrogram = {}
+                for threads in (1, 2):
+                    limit = _blas_single_thread() if threads == 2 else nullcontext()
+                    with limit:
+                        run = _stage_runner(stage, problem, threads)
+                        if args.profile and threads == 1:
+                            profiler = cProfile.Profile()
+                            profiler.runcall(run)
+                            print(f"\n### {stage} {D}x{M} {np.dtype(dtype).name}")
+                            pstats.Stats(profiler).sort_stats("tottime").print_stats(8)
+                        seconds = _median_seconds(run, args.repeats)
+                    per_spectrogram[threads] = seconds / args.batch
+                efficiency = ""
+                if stage.startswith("NMF"):
+                    flops = nmf_matmul_flops(stage, D, M)
+                    fractions = [
+                        flops / per_spectrogram[t] / 1e9 / peaks[dtype] * 100 for t in (1, 2)
+                    ]
+                    efficiency = f"{fractions[0]:.0f}% / {fractions[1]:.0f}%"
+                print(
+                    f"| {stage} | {D}x{M} | {np.dtype(dtype).name} | "
+                    f"{per_spectrogram[1] * 1e3:.3f} | {per_spectrogram[2] * 1e3:.3f} | "
+                    f"{efficiency} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
