@@ -1,0 +1,412 @@
+"""End-to-end scaling: fit and transform of synthetic Zarr archives on a local Dask cluster.
+
+For every archive size N a synthetic archive of 513 x 51 float32 spectrograms is written by
+the workers chunk by chunk (each chunk from its own seeded Generator; the driver never holds
+the spectrograms). Then, for every worker count, a fresh subprocess starts a local cluster
+(worker processes, one thread each) and times
+
+    SpecUFEx(num_pat=75, num_state=15, nmf_steps=S1, hmm_steps=S2, batch_size=B,
+             dtype="float32").fit(path)  then  .transform_to_zarr(path)
+
+while a background thread samples the resident memory (RSS) of the driver process and of
+every worker process. The driver process also hosts the scheduler and the nannies of the
+local cluster, so its RSS includes them.
+
+Usage: python benchmarks/bench_archive.py [--sizes 1000 10000] [--workers 1 2]
+       [--chunk-events 64] [--nmf-steps 100] [--hmm-steps 100] [--batch-size 64]
+       [--repeats 1] [--scratch /work/bench-scratch] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("bench_archive")
+
+N_FREQUENCIES = 513
+N_TIMES = 51
+N_SOURCES = 8  # spectral bumps shared by all events: the structure the NMF should find
+MEMORY_LIMIT = "4GiB"
+SAMPLE_SECONDS = 0.1
+
+TARGETS = (
+    "N = 100k end to end (fit + transform) within 15 min on this 2-core machine; "
+    "driver and worker peak RSS flat in N (within 10% from 10k to 100k); "
+    "2 workers >= 1.7x the throughput of 1 worker"
+)
+CHUNK_NOTE = (
+    "chunk_events is the Zarr chunk length along event: an SVI step reads every chunk that "
+    "holds one of its B minibatch events in full, so a step reads up to min(B, N/chunk) "
+    "chunks of chunk_events x 513 x 51 float32 ({mb:.1f} MB each)."
+)
+
+
+# ----------------------------------------------------------------------------- synthetic data
+
+
+def source_shapes(seed: int) -> np.ndarray:
+    """Gaussian bumps (N_SOURCES, N_FREQUENCIES), unit peak, shared by every event."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    centres = rng.uniform(20, N_FREQUENCIES - 20, N_SOURCES)
+    widths = rng.uniform(4, 40, N_SOURCES)
+    bins = np.arange(N_FREQUENCIES)
+    return np.exp(-0.5 * ((bins[None, :] - centres[:, None]) / widths[:, None]) ** 2)
+
+
+def synthetic_chunk(seed: int, start: int, stop: int) -> np.ndarray:
+    """Spectrograms of events [start, stop) as float32 (n, 513, 51), all nonnegative.
+
+    Every event switches between 2-4 regimes over time; each regime lights 1-3 of the
+    shared spectral bumps with its own amplitudes. Gamma noise is added on top. The
+    Generator is seeded by the chunk's first event, so a chunk's content does not depend
+    on which worker writes it or in what order.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, start)))
+    shapes = source_shapes(seed)
+    n = stop - start
+    activation = np.zeros((n, N_SOURCES, N_TIMES))
+    for event in range(n):
+        n_regimes = int(rng.integers(2, 5))
+        cuts = np.sort(rng.choice(np.arange(1, N_TIMES), size=n_regimes - 1, replace=False))
+        for first, last in zip(np.r_[0, cuts], np.r_[cuts, N_TIMES], strict=True):
+            lit = rng.choice(N_SOURCES, size=int(rng.integers(1, 4)), replace=False)
+            activation[event, lit, first:last] = rng.gamma(4.0, 1.0, size=(len(lit), 1))
+    signal = np.einsum("sd,nst->ndt", shapes, activation)
+    noise = rng.gamma(2.0, 0.05, size=signal.shape)
+    return (signal + noise).astype(np.float32)
+
+
+def _write_chunk(store: str, seed: int, start: int, stop: int) -> tuple[int, int]:
+    from specufex_dask import archive
+
+    return archive.write_region(
+        store, archive.SPECTROGRAM, start, synthetic_chunk(seed, start, stop)
+    )
+
+
+def build_archive(path: Path, n_events: int, chunk_events: int, seed: int, client) -> float:
+    """Write the synthetic archive at ``path`` from the workers; return seconds taken."""
+    from specufex_dask import archive
+
+    began = time.perf_counter()
+    writer = archive.ArchiveWriter.create(
+        path,
+        event_coords={archive.EVENT: np.array([f"ev{i:07d}" for i in range(n_events)])},
+        frequency=np.linspace(0.0, 50.0, N_FREQUENCIES),
+        time=np.arange(N_TIMES) * 0.04,
+        attrs={"synthetic_seed": seed},
+        chunk_events=chunk_events,
+        dtype=np.float32,
+        overwrite=True,
+    )
+    try:
+        regions = writer.regions
+        futures = client.map(
+            _write_chunk,
+            [str(writer.store_path)] * len(regions),
+            [seed] * len(regions),
+            [a for a, _ in regions],
+            [b for _, b in regions],
+            pure=False,
+        )
+        client.gather(futures)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return time.perf_counter() - began
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+@dataclass
+class MemorySampler:
+    """Peak RSS (bytes) of a set of processes, sampled in a background thread."""
+
+    pids: dict[str, int]
+    interval: float = SAMPLE_SECONDS
+    peaks: dict[str, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        import psutil
+
+        processes = {name: psutil.Process(pid) for name, pid in self.pids.items()}
+        while True:
+            for name, process in processes.items():
+                try:
+                    rss = process.memory_info().rss
+                except psutil.Error:
+                    continue
+                self.peaks[name] = max(self.peaks.get(name, 0), rss)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> MemorySampler:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+@dataclass
+class RunResult:
+    """Timings (s), rates and peak RSS (MiB) of one fit + transform."""
+
+    n_events: int
+    workers: int
+    fit_seconds: float
+    transform_seconds: float
+    before_first_step: float
+    nmf_steps_per_s: float
+    hmm_steps_per_s: float
+    transform_events_per_s: float
+    driver_peak_mib: dict[str, float]
+    worker_peak_mib: dict[str, float]
+
+    @property
+    def total_seconds(self) -> float:
+        return self.fit_seconds + self.transform_seconds
+
+
+def _step_rate(stamps: list[float]) -> float:
+    """Steps per second from the completion times of consecutive steps."""
+    if len(stamps) < 2:
+        return float("nan")
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def run_once(args: argparse.Namespace, path: Path, n_workers: int) -> RunResult:
+    """Start a cluster, fit and transform ``path``, measure; runs in its own process."""
+    from specufex_dask import SpecUFEx
+    from specufex_dask.clusters import connect
+
+    stamps: dict[str, list[float]] = {"nmf": [], "hmm": [], "transform": []}
+
+    def progress(stage: str, info: dict) -> None:
+        stamps[stage].append(time.perf_counter())
+
+    handle = connect(workers=n_workers, threads_per_worker=1, memory_limit=MEMORY_LIMIT,
+                     dashboard_address="127.0.0.1:0")  # fmt: skip
+    try:
+        client = handle.client
+        client.wait_for_workers(n_workers)
+        worker_pids = client.run(os.getpid)
+        names = {f"worker{i}": pid for i, pid in enumerate(sorted(worker_pids.values()))}
+        peaks: dict[str, dict[str, int]] = {}
+        model = SpecUFEx(
+            75, 15, nmf_steps=args.nmf_steps, hmm_steps=args.hmm_steps,
+            batch_size=args.batch_size, dtype="float32", client=client, progress=progress,
+        )  # fmt: skip
+        pids = {"driver": os.getpid(), **names}
+        with MemorySampler(pids) as fit_memory:
+            fit_began = time.perf_counter()
+            model.fit(str(path))
+            fit_ended = time.perf_counter()
+        peaks["fit"] = fit_memory.peaks
+        with MemorySampler(pids) as transform_memory:
+            model.transform_to_zarr(str(path))
+            transform_ended = time.perf_counter()
+        peaks["transform"] = transform_memory.peaks
+    finally:
+        handle.close()
+
+    def mib(stage: str, name: str) -> float:
+        return peaks[stage].get(name, 0) / 2**20
+
+    nmf_rate = _step_rate(stamps["nmf"])
+    return RunResult(
+        n_events=int(args.one_size),
+        workers=n_workers,
+        fit_seconds=fit_ended - fit_began,
+        transform_seconds=transform_ended - fit_ended,
+        # opening the archive, the full check_values pass and the first NMF step
+        before_first_step=stamps["nmf"][0] - fit_began if stamps["nmf"] else float("nan"),
+        nmf_steps_per_s=nmf_rate,
+        hmm_steps_per_s=_step_rate(stamps["hmm"]),
+        transform_events_per_s=args.one_size / (transform_ended - fit_ended),
+        driver_peak_mib={stage: mib(stage, "driver") for stage in peaks},
+        worker_peak_mib={stage: max(mib(stage, name) for name in names) for stage in peaks},
+    )
+
+
+def run_in_subprocess(args: argparse.Namespace, path: Path, n: int, k: int) -> RunResult:
+    """A fresh interpreter per run, so the driver's peak RSS belongs to this run only."""
+    command = [
+        sys.executable, __file__, "--one-path", str(path), "--one-size", str(n),
+        "--one-workers", str(k), "--nmf-steps", str(args.nmf_steps),
+        "--hmm-steps", str(args.hmm_steps), "--batch-size", str(args.batch_size),
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"run N={n} workers={k} failed:\n{completed.stderr[-4000:]}")
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    return RunResult(**result)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine_line() -> str:
+    """CPU count, BLAS and versions, for the report header."""
+    import dask
+    import zarr
+
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas_text = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # older NumPy has no dict mode
+        blas_text = "unknown"
+    return (
+        f"{platform.node()}: nproc={os.cpu_count()}, {platform.processor() or platform.machine()}"
+        f"; numpy {np.__version__} (BLAS {blas_text}), dask {dask.__version__}, "
+        f"zarr {zarr.__version__}, Python {platform.python_version()}"
+    )
+
+
+def _median(results: list[RunResult], value: Callable[[RunResult], float]) -> float:
+    return statistics.median(value(r) for r in results)
+
+
+def table(groups: dict[tuple[int, int], list[RunResult]], builds: dict[int, float]) -> str:
+    """Markdown table of medians over repeats, one row per (N, workers)."""
+    header = (
+        "| N | workers | runs | build s | fit s | check+1st step s | NMF steps/s | "
+        "HMM steps/s | transform s | transform spectrograms/s | end-to-end s | "
+        "driver peak MiB (fit/transform) | worker peak MiB (fit/transform) | "
+        "speed-up vs 1 worker |\n|" + "---|" * 14
+    )
+    rows = [header]
+    for (n, k), results in sorted(groups.items()):
+        total = _median(results, lambda r: r.total_seconds)
+        single = groups.get((n, 1))
+        speedup = (
+            f"{_median(single, lambda r: r.total_seconds) / total:.2f}x"
+            if single and k != 1
+            else ""
+        )
+        rows.append(
+            f"| {n} | {k} | {len(results)} | {builds.get(n, float('nan')):.0f} "
+            f"| {_median(results, lambda r: r.fit_seconds):.1f} "
+            f"| {_median(results, lambda r: r.before_first_step):.1f} "
+            f"| {_median(results, lambda r: r.nmf_steps_per_s):.2f} "
+            f"| {_median(results, lambda r: r.hmm_steps_per_s):.2f} "
+            f"| {_median(results, lambda r: r.transform_seconds):.1f} "
+            f"| {_median(results, lambda r: r.transform_events_per_s):.0f} "
+            f"| {total:.1f} "
+            f"| {_median(results, lambda r: r.driver_peak_mib['fit']):.0f}"
+            f" / {_median(results, lambda r: r.driver_peak_mib['transform']):.0f} "
+            f"| {_median(results, lambda r: r.worker_peak_mib['fit']):.0f}"
+            f" / {_median(results, lambda r: r.worker_peak_mib['transform']):.0f} "
+            f"| {speedup} |"
+        )
+    return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--chunk-events", type=int, default=64,
+        help="events per Zarr chunk; an SVI step reads whole chunks (see the report)",
+    )  # fmt: skip
+    parser.add_argument("--nmf-steps", type=int, default=100)
+    parser.add_argument("--hmm-steps", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=20240601)
+    parser.add_argument("--scratch", type=Path, default=Path("/work/bench-scratch"))
+    parser.add_argument("--keep", action="store_true", help="keep the archives afterwards")
+    parser.add_argument("--json", type=Path, help="also write every run's numbers here")
+    # internal: one measured run in a fresh process
+    parser.add_argument("--one-path", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--one-workers", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.one_path is not None:
+        logging.getLogger().setLevel(logging.WARNING)
+        result = run_once(args, args.one_path, args.one_workers)
+        print(json.dumps(asdict(result)))
+        return
+
+    from specufex_dask.clusters import connect
+
+    args.scratch.mkdir(parents=True, exist_ok=True)
+    groups: dict[tuple[int, int], list[RunResult]] = {}
+    builds: dict[int, float] = {}
+    try:
+        for n in args.sizes:
+            path = args.scratch / f"synthetic-{n}.zarr"
+            with connect(workers=2, threads_per_worker=1, memory_limit=MEMORY_LIMIT,
+                         dashboard_address="127.0.0.1:0") as handle:  # fmt: skip
+                builds[n] = build_archive(path, n, args.chunk_events, args.seed, handle.client)
+            logger.info("built %s in %.1f s", path, builds[n])
+            for repeat in range(args.repeats):
+                for k in args.workers:
+                    result = run_in_subprocess(args, path, n, k)
+                    groups.setdefault((n, k), []).append(result)
+                    logger.info("N=%d workers=%d repeat %d: %s", n, k, repeat, result)
+            if not args.keep:
+                shutil.rmtree(path, ignore_errors=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.scratch, ignore_errors=True)
+        if args.json is not None and groups:
+            records = [asdict(r) for results in groups.values() for r in results]
+            args.json.write_text(json.dumps(records, indent=1))
+        chunk_mb = args.chunk_events * N_FREQUENCIES * N_TIMES * 4 / 1e6
+        print(f"\n# bench_archive {dt.datetime.now().isoformat(timespec='seconds')}")
+        print(machine_line())
+        print(
+            f"SpecUFEx(num_pat=75, num_state=15, nmf_steps={args.nmf_steps}, "
+            f"hmm_steps={args.hmm_steps}, batch_size={args.batch_size}, dtype='float32'); "
+            f"local cluster, threads_per_worker=1, memory_limit={MEMORY_LIMIT}; "
+            f"chunk_events={args.chunk_events}; medians over {args.repeats} repeat(s)"
+        )
+        print(CHUNK_NOTE.format(mb=chunk_mb))
+        print("Build = writing the synthetic archive with 2 workers (not part of end-to-end).")
+        print(
+            "Driver RSS includes the scheduler and nannies of the local cluster. "
+            "The machine is shared: timings are noisy.\n"
+        )
+        if groups:
+            print(table(groups, builds))
+        print(f"\nTargets: {TARGETS}")
+
+
+if __name__ == "__main__":
+    main()
