@@ -83,7 +83,9 @@ def test_hmm_fit_steps_match_reference(golden_dir: Path) -> None:
     assert_allclose(prints, golden["transform_fingerprints"], rtol=RTOL)
 
 
-def test_hmm_transform_of_reference_model(golden_dir: Path, golden_activations: np.ndarray) -> None:
+def test_hmm_transform_of_reference_model(
+    golden_dir: Path, golden_activations: np.ndarray
+) -> None:
     model = BayesianHMM.load(golden_dir / "hmm.h5")
     assert model.compat == "specufex"
     prints, transitions, gams = model.transform(golden_activations)
@@ -95,9 +97,7 @@ def test_hmm_transform_of_reference_model(golden_dir: Path, golden_activations: 
     # pseudo-count, so their fingerprint entries (~1e-18) are the rounding noise of that
     # cancellation and carry no relative precision; an absolute floor far below every
     # meaningful entry covers them.
-    assert_allclose(
-        prints, golden_prints, rtol=RTOL, atol=1e-12 * np.abs(golden_prints).max()
-    )
+    assert_allclose(prints, golden_prints, rtol=RTOL, atol=1e-12 * np.abs(golden_prints).max())
     assert np.abs(golden_prints).min() < 1e-15  # the floor is needed for these entries
 
 

@@ -95,9 +95,7 @@ def test_local_elbo_matches_naive_evaluation(problem, temperature: float) -> Non
     )
     for event, x in enumerate(X):
         # the kernel's ELBO is the T = 1 bound evaluated at the q(H) it returns
-        expected = _naive_local_elbo(
-            x, log_basis, basis_weight, result.shape[event], result.rate
-        )
+        expected = _naive_local_elbo(x, log_basis, basis_weight, result.shape[event], result.rate)
         assert_allclose(result.elbo[event], expected, rtol=1e-10)
 
 
