@@ -1,0 +1,660 @@
+"""The Dask engine and ``SpecUFEx`` on Zarr archives.
+
+Every result is compared with an independent computation: the in-memory models of
+:mod:`specufex_dask.models` fed the same spectrograms, or a fit of the same data with
+another chunking, another number of worker processes or without interruption. Equality
+is bit for bit: the engine promises the same bits for any split of the events.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import dask.array
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from specufex_dask import archive, engine
+from specufex_dask.archive import ArchiveError
+from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
+from specufex_dask.pipeline import SpecUFEx
+
+N_EVENTS, N_FREQUENCIES, N_TIMES = 32, 30, 20
+ARCHIVE_CHUNK = 7  # 5 chunks: 4 of 7 events and one of 4
+SETTINGS = {
+    "num_pat": 8,
+    "num_state": 3,
+    "nmf_steps": 12,
+    "hmm_steps": 8,
+    "batch_size": 8,
+    "random_state": 3,
+}
+NMF_ARRAYS = ("W1", "W2", "A1", "A2")
+HMM_ARRAYS = ("B1", "B2", "gain")
+OUTPUT_DIMS = {
+    "activation": ("event", "pattern", "time"),
+    "state_probability": ("event", "state", "time"),
+    "transition": ("event", "state", "next_state"),
+    "fingerprint": ("event", "state", "next_state"),
+}
+FREQUENCY = np.linspace(1.0, 30.0, N_FREQUENCIES)
+TIME = np.arange(N_TIMES) * 0.5
+EVENT_IDS = np.array([f"ev{i:03d}" for i in range(N_EVENTS)])
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def _planted_spectrograms(seed: int) -> np.ndarray:
+    """Mixtures of three spectral patterns with bursty activations, plus gamma noise."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.gamma(2.0, 1.0, size=(N_FREQUENCIES, 3))
+    patterns[:10, 0] *= 5
+    patterns[10:20, 1] *= 5
+    patterns[20:, 2] *= 5
+    activations = rng.gamma(0.5, 1.0, size=(N_EVENTS, 3, N_TIMES))
+    clean = np.einsum("dk,nkt->ndt", patterns, activations)
+    return clean + rng.gamma(1.0, 0.1, size=clean.shape)
+
+
+@pytest.fixture(scope="module")
+def spectrograms() -> np.ndarray:
+    return _planted_spectrograms(20181)
+
+
+def _write(path: Path, values, chunk_events: int, frequency=FREQUENCY) -> str:
+    n = values.shape[0]
+    archive.write_spectrograms(
+        path, values, EVENT_IDS[:n], frequency, TIME[: values.shape[2]], chunk_events=chunk_events
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, spectrograms: np.ndarray) -> str:
+    """An archive without outputs; tests copy it before writing into it."""
+    return _write(tmp_path_factory.mktemp("pristine") / "events.zarr", spectrograms, ARCHIVE_CHUNK)
+
+
+def _copy(source: str, folder: Path, name: str = "copy.zarr") -> str:
+    target = folder / name
+    shutil.copytree(source, target)
+    return str(target)
+
+
+@dataclass
+class Reference:
+    path: str
+    model: SpecUFEx
+    spectrograms: np.ndarray
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, pristine: str, spectrograms: np.ndarray) -> Reference:
+    """One uninterrupted fit and transform of the archive, without a cluster."""
+    path = _copy(pristine, tmp_path_factory.mktemp("reference"))
+    model = SpecUFEx(**SETTINGS, client=False, checkpoint_every=100).fit(path)
+    model.transform_to_zarr(path)
+    return Reference(path, model, spectrograms)
+
+
+def _model_arrays(model: SpecUFEx) -> dict[str, np.ndarray]:
+    arrays = {name: getattr(model.nmf_, name) for name in NMF_ARRAYS}
+    arrays.update({name: getattr(model.hmm_, name) for name in HMM_ARRAYS})
+    return arrays
+
+
+def assert_same_model(left: SpecUFEx, right: SpecUFEx, *, same_split: bool = True) -> None:
+    """Same state bit for bit; the ELBO histories too when the events were split alike.
+
+    Across splits the ELBO is only compared closely here: its exact bits are the business
+    of ``test_elbo_history_has_the_same_bits_for_any_split``.
+    """
+    for name, value in _model_arrays(left).items():
+        assert np.array_equal(value, _model_arrays(right)[name]), name
+    if same_split:
+        assert left.nmf_.elbo_ == right.nmf_.elbo_
+        assert left.hmm_.elbo_ == right.hmm_.elbo_
+    else:
+        np.testing.assert_allclose(left.nmf_.elbo_, right.nmf_.elbo_, rtol=1e-12)
+        np.testing.assert_allclose(left.hmm_.elbo_, right.hmm_.elbo_, rtol=1e-12)
+    assert (left.nmf_.step, left.hmm_.step) == (right.nmf_.step, right.hmm_.step)
+
+
+def stored_outputs(path: str) -> dict[str, np.ndarray]:
+    ds = xr.open_zarr(path)
+    return {name: ds[name].values for name in OUTPUT_DIMS}
+
+
+def assert_same_outputs(left: dict, right: dict) -> None:
+    for name in OUTPUT_DIMS:
+        assert left[name].shape == right[name].shape, name
+        assert np.array_equal(left[name], right[name]), name
+
+
+def in_memory_outputs(model: SpecUFEx, spectrograms: np.ndarray) -> dict[str, np.ndarray]:
+    """The outputs through the in-memory models only (no engine code)."""
+    activation = model.nmf_.transform(spectrograms)
+    fingerprint, transition, state_probability = model.hmm_.transform(activation)
+    return {
+        "activation": activation,
+        "state_probability": state_probability,
+        "transition": transition,
+        "fingerprint": fingerprint,
+    }
+
+
+@pytest.fixture
+def transform_tasks(monkeypatch) -> list[int]:
+    """First event of every chunk the transform writes (tasks run in this process)."""
+    starts: list[int] = []
+    original = engine._task_transform_to_zarr
+
+    def counted(block, ids, start, path, nmf, hmm):
+        result = original(block, ids, start, path, nmf, hmm)
+        starts.append(start)
+        return result
+
+    monkeypatch.setattr(engine, "_task_transform_to_zarr", counted)
+    return starts
+
+
+def _chunk_starts(n_events: int, chunk_events: int) -> set[int]:
+    return set(range(0, n_events, chunk_events))
+
+
+# ----------------------------------------------------------------------------- 1. layout
+
+
+def _in_memory_fit(X: np.ndarray) -> tuple[BayesianNonparametricNMF, BayesianHMM]:
+    """The same SVI through the in-memory models alone."""
+    nmf = BayesianNonparametricNMF(
+        X.shape, SETTINGS["num_pat"], random_state=SETTINGS["random_state"],
+        batch_size=SETTINGS["batch_size"], max_steps=SETTINGS["nmf_steps"],
+    ).fit(X)  # fmt: skip
+    hmm = BayesianHMM(
+        nmf.num_pat, nmf.gain, SETTINGS["num_state"], random_state=SETTINGS["random_state"],
+        batch_size=SETTINGS["batch_size"], max_steps=SETTINGS["hmm_steps"],
+    ).fit(nmf.transform(X))  # fmt: skip
+    return nmf, hmm
+
+
+def test_fit_equals_the_in_memory_svi(reference: Reference) -> None:
+    nmf, hmm = _in_memory_fit(reference.spectrograms)
+    fitted = reference.model
+    for name in NMF_ARRAYS:
+        assert np.array_equal(getattr(fitted.nmf_, name), getattr(nmf, name)), name
+    for name in HMM_ARRAYS:
+        assert np.array_equal(getattr(fitted.hmm_, name), getattr(hmm, name)), name
+    assert len(nmf.elbo_) == SETTINGS["nmf_steps"] and len(hmm.elbo_) == SETTINGS["hmm_steps"]
+    np.testing.assert_allclose(fitted.nmf_.elbo_, nmf.elbo_, rtol=1e-12)
+    np.testing.assert_allclose(fitted.hmm_.elbo_, hmm.elbo_, rtol=1e-12)
+
+
+def test_elbo_history_has_the_same_bits_for_any_split(reference: Reference) -> None:
+    """The ELBO decides convergence (``tol``), so it must not depend on the chunking either.
+
+    The in-memory fit groups each minibatch's events 8 at a time in the kernel; the
+    archive's chunks of 7 group them otherwise.
+    """
+    nmf, hmm = _in_memory_fit(reference.spectrograms)
+    assert reference.model.nmf_.elbo_ == nmf.elbo_
+    assert reference.model.hmm_.elbo_ == hmm.elbo_
+
+
+def test_archive_holds_outputs_equal_to_the_in_memory_transform(reference: Reference) -> None:
+    ds = xr.open_zarr(reference.path)
+    expected = in_memory_outputs(reference.model, reference.spectrograms)
+    K, S = reference.model.nmf_.num_pat, SETTINGS["num_state"]
+    sizes = {"event": N_EVENTS, "pattern": K, "state": S, "next_state": S, "time": N_TIMES}
+    for name, dims in OUTPUT_DIMS.items():
+        assert ds[name].dims == dims, name
+        assert ds[name].shape == tuple(sizes[d] for d in dims), name
+        assert np.array_equal(ds[name].values, expected[name]), name
+    assert np.array_equal(ds["spectrogram"].values, reference.spectrograms)
+    assert [str(v) for v in ds["event"].values] == EVENT_IDS.tolist()
+    assert np.array_equal(ds["time"].values, TIME)
+    assert ds[engine.TRANSFORMED].values.all()
+    assert ds.attrs[engine.TRANSFORM_COMPLETE_ATTR] is True
+
+
+def test_model_group_holds_the_fitted_state(reference: Reference) -> None:
+    group = xr.open_zarr(reference.path, group="model")
+    nmf, hmm = reference.model.nmf_, reference.model.hmm_
+    expected = {
+        "EW": (("frequency", "pattern"), nmf.EW),
+        "EA": (("pattern",), nmf.EA.ravel()),
+        "gain": (("pattern",), nmf.gain),
+        "W1": (("frequency", "pattern"), nmf.W1),
+        "W2": (("frequency", "pattern"), nmf.W2),
+        "A1": (("pattern",), nmf.A1.ravel()),
+        "A2": (("pattern",), nmf.A2.ravel()),
+        "EB": (("state", "pattern"), hmm.EB),
+        "ElnB": (("state", "pattern"), hmm.ElnB),
+        "B1": (("state", "pattern"), hmm.B1),
+        "B2": (("state", "pattern"), hmm.B2),
+    }
+    for name, (dims, values) in expected.items():
+        assert group[name].dims == dims, name
+        assert np.array_equal(group[name].values, values), name
+    assert np.array_equal(group["frequency"].values, FREQUENCY)
+    progress = json.loads(group.attrs["progress"])
+    assert progress["stage"] == "done"
+    assert (progress["nmf_steps"], progress["hmm_steps"]) == (12, 8)
+    assert int(group.attrs[engine.MODEL_VERSION_ATTR]) >= 1
+    loaded = SpecUFEx.from_archive(reference.path, client=False)
+    assert_same_model(loaded, reference.model)
+
+
+# ----------------------------------------------------------------------------- 2. lazy API
+
+
+def test_transform_is_lazy_and_equals_transform_to_zarr(reference: Reference, monkeypatch) -> None:
+    calls: list[int] = []
+    original = engine._task_transform
+
+    def counted(block, ids, nmf, hmm):
+        calls.append(len(ids))
+        return original(block, ids, nmf, hmm)
+
+    monkeypatch.setattr(engine, "_task_transform", counted)
+    lazy = reference.model.transform(reference.path)
+    assert calls == []
+    for name, dims in OUTPUT_DIMS.items():
+        assert isinstance(lazy[name].data, dask.array.Array), name
+        assert lazy[name].dims == dims
+    computed = lazy.compute()
+    assert sorted(calls) == [4, 7, 7, 7, 7]  # every chunk once, for all four outputs
+    assert [str(v) for v in computed["event"].values] == EVENT_IDS.tolist()
+    assert_same_outputs(
+        {n: computed[n].values for n in OUTPUT_DIMS}, stored_outputs(reference.path)
+    )
+
+
+@pytest.mark.parametrize("backing", ["numpy", "dask"])
+def test_transform_of_a_dataarray(reference: Reference, backing: str) -> None:
+    spectrogram = xr.open_zarr(reference.path)["spectrogram"]
+    if backing == "numpy":
+        data = spectrogram.load()
+    else:
+        data = spectrogram.chunk({"event": 11})  # chunks unlike the archive's
+    lazy = reference.model.transform(data)
+    assert isinstance(lazy["fingerprint"].data, dask.array.Array)
+    assert_same_outputs({n: lazy[n].values for n in OUTPUT_DIMS}, stored_outputs(reference.path))
+
+
+@pytest.mark.parametrize(
+    ("backing", "chunk_events"), [("numpy", 5), ("dask", 40)], ids=["numpy-5", "dask-40"]
+)
+def test_fit_of_a_dataarray_equals_the_archive_fit(
+    reference: Reference, backing: str, chunk_events: int
+) -> None:
+    data = xr.DataArray(
+        reference.spectrograms,
+        dims=("event", "frequency", "time"),
+        coords={"event": EVENT_IDS, "frequency": FREQUENCY, "time": TIME},
+    )
+    if backing == "dask":
+        data = data.chunk({"event": chunk_events})
+    model = SpecUFEx(**SETTINGS, client=False, chunk_events=chunk_events).fit(data)
+    assert_same_model(model, reference.model, same_split=False)
+
+
+# ----------------------------------------------------------------------------- 3. full batch
+
+
+def test_full_batch_equals_in_memory_batch_variational_bayes(spectrograms: np.ndarray) -> None:
+    X = spectrograms
+    data = xr.DataArray(X, dims=("event", "frequency", "time"))
+    settings = {**SETTINGS, "batch_size": None, "nmf_steps": 10, "hmm_steps": 6}
+    # chunks of 8 group the events in the kernel as the in-memory fit does
+    model = SpecUFEx(**settings, client=False, chunk_events=8).fit(data)
+    nmf = BayesianNonparametricNMF(
+        X.shape, SETTINGS["num_pat"], random_state=SETTINGS["random_state"],
+        batch_size=N_EVENTS, step_size=1.0, max_steps=10,
+    ).fit(X)  # fmt: skip
+    hmm = BayesianHMM(
+        nmf.num_pat, nmf.gain, SETTINGS["num_state"], random_state=SETTINGS["random_state"],
+        batch_size=N_EVENTS, step_size=1.0, max_steps=6,
+    ).fit(nmf.transform(X))  # fmt: skip
+    assert model.nmf_.elbo_ == nmf.elbo_
+    assert model.hmm_.elbo_ == hmm.elbo_
+    for name in NMF_ARRAYS:
+        assert np.array_equal(getattr(model.nmf_, name), getattr(nmf, name)), name
+    for name in ("B1", "B2"):
+        assert np.array_equal(getattr(model.hmm_, name), getattr(hmm, name)), name
+    # batch variational Bayes: the bound never decreases (annealing included)
+    assert np.all(np.diff(model.nmf_.elbo_) >= 0)
+    assert np.all(np.diff(model.hmm_.elbo_) >= -1e-9 * np.abs(model.hmm_.elbo_[1:]))
+
+
+# ----------------------------------------------------------------------------- 4. determinism
+
+
+@pytest.fixture(scope="module", params=[1, 2, 4], ids=lambda k: f"{k}-workers")
+def cluster(request):
+    """One local cluster per worker count, shared by the module's tests."""
+    from distributed import LocalCluster
+
+    local = LocalCluster(
+        n_workers=request.param, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None,
+    )  # fmt: skip
+    try:
+        yield local
+    finally:
+        local.close()
+
+
+# chunkings unlike the reference's 7 where possible, so workers and chunks both change
+CHUNK_FOR_WORKERS = {1: 40, 2: 5, 4: 7}
+
+
+def test_same_bits_for_any_worker_count_and_chunking(
+    reference: Reference, cluster, tmp_path: Path
+) -> None:
+    from distributed import Client
+
+    n_workers = len(cluster.workers)
+    chunk_events = CHUNK_FOR_WORKERS[n_workers]
+    path = _write(tmp_path / "events.zarr", reference.spectrograms, chunk_events)
+    # the default client for this test only (see the non-default client test below)
+    with Client(cluster) as client:
+        client.wait_for_workers(n_workers, timeout=120)
+        model = SpecUFEx(**SETTINGS, client=client, checkpoint_every=100).fit(path)
+        assert_same_model(model, reference.model, same_split=chunk_events == ARCHIVE_CHUNK)
+        model.transform_to_zarr(path)
+        lazy = model.transform(path)
+        fingerprint = client.compute(lazy["fingerprint"].data).result()
+        executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
+    assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
+    assert np.array_equal(fingerprint, stored_outputs(reference.path)["fingerprint"])
+    assert xr.open_zarr(path)[engine.TRANSFORMED].chunks[0][0] == min(chunk_events, N_EVENTS)
+    assert len(executed) == n_workers
+    if n_workers > 1:
+        assert sum(count > 0 for count in executed.values()) > 1  # the work was spread
+
+
+@pytest.mark.parametrize("cluster", [1], indirect=True, ids=["1-workers"])
+def test_transform_to_zarr_with_a_client_that_is_not_the_default(
+    reference: Reference, cluster, tmp_path: Path
+) -> None:
+    from distributed import Client
+
+    path = _copy(reference.path, tmp_path)
+    with Client(cluster, set_as_default=False) as client:
+        model = SpecUFEx.from_archive(path, client=client)
+        model.transform_to_zarr(path)
+    assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
+
+
+# ----------------------------------------------------------------------------- 5. resume
+
+
+class Interrupted(RuntimeError):
+    """Raised from the progress callback to stop a fit."""
+
+
+@pytest.mark.parametrize(("stage", "at_step"), [("nmf", 7), ("hmm", 5)])
+def test_interrupted_fit_resumes_to_the_same_model(
+    reference: Reference, pristine: str, tmp_path: Path, stage: str, at_step: int
+) -> None:
+    path = _copy(pristine, tmp_path)
+
+    def interrupt(where: str, info: dict) -> None:
+        if where == stage and info["step"] == at_step:
+            raise Interrupted(f"{where} step {at_step}")
+
+    with pytest.raises(Interrupted):
+        SpecUFEx(**SETTINGS, client=False, checkpoint_every=3, progress=interrupt).fit(path)
+    saved = json.loads(xr.open_zarr(path, group="model").attrs["progress"])
+    last_checkpoint = at_step - at_step % 3
+    assert saved["stage"] == stage
+    assert saved[f"{stage}_steps"] == last_checkpoint
+    with pytest.raises(ValueError, match="no completely fitted model"):
+        SpecUFEx.from_archive(path, client=False)
+
+    reported: list[tuple[str, int]] = []
+    resumed = SpecUFEx(
+        **SETTINGS, client=False, checkpoint_every=3,
+        progress=lambda where, info: reported.append((where, info["step"])),
+    ).fit(path, resume=True)  # fmt: skip
+    assert reported[0] == (stage, last_checkpoint + 1)  # continued, not restarted
+    if stage == "hmm":
+        assert all(where == "hmm" for where, _ in reported)
+    assert_same_model(resumed, reference.model)
+    assert_same_model(SpecUFEx.from_archive(path, client=False), reference.model)
+
+
+def test_resume_without_checkpoint_fits_from_the_start(
+    reference: Reference, pristine: str, tmp_path: Path
+) -> None:
+    path = _copy(pristine, tmp_path)
+    model = SpecUFEx(**SETTINGS, client=False, checkpoint_every=100).fit(path, resume=True)
+    assert_same_model(model, reference.model)
+
+
+def test_failed_transform_resumes_only_the_missing_chunks(
+    reference: Reference, pristine: str, tmp_path: Path, monkeypatch
+) -> None:
+    path = _copy(pristine, tmp_path)
+    started: list[str] = []
+    completed: list[int] = []
+    original_chunk = engine._task_transform_to_zarr
+    original_transform = engine._task_transform
+
+    def planted_failure(block, ids, nmf, hmm):
+        # the third chunk to run fails, whichever it is (dask picks the order)
+        started.append(str(ids[0]))
+        if len(started) == 3:
+            raise RuntimeError(f"planted failure in the chunk of {ids[0]}")
+        return original_transform(block, ids, nmf, hmm)
+
+    def recorded(block, ids, start, path, nmf, hmm):
+        result = original_chunk(block, ids, start, path, nmf, hmm)
+        completed.append(start)
+        return result
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "_task_transform", planted_failure)
+        patch.setattr(engine, "_task_transform_to_zarr", recorded)
+        # one task at a time: nothing keeps writing after the failure surfaced
+        with (
+            dask.config.set(scheduler="synchronous"),
+            pytest.raises(RuntimeError, match="planted"),
+        ):
+            reference.model.transform_to_zarr(path)
+
+    group = zarr.open_group(path, mode="r")
+    assert group.attrs[engine.TRANSFORM_COMPLETE_ATTR] is False
+    markers = group[engine.TRANSFORMED][:]
+    assert not markers.all()
+    expected_markers = np.zeros(N_EVENTS, dtype=bool)
+    for start in completed:
+        expected_markers[start : start + ARCHIVE_CHUNK] = True
+    assert np.array_equal(markers, expected_markers)
+    assert len(completed) == 2  # one task at a time: two chunks were done before the failure
+
+    recomputed: list[int] = []
+
+    def counted(block, ids, start, path, nmf, hmm):
+        recomputed.append(start)
+        return original_chunk(block, ids, start, path, nmf, hmm)
+
+    monkeypatch.setattr(engine, "_task_transform_to_zarr", counted)
+    reference.model.transform_to_zarr(path, resume=True)
+    assert sorted(recomputed) == sorted(_chunk_starts(N_EVENTS, ARCHIVE_CHUNK) - set(completed))
+    assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
+    group = zarr.open_group(path, mode="r")
+    assert group.attrs[engine.TRANSFORM_COMPLETE_ATTR] is True
+    assert group[engine.TRANSFORMED][:].all()
+
+
+def test_resume_recomputes_a_chunk_whose_marker_is_false(
+    reference: Reference, tmp_path: Path, transform_tasks: list[int]
+) -> None:
+    path = _copy(reference.path, tmp_path)
+    group = zarr.open_group(path, mode="r+", use_consolidated=False)
+    rows = slice(14, 21)  # the third chunk: a crash after some of its outputs were written
+    group["activation"][rows] = 0.0
+    group["fingerprint"][15:17] = -1.0
+    group[engine.TRANSFORMED][rows] = False
+    group.attrs[engine.TRANSFORM_COMPLETE_ATTR] = False
+    reference.model.transform_to_zarr(path, resume=True)
+    assert transform_tasks == [14]
+    assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
+    assert zarr.open_group(path, mode="r").attrs[engine.TRANSFORM_COMPLETE_ATTR] is True
+
+
+def test_resume_with_another_model_recomputes_everything(
+    reference: Reference, tmp_path: Path, transform_tasks: list[int]
+) -> None:
+    path = _copy(reference.path, tmp_path)
+    data = xr.open_zarr(path)["spectrogram"].load()
+    other = SpecUFEx(
+        **{**SETTINGS, "random_state": 4, "nmf_steps": 3, "hmm_steps": 2}, client=False
+    ).fit(data)
+    other.transform_to_zarr(path, resume=True)
+    assert sorted(transform_tasks) == sorted(_chunk_starts(N_EVENTS, ARCHIVE_CHUNK))
+    outputs = stored_outputs(path)
+    assert_same_outputs(outputs, in_memory_outputs(other, reference.spectrograms))
+    assert not np.array_equal(
+        outputs["fingerprint"], stored_outputs(reference.path)["fingerprint"]
+    )
+
+
+def test_resume_of_a_complete_transform_computes_nothing(
+    reference: Reference, tmp_path: Path, transform_tasks: list[int]
+) -> None:
+    path = _copy(reference.path, tmp_path)
+    reference.model.transform_to_zarr(path, resume=True)
+    assert transform_tasks == []
+    assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
+
+
+# ----------------------------------------------------------------------------- 7. bad input
+
+
+def _dataset(values: np.ndarray, dims=("event", "frequency", "time"), name="spectrogram"):
+    return xr.Dataset({name: (dims, values)})
+
+
+BAD_ARCHIVES = {
+    "missing-variable": (
+        lambda path: _dataset(np.ones((4, 3, 2)), name="spectrum").to_zarr(path),
+        r"variable 'spectrogram' is missing.*spectrum",
+    ),
+    "wrong-dims": (
+        lambda path: _dataset(np.ones((4, 2, 3)), dims=("event", "time", "frequency")).to_zarr(
+            path
+        ),
+        r"dims \('event', 'time', 'frequency'\), expected",
+    ),
+    "empty-group": (
+        lambda path: zarr.open_group(path, mode="w"),
+        r"variable 'spectrogram' is missing",
+    ),
+    "no-events": (
+        lambda path: _dataset(np.ones((0, 3, 2))).to_zarr(path),
+        r"dimension 'event' of 'spectrogram' is empty",
+    ),
+    "missing-path": (lambda path: None, r"does not exist"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_ARCHIVES))
+def test_bad_archive_gives_one_clear_error(tmp_path: Path, kind: str) -> None:
+    build, message = BAD_ARCHIVES[kind]
+    path = str(tmp_path / "bad.zarr")
+    build(path)
+    model = SpecUFEx(**SETTINGS, client=False)
+    with pytest.raises(ArchiveError, match=message) as error:
+        model.fit(path)
+    assert "bad.zarr" in str(error.value)
+    assert not (tmp_path / "bad.zarr" / "model").exists()
+
+
+def test_bad_dataarray_gives_one_clear_error() -> None:
+    wrong = xr.DataArray(np.ones((4, 2, 3)), dims=("event", "time", "frequency"))
+    with pytest.raises(ArchiveError, match=r"dims are \('event', 'time', 'frequency'\), expected"):
+        SpecUFEx(**SETTINGS, client=False).fit(wrong)
+    with pytest.raises(ArchiveError, match="no 'spectrogram' variable"):
+        SpecUFEx(**SETTINGS, client=False).fit(xr.Dataset({"x": ("event", np.ones(3))}))
+
+
+def _plant(path: str, values: dict[int, float]) -> None:
+    array = zarr.open_array(path, path="spectrogram", mode="r+")
+    for event, value in values.items():
+        array[event, 3, 5] = value
+
+
+def test_bad_values_are_named_by_event_before_anything_is_written(
+    pristine: str, tmp_path: Path
+) -> None:
+    path = _copy(pristine, tmp_path)
+    _plant(path, {5: np.nan, 17: -1.0, 30: np.inf})  # in chunks 0, 2 and 4
+    with pytest.raises(ArchiveError) as error:
+        SpecUFEx(**SETTINGS, client=False).fit(path)
+    message = str(error.value)
+    assert "ev005: 1 non-finite" in message
+    assert "ev017: 1 negative value(s), min -1" in message
+    assert "ev030: 1 non-finite" in message
+    assert "ev006" not in message and "ev016" not in message
+    assert path in message
+    assert not (Path(path) / "model").exists()
+
+
+def test_failed_transform_never_looks_complete(
+    reference: Reference, pristine: str, tmp_path: Path
+) -> None:
+    path = _copy(pristine, tmp_path)
+    _plant(path, {17: -1.0})
+    with pytest.raises(ArchiveError, match="ev017: 1 negative"):
+        reference.model.transform_to_zarr(path)
+    group = zarr.open_group(path, mode="r")
+    assert group.attrs[engine.TRANSFORM_COMPLETE_ATTR] is False
+    markers = group[engine.TRANSFORMED][:]
+    assert not markers[14:21].any()
+    assert not markers.all()
+    with pytest.raises(ArchiveError, match="ev017: 1 negative"):
+        reference.model.transform(path).compute()
+
+
+def test_failed_rerun_of_a_transformed_archive_is_marked_incomplete(
+    reference: Reference, tmp_path: Path
+) -> None:
+    path = _copy(reference.path, tmp_path)
+    _plant(path, {2: np.nan})
+    with pytest.raises(ArchiveError, match="ev002: 1 non-finite"):
+        reference.model.transform_to_zarr(path)
+    group = zarr.open_group(path, mode="r")
+    assert group.attrs[engine.TRANSFORM_COMPLETE_ATTR] is False
+    assert not group[engine.TRANSFORMED][:].all()
+
+
+def test_frequency_count_different_from_the_model(reference: Reference, tmp_path: Path) -> None:
+    fewer = reference.spectrograms[:, :25]
+    path = _write(tmp_path / "fewer.zarr", fewer, ARCHIVE_CHUNK, frequency=FREQUENCY[:25])
+    with pytest.raises(ValueError, match="25 frequencies, the model was fitted with 30"):
+        reference.model.transform_to_zarr(path)
+    with pytest.raises(ValueError, match="25 frequencies, the model was fitted with 30"):
+        reference.model.transform(path)
+    assert "activation" not in zarr.open_group(path, mode="r")
+
+
+def test_frequency_values_different_from_the_model(reference: Reference, tmp_path: Path) -> None:
+    # same number of bins, other frequencies: the patterns do not describe these spectra
+    path = _write(
+        tmp_path / "shifted.zarr", reference.spectrograms, ARCHIVE_CHUNK, frequency=FREQUENCY * 2
+    )
+    with pytest.raises(ValueError, match="frequenc"):
+        reference.model.transform_to_zarr(path)
+    with pytest.raises(ValueError, match="frequenc"):
+        reference.model.transform(path)
+    assert "activation" not in zarr.open_group(path, mode="r")
