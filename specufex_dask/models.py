@@ -322,8 +322,13 @@ class BayesianNonparametricNMF(_SVIModel):
         return self.EW.sum(axis=0)
 
     # --- fitting -------------------------------------------------------------------
+    def _check_state(self) -> None:
+        # before the local step: afterwards a bad pattern has spread to all of them
+        check_finite("NMF", self.step + 1, EW=self.EW, ElnWA=self.ElnWA)
+
     def step_parameters(self) -> NMFStepParameters:
         """What the local step of the next SVI step needs (sent to workers)."""
+        self._check_state()
         temperature = nmf_temperature(self.step, self.anneal)
         return NMFStepParameters(
             log_basis=self.ElnWA,
@@ -338,6 +343,7 @@ class BayesianNonparametricNMF(_SVIModel):
 
     def transform_parameters(self) -> NMFStepParameters:
         """What the transform needs (sent to workers)."""
+        self._check_state()
         return NMFStepParameters(
             log_basis=self.ElnWA,
             basis_weight=(self.EW * self.EA).sum(axis=0),
@@ -386,7 +392,11 @@ class BayesianNonparametricNMF(_SVIModel):
         keep = prune_mask(A1, A2)
         if not keep.any():
             raise ValueError(f"NMF: every pattern was pruned at step {self.step + 1}")
-        self.W1, self.W2, self.A1, self.A2 = W1[:, keep], W2[:, keep], A1[:, keep], A2[:, keep]
+        # C order after column selection: products round by memory layout, and a model
+        # reloaded from a checkpoint (C order) must compute the same bits.
+        self.W1, self.W2, self.A1, self.A2 = (
+            np.ascontiguousarray(array[:, keep]) for array in (W1, W2, A1, A2)
+        )
         if not keep.all():
             self._log("NMF step %d: pruned patterns %s", self.step + 1, np.flatnonzero(~keep))
         self.num_pat = int(keep.sum())
@@ -411,8 +421,9 @@ class BayesianNonparametricNMF(_SVIModel):
     def sort_patterns(self) -> None:
         """Order patterns by the frequency of their peak (done at the end of fit)."""
         order = pattern_order(self.EW, stable=self.compat != "specufex")
-        self.W1, self.W2 = self.W1[:, order], self.W2[:, order]
-        self.A1, self.A2 = self.A1[:, order], self.A2[:, order]
+        self.W1, self.W2, self.A1, self.A2 = (
+            np.ascontiguousarray(array[:, order]) for array in (self.W1, self.W2, self.A1, self.A2)
+        )
 
     def _check_X(self, X: ArrayLike) -> NDArray:
         return check_stack(X, what="spectrograms", dtype=self.dtype, expected_rows=self.dim)
@@ -546,6 +557,7 @@ class BayesianHMM(_SVIModel):
 
     def step_parameters(self) -> HMMStepParameters:
         """What the local step needs (sent to workers)."""
+        check_finite("HMM", self.step, EB=self.EB, ElnB=self.ElnB)
         return HMMStepParameters(
             log_rate=self.ElnB,
             rate=self.EB,
@@ -624,7 +636,10 @@ class BayesianHMM(_SVIModel):
     def sort_states(self) -> None:
         """Order states by decreasing energy (done at the end of fit)."""
         order = state_order(self.EB, stable=self.compat != "specufex")
-        self.B1, self.B2 = self.B1[order], self.B2[order]
+        self.B1, self.B2 = (
+            np.ascontiguousarray(self.B1[order]),
+            np.ascontiguousarray(self.B2[order]),
+        )
 
     def partial_fit(self, V: ArrayLike) -> BayesianHMM:
         """One SVI step with all of ``V`` (n, num_pat, M) as the minibatch (no sorting)."""

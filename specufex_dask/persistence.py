@@ -115,13 +115,14 @@ def load_model(filename: str | Path, cls: type, compat: str | None = None) -> An
                 f"{path}: format version {file.attrs['format_version']} is newer than this "
                 f"package reads ({FORMAT_VERSION}); upgrade specufex-dask"
             )
-        values = {name: _read(file, name, path) for name in layout["arrays"] + layout["scalars"]}
         if stored_kind is not None:
             settings = json.loads(file.attrs["settings"])
-            values["elbo_"] = list(np.asarray(file["elbo_"][()], dtype=float))
+            elbo = list(np.asarray(file["elbo_"][()], dtype=float))
         else:
             settings = _reference_settings(file, kind, path)
-            values["elbo_"] = []
+            elbo = []
+        values = {name: _read(file, name, path) for name in layout["arrays"] + layout["scalars"]}
+        values["elbo_"] = elbo
     if compat is not None:
         settings["compat"] = compat
     return build_model(cls, values, settings)

@@ -52,6 +52,8 @@ def check_stack(
         array = np.asarray(data)
     except Exception as error:  # ragged lists and the like
         raise ValueError(f"{what}: cannot be read as one array ({error})") from error
+    if array.dtype.kind == "c":
+        raise ValueError(f"{what}: complex values; pass magnitudes")
     if array.dtype.kind not in "biuf":
         try:
             array = array.astype(np.float64)
@@ -59,8 +61,6 @@ def check_stack(
             raise ValueError(
                 f"{what}: dtype {array.dtype} cannot be converted to floating point numbers"
             ) from error
-    if array.dtype.kind == "c":
-        raise ValueError(f"{what}: complex values; pass magnitudes")
     if array.ndim != 3:
         raise ValueError(
             f"{what}: expected a 3-d array (n, {row_name}, time), got ndim={array.ndim} "

@@ -194,24 +194,30 @@ def test_dirichlet_kl_matches_monte_carlo(rng, concentration, prior) -> None:
     assert_allclose(dirichlet_kl(np.stack([concentration] * 2), prior), [kl, kl], rtol=1e-14)
 
 
-def test_local_elbo_is_the_bound_of_the_returned_posterior(rng: np.random.Generator) -> None:
-    """elbo_per_sequence must be the ELBO of one variational state: the returned q(A),
-    q(pi) with q(states) optimal for them (ln Z - KL), not ln Z of the previous iteration's
-    parameters minus the KL of the final ones, which is no bound at all."""
+def test_local_elbo_is_the_bound_of_the_state_behind_the_statistics(
+    rng: np.random.Generator,
+) -> None:
+    """elbo_per_sequence must be the ELBO of one variational state: the q(A), q(pi) of the
+    last pass with q(states) optimal for them (ln Z - KL). That is the state whose state
+    probabilities (and so statistics) are returned; the returned A, Ppi are one update
+    further, as the reference's outputs have them."""
     U = rng.gamma(1.0, 3.0, size=(N_SEQUENCES, N_PATTERNS, N_TIMES))
     B1 = rng.gamma(2.0, 1.0, size=(N_STATES, N_PATTERNS))
     B2 = rng.gamma(2.0, 1.0, size=(N_STATES, N_PATTERNS))
     log_rate, rate = digamma(B1) - np.log(B2), B1 / B2
     tau_initial, tau_transition = 0.01 / N_STATES, 0.1 / N_STATES
-    result = hmm_local_step(
-        U, log_rate, rate, tau_initial=tau_initial, tau_transition=tau_transition, n_iter=3
-    )
+    kwargs = {"tau_initial": tau_initial, "tau_transition": tau_transition}
+    result = hmm_local_step(U, log_rate, rate, n_iter=3, **kwargs)
+    before = hmm_local_step(U, log_rate, rate, n_iter=2, **kwargs)
     log_emission = log_rate @ U - rate.sum(axis=1)[None, :, None]
-    A, Ppi = result.transition, result.initial
+    A, Ppi = before.transition, before.initial
     for n in range(N_SEQUENCES):
         transition = np.exp(digamma(A[n]) - digamma(A[n].sum(axis=1))[:, None])
         initial = np.exp(digamma(Ppi[n]) - digamma(Ppi[n].sum()))
-        _, _, log_total = _brute_force_smoothed(np.exp(log_emission[n]), transition, initial)
+        marginals, _, log_total = _brute_force_smoothed(
+            np.exp(log_emission[n]), transition, initial
+        )
         expected = log_total - dirichlet_kl(A[n], tau_transition).sum()
         expected -= dirichlet_kl(Ppi[n], tau_initial)
         assert_allclose(result.elbo_per_sequence[n], expected, rtol=1e-10)
+        assert_allclose(result.state_probability[n], marginals, rtol=1e-9, atol=1e-12)

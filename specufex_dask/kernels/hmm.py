@@ -214,14 +214,16 @@ def hmm_local_step(
     A = np.ones((n, S, S), dtype=dtype)
     Ppi = np.ones((n, S), dtype=dtype)
     for _ in range(n_iter):
+        used_A, used_Ppi = A, Ppi
         transition = _expected_transition(A, compat)
         initial = _expected_initial(Ppi)
         posterior = forward_backward(emission, transition, initial, compat=compat)
         Ppi = tau_initial + posterior.state_probability[:, :, 0]
         A = tau_transition + posterior.transition_counts
     gam = posterior.state_probability
+    # The bound of the last pass: its evidence with the Dirichlets that produced it.
     elbo = posterior.log_evidence + column_max.sum(axis=(1, 2))
-    elbo -= dirichlet_kl(A, tau_transition).sum(axis=-1) + dirichlet_kl(Ppi, tau_initial)
+    elbo -= dirichlet_kl(used_A, tau_transition).sum(axis=-1) + dirichlet_kl(used_Ppi, tau_initial)
     return HMMLocalResult(
         state_probability=gam,
         transition=A,
