@@ -188,10 +188,25 @@ class RunResult:
     transform_events_per_s: float
     driver_peak_mib: dict[str, float]
     worker_peak_mib: dict[str, float]
+    code_version: str = ""
 
     @property
     def total_seconds(self) -> float:
         return self.fit_seconds + self.transform_seconds
+
+
+def git_version() -> str:
+    """``git describe`` of the checkout the package is imported from ("" outside git)."""
+    import specufex_dask
+
+    completed = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        cwd=Path(specufex_dask.__file__).parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return completed.stdout.strip()
 
 
 def _step_rate(stamps: list[float]) -> float:
@@ -207,6 +222,7 @@ def run_once(args: argparse.Namespace, path: Path, n_workers: int) -> RunResult:
     from specufex_dask.clusters import connect
 
     stamps: dict[str, list[float]] = {"nmf": [], "hmm": [], "transform": []}
+    code_version = git_version()  # other engineers commit while benchmarks run
 
     def progress(stage: str, info: dict) -> None:
         stamps[stage].append(time.perf_counter())
@@ -252,6 +268,7 @@ def run_once(args: argparse.Namespace, path: Path, n_workers: int) -> RunResult:
         transform_events_per_s=args.one_size / (transform_ended - fit_ended),
         driver_peak_mib={stage: mib(stage, "driver") for stage in peaks},
         worker_peak_mib={stage: max(mib(stage, name) for name in names) for stage in peaks},
+        code_version=code_version,
     )
 
 
@@ -299,7 +316,7 @@ def table(groups: dict[tuple[int, int], list[RunResult]], builds: dict[int, floa
         "| N | workers | runs | build s | fit s | check+1st step s | NMF steps/s | "
         "HMM steps/s | transform s | transform spectrograms/s | end-to-end s | "
         "driver peak MiB (fit/transform) | worker peak MiB (fit/transform) | "
-        "speed-up vs 1 worker |\n|" + "---|" * 14
+        "speed-up vs 1 worker | code |\n|" + "---|" * 15
     )
     rows = [header]
     for (n, k), results in sorted(groups.items()):
@@ -323,12 +340,39 @@ def table(groups: dict[tuple[int, int], list[RunResult]], builds: dict[int, floa
             f" / {_median(results, lambda r: r.driver_peak_mib['transform']):.0f} "
             f"| {_median(results, lambda r: r.worker_peak_mib['fit']):.0f}"
             f" / {_median(results, lambda r: r.worker_peak_mib['transform']):.0f} "
-            f"| {speedup} |"
+            f"| {speedup} | {', '.join(sorted({r.code_version for r in results}))} |"
         )
     return "\n".join(rows)
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def kept_archive_fits(path: Path, n_events: int, chunk_events: int, seed: int) -> bool:
+    """Whether ``path`` is a complete synthetic archive of this size, chunking and seed."""
+    from specufex_dask import archive
+
+    if not path.exists():
+        return False
+    try:
+        ds = archive.open_archive(path)
+    except archive.ArchiveError:
+        return False
+    chunks = ds[archive.SPECTROGRAM].encoding.get("chunks", (None,))
+    return (
+        ds.sizes[archive.EVENT] == n_events
+        and chunks[0] == chunk_events
+        and ds.attrs.get("synthetic_seed") == seed
+    )
+
+
+def fresh_archive(path: Path, n_events: int, args: argparse.Namespace, connect) -> float:
+    """Build the archive on a 2-worker cluster of its own; return seconds taken."""
+    with connect(workers=2, threads_per_worker=1, memory_limit=MEMORY_LIMIT,
+                 dashboard_address="127.0.0.1:0") as handle:  # fmt: skip
+        seconds = build_archive(path, n_events, args.chunk_events, args.seed, handle.client)
+    logger.info("built %s in %.1f s", path, seconds)
+    return seconds
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -346,7 +390,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=20240601)
     parser.add_argument("--scratch", type=Path, default=Path("/work/bench-scratch"))
     parser.add_argument("--keep", action="store_true", help="keep the archives afterwards")
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help="use an archive kept by an earlier --keep run instead of building it again",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write every run's numbers here")
+    parser.add_argument(
+        "--report", type=Path, nargs="+",
+        help="print the table of earlier --json files instead of running",
+    )  # fmt: skip
     # internal: one measured run in a fresh process
     parser.add_argument("--one-path", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
@@ -363,6 +415,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(asdict(result)))
         return
 
+    if args.report:
+        print_report(args, *load_results(args.report))
+        return
+
     from specufex_dask.clusters import connect
 
     args.scratch.mkdir(parents=True, exist_ok=True)
@@ -371,10 +427,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for n in args.sizes:
             path = args.scratch / f"synthetic-{n}.zarr"
-            with connect(workers=2, threads_per_worker=1, memory_limit=MEMORY_LIMIT,
-                         dashboard_address="127.0.0.1:0") as handle:  # fmt: skip
-                builds[n] = build_archive(path, n, args.chunk_events, args.seed, handle.client)
-            logger.info("built %s in %.1f s", path, builds[n])
+            if args.reuse and kept_archive_fits(path, n, args.chunk_events, args.seed):
+                logger.info("reusing %s", path)
+                builds[n] = float("nan")
+            else:
+                builds[n] = fresh_archive(path, n, args, connect)
             for repeat in range(args.repeats):
                 for k in args.workers:
                     result = run_in_subprocess(args, path, n, k)
@@ -387,25 +444,44 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(args.scratch, ignore_errors=True)
         if args.json is not None and groups:
             records = [asdict(r) for results in groups.values() for r in results]
-            args.json.write_text(json.dumps(records, indent=1))
-        chunk_mb = args.chunk_events * N_FREQUENCIES * N_TIMES * 4 / 1e6
-        print(f"\n# bench_archive {dt.datetime.now().isoformat(timespec='seconds')}")
-        print(machine_line())
-        print(
-            f"SpecUFEx(num_pat=75, num_state=15, nmf_steps={args.nmf_steps}, "
-            f"hmm_steps={args.hmm_steps}, batch_size={args.batch_size}, dtype='float32'); "
-            f"local cluster, threads_per_worker=1, memory_limit={MEMORY_LIMIT}; "
-            f"chunk_events={args.chunk_events}; medians over {args.repeats} repeat(s)"
-        )
-        print(CHUNK_NOTE.format(mb=chunk_mb))
-        print("Build = writing the synthetic archive with 2 workers (not part of end-to-end).")
-        print(
-            "Driver RSS includes the scheduler and nannies of the local cluster. "
-            "The machine is shared: timings are noisy.\n"
-        )
-        if groups:
-            print(table(groups, builds))
-        print(f"\nTargets: {TARGETS}")
+            saved = {"builds": builds, "runs": records}
+            args.json.write_text(json.dumps(saved, indent=1))
+        print_report(args, groups, builds)
+
+
+def load_results(files: list[Path]) -> tuple[dict, dict[int, float]]:
+    """Runs and build times saved by earlier ``--json`` runs, merged."""
+    groups: dict[tuple[int, int], list[RunResult]] = {}
+    builds: dict[int, float] = {}
+    for file in files:
+        saved = json.loads(file.read_text())
+        builds.update({int(n): float(s) for n, s in saved["builds"].items()})
+        for record in saved["runs"]:
+            result = RunResult(**record)
+            groups.setdefault((result.n_events, result.workers), []).append(result)
+    return groups, builds
+
+
+def print_report(args: argparse.Namespace, groups: dict, builds: dict[int, float]) -> None:
+    """The header (date, machine, settings, notes), the table and the targets."""
+    chunk_mb = args.chunk_events * N_FREQUENCIES * N_TIMES * 4 / 1e6
+    print(f"\n# bench_archive {dt.datetime.now().isoformat(timespec='seconds')}")
+    print(machine_line())
+    print(
+        f"SpecUFEx(num_pat=75, num_state=15, nmf_steps={args.nmf_steps}, "
+        f"hmm_steps={args.hmm_steps}, batch_size={args.batch_size}, dtype='float32'); "
+        f"local cluster, threads_per_worker=1, memory_limit={MEMORY_LIMIT}; "
+        f"chunk_events={args.chunk_events}; medians where repeated (runs column)"
+    )
+    print(CHUNK_NOTE.format(mb=chunk_mb))
+    print("Build = writing the synthetic archive with 2 workers (not part of end-to-end).")
+    print(
+        "Driver RSS includes the scheduler and nannies of the local cluster. "
+        "The machine is shared: timings are noisy.\n"
+    )
+    if groups:
+        print(table(groups, builds))
+    print(f"\nTargets: {TARGETS}")
 
 
 if __name__ == "__main__":
