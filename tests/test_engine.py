@@ -658,3 +658,24 @@ def test_frequency_values_different_from_the_model(reference: Reference, tmp_pat
     with pytest.raises(ValueError, match="frequenc"):
         reference.model.transform(path)
     assert "activation" not in zarr.open_group(path, mode="r")
+
+
+def test_appended_events_are_transformed_on_resume_and_never_look_complete_before(
+    reference: Reference, tmp_path: Path, transform_tasks: list[int]
+) -> None:
+    path = _write(tmp_path / "events.zarr", reference.spectrograms[:30], ARCHIVE_CHUNK)
+    reference.model.transform_to_zarr(path)
+    transform_tasks.clear()
+    archive.write_spectrograms(
+        path, reference.spectrograms[30:], EVENT_IDS[30:], FREQUENCY, TIME, mode="a"
+    )
+    group = zarr.open_group(path, mode="r")
+    complete_after_append = group.attrs[engine.TRANSFORM_COMPLETE_ATTR]
+    assert not group[engine.TRANSFORMED][30:].any()
+
+    reference.model.transform_to_zarr(path, resume=True)
+    assert transform_tasks == [28]  # the last chunk grew from 2 to 4 events
+    assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
+    assert zarr.open_group(path, mode="r").attrs[engine.TRANSFORM_COMPLETE_ATTR] is True
+    # new events without outputs: the store must not claim a complete transform
+    assert complete_after_append is False
