@@ -30,8 +30,8 @@ ARCHIVE_CHUNK = 7  # 5 chunks: 4 of 7 events and one of 4
 SETTINGS = {
     "num_pat": 8,
     "num_state": 3,
-    "nmf_steps": 12,
-    "hmm_steps": 8,
+    "nmf_steps": 9,
+    "hmm_steps": 6,
     "batch_size": 8,
     "random_state": 3,
 }
@@ -246,7 +246,7 @@ def test_model_group_holds_the_fitted_state(reference: Reference) -> None:
     assert np.array_equal(group["frequency"].values, FREQUENCY)
     progress = json.loads(group.attrs["progress"])
     assert progress["stage"] == "done"
-    assert (progress["nmf_steps"], progress["hmm_steps"]) == (12, 8)
+    assert (progress["nmf_steps"], progress["hmm_steps"]) == (9, 6)
     assert int(group.attrs[engine.MODEL_VERSION_ATTR]) >= 1
     loaded = SpecUFEx.from_archive(reference.path, client=False)
     assert_same_model(loaded, reference.model)
