@@ -80,6 +80,8 @@ VERSION_ATTR = "specufex_dask_archive_version"
 PARAMETERS_ATTR = "spectrogram_parameters"
 CREATED_WITH_ATTR = "created_with"
 COMPLETE_ATTR = "specufex_dask_complete"
+# Set by the engine; an append clears it since the new events have no outputs yet.
+TRANSFORM_COMPLETE_ATTR = "specufex_dask_transform_complete"
 
 DEFAULT_CHUNK_EVENTS = 256
 # 1-D per-event coordinates are tiny; large chunks keep the file count low.
@@ -566,6 +568,9 @@ class ArchiveWriter:
             variables[name] = (dims, tail)
         dtype = ds[SPECTROGRAM].dtype
         attrs = dict(ds.attrs)
+        if outputs and TRANSFORM_COMPLETE_ATTR in attrs:
+            # the new events have no outputs yet: the transform is no longer complete
+            attrs[TRANSFORM_COMPLETE_ATTR] = False
         old_rejected = ds.sizes.get(REJECTED, 0)
         ds.close()
         _put_attrs(path, {**attrs, COMPLETE_ATTR: False})

@@ -87,6 +87,7 @@ class EventChunks:
     shape: tuple[int, int, int]
     dtype: np.dtype
     path: str | None = None
+    frequency_known: bool = True
 
     @classmethod
     def from_data(cls, data: Any, chunk_events: int = archive.DEFAULT_CHUNK_EVENTS):
@@ -137,6 +138,7 @@ class EventChunks:
             shape=tuple(int(v) for v in array.shape),
             dtype=array.dtype,
             path=path,
+            frequency_known=archive.FREQUENCY in data.coords,
         )
 
     def split(self, index: np.ndarray) -> list[tuple[int, np.ndarray, int]]:
@@ -387,7 +389,7 @@ def transform_chunks(
         from distributed import as_completed
 
         futures = client.compute(tasks)
-        for finished, future in enumerate(as_completed(futures), start=1):
+        for finished, future in enumerate(as_completed(futures, loop=client.loop), start=1):
             future.result()
             if progress is not None:
                 progress("transform", {"chunk": finished, "n_chunks": len(tasks)})

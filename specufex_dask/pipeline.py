@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from . import compat as reference
+from .archive import FREQUENCY, MODEL_GROUP
 from .engine import (
     EventChunks,
     check_values,
@@ -128,6 +129,7 @@ class SpecUFEx:
         self._handle = None
         self.nmf_: BayesianNonparametricNMF | None = None
         self.hmm_: BayesianHMM | None = None
+        self.frequency_: np.ndarray | None = None
 
     # --- cluster -------------------------------------------------------------------
     def _client(self) -> Any:
@@ -194,6 +196,9 @@ class SpecUFEx:
             uninterrupted fit.
         """
         chunks = EventChunks.from_data(data, self.chunk_events)
+        self.frequency_ = (
+            np.array(chunks.frequency, dtype=float) if chunks.frequency_known else None
+        )
         if chunks.path is not None:
             require_writable(chunks.path, "model and its checkpoints")
         client = self._client()
@@ -320,6 +325,17 @@ class SpecUFEx:
                 f"{chunks.path or 'spectrograms'}: {chunks.shape[1]} frequencies, the model "
                 f"was fitted with {nmf.dim}"
             )
+        fitted = self.frequency_
+        if (
+            fitted is not None
+            and chunks.frequency_known
+            and not np.allclose(chunks.frequency, fitted, rtol=1e-9, atol=0.0)
+        ):
+            given = chunks.frequency
+            raise ValueError(
+                f"{chunks.path or 'spectrograms'}: frequency axis {given[0]:g}..{given[-1]:g} Hz "
+                f"differs from the one the model was fitted on ({fitted[0]:g}..{fitted[-1]:g} Hz)"
+            )
 
     @classmethod
     def from_archive(
@@ -340,4 +356,14 @@ class SpecUFEx:
             progress=progress,
         )
         model.nmf_, model.hmm_ = nmf, hmm
+        model.frequency_ = _model_frequency(str(path))
         return model
+
+
+def _model_frequency(path: str) -> np.ndarray | None:
+    """The frequency axis stored with the model (None when the group has none)."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r", use_consolidated=False)
+    model = group[MODEL_GROUP]
+    return model[FREQUENCY][:] if FREQUENCY in model else None

@@ -195,7 +195,8 @@ def _local_elbo(
     np.maximum(Z, np.finfo(Z.dtype).tiny, out=Z)
     log_normaliser = np.log(Z) + basis_max + activation_max
     data = np.sum(X * log_normaliser, axis=(1, 2), dtype=np.float64)
-    expected_rate = (shape.sum(axis=2) / rate) @ basis_weight
+    # a row-wise sum, not a matrix-vector product: BLAS rounds each row by the number of rows
+    expected_rate = np.sum((shape.sum(axis=2) / rate) * basis_weight, axis=1)
     kl = np.sum(gamma_kl(shape, rate[:, None], h01, h02), axis=(1, 2), dtype=np.float64)
     return data - expected_rate - kl
 
