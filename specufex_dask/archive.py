@@ -83,7 +83,10 @@ COMPLETE_ATTR = "specufex_dask_complete"
 # Set by the engine; an append clears it since the new events have no outputs yet.
 TRANSFORM_COMPLETE_ATTR = "specufex_dask_transform_complete"
 
-DEFAULT_CHUNK_EVENTS = 256
+# An SVI step reads the whole chunk of every event in its minibatch, so small chunks
+# keep a step's reading close to what it uses; the transform merges chunks into larger
+# tasks (specufex_dask.engine), so it does not pay for them.
+DEFAULT_CHUNK_EVENTS = 16
 # 1-D per-event coordinates are tiny; large chunks keep the file count low.
 _COORD_CHUNK = 65536
 _STARTTIME_ENCODING = {"units": "nanoseconds since 1970-01-01", "dtype": "int64"}

@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 TRANSFORMED = "transformed"
+TASK_EVENTS = 256  # events per task of a pass over all events
 TRANSFORM_TOKEN_ATTR = "specufex_dask_transform_model"
 TRANSFORM_COMPLETE_ATTR = "specufex_dask_transform_complete"
 MODEL_VERSION_ATTR = "specufex_dask_model_version"
@@ -78,6 +79,8 @@ class EventChunks:
     dtype : numpy dtype
     path : str or None
         The archive, when the data came from one.
+    array : dask.array.Array
+        The spectrograms.
     """
 
     blocks: list
@@ -87,6 +90,7 @@ class EventChunks:
     shape: tuple[int, int, int]
     dtype: np.dtype
     path: str | None = None
+    array: Any = None
     frequency_known: bool = True
 
     @classmethod
@@ -138,7 +142,39 @@ class EventChunks:
             shape=tuple(int(v) for v in array.shape),
             dtype=array.dtype,
             path=path,
+            array=array,
             frequency_known=archive.FREQUENCY in data.coords,
+        )
+
+    @property
+    def chunk_events(self) -> int:
+        """Events per (storage) chunk."""
+        return self.bounds[0][1] - self.bounds[0][0]
+
+    def merged(self, min_events: int | None = None) -> EventChunks:
+        """The same data in tasks of whole consecutive chunks, each >= ``min_events``.
+
+        Kernels amortise their per-call work over a batch (the HMM's time loop above
+        all), so a pass over every event wants larger tasks than an SVI step does.
+        """
+        min_events = TASK_EVENTS if min_events is None else min_events
+        sizes, current = [], 0
+        for start, stop in self.bounds:
+            current += stop - start
+            if current >= min_events:
+                sizes.append(current)
+                current = 0
+        if current:
+            sizes.append(current)
+        if len(sizes) == len(self.bounds):
+            return self
+        array = self.array.rechunk({0: tuple(sizes)})
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        return replace(
+            self,
+            blocks=list(array.to_delayed().ravel()),
+            bounds=[(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)],
+            array=array,
         )
 
     def split(self, index: np.ndarray) -> list[tuple[int, np.ndarray, int]]:
@@ -228,6 +264,7 @@ def require_writable(path: str, what: str) -> None:
 
 def check_values(chunks: EventChunks, client: Any) -> None:
     """One parallel pass over every chunk; raise naming the events with bad values."""
+    chunks = chunks.merged()
     tasks = [
         dask.delayed(_task_check)(block, chunks.event[start:stop])
         for block, (start, stop) in zip(chunks.blocks, chunks.bounds, strict=True)
@@ -289,6 +326,7 @@ def output_dims() -> dict[str, tuple[str, ...]]:
 
 def lazy_transform(chunks: EventChunks, nmf_params, hmm_params) -> xr.Dataset:
     """The four outputs as a lazy Dataset (nothing computed yet)."""
+    chunks = chunks.merged()
     nmf_params, hmm_params = _on_workers(nmf_params), _on_workers(hmm_params)
     N, _, M = chunks.shape
     K = nmf_params.log_basis.shape[1]
@@ -315,7 +353,7 @@ def _prepare_outputs(path: str, chunks: EventChunks, K: int, S: int, dtype, toke
     import zarr
 
     N, _, M = chunks.shape
-    chunk_events = chunks.bounds[0][1] - chunks.bounds[0][0]
+    chunk_events = chunks.chunk_events
     group = zarr.open_group(path, mode="r+", use_consolidated=False)
     shapes = {
         archive.ACTIVATION: (N, K, M),
@@ -372,6 +410,8 @@ def transform_chunks(
     if done is None:
         _prepare_outputs(path, chunks, K, S, np.dtype(nmf_params.dtype), token)
         done = np.zeros(chunks.shape[0], dtype=bool)
+    # tasks of whole storage chunks: their output regions never share a Zarr chunk
+    chunks = chunks.merged()
     todo = [
         (block, start, stop)
         for block, (start, stop) in zip(chunks.blocks, chunks.bounds, strict=True)

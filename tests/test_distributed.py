@@ -29,6 +29,13 @@ import zarr
 from specufex_dask import archive, engine
 from specufex_dask.pipeline import SpecUFEx
 
+
+@pytest.fixture(autouse=True)
+def one_task_per_chunk(monkeypatch):
+    """These tests count and kill tasks per storage chunk: do not merge chunks."""
+    monkeypatch.setattr(engine, "TASK_EVENTS", 1)
+
+
 N_EVENTS, N_FREQUENCIES, N_TIMES = 40, 30, 20
 CHUNK_EVENTS = 2  # 20 chunks: plenty left when the first one is done
 SETTINGS = {

@@ -25,6 +25,13 @@ from specufex_dask.archive import ArchiveError
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
 from specufex_dask.pipeline import SpecUFEx
 
+
+@pytest.fixture(autouse=True)
+def one_task_per_chunk(monkeypatch):
+    """These tests count and kill tasks per storage chunk: do not merge chunks."""
+    monkeypatch.setattr(engine, "TASK_EVENTS", 1)
+
+
 N_EVENTS, N_FREQUENCIES, N_TIMES = 32, 30, 20
 ARCHIVE_CHUNK = 7  # 5 chunks: 4 of 7 events and one of 4
 SETTINGS = {
@@ -679,3 +686,16 @@ def test_appended_events_are_transformed_on_resume_and_never_look_complete_befor
     assert zarr.open_group(path, mode="r").attrs[engine.TRANSFORM_COMPLETE_ATTR] is True
     # new events without outputs: the store must not claim a complete transform
     assert complete_after_append is False
+
+
+def test_passes_over_all_events_merge_chunks_into_larger_tasks(
+    monkeypatch, tmp_path, reference: Reference
+) -> None:
+    """A transform in tasks of several storage chunks writes the same bits."""
+    path = _copy(reference.path, tmp_path)
+    monkeypatch.setattr(engine, "TASK_EVENTS", 15)
+    merged = engine.EventChunks.from_data(path).merged()
+    assert [stop - start for start, stop in merged.bounds] == [21, 11]
+    reference.model.transform_to_zarr(path)
+    assert xr.open_zarr(path)[engine.TRANSFORMED].values.all()
+    assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
