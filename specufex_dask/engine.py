@@ -191,8 +191,12 @@ class EventChunks:
 
 
 def _on_workers(params):
-    """Step parameters for tasks: Dask already runs one task per worker thread."""
-    return replace(params, threads=1)
+    """Step parameters for tasks, as one graph key that every task of the step shares.
+
+    Dask already runs one task per worker thread, so the kernels get one thread; the
+    shared key sends the (frequencies x patterns) arrays once per worker, not per task.
+    """
+    return dask.delayed(replace(params, threads=1), pure=True)
 
 
 def _compute(client: Any, tasks: Sequence) -> list:
@@ -327,11 +331,11 @@ def output_dims() -> dict[str, tuple[str, ...]]:
 def lazy_transform(chunks: EventChunks, nmf_params, hmm_params) -> xr.Dataset:
     """The four outputs as a lazy Dataset (nothing computed yet)."""
     chunks = chunks.merged()
-    nmf_params, hmm_params = _on_workers(nmf_params), _on_workers(hmm_params)
     N, _, M = chunks.shape
     K = nmf_params.log_basis.shape[1]
     S = hmm_params.rate.shape[0]
     dtype = np.dtype(nmf_params.dtype)
+    nmf_params, hmm_params = _on_workers(nmf_params), _on_workers(hmm_params)
     pieces: dict[str, list] = {name: [] for name in OUTPUT_NAMES}
     for block, (start, stop) in zip(chunks.blocks, chunks.bounds, strict=True):
         outputs = dask.delayed(_task_transform, nout=4)(
@@ -401,7 +405,6 @@ def transform_chunks(
     """
     if chunks.path is None:
         raise ValueError("transform_to_zarr needs data opened from an archive path")
-    nmf_params, hmm_params = _on_workers(nmf_params), _on_workers(hmm_params)
     path = chunks.path
     require_writable(path, "transform outputs")
     K = nmf_params.log_basis.shape[1]
@@ -410,6 +413,7 @@ def transform_chunks(
     if done is None:
         _prepare_outputs(path, chunks, K, S, np.dtype(nmf_params.dtype), token)
         done = np.zeros(chunks.shape[0], dtype=bool)
+    nmf_params, hmm_params = _on_workers(nmf_params), _on_workers(hmm_params)
     # tasks of whole storage chunks: their output regions never share a Zarr chunk
     chunks = chunks.merged()
     todo = [
