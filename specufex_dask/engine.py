@@ -331,7 +331,7 @@ def output_dims() -> dict[str, tuple[str, ...]]:
 def lazy_transform(chunks: EventChunks, nmf_params, hmm_params) -> xr.Dataset:
     """The four outputs as a lazy Dataset (nothing computed yet)."""
     chunks = chunks.merged()
-    N, _, M = chunks.shape
+    M = chunks.shape[2]
     K = nmf_params.log_basis.shape[1]
     S = hmm_params.rate.shape[0]
     dtype = np.dtype(nmf_params.dtype)
