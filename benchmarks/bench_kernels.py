@@ -11,11 +11,13 @@ dtype (float64, float32) it times four stages on a batch of spectrograms:
 * HMM transform: ``hmm_local_step`` (20 iterations) plus ``fingerprints``;
 * HMM fit step: ``hmm_local_step`` plus the global update.
 
-Each is run two ways: one call on the whole batch with numpy's BLAS threads
-("1 proc"), and two Python threads over the halves of the batch with BLAS limited to one
-thread through threadpoolctl ("2 thr"). Reported: the median over ``--repeats`` runs of
-the milliseconds per spectrogram, and for the NMF stages the fraction of this machine's
-square-matmul GFLOP/s (same dtype, measured in the same run) that their matrix products
+Each is run two ways, BLAS limited to one thread: one process on the whole batch
+("1 core"), and two processes at once, each on half of the batch, started together at
+every repeat ("2 cores"; this is how the pipeline's worker processes use the machine).
+Reported: the median over ``--repeats`` runs of the milliseconds per spectrogram (for two
+processes, the slower one's time over the whole batch), and for the NMF stages the
+fraction of this machine's square-matmul GFLOP/s (same dtype, one BLAS thread for
+"1 core" and two for "2 cores", measured in the same run) that their matrix products
 reach, counting 2 D K M flops per product (two products per fixed-point iteration).
 The reference package takes 142, 291, 46 and 45 ms per 513 x 51 spectrogram for the
 four stages; the targets are 1, 3, 0.5 and 1 ms.
@@ -25,12 +27,11 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import multiprocessing
 import pstats
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 
 import numpy as np
 
@@ -44,13 +45,9 @@ NMF_TRANSFORM_ITERATIONS, NMF_INNER_ITERATIONS = 5, 10
 
 
 def _blas_single_thread():
-    """A context limiting BLAS to one thread (threadpoolctl comes with scikit-learn)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError as error:  # pragma: no cover - environment dependent
-        raise ImportError(
-            "the threaded benchmark needs threadpoolctl: pip install 'specufex-dask[cluster]'"
-        ) from error
+    """A context limiting BLAS to one thread."""
+    from threadpoolctl import threadpool_limits
+
     return threadpool_limits(limits=1, user_api="blas")
 
 
@@ -123,10 +120,9 @@ def _hmm_update(p: dict, counts: np.ndarray, state_counts: np.ndarray, n: int) -
     )  # fmt: skip
 
 
-def _stage_runner(stage: str, p: dict, threads: int) -> Callable[[], None]:
-    """A function running ``stage`` on the whole batch once."""
+def _stage_runner(stage: str, p: dict) -> Callable[[], None]:
+    """A function running ``stage`` once on the whole batch of ``p``."""
     data = p["U"] if stage.startswith("HMM") else p["X"]
-    n = len(data)
     local = {
         "NMF transform": _nmf_transform,
         "NMF fit step": _nmf_fit_step,
@@ -134,22 +130,17 @@ def _stage_runner(stage: str, p: dict, threads: int) -> Callable[[], None]:
         "HMM fit step": _hmm_fit_step,
     }[stage]
     update = {"NMF fit step": _nmf_update, "HMM fit step": _hmm_update}.get(stage)
-    halves = (slice(0, n // 2), slice(n // 2, n))
 
     def run() -> None:
-        if threads == 1:
-            parts = [local(p, data)]
-        else:
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                parts = list(pool.map(lambda half: local(p, data[half]), halves))
+        result = local(p, data)
         if update is not None:
-            update(p, sum(part[0] for part in parts), sum(part[1] for part in parts), n)
+            update(p, result[0], result[1], len(data))
 
     return run
 
 
 def _median_seconds(run: Callable[[], None], repeats: int) -> float:
-    run()  # warm up caches and thread pools
+    run()  # warm up caches and compiled kernels
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -158,12 +149,56 @@ def _median_seconds(run: Callable[[], None], repeats: int) -> float:
     return statistics.median(times)
 
 
-def matmul_gflops(dtype: type, repeats: int, size: int = 1024) -> float:
-    """GFLOP/s of a square matrix product with numpy's BLAS threads."""
+def _half(p: dict, part: int) -> dict:
+    """The problem with every batch array cut to one half of its events."""
+    halves = {}
+    for key in ("X", "U"):
+        n = len(p[key])
+        halves[key] = p[key][: n // 2] if part == 0 else p[key][n // 2 :]
+    return {**p, **halves}
+
+
+def _timed_child(stage, p, part, repeats, barrier, connection) -> None:
+    with _blas_single_thread():
+        run = _stage_runner(stage, _half(p, part))
+        run()
+        times = []
+        for _ in range(repeats):
+            barrier.wait()
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+    connection.send(times)
+
+
+def _two_process_seconds(stage: str, p: dict, repeats: int) -> float:
+    """Median over repeats of the slower of two processes, each on half the batch."""
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(2)
+    pipes = [context.Pipe(duplex=False) for _ in range(2)]
+    children = [
+        context.Process(
+            target=_timed_child, args=(stage, p, part, repeats, barrier, pipes[part][1])
+        )
+        for part in range(2)
+    ]
+    for child in children:
+        child.start()
+    times = [pipes[part][0].recv() for part in range(2)]
+    for child in children:
+        child.join()
+    return statistics.median(max(pair) for pair in zip(*times, strict=True))
+
+
+def matmul_gflops(dtype: type, repeats: int, threads: int, size: int = 1024) -> float:
+    """GFLOP/s of a square matrix product with ``threads`` BLAS threads."""
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size)).astype(dtype)
     b = rng.standard_normal((size, size)).astype(dtype)
-    seconds = _median_seconds(lambda: a @ b, repeats)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        seconds = _median_seconds(lambda: a @ b, repeats)
     return 2.0 * size**3 / seconds / 1e9
 
 
@@ -182,21 +217,26 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="spectrograms per NMF batch")
     parser.add_argument(
         "--hmm-batch", type=int, default=256,
-        help="sequences per HMM batch (its time loop's Python cost is shared by the batch)",
+        help="sequences per HMM batch (the kernel runs them in cache-sized blocks)",
     )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="cProfile each stage once")
     args = parser.parse_args()
 
-    peaks = {dtype: matmul_gflops(dtype, args.repeats) for dtype in (np.float64, np.float32)}
+    peaks = {
+        (dtype, cores): matmul_gflops(dtype, args.repeats, cores)
+        for dtype in (np.float64, np.float32)
+        for cores in (1, 2)
+    }
     print(
-        f"square 1024 matmul, numpy BLAS threads: float64 {peaks[np.float64]:.1f} GFLOP/s, "
-        f"float32 {peaks[np.float32]:.1f} GFLOP/s; NMF batch {args.batch}, HMM batch "
-        f"{args.hmm_batch}, median of {args.repeats}\n"
+        "square 1024 matmul GFLOP/s (1 / 2 BLAS threads): "
+        f"float64 {peaks[np.float64, 1]:.1f} / {peaks[np.float64, 2]:.1f}, "
+        f"float32 {peaks[np.float32, 1]:.1f} / {peaks[np.float32, 2]:.1f}; "
+        f"NMF batch {args.batch}, HMM batch {args.hmm_batch}, median of {args.repeats}\n"
     )
     stages = ("NMF transform", "NMF fit step", "HMM transform", "HMM fit step")
     print(
-        "| stage | size | dtype | 1 proc ms/spec | 2 thr ms/spec "
-        "| NMF matmul % of peak (1 proc / 2 thr) |"
+        "| stage | size | dtype | 1 core ms/spec | 2 cores ms/spec "
+        "| NMF matmul % of peak (1 core / 2 cores) |"
     )
     print("|---|---|---|---:|---:|---:|")  # fmt: skip
     rng = np.random.default_rng(0)
@@ -209,23 +249,20 @@ def main() -> None:
             for stage in stages:
                 problem = problems[stage[:3]]
                 batch = len(problem["X"])
-                per_spectrogram = {}
-                for threads in (1, 2):
-                    limit = _blas_single_thread() if threads == 2 else nullcontext()
-                    with limit:
-                        run = _stage_runner(stage, problem, threads)
-                        if args.profile and threads == 1:
-                            profiler = cProfile.Profile()
-                            profiler.runcall(run)
-                            print(f"\n### {stage} {D}x{M} {np.dtype(dtype).name}")
-                            pstats.Stats(profiler).sort_stats("tottime").print_stats(8)
-                        seconds = _median_seconds(run, args.repeats)
-                    per_spectrogram[threads] = seconds / batch
+                with _blas_single_thread():
+                    run = _stage_runner(stage, problem)
+                    if args.profile:
+                        profiler = cProfile.Profile()
+                        profiler.runcall(run)
+                        print(f"\n### {stage} {D}x{M} {np.dtype(dtype).name}")
+                        pstats.Stats(profiler).sort_stats("tottime").print_stats(8)
+                    per_spectrogram = {1: _median_seconds(run, args.repeats) / batch}
+                per_spectrogram[2] = _two_process_seconds(stage, problem, args.repeats) / batch
                 efficiency = ""
                 if stage.startswith("NMF"):
                     flops = nmf_matmul_flops(stage, D, M)
                     fractions = [
-                        flops / per_spectrogram[t] / 1e9 / peaks[dtype] * 100 for t in (1, 2)
+                        flops / per_spectrogram[c] / 1e9 / peaks[dtype, c] * 100 for c in (1, 2)
                     ]
                     efficiency = f"{fractions[0]:.0f}% / {fractions[1]:.0f}%"
                 print(

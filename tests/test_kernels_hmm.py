@@ -11,6 +11,7 @@ from scipy import stats
 from scipy.special import digamma
 
 from specufex_dask.kernels.hmm import (
+    LANE_BLOCK,
     dirichlet_kl,
     emission_log_likelihood,
     fingerprints,
@@ -132,6 +133,29 @@ def test_local_step_matches_naive_iterations(rng: np.random.Generator) -> None:
         assert_allclose(result.initial[n], Ppi, rtol=1e-9)
         assert_allclose(result.emission_counts[n], emission_counts, rtol=1e-9)
         assert_allclose(result.state_counts[n], state_counts, rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_local_step_of_a_sequence_does_not_depend_on_its_batch(rng, dtype) -> None:
+    """The compiled pass vectorises across sequences and runs blocks of LANE_BLOCK: a
+    sequence must get the same bits alone, in a short batch and in a long one."""
+    S, K, M = 6, 8, 17
+    n = 2 * LANE_BLOCK + 11
+    U = rng.gamma(1.0, 3.0, size=(n, K, M)).astype(dtype)
+    B1 = rng.gamma(2.0, 1.0, size=(S, K))
+    B2 = rng.gamma(2.0, 1.0, size=(S, K))
+    log_rate, rate = digamma(B1) - np.log(B2), B1 / B2
+    taus = {"tau_initial": 0.01 / S, "tau_transition": 0.1 / S}
+    batch = hmm_local_step(U, log_rate, rate, **taus)
+    for index, batch_slice in (
+        (n - 1, slice(n - 1, n)),
+        (LANE_BLOCK + 3, slice(LANE_BLOCK - 4, LANE_BLOCK + 12)),
+    ):
+        part = hmm_local_step(U[batch_slice], log_rate, rate, **taus)
+        position = index - batch_slice.start
+        for name in ("state_probability", "transition", "initial", "elbo_per_sequence"):
+            assert getattr(part, name)[position].tobytes() == getattr(batch, name)[index].tobytes()
+    assert batch.state_probability.dtype == dtype
 
 
 def test_emission_log_likelihood_is_poisson_up_to_a_state_constant(rng) -> None:

@@ -1,18 +1,20 @@
 """Batched local step of the Bayesian HMM and fingerprints (ALGORITHM.md sections 2 and 3).
 
-Every function works on a batch of sequences at once: the time recursion of the
-forward-backward pass is a Python loop over time steps, each step a batched
-matrix-vector product over all sequences, so its cost is shared by the batch.
+Every function works on a batch of sequences at once. The time recursion of the
+forward-backward pass is inherently sequential and its steps are tiny (S x S), so in
+NumPy its cost would be call overhead and temporaries; it is compiled instead (Numba),
+with the sequences as the innermost axis so that each step is vectorised across them.
 
 Symbols follow ALGORITHM.md: ``U`` (n, K, M) the gain-weighted activations, ``EB``,
 ``ElnB`` (S, K) the emission rates, ``A`` (n, S, S) and ``Ppi`` (n, S) the per-sequence
-Dirichlet parameters, ``gam`` (n, S, M) the state probabilities. Plain NumPy/SciPy only.
+Dirichlet parameters, ``gam`` (n, S, M) the state probabilities. No Dask, xarray or I/O.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 from scipy.special import digamma, gammaln
@@ -36,19 +38,20 @@ def emission_log_likelihood(U: NDArray, log_rate: NDArray, rate: NDArray) -> NDA
 
 
 def _expected_transition(A: NDArray, compat: bool) -> NDArray:
-    """``exp(E[ln a])`` of the rows of Dirichlet parameters A (n, S, S).
+    """``exp(E[ln a])`` of Dirichlet rows, sequences last: A is (S, S, n), rows ``A[i]``.
 
     ``compat=True`` reproduces the reference, which subtracts the digamma of the row
     sums along the wrong axis (ALGORITHM.md 2c.1).
     """
-    row_total = digamma(A.sum(axis=-1))
+    row_total = digamma(A.sum(axis=1))  # (S, n): state i's row
     if compat:
-        return np.exp(digamma(A) - row_total[:, None, :])
-    return np.exp(digamma(A) - row_total[:, :, None])
+        return np.exp(digamma(A) - row_total[None, :, :])
+    return np.exp(digamma(A) - row_total[:, None, :])
 
 
 def _expected_initial(Ppi: NDArray) -> NDArray:
-    return np.exp(digamma(Ppi) - digamma(Ppi.sum(axis=-1, keepdims=True)))
+    """``exp(E[ln pi])``, sequences last: Ppi is (S, n)."""
+    return np.exp(digamma(Ppi) - digamma(Ppi.sum(axis=0)))
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,111 @@ class ForwardBackward:
     state_probability: NDArray
     transition_counts: NDArray
     log_evidence: NDArray
+
+
+@numba.njit(cache=True, nogil=True)
+def _forward_backward_lanes(emission, transition, initial, compat):  # pragma: no cover
+    """The scaled forward-backward recursion with the sequences as the last axis.
+
+    ``emission`` (M, S, n), ``transition`` (S, S, n) and ``initial`` (S, n) hold one
+    sequence per lane of the last axis, so that every inner loop runs over sequences:
+    the compiler vectorises it across them, and a sequence's arithmetic is the same
+    whatever else shares its batch (its results are bit-for-bit independent of the
+    batch). Returns ``gam`` (M, S, n), ``sum_t xi_t`` (S, S, n) and the log evidence (n).
+    """
+    M, S, n = emission.shape
+    alpha = np.empty((M, S, n), emission.dtype)
+    predicted = np.zeros((M, S, n), emission.dtype)  # (a^T alpha_{t-1})[j], t >= 1
+    beta = np.empty((M, S, n), emission.dtype)
+    weighted = np.empty((S, n), emission.dtype)
+    total = np.empty(n, emission.dtype)
+    log_evidence = np.zeros(n, np.float64)
+    for s in range(S):
+        for k in range(n):
+            alpha[0, s, k] = initial[s, k] * emission[0, s, k]
+    # The first column stays unnormalised as in the original; its sum still enters the
+    # evidence through the next normaliser.
+    for t in range(1, M):
+        for i in range(S):
+            for j in range(S):
+                for k in range(n):
+                    predicted[t, j, k] += alpha[t - 1, i, k] * transition[i, j, k]
+        total[:] = 0.0
+        for j in range(S):
+            for k in range(n):
+                alpha[t, j, k] = predicted[t, j, k] * emission[t, j, k]
+                total[k] += alpha[t, j, k]
+        for j in range(S):
+            for k in range(n):
+                alpha[t, j, k] /= total[k]
+        for k in range(n):
+            log_evidence[k] += np.log(total[k])
+    if M == 1:
+        total[:] = 0.0
+        for s in range(S):
+            for k in range(n):
+                total[k] += alpha[0, s, k]
+        for k in range(n):
+            log_evidence[k] += np.log(total[k])
+
+    beta[M - 1] = 1.0
+    if compat:
+        beta[: M - 1] = 1.0 / S
+    else:
+        for t in range(M - 2, -1, -1):
+            for j in range(S):
+                for k in range(n):
+                    weighted[j, k] = beta[t + 1, j, k] * emission[t + 1, j, k]
+            beta[t] = 0.0
+            total[:] = 0.0
+            for i in range(S):
+                for j in range(S):
+                    for k in range(n):
+                        beta[t, i, k] += transition[i, j, k] * weighted[j, k]
+                for k in range(n):
+                    total[k] += beta[t, i, k]
+            for i in range(S):
+                for k in range(n):
+                    beta[t, i, k] /= total[k]
+
+    state_probability = np.empty((M, S, n), emission.dtype)
+    for t in range(M):
+        total[:] = 0.0
+        for s in range(S):
+            for k in range(n):
+                state_probability[t, s, k] = alpha[t, s, k] * beta[t, s, k]
+                total[k] += state_probability[t, s, k]
+        for s in range(S):
+            for k in range(n):
+                state_probability[t, s, k] /= total[k]
+
+    # xi_t[i, j] = a[i, j] alpha[i, t-1] w[j, t] / norm_t, w_t = beta_t e_t and
+    # norm_t = alpha_{t-1}^T a w_t = sum_j predicted[j, t] w[j, t]
+    pair_sum = np.zeros((S, S, n), emission.dtype)
+    scaled = np.empty((S, n), emission.dtype)
+    for t in range(1, M):
+        total[:] = 0.0
+        for j in range(S):
+            for k in range(n):
+                weighted[j, k] = beta[t, j, k] * emission[t, j, k]
+                total[k] += predicted[t, j, k] * weighted[j, k]
+        for i in range(S):
+            for k in range(n):
+                scaled[i, k] = alpha[t - 1, i, k] / total[k]
+        for i in range(S):
+            for j in range(S):
+                for k in range(n):
+                    pair_sum[i, j, k] += scaled[i, k] * weighted[j, k]
+    for i in range(S):
+        for j in range(S):
+            for k in range(n):
+                pair_sum[i, j, k] *= transition[i, j, k]
+    return state_probability, pair_sum, log_evidence
+
+
+def _lanes(array: NDArray, axes: tuple[int, ...]) -> NDArray:
+    """``array`` transposed to ``axes`` and made contiguous (sequences last)."""
+    return np.ascontiguousarray(array.transpose(axes))
 
 
 def forward_backward(
@@ -90,47 +198,14 @@ def forward_backward(
     -------
     ForwardBackward
     """
-    n, S, M = emission.shape
-    dtype = emission.dtype
-    # Time-major copies keep every step's slice contiguous; the S x S products of many
-    # sequences are one einsum rather than one BLAS call per sequence.
-    e = np.ascontiguousarray(emission.transpose(2, 0, 1))  # (M, n, S)
-    alpha = np.empty((M, n, S), dtype=dtype)
-    predicted = np.empty((M, n, S), dtype=dtype)  # (a^T alpha_{t-1})[j], t >= 1
-    log_evidence = np.zeros(n, dtype=np.float64)
-    alpha[0] = initial * e[0]
-    # The first column stays unnormalised as in the original; its sum still enters the
-    # evidence through the next normaliser.
-    for t in range(1, M):
-        prediction = np.einsum("ni,nij->nj", alpha[t - 1], transition, out=predicted[t])
-        column = np.multiply(prediction, e[t], out=alpha[t])
-        total = column.sum(axis=1)
-        log_evidence += np.log(total)
-        column /= total[:, None]
-    if M == 1:
-        log_evidence += np.log(alpha[0].sum(axis=1))
-
-    beta = np.empty((M, n, S), dtype=dtype)
-    beta[M - 1] = 1.0
-    if compat:
-        beta[: M - 1] = 1.0 / S
-    else:
-        for t in range(M - 2, -1, -1):
-            column = np.einsum("nij,nj->ni", transition, beta[t + 1] * e[t + 1], out=beta[t])
-            column /= column.sum(axis=1, keepdims=True)
-
-    gam = alpha * beta
-    gam /= gam.sum(axis=2, keepdims=True)
-
-    weighted = beta[1:] * e[1:]  # (M-1, n, S)
-    # xi_t[i, j] = a[i, j] alpha[i, t-1] w[j, t] / norm_t, norm_t = alpha_{t-1}^T a w_t
-    norm = (predicted[1:] * weighted).sum(axis=2)  # (M-1, n)
-    scaled = alpha[:-1] / norm[:, :, None]
-    transition_counts = transition * np.matmul(
-        scaled.transpose(1, 2, 0), weighted.transpose(1, 0, 2)
+    dtype = np.result_type(emission, transition, initial)
+    gam, pair_sum, log_evidence = _forward_backward_lanes(
+        _lanes(emission.astype(dtype, copy=False), (2, 1, 0)),
+        _lanes(transition.astype(dtype, copy=False), (1, 2, 0)),
+        _lanes(initial.astype(dtype, copy=False), (1, 0)),
+        compat,
     )
-    gam = np.ascontiguousarray(gam.transpose(1, 2, 0))
-    return ForwardBackward(gam, transition_counts, log_evidence)
+    return ForwardBackward(_lanes(gam, (2, 1, 0)), _lanes(pair_sum, (2, 0, 1)), log_evidence)
 
 
 def dirichlet_kl(concentration: NDArray, prior: float) -> NDArray:
@@ -177,6 +252,10 @@ class HMMLocalResult:
     elbo_per_sequence: NDArray
 
 
+_RESULT_FIELDS = tuple(field.name for field in fields(HMMLocalResult))
+LANE_BLOCK = 64  # sequences per compiled pass: its (M, S, n) arrays stay in the L2 cache
+
+
 def hmm_local_step(
     U: NDArray,
     log_rate: NDArray,
@@ -206,24 +285,41 @@ def hmm_local_step(
     HMMLocalResult
     """
     n, _, M = U.shape
+    if n > LANE_BLOCK:
+        # Sequences are independent: blocks keep the recursion's arrays in cache.
+        parts = [
+            hmm_local_step(
+                U[start : start + LANE_BLOCK], log_rate, rate, tau_initial=tau_initial,
+                tau_transition=tau_transition, n_iter=n_iter, compat=compat,
+            )
+            for start in range(0, n, LANE_BLOCK)
+        ]  # fmt: skip
+        return HMMLocalResult(
+            *(np.concatenate([getattr(part, name) for part in parts]) for name in _RESULT_FIELDS)
+        )
     S = rate.shape[0]
     dtype = U.dtype
     log_emission = emission_log_likelihood(U, log_rate.astype(dtype), rate.astype(dtype))
     column_max = log_emission.max(axis=1, keepdims=True)
     emission = np.exp(log_emission - column_max)
-    A = np.ones((n, S, S), dtype=dtype)
-    Ppi = np.ones((n, S), dtype=dtype)
+    # sequences last through the iterations: see _forward_backward_lanes
+    emission = _lanes(emission, (2, 1, 0))
+    A = np.ones((S, S, n), dtype=dtype)
+    Ppi = np.ones((S, n), dtype=dtype)
     for _ in range(n_iter):
         used_A, used_Ppi = A, Ppi
-        transition = _expected_transition(A, compat)
-        initial = _expected_initial(Ppi)
-        posterior = forward_backward(emission, transition, initial, compat=compat)
-        Ppi = tau_initial + posterior.state_probability[:, :, 0]
-        A = tau_transition + posterior.transition_counts
-    gam = posterior.state_probability
+        gam, pair_sum, log_evidence = _forward_backward_lanes(
+            emission, _expected_transition(A, compat), _expected_initial(Ppi), compat
+        )
+        Ppi = tau_initial + gam[0]
+        A = tau_transition + pair_sum
+    gam = _lanes(gam, (2, 1, 0))
+    A = _lanes(A, (2, 0, 1))
+    Ppi = _lanes(Ppi, (1, 0))
     # The bound of the last pass: its evidence with the Dirichlets that produced it.
-    elbo = posterior.log_evidence + column_max.sum(axis=(1, 2))
-    elbo -= dirichlet_kl(used_A, tau_transition).sum(axis=-1) + dirichlet_kl(used_Ppi, tau_initial)
+    elbo = log_evidence + column_max.sum(axis=(1, 2))
+    elbo -= dirichlet_kl(_lanes(used_A, (2, 0, 1)), tau_transition).sum(axis=-1)
+    elbo -= dirichlet_kl(_lanes(used_Ppi, (1, 0)), tau_initial)
     return HMMLocalResult(
         state_probability=gam,
         transition=A,
