@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import math
 import multiprocessing
 import pstats
 import statistics
@@ -139,13 +140,26 @@ def _stage_runner(stage: str, p: dict) -> Callable[[], None]:
     return run
 
 
-def _median_seconds(run: Callable[[], None], repeats: int) -> float:
+MIN_REPEAT_SECONDS = 0.3  # a timed repeat runs the stage this long at least
+
+
+def _runs_per_repeat(run: Callable[[], None]) -> int:
+    """How many runs make a timed repeat last MIN_REPEAT_SECONDS (after a warm-up run)."""
     run()  # warm up caches and compiled kernels
+    start = time.perf_counter()
+    run()
+    return max(1, math.ceil(MIN_REPEAT_SECONDS / (time.perf_counter() - start)))
+
+
+def _median_seconds(run: Callable[[], None], repeats: int, runs: int | None = None) -> float:
+    """Median over ``repeats`` of the seconds of one run (each repeat averages ``runs``)."""
+    runs = _runs_per_repeat(run) if runs is None else runs
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
+        for _ in range(runs):
+            run()
+        times.append((time.perf_counter() - start) / runs)
     return statistics.median(times)
 
 
@@ -158,7 +172,7 @@ def _half(p: dict, part: int) -> dict:
     return {**p, **halves}
 
 
-def _timed_child(stage, p, part, repeats, barrier, connection) -> None:
+def _timed_child(stage, p, part, repeats, runs, barrier, connection) -> None:
     with _blas_single_thread():
         run = _stage_runner(stage, _half(p, part))
         run()
@@ -166,19 +180,21 @@ def _timed_child(stage, p, part, repeats, barrier, connection) -> None:
         for _ in range(repeats):
             barrier.wait()
             start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
+            for _ in range(runs):
+                run()
+            times.append((time.perf_counter() - start) / runs)
     connection.send(times)
 
 
-def _two_process_seconds(stage: str, p: dict, repeats: int) -> float:
+def _two_process_seconds(stage: str, p: dict, repeats: int, runs: int) -> float:
     """Median over repeats of the slower of two processes, each on half the batch."""
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(2)
     pipes = [context.Pipe(duplex=False) for _ in range(2)]
     children = [
         context.Process(
-            target=_timed_child, args=(stage, p, part, repeats, barrier, pipes[part][1])
+            target=_timed_child,
+            args=(stage, p, part, repeats, runs, barrier, pipes[part][1]),
         )
         for part in range(2)
     ]
@@ -203,12 +219,16 @@ def matmul_gflops(dtype: type, repeats: int, threads: int, size: int = 1024) -> 
 
 
 def nmf_matmul_flops(stage: str, D: int, M: int) -> float:
-    """Flops of the NMF stage's matrix products per spectrogram (2 D K M each)."""
+    """Flops of the NMF stage's matrix products per spectrogram (2 D K M each).
+
+    Two products per fixed-point iteration, but the first iteration's normaliser is a
+    matrix-vector product; the fit step adds the final counts (2 products), and at
+    T = 1 its ELBO reuses their normaliser.
+    """
     per_product = 2.0 * D * N_PATTERNS * M
     if stage == "NMF transform":
-        return 2 * NMF_TRANSFORM_ITERATIONS * per_product
-    # inner iterations, then the final counts (2 products) and the ELBO's normaliser
-    return (2 * NMF_INNER_ITERATIONS + 3) * per_product
+        return (2 * NMF_TRANSFORM_ITERATIONS - 1) * per_product
+    return (2 * NMF_INNER_ITERATIONS + 1) * per_product
 
 
 def main() -> None:
@@ -256,8 +276,10 @@ def main() -> None:
                         profiler.runcall(run)
                         print(f"\n### {stage} {D}x{M} {np.dtype(dtype).name}")
                         pstats.Stats(profiler).sort_stats("tottime").print_stats(8)
-                    per_spectrogram = {1: _median_seconds(run, args.repeats) / batch}
-                per_spectrogram[2] = _two_process_seconds(stage, problem, args.repeats) / batch
+                    runs = _runs_per_repeat(run)
+                    per_spectrogram = {1: _median_seconds(run, args.repeats, runs) / batch}
+                seconds = _two_process_seconds(stage, problem, args.repeats, runs)
+                per_spectrogram[2] = seconds / batch
                 efficiency = ""
                 if stage.startswith("NMF"):
                     flops = nmf_matmul_flops(stage, D, M)

@@ -41,10 +41,21 @@ def expected_log(shape: NDArray, rate: NDArray) -> NDArray:
     return digamma(shape) - np.log(rate)
 
 
-def gamma_kl(shape: NDArray, rate: NDArray, prior_shape: float, prior_rate: float) -> NDArray:
-    """Elementwise KL( Gamma(shape, rate) || Gamma(prior_shape, prior_rate) )."""
+def gamma_kl(
+    shape: NDArray,
+    rate: NDArray,
+    prior_shape: float,
+    prior_rate: float,
+    digamma_shape: NDArray | None = None,
+) -> NDArray:
+    """Elementwise KL( Gamma(shape, rate) || Gamma(prior_shape, prior_rate) ).
+
+    ``digamma_shape``, when the caller already has it, saves its evaluation.
+    """
+    if digamma_shape is None:
+        digamma_shape = digamma(shape)
     return (
-        (shape - prior_shape) * digamma(shape)
+        (shape - prior_shape) * digamma_shape
         - gammaln(shape)
         + gammaln(prior_shape)
         + prior_shape * (np.log(rate) - np.log(prior_rate))
@@ -63,10 +74,15 @@ def _row_softmax_factor(log_values: NDArray, temperature: float, axis: int) -> N
     return np.exp(shifted, out=shifted)
 
 
-def _ratio(X: NDArray, E: NDArray, F: NDArray) -> NDArray:
-    """``X / (E @ F)`` per spectrogram, guarded against an underflowed normaliser."""
+def _normaliser(E: NDArray, F: NDArray) -> NDArray:
+    """``Z = E @ F`` per spectrogram, guarded against underflow."""
     Z = np.matmul(E, F)
-    np.maximum(Z, np.finfo(Z.dtype).tiny, out=Z)
+    return np.maximum(Z, np.finfo(Z.dtype).tiny, out=Z)
+
+
+def _ratio(X: NDArray, E: NDArray, F: NDArray) -> NDArray:
+    """``X / (E @ F)`` per spectrogram."""
+    Z = _normaliser(E, F)
     return np.divide(X, Z, out=Z)
 
 
@@ -74,23 +90,46 @@ def _activation_iterations(
     X: NDArray,
     E: NDArray,
     log_rate: NDArray,
-    shape: NDArray,
+    initial_shape: float,
     n_iter: int,
     temperature: float,
     h01: float,
     rate_in_first: bool,
 ) -> NDArray:
-    """Fixed-point iterations of q(H)'s shape for fixed globals (ALGORITHM.md 1a/1b)."""
+    """Fixed-point iterations of q(H)'s shape for fixed globals (ALGORITHM.md 1a/1b).
+
+    The iterations start from the same shape everywhere, so the first one's activation
+    factor is one vector for every column of every spectrogram: its normaliser is a
+    matrix-vector product, not a matrix product.
+    """
+    dtype = X.dtype
+    n, _, M = X.shape
+    K = E.shape[1]
+    if n_iter == 0:
+        return np.full((n, K, M), initial_shape, dtype=dtype)
+    log_activation = np.full(K, digamma(initial_shape), dtype=dtype)
+    if rate_in_first:
+        log_activation -= log_rate
+    f = _row_softmax_factor(log_activation, temperature, axis=0)
+    z = np.maximum(E @ f, np.finfo(dtype).tiny)
+    counts = f[:, None] * np.matmul(np.ascontiguousarray(E.T), X / z[:, None])
+    shape = _shape_update(counts, temperature, h01)
     E_transposed = np.ascontiguousarray(E.T)
-    for i in range(n_iter):
+    for _ in range(1, n_iter):
         log_activation = digamma(shape)
-        if i > 0 or rate_in_first:
-            log_activation -= log_rate[:, None]
+        log_activation -= log_rate[:, None]
         F = _row_softmax_factor(log_activation, temperature, axis=-2)
         counts = F * np.matmul(E_transposed, _ratio(X, E, F))
-        # 1 + (h01 + counts - 1) / T, which is h01 + counts at T = 1
-        shape = 1.0 + (h01 + counts - 1.0) / temperature
+        shape = _shape_update(counts, temperature, h01)
     return shape
+
+
+def _shape_update(counts: NDArray, temperature: float, h01: float) -> NDArray:
+    """``1 + (h01 + counts - 1) / T``, which is ``h01 + counts`` at T = 1."""
+    if temperature == 1.0:
+        counts += h01
+        return counts
+    return 1.0 + (h01 + counts - 1.0) / temperature
 
 
 @dataclass(frozen=True)
@@ -160,26 +199,44 @@ def nmf_local_step(
     rate = ((h02 + basis_weight) / temperature).astype(dtype, copy=False)
     log_rate = np.log(rate)
     E = _row_softmax_factor(log_basis, temperature, axis=1)
-    shape = np.full((X.shape[0], K, X.shape[2]), 1.0 / K, dtype=dtype)
     shape = _activation_iterations(
-        X, E, log_rate, shape, n_inner, temperature, h01, rate_in_first=False
+        X, E, log_rate, 1.0 / K, n_inner, temperature, h01, rate_in_first=False
     )
-    log_activation = digamma(shape) - log_rate[:, None]
+    digamma_shape = digamma(shape)
+    log_activation = digamma_shape - log_rate[:, None]
     F = _row_softmax_factor(log_activation, temperature, axis=-2)
-    basis_counts = E * np.matmul(_ratio(X, E, F), F.transpose(0, 2, 1))
+    Z = _normaliser(E, F)
+    log_normaliser = None
+    if with_elbo and temperature == 1.0:
+        # at T = 1 the ELBO's normaliser is this one: E and F are exp(L - max) and
+        # exp(E[ln H] - max), so only its logarithm is extra work
+        log_normaliser = _log_normaliser(Z, log_basis, log_activation)
+    basis_counts = E * np.matmul(np.divide(X, Z, out=Z), F.transpose(0, 2, 1))
     activation_sum = shape.sum(axis=2) / rate
     if with_elbo:
-        elbo = _local_elbo(X, log_basis, log_activation, shape, rate, basis_weight, h01, h02)
+        if log_normaliser is None:
+            E1 = _row_softmax_factor(log_basis, 1.0, axis=1)
+            F1 = _row_softmax_factor(log_activation, 1.0, axis=-2)
+            log_normaliser = _log_normaliser(_normaliser(E1, F1), log_basis, log_activation)
+        elbo = _local_elbo(X, log_normaliser, shape, digamma_shape, rate, basis_weight, h01, h02)
     else:
         elbo = np.full(X.shape[0], np.nan)
     return NMFLocalResult(shape, rate, basis_counts, activation_sum, elbo)
 
 
+def _log_normaliser(Z: NDArray, log_basis: NDArray, log_activation: NDArray) -> NDArray:
+    """``ln sum_k exp(L[d, k] + E[ln H[k, t]])`` from ``Z = exp(L - max) @ exp(E[ln H] - max)``."""
+    log_normaliser = np.log(Z)
+    log_normaliser += log_basis.max(axis=1, keepdims=True)
+    log_normaliser += log_activation.max(axis=1, keepdims=True)
+    return log_normaliser
+
+
 def _local_elbo(
     X: NDArray,
-    log_basis: NDArray,
-    log_activation: NDArray,
+    log_normaliser: NDArray,
     shape: NDArray,
+    digamma_shape: NDArray,
     rate: NDArray,
     basis_weight: NDArray,
     h01: float,
@@ -189,15 +246,11 @@ def _local_elbo(
 
     With P optimal, ``sum_k P X (L + E[ln H] - ln P) = X ln sum_k exp(L + E[ln H])``.
     """
-    basis_max = log_basis.max(axis=1, keepdims=True)
-    activation_max = log_activation.max(axis=1, keepdims=True)
-    Z = np.matmul(np.exp(log_basis - basis_max), np.exp(log_activation - activation_max))
-    np.maximum(Z, np.finfo(Z.dtype).tiny, out=Z)
-    log_normaliser = np.log(Z) + basis_max + activation_max
     data = np.sum(X * log_normaliser, axis=(1, 2), dtype=np.float64)
     # a row-wise sum, not a matrix-vector product: BLAS rounds each row by the number of rows
     expected_rate = np.sum((shape.sum(axis=2) / rate) * basis_weight, axis=1)
-    kl = np.sum(gamma_kl(shape, rate[:, None], h01, h02), axis=(1, 2), dtype=np.float64)
+    kl = gamma_kl(shape, rate[:, None], h01, h02, digamma_shape)
+    kl = np.sum(kl, axis=(1, 2), dtype=np.float64)
     return data - expected_rate - kl
 
 
@@ -232,6 +285,5 @@ def nmf_transform(
     dtype = X.dtype
     rate = (h02 + basis_weight).astype(dtype, copy=False)
     E = _row_softmax_factor(log_basis.astype(dtype), 1.0, axis=1)
-    shape = np.ones((X.shape[0], log_basis.shape[1], X.shape[2]), dtype=dtype)
-    shape = _activation_iterations(X, E, np.log(rate), shape, n_iter, 1.0, h01, rate_in_first=True)
+    shape = _activation_iterations(X, E, np.log(rate), 1.0, n_iter, 1.0, h01, rate_in_first=True)
     return shape / rate[:, None]
