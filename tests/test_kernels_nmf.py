@@ -141,6 +141,30 @@ def test_local_step_survives_extreme_log_basis(problem) -> None:
     assert_allclose(shifted.basis_counts, reference.basis_counts, rtol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(("D", "M"), [(513, 51), (12, 7), (40, 17)])
+def test_a_spectrogram_gets_the_same_bits_in_any_batch(rng, dtype, D, M) -> None:
+    """A spectrogram's numbers must not depend on its neighbours, its position or the
+    batch size (one BLAS product over a whole batch breaks this: its blocking over the
+    inner dimension can change with the number of columns)."""
+    K, n = 9, 11
+    X = rng.poisson(3.0, size=(n, D, M)).astype(dtype)
+    log_basis = rng.normal(-1.0, 1.0, size=(D, K))
+    basis_weight = rng.gamma(2.0, 1.0, size=K)
+    args = {"h01": 1.0 / K, "h02": 1.0}
+    step = {"temperature": 1.0, "n_inner": 3}
+    alone = nmf_local_step(X[5:6], log_basis, basis_weight, **args, **step)
+    alone_activation = nmf_transform(X[5:6], log_basis, basis_weight, **args)
+    for batch in (slice(0, n), slice(4, 6), slice(5, 8), slice(1, 10)):
+        position = 5 - batch.start
+        local = nmf_local_step(X[batch], log_basis, basis_weight, **args, **step)
+        for name in ("shape", "basis_counts", "activation_sum", "elbo"):
+            assert getattr(local, name)[position].tobytes() == getattr(alone, name)[0].tobytes()
+        activation = nmf_transform(X[batch], log_basis, basis_weight, **args)
+        assert activation[position].tobytes() == alone_activation[0].tobytes()
+    assert alone.shape.dtype == dtype and np.isfinite(alone.elbo).all()
+
+
 @pytest.mark.parametrize(
     ("shape", "rate", "prior_shape", "prior_rate"),
     [(2.5, 1.5, 1.0, 1.0), (0.7, 3.0, 0.25, 1.0), (40.0, 8.0, 10.0 / 241, 1.0)],
