@@ -17,7 +17,9 @@ from dataclasses import dataclass, fields
 import numba
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import digamma, gammaln
+from scipy.special import gammaln
+
+from .special import digamma
 
 __all__ = [
     "HMMLocalResult",

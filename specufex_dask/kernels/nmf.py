@@ -25,7 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import digamma, gammaln
+from scipy.special import gammaln
+
+from .special import digamma
 
 __all__ = [
     "NMFLocalResult",

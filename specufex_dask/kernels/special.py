@@ -1,0 +1,87 @@
+"""The digamma function, vectorised (ALGORITHM.md: every E[ln x] of a Gamma or Dirichlet).
+
+SciPy's digamma evaluates one element at a time with a data-dependent loop, which made
+it a fifth of the NMF's fixed-point iteration. Here the recurrence is unrolled to a
+fixed shift so that the compiler vectorises it across elements:
+
+    psi(x) = psi(x + 10) - sum_{i<10} 1 / (x + i)
+
+with the sum accumulated as one fraction (no division in the loop) and ``psi(x + 10)``
+from the asymptotic series, whose first omitted term is below 1e-17 at 10. It agrees
+with SciPy's to 4e-15 relative to max(|psi|, 1) for x > 0 (tested), the only domain
+the variational parameters live in, and is 3-4x faster.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["digamma"]
+
+SHIFT = 10
+# Bernoulli terms B_2k / (2k) of the asymptotic series, k = 1..7
+_B2, _B4, _B6, _B8, _B10, _B12, _B14 = (
+    1.0 / 12.0,
+    1.0 / 120.0,
+    1.0 / 252.0,
+    1.0 / 240.0,
+    1.0 / 132.0,
+    691.0 / 32760.0,
+    1.0 / 12.0,
+)
+_FRACTION_LIMIT = 1e300  # the fraction's denominator overflows only for x beyond ~1e30
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _digamma_from_log(x, log_shifted):  # pragma: no cover - compiled
+    """``psi`` of the flat float64 array x, given ``log(x + SHIFT)``."""
+    out = np.empty_like(log_shifted)
+    for index in range(x.size):
+        z = x[index]
+        numerator = 0.0
+        denominator = 1.0
+        for i in range(SHIFT):
+            numerator = numerator * (z + i) + denominator
+            denominator *= z + i
+        # for huge x the product overflows; there sum 1/(x+i) is 10/x to rounding
+        correction = numerator / denominator if denominator < _FRACTION_LIMIT else SHIFT / z
+        inverse = 1.0 / (z + SHIFT)
+        inverse2 = inverse * inverse
+        series = inverse2 * (
+            _B2
+            - inverse2
+            * (
+                _B4
+                - inverse2
+                * (
+                    _B6
+                    - inverse2 * (_B8 - inverse2 * (_B10 - inverse2 * (_B12 - inverse2 * _B14)))
+                )
+            )
+        )
+        out[index] = log_shifted[index] - 0.5 * inverse - series - correction
+    return out
+
+
+def digamma(x: ArrayLike) -> NDArray:
+    """Elementwise digamma of positive values, computed in float64, returned in x's dtype.
+
+    Parameters
+    ----------
+    x : array_like
+        Values > 0 (Gamma shapes, Dirichlet concentrations). Scalars give 0-d arrays.
+
+    Returns
+    -------
+    ndarray
+        ``psi(x)``, float32 for float32 input and float64 otherwise.
+    """
+    x = np.asarray(x)
+    dtype = np.float32 if x.dtype == np.float32 else np.float64
+    flat = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+    # np.log is itself vectorised; computing it outside keeps the compiled loop free of
+    # calls, which is what lets it vectorise
+    result = _digamma_from_log(flat, np.log(flat + SHIFT))
+    return result.reshape(x.shape).astype(dtype, copy=False)

@@ -1,0 +1,39 @@
+"""The vectorised digamma against SciPy's over the whole positive range."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import special
+
+from specufex_dask.kernels.special import digamma
+
+
+def test_digamma_matches_scipy_over_the_positive_range(rng: np.random.Generator) -> None:
+    x = np.concatenate(
+        [
+            rng.gamma(0.05, 1.0, 20_000) + 1e-300,  # Dirichlet pseudo-counts near zero
+            rng.uniform(1e-6, 1.0, 20_000),
+            rng.uniform(1.0, 30.0, 20_000),  # around the shift and the root at 1.46
+            rng.uniform(30.0, 1e6, 20_000),
+            10.0 ** rng.uniform(6.0, 300.0, 5_000),  # where the fraction would overflow
+        ]
+    )
+    expected = special.digamma(x)
+    error = np.abs(digamma(x) - expected) / np.maximum(np.abs(expected), 1.0)
+    assert error.max() < 4e-15
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_digamma_keeps_shape_and_float_dtype(rng, dtype) -> None:
+    x = rng.gamma(2.0, 1.0, size=(3, 4, 5)).astype(dtype)
+    result = digamma(x)
+    assert result.dtype == dtype
+    np.testing.assert_allclose(result, special.digamma(x.astype(np.float64)), rtol=1e-6)
+
+
+def test_digamma_propagates_nan_and_gives_float64_for_integers() -> None:
+    result = digamma(np.array([np.nan, 1, 2]))
+    assert np.isnan(result[0])
+    np.testing.assert_allclose(result[1:], [-np.euler_gamma, 1.0 - np.euler_gamma], rtol=1e-15)
+    assert digamma(np.array([3])).dtype == np.float64
