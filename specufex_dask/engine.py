@@ -1,26 +1,35 @@
-"""The Dask side of the pipeline: per-chunk tasks, the fixed-order reducer, checkpoints.
+"""The Dask side of the pipeline: per-event tasks, the fixed-order reducer, checkpoints.
 
-Workers run the functions prefixed ``_task_``: they get one event chunk of the
-spectrogram array (read from Zarr where the task runs), the small global parameters of
-the step, and return either nodes of the fixed summation tree
-(:func:`specufex_dask.stats.tree_nodes`) or, for the transform, write their own region
-of the output arrays. Spectrograms never travel to the driver; the driver folds the
-nodes (:func:`specufex_dask.stats.tree_root`) and applies the global update.
+Workers run the functions prefixed ``_task_``: they get some events of the spectrogram
+array, the small global parameters of the step, and return either nodes of the fixed
+summation tree (:func:`specufex_dask.stats.tree_nodes`) or, for the transform, write
+their own region of the output arrays. Spectrograms never travel to the driver; the
+driver folds the nodes (:func:`specufex_dask.stats.tree_root`) and applies the global
+update.
+
+Data opened from an archive path is read by the tasks themselves (:class:`StoredRows`:
+the path and the rows, opened with Zarr where the task runs), so a task's graph is one
+small node whatever the archive's size; other data goes through its dask blocks.
 
 Minibatches are drawn from the seed and the step number only, every event's statistics
 are computed on its own (:mod:`specufex_dask.steps`) and summed in a tree fixed by the
-minibatch, so a fit gives the same bits for any chunking and any number of workers.
+minibatch, so a fit gives the same bits for any chunking, any grouping of events into
+tasks and any number of workers.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import cached_property
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -42,35 +51,130 @@ from .steps import (
 )
 
 __all__ = [
+    "BadValues",
     "EventChunks",
+    "StoredRows",
+    "bad_values",
     "check_values",
     "hmm_statistics",
+    "naming_every_bad_event",
     "nmf_statistics",
     "read_model_group",
     "transform_chunks",
     "write_model_group",
 ]
 
+logger = logging.getLogger(__name__)
+
 TRANSFORMED = "transformed"
-TASK_EVENTS = 256  # events per task of a pass over all events
+# Events per task of a pass over all events (at least) and of an SVI step (at most).
+TASK_EVENTS = 256
+# An SVI step's tasks hold at least this many events, so a task's fixed cost (scheduling,
+# opening the array) stays small against its kernels, and about STEP_TASKS of them
+# spread a larger minibatch over the workers.
+STEP_TASK_EVENTS = 8
+STEP_TASKS = 16
+# Tasks of a pass kept submitted per worker thread: one running, one ready behind it.
+IN_FLIGHT_PER_THREAD = 2
 TRANSFORM_TOKEN_ATTR = "specufex_dask_transform_model"
 TRANSFORM_COMPLETE_ATTR = "specufex_dask_transform_complete"
 MODEL_VERSION_ATTR = "specufex_dask_model_version"
 
 
+class BadValues(archive.ArchiveError):
+    """Negative or non-finite spectrogram values; the message names the events."""
+
+
+def _bad_values_message(problems: Sequence[tuple[str, str]], where: str = "") -> str:
+    listing = "; ".join(f"{event}: {reason}" for event, reason in problems[:10])
+    more = f" ... ({len(problems)} events in all)" if len(problems) > 10 else ""
+    of = f" of {where}" if where else ""
+    return f"bad spectrogram values{of} in events {listing}{more}"
+
+
 # ----------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True, eq=False)
+class StoredRows:
+    """Events of an archive's ``spectrogram`` that a task reads itself, by path.
+
+    The task opens the Zarr array where it runs and reads only these rows (Zarr still
+    decompresses every storage chunk they touch), so no dask-array graph of the archive
+    is built or sent, and a task rerun after a lost worker simply reads them again.
+
+    Attributes
+    ----------
+    path : str
+        The archive.
+    rows : slice or ndarray of int
+        A range of events, or sorted event indices.
+    """
+
+    path: str
+    rows: slice | np.ndarray
+
+    def read(self) -> np.ndarray:
+        """The rows as an (n, D, M) float array (other dtypes become float64, as in
+        :meth:`EventChunks.from_data`)."""
+        import zarr
+
+        array = zarr.open_array(self.path, path=archive.SPECTROGRAM, mode="r")
+        if isinstance(self.rows, slice):
+            values = np.asarray(array[self.rows])
+        else:
+            selection = (np.asarray(self.rows), slice(None), slice(None))
+            values = np.asarray(array.get_orthogonal_selection(selection))
+        return values if values.dtype.kind == "f" else values.astype(np.float64)
+
+
+def _merge_runs(sizes: Sequence[int], minimum: int) -> list[int]:
+    """Sum consecutive ``sizes`` into runs of at least ``minimum`` (the last may be less)."""
+    runs, current = [], 0
+    for size in sizes:
+        current += int(size)
+        if current >= minimum:
+            runs.append(current)
+            current = 0
+    if current:
+        runs.append(current)
+    return runs
+
+
+def _bounds(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive runs of ``sizes`` from 0."""
+    starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+    return [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+
+
+def _step_task_events(n_events: int) -> int:
+    """Least events per task of an SVI step over ``n_events`` (see ``STEP_TASKS``)."""
+    return min(TASK_EVENTS, max(STEP_TASK_EVENTS, -(-n_events // STEP_TASKS)))
+
+
+def _shows_stored_values(data: xr.DataArray) -> bool:
+    """Whether xarray shows the stored values unchanged (no scale, offset or fill mask).
+
+    Only then may tasks read the Zarr array directly and see what the user sees.
+    """
+    encoding = data.encoding
+    if "scale_factor" in encoding or "add_offset" in encoding:
+        return False
+    fill = encoding.get("_FillValue")
+    if fill is not None and not (isinstance(fill, (float, np.floating)) and np.isnan(fill)):
+        return False
+    return np.dtype(encoding.get("dtype", data.dtype)) == data.dtype
 
 
 @dataclass
 class EventChunks:
-    """A spectrogram collection split into event chunks, as Dask blocks.
+    """A spectrogram collection split into ranges of consecutive events, one per task.
 
     Attributes
     ----------
-    blocks : list of dask.delayed.Delayed
-        One (n_i, D, M) block per chunk; computing one reads that chunk only.
     bounds : list of (start, stop)
-        Event range of every chunk.
+        Event range of every task: the storage chunks, or runs of whole storage chunks
+        after :meth:`merged`.
     event : ndarray of str
         Event ids.
     frequency : ndarray
@@ -80,10 +184,15 @@ class EventChunks:
     path : str or None
         The archive, when the data came from one.
     array : dask.array.Array
-        The spectrograms.
+        The spectrograms, in their storage chunks.
+    frequency_known : bool
+        Whether ``frequency`` came from the data.
+    stored : bool
+        Tasks read their events from ``path`` themselves (:class:`StoredRows`): the data
+        came from an archive path and xarray shows the stored values unchanged.
+        Otherwise they get dask blocks of ``array``.
     """
 
-    blocks: list
     bounds: list[tuple[int, int]]
     event: np.ndarray
     frequency: np.ndarray
@@ -92,6 +201,7 @@ class EventChunks:
     path: str | None = None
     array: Any = None
     frequency_known: bool = True
+    stored: bool = False
 
     @classmethod
     def from_data(cls, data: Any, chunk_events: int = archive.DEFAULT_CHUNK_EVENTS):
@@ -115,6 +225,7 @@ class EventChunks:
             raise archive.ArchiveError(f"spectrogram dims are {data.dims}, expected {dims}")
         if data.sizes[archive.EVENT] == 0:
             raise archive.ArchiveError("spectrogram has no events")
+        stored = path is not None and _shows_stored_values(data)
         if data.dtype.kind != "f":
             data = data.astype(np.float64)
         array = data.data
@@ -122,8 +233,6 @@ class EventChunks:
             array = dask.array.from_array(np.asarray(array), chunks=(chunk_events, -1, -1))
         else:
             array = array.rechunk({1: -1, 2: -1})
-        starts = np.concatenate([[0], np.cumsum(array.chunks[0])])
-        bounds = [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
         event = (
             np.array([str(v) for v in data[archive.EVENT].values.tolist()], dtype=object)
             if archive.EVENT in data.coords
@@ -135,8 +244,7 @@ class EventChunks:
             else np.arange(array.shape[1], dtype=float)
         )
         return cls(
-            blocks=list(array.to_delayed().ravel()),
-            bounds=bounds,
+            bounds=_bounds(array.chunks[0]),
             event=event,
             frequency=frequency,
             shape=tuple(int(v) for v in array.shape),
@@ -144,6 +252,7 @@ class EventChunks:
             path=path,
             array=array,
             frequency_known=archive.FREQUENCY in data.coords,
+            stored=stored,
         )
 
     @property
@@ -151,43 +260,61 @@ class EventChunks:
         """Events per (storage) chunk."""
         return self.bounds[0][1] - self.bounds[0][0]
 
+    @cached_property
+    def blocks(self) -> list:
+        """One dask block per range of ``bounds``; computing one reads that range only.
+
+        Built on first use: data read by path never needs them.
+        """
+        sizes = tuple(stop - start for start, stop in self.bounds)
+        array = self.array if self.array.chunks[0] == sizes else self.array.rechunk({0: sizes})
+        return list(array.to_delayed().ravel())
+
+    @cached_property
+    def starts(self) -> np.ndarray:
+        """First event of every range of ``bounds``."""
+        return np.array([start for start, _ in self.bounds], dtype=np.int64)
+
     def merged(self, min_events: int | None = None) -> EventChunks:
-        """The same data in tasks of whole consecutive chunks, each >= ``min_events``.
+        """The same data in ranges of whole consecutive chunks, each >= ``min_events``.
 
         Kernels amortise their per-call work over a batch (the HMM's time loop above
         all), so a pass over every event wants larger tasks than an SVI step does.
         """
         min_events = TASK_EVENTS if min_events is None else min_events
-        sizes, current = [], 0
-        for start, stop in self.bounds:
-            current += stop - start
-            if current >= min_events:
-                sizes.append(current)
-                current = 0
-        if current:
-            sizes.append(current)
+        sizes = _merge_runs([stop - start for start, stop in self.bounds], min_events)
         if len(sizes) == len(self.bounds):
             return self
-        array = self.array.rechunk({0: tuple(sizes)})
-        starts = np.concatenate([[0], np.cumsum(sizes)])
-        return replace(
-            self,
-            blocks=list(array.to_delayed().ravel()),
-            bounds=[(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)],
-            array=array,
-        )
+        return replace(self, bounds=_bounds(sizes))
+
+    def sources(self) -> Iterator[tuple[int, int, Any]]:
+        """``(start, stop, source)`` of every range: :class:`StoredRows` or a dask block."""
+        for number, (start, stop) in enumerate(self.bounds):
+            if self.stored:
+                yield start, stop, StoredRows(self.path, slice(start, stop))
+            else:
+                yield start, stop, self.blocks[number]
 
     def split(self, index: np.ndarray) -> list[tuple[int, np.ndarray, int]]:
         """``(chunk, local indices, first minibatch position)`` for sorted event indices."""
-        starts = np.array([start for start, _ in self.bounds])
-        chunk_of = np.searchsorted(starts, index, side="right") - 1
+        chunk_of = np.searchsorted(self.starts, index, side="right") - 1
         parts = []
         position = 0
         for chunk in np.unique(chunk_of):
-            local = index[chunk_of == chunk] - starts[chunk]
+            local = index[chunk_of == chunk] - self.starts[chunk]
             parts.append((int(chunk), local, position))
             position += len(local)
         return parts
+
+    def step_groups(self, index: np.ndarray) -> list[tuple[int, int]]:
+        """Minibatch positions ``(first, stop)`` of each task of a step over ``index``.
+
+        ``index`` holds sorted event indices. A task takes the minibatch events of whole
+        ranges of ``bounds``, so a storage chunk is read by one task of the step only.
+        """
+        chunk_of = np.searchsorted(self.starts, index, side="right") - 1
+        _, per_chunk = np.unique(chunk_of, return_counts=True)  # in order: index is sorted
+        return _bounds(_merge_runs(per_chunk.tolist(), _step_task_events(len(index))))
 
 
 def _on_workers(params):
@@ -209,17 +336,27 @@ def _compute(client: Any, tasks: Sequence) -> list:
 # ----------------------------------------------------------------------------- worker tasks
 
 
-def _checked(block: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def _read(source: Any, local: np.ndarray | None = None) -> np.ndarray:
+    """A task's events: read by path, or the ``local`` rows of a block dask computed."""
+    if isinstance(source, StoredRows):
+        return source.read()
+    block = np.asarray(source)
+    return block if local is None else block[local]
+
+
+def _where(source: Any) -> str:
+    return source.path if isinstance(source, StoredRows) else ""
+
+
+def _checked(block: np.ndarray, ids: np.ndarray, where: str = "") -> np.ndarray:
     problems = archive.check_spectrogram_values(block, ids)
     if problems:
-        listing = "; ".join(f"{event}: {reason}" for event, reason in problems[:10])
-        more = f" ... ({len(problems)} events in all)" if len(problems) > 10 else ""
-        raise archive.ArchiveError(f"bad spectrogram values in events {listing}{more}")
+        raise BadValues(_bad_values_message(problems, where))
     return block
 
 
-def _task_check(block: np.ndarray, ids: np.ndarray) -> list[tuple[str, str]]:
-    return archive.check_spectrogram_values(np.asarray(block), ids)
+def _task_check(source: Any, ids: np.ndarray) -> list[tuple[str, str]]:
+    return archive.check_spectrogram_values(_read(source), ids)
 
 
 def _nmf_leaves(X: np.ndarray, nmf: NMFStepParameters) -> list:
@@ -230,21 +367,25 @@ def _hmm_leaves(X: np.ndarray, nmf: NMFStepParameters, hmm: HMMStepParameters) -
     return hmm_leaves(nmf_activations(X, nmf), hmm)
 
 
-def _task_nodes(block, local, ids, position, total, leaves, *params) -> dict:
-    """Tree nodes of the minibatch events of one chunk (``leaves``: per-event statistics)."""
-    X = _checked(np.asarray(block)[local], ids)
+def _task_nodes(source, local, ids, position, total, leaves, *params) -> dict:
+    """Tree nodes of a run of minibatch events (``leaves``: per-event statistics).
+
+    ``source`` is a :class:`StoredRows` of exactly these events, or a chunk's block
+    with ``local`` selecting them.
+    """
+    X = _checked(_read(source, local), ids, _where(source))
     return tree_nodes(leaves(X, *params), position, total)
 
 
-def _task_transform(block, ids, nmf: NMFStepParameters, hmm: HMMStepParameters):
-    X = _checked(np.asarray(block), ids)
+def _task_transform(source, ids, nmf: NMFStepParameters, hmm: HMMStepParameters):
+    X = _checked(_read(source), ids, _where(source))
     activation = nmf_activations(X, nmf)
     fingerprint, transition, state_probability = hmm_outputs(activation, hmm)
     return activation, state_probability, transition, fingerprint
 
 
-def _task_transform_to_zarr(block, ids, start, path, nmf, hmm) -> tuple[int, int]:
-    outputs = _task_transform(block, ids, nmf, hmm)
+def _task_transform_to_zarr(source, ids, start, path, nmf, hmm) -> tuple[int, int]:
+    outputs = _task_transform(source, ids, nmf, hmm)
     for name, values in zip(OUTPUT_NAMES, outputs, strict=True):
         archive.write_region(path, name, start, values)
     # Written last: a chunk counts as done only once all its outputs are on disk.
@@ -266,35 +407,129 @@ def require_writable(path: str, what: str) -> None:
         raise archive.ArchiveError(f"archive {path} is read-only: cannot write the {what}")
 
 
-def check_values(chunks: EventChunks, client: Any) -> None:
-    """One parallel pass over every chunk; raise naming the events with bad values."""
+def _in_flight(client: Any) -> int:
+    """Tasks of a pass kept submitted at once: enough to keep every worker thread busy,
+    few enough that memory does not grow with the number of events."""
+    if client is None:
+        return IN_FLIGHT_PER_THREAD * (os.cpu_count() or 1)
+    return IN_FLIGHT_PER_THREAD * max(1, sum(client.nthreads().values()))
+
+
+def _shared(client: Any, *params) -> tuple:
+    """Step parameters as keys that every task of a pass shares.
+
+    On a cluster they are futures, sent to the workers once for the whole pass (and
+    recomputed from the scheduler's copy should the worker holding them die).
+    """
+    shared = tuple(_on_workers(p) for p in params)
+    return shared if client is None else tuple(client.compute(list(shared)))
+
+
+def _run_bounded(client: Any, tasks: Iterable, on_result: Callable[[int, Any], None]) -> int:
+    """Compute delayed ``tasks``, a bounded number at a time (see :func:`_in_flight`).
+
+    ``tasks`` is consumed lazily: a task is built and submitted when an earlier one
+    finishes, so neither the driver nor the workers hold more than a window of them.
+    ``on_result(number, value)`` sees every result, in completion order. The first
+    failure is raised after the pending tasks are cancelled. Returns the task count.
+    """
+    window = _in_flight(client)
+    numbered = enumerate(tasks)
+    count = 0
+    if client is None:
+        while wave := list(islice(numbered, window)):
+            values = dask.compute(*(task for _, task in wave))
+            for (number, _), value in zip(wave, values, strict=True):
+                on_result(number, value)
+            count += len(wave)
+        return count
+    from distributed import as_completed
+
+    pending: dict[str, tuple[int, Any]] = {}
+
+    def submit(batch: Iterable[tuple[int, Any]]) -> list:
+        futures = []
+        for number, task in batch:
+            future = client.compute(task)
+            pending[future.key] = (number, future)
+            futures.append(future)
+        return futures
+
+    queue = as_completed(submit(islice(numbered, window)), loop=client.loop)
+    try:
+        for future in queue:
+            number, _ = pending.pop(future.key)
+            value = future.result()
+            for new in submit(islice(numbered, 1)):
+                queue.add(new)
+            on_result(number, value)
+            count += 1
+    finally:
+        if pending:
+            client.cancel([future for _, future in pending.values()])
+    return count
+
+
+def bad_values(chunks: EventChunks, client: Any) -> BadValues | None:
+    """One parallel pass over every event: an error naming those with bad values, or None."""
     chunks = chunks.merged()
-    tasks = [
-        dask.delayed(_task_check)(block, chunks.event[start:stop])
-        for block, (start, stop) in zip(chunks.blocks, chunks.bounds, strict=True)
-    ]
-    problems = [item for found in _compute(client, tasks) for item in found]
-    if problems:
-        listing = "; ".join(f"{event}: {reason}" for event, reason in problems[:10])
-        more = f" ... ({len(problems)} events in all)" if len(problems) > 10 else ""
-        where = f" of {chunks.path}" if chunks.path else ""
-        raise archive.ArchiveError(f"bad spectrogram values{where} in events {listing}{more}")
+    found: dict[int, list[tuple[str, str]]] = {}
+    tasks = (
+        dask.delayed(_task_check)(source, chunks.event[start:stop])
+        for start, stop, source in chunks.sources()
+    )
+    _run_bounded(client, tasks, found.__setitem__)
+    problems = [problem for number in sorted(found) for problem in found[number]]
+    return BadValues(_bad_values_message(problems, chunks.path or "")) if problems else None
+
+
+def check_values(chunks: EventChunks, client: Any) -> None:
+    """One parallel pass over every event; raise naming the events with bad values."""
+    error = bad_values(chunks, client)
+    if error is not None:
+        raise error
+
+
+@contextmanager
+def naming_every_bad_event(chunks: EventChunks, client: Any) -> Iterator[None]:
+    """Turn a task's :class:`BadValues` into one error naming every bad event of the data.
+
+    Tasks check only the events they read, so a fit meets bad values when a minibatch
+    draws one, and a transform when it reaches one; a pass over all events then lists
+    them all, so that the archive can be repaired in one go.
+    """
+    try:
+        yield
+    except BadValues as met:
+        logger.warning("%s; checking every event to name them all", met)
+        every = bad_values(chunks, client)
+        raise (every or met) from None
 
 
 def _minibatch_statistics(chunks: EventChunks, index: np.ndarray, client, leaves, *params):
     """Statistics of the minibatch ``index`` (sorted event indices), folded in fixed order."""
     params = tuple(_on_workers(p) for p in params)
-    tasks = [
-        dask.delayed(_task_nodes)(
-            chunks.blocks[chunk], local, chunks.event[index[position : position + len(local)]],
-            position, len(index), leaves, *params,
-        )
-        for chunk, local, position in chunks.split(index)
-    ]  # fmt: skip
+    total = len(index)
+    if chunks.stored:
+        tasks = [
+            dask.delayed(_task_nodes)(
+                StoredRows(chunks.path, index[first:stop]), None, chunks.event[index[first:stop]],
+                first, total, leaves, *params,
+            )
+            for first, stop in chunks.step_groups(index)
+        ]  # fmt: skip
+    else:
+        tasks = [
+            dask.delayed(_task_nodes)(
+                chunks.blocks[chunk], local, chunks.event[index[position : position + len(local)]],
+                position, total, leaves, *params,
+            )
+            for chunk, local, position in chunks.split(index)
+        ]  # fmt: skip
     nodes: dict = {}
     for part in _compute(client, tasks):
         nodes.update(part)
-    return tree_root(nodes, len(index))
+    return tree_root(nodes, total)
 
 
 def nmf_statistics(chunks: EventChunks, index: np.ndarray, params, client: Any):
@@ -303,7 +538,7 @@ def nmf_statistics(chunks: EventChunks, index: np.ndarray, params, client: Any):
 
 
 def hmm_statistics(chunks: EventChunks, index: np.ndarray, nmf_params, hmm_params, client):
-    """HMM statistics of the minibatch; activations are computed where the chunk is."""
+    """HMM statistics of the minibatch; activations are computed where the events are read."""
     return _minibatch_statistics(chunks, index, client, _hmm_leaves, nmf_params, hmm_params)
 
 
@@ -337,9 +572,9 @@ def lazy_transform(chunks: EventChunks, nmf_params, hmm_params) -> xr.Dataset:
     dtype = np.dtype(nmf_params.dtype)
     nmf_params, hmm_params = _on_workers(nmf_params), _on_workers(hmm_params)
     pieces: dict[str, list] = {name: [] for name in OUTPUT_NAMES}
-    for block, (start, stop) in zip(chunks.blocks, chunks.bounds, strict=True):
+    for start, stop, source in chunks.sources():
         outputs = dask.delayed(_task_transform, nout=4)(
-            block, chunks.event[start:stop], nmf_params, hmm_params
+            source, chunks.event[start:stop], nmf_params, hmm_params
         )
         n = stop - start
         shapes = [(n, K, M), (n, S, M), (n, S, S), (n, S, S)]
@@ -389,6 +624,14 @@ def _resumable(path: str, chunks: EventChunks, token: str) -> np.ndarray | None:
     return done if done.shape == (chunks.shape[0],) else None
 
 
+def _mark_complete(path: str, complete: bool) -> None:
+    import zarr
+
+    group = zarr.open_group(path, mode="r+", use_consolidated=False)
+    group.attrs[TRANSFORM_COMPLETE_ATTR] = complete
+    archive._consolidate(path)
+
+
 def transform_chunks(
     chunks: EventChunks,
     nmf_params,
@@ -401,7 +644,9 @@ def transform_chunks(
 ) -> int:
     """Write the outputs of every chunk into the archive from the workers.
 
-    Returns the number of chunks computed (chunks already done are skipped on resume).
+    Tasks are submitted a few at a time (see :func:`_run_bounded`), so memory stays
+    flat in the number of events. Returns the number of tasks computed (ranges already
+    done are skipped on resume).
     """
     if chunks.path is None:
         raise ValueError("transform_to_zarr needs data opened from an archive path")
@@ -413,36 +658,33 @@ def transform_chunks(
     if done is None:
         _prepare_outputs(path, chunks, K, S, np.dtype(nmf_params.dtype), token)
         done = np.zeros(chunks.shape[0], dtype=bool)
-    nmf_params, hmm_params = _on_workers(nmf_params), _on_workers(hmm_params)
     # tasks of whole storage chunks: their output regions never share a Zarr chunk
     chunks = chunks.merged()
     todo = [
-        (block, start, stop)
-        for block, (start, stop) in zip(chunks.blocks, chunks.bounds, strict=True)
+        (start, stop, source)
+        for start, stop, source in chunks.sources()
         if not done[start:stop].all()
     ]
-    tasks = [
+    if todo and resume:
+        _mark_complete(path, False)  # whatever an earlier run left, this one is not done
+    nmf_params, hmm_params = _shared(client, nmf_params, hmm_params)
+    tasks = (
         dask.delayed(_task_transform_to_zarr)(
-            block, chunks.event[start:stop], start, path, nmf_params, hmm_params
+            source, chunks.event[start:stop], start, path, nmf_params, hmm_params
         )
-        for block, start, stop in todo
-    ]
-    if client is None:
-        _compute(None, tasks)
-    else:
-        from distributed import as_completed
+        for start, stop, source in todo
+    )
+    finished = 0
 
-        futures = client.compute(tasks)
-        for finished, future in enumerate(as_completed(futures, loop=client.loop), start=1):
-            future.result()
-            if progress is not None:
-                progress("transform", {"chunk": finished, "n_chunks": len(tasks)})
-    import zarr
+    def report(_: int, __: Any) -> None:
+        nonlocal finished
+        finished += 1
+        if progress is not None:
+            progress("transform", {"chunk": finished, "n_chunks": len(todo)})
 
-    group = zarr.open_group(path, mode="r+", use_consolidated=False)
-    group.attrs[TRANSFORM_COMPLETE_ATTR] = True
-    archive._consolidate(path)
-    return len(tasks)
+    _run_bounded(client, tasks, report)
+    _mark_complete(path, True)
+    return len(todo)
 
 
 # ----------------------------------------------------------------------------- model group

@@ -22,9 +22,9 @@ from . import compat as reference
 from .archive import FREQUENCY, MODEL_GROUP
 from .engine import (
     EventChunks,
-    check_values,
     hmm_statistics,
     lazy_transform,
+    naming_every_bad_event,
     nmf_statistics,
     read_model_group,
     require_writable,
@@ -194,6 +194,14 @@ class SpecUFEx:
         resume : bool, default=False
             Continue from the archive's last checkpoint; the result equals an
             uninterrupted fit.
+
+        Raises
+        ------
+        ArchiveError
+            For a bad archive. Values are checked by the tasks that read them: when a
+            minibatch draws an event with negative or non-finite values, one pass over
+            all events names every such event (checkpoints written before stay
+            resumable, and an event no minibatch draws is caught by the transform).
         """
         chunks = EventChunks.from_data(data, self.chunk_events)
         self.frequency_ = (
@@ -205,7 +213,6 @@ class SpecUFEx:
         n_events = chunks.shape[0]
         batch = n_events if self.batch_size is None else min(self.batch_size, n_events)
         state = read_model_group(chunks.path) if resume and chunks.path else None
-        check_values(chunks, client)
         if state is None:
             if resume:
                 logger.info("no checkpoint in %s: fitting from the start", chunks.path)
@@ -214,17 +221,19 @@ class SpecUFEx:
         else:
             self.nmf_, self.hmm_, done = state
             logger.info("resuming %s at %s", chunks.path, done)
-        if done["stage"] == "nmf":
-            self._fit_nmf(chunks, batch, client, done)
-            self.nmf_.sort_patterns()
-            done["stage"] = "hmm"
-            self.hmm_ = self._new_hmm(n_events)
-            self._checkpoint(chunks, done)
-        if done["stage"] == "hmm":
-            self._fit_hmm(chunks, batch, client, done)
-            self.hmm_.sort_states()
-            done["stage"] = "done"
-            self._checkpoint(chunks, done)
+        # No pass over the values first: every task checks the events it reads.
+        with naming_every_bad_event(chunks, client):
+            if done["stage"] == "nmf":
+                self._fit_nmf(chunks, batch, client, done)
+                self.nmf_.sort_patterns()
+                done["stage"] = "hmm"
+                self.hmm_ = self._new_hmm(n_events)
+                self._checkpoint(chunks, done)
+            if done["stage"] == "hmm":
+                self._fit_hmm(chunks, batch, client, done)
+                self.hmm_.sort_states()
+                done["stage"] = "done"
+                self._checkpoint(chunks, done)
         return self
 
     def _checkpoint(self, chunks: EventChunks, done: dict) -> None:
@@ -307,15 +316,17 @@ class SpecUFEx:
 
         Workers write their chunk's regions directly. With ``resume=True`` chunks already
         written with the same model are skipped (a chunk counts as written only after
-        all four outputs are).
+        all four outputs are). An event with bad values stops the transform, which then
+        stays marked incomplete, with an ``ArchiveError`` naming every such event.
         """
         chunks = EventChunks.from_data(path, self.chunk_events)
         self._check_frequencies(chunks)
         client = self._client()
-        computed = transform_chunks(
-            chunks, *self._parameters(), self.model_token(), client,
-            resume=resume, progress=self.progress,
-        )  # fmt: skip
+        with naming_every_bad_event(chunks, client):
+            computed = transform_chunks(
+                chunks, *self._parameters(), self.model_token(), client,
+                resume=resume, progress=self.progress,
+            )  # fmt: skip
         logger.info("transformed %d chunks of %s", computed, path)
 
     def _check_frequencies(self, chunks: EventChunks) -> None:

@@ -9,6 +9,7 @@ is bit for bit: the engine promises the same bits for any split of the events.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,9 @@ from specufex_dask import archive, engine
 from specufex_dask.archive import ArchiveError
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
 from specufex_dask.pipeline import SpecUFEx
+from specufex_dask.seeding import minibatch
+from specufex_dask.stats import fold
+from specufex_dask.steps import nmf_leaves
 
 
 @pytest.fixture(autouse=True)
@@ -545,6 +549,126 @@ def test_resume_of_a_complete_transform_computes_nothing(
     assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
 
 
+# ----------------------------------------------------------------------------- 6. reading
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list:
+    """Rows of every read of the archive by path: event indices (a step's) or a slice
+    (a pass's). Tasks run in this process."""
+    seen: list = []
+    original = engine.StoredRows.read
+
+    def recorded(self: engine.StoredRows) -> np.ndarray:
+        seen.append(self.rows)
+        return original(self)
+
+    monkeypatch.setattr(engine.StoredRows, "read", recorded)
+    return seen
+
+
+@pytest.fixture
+def no_dask_blocks(monkeypatch) -> None:
+    """Fail when anything builds the dask blocks of the spectrogram array."""
+
+    def refuse(self: engine.EventChunks) -> list:
+        raise AssertionError("the dask blocks of the archive were built")
+
+    monkeypatch.setattr(engine.EventChunks, "blocks", property(refuse))
+
+
+def test_a_step_reads_only_its_events_in_groups_of_whole_chunks(
+    pristine: str, spectrograms: np.ndarray, monkeypatch, reads: list, no_dask_blocks: None
+) -> None:
+    monkeypatch.setattr(engine, "TASK_EVENTS", 256)
+    monkeypatch.setattr(engine, "STEP_TASK_EVENTS", 3)
+    chunks = engine.EventChunks.from_data(pristine)
+    assert chunks.stored
+    # chunks of 7: four events in chunk 0, then 2 + 1 (chunks 1, 2), then 2 + 2 (3, 4)
+    index = np.array([0, 1, 2, 6, 8, 13, 20, 22, 27, 28, 31])
+    params = BayesianNonparametricNMF(chunks.shape, 8, random_state=3).step_parameters()
+    statistics = engine.nmf_statistics(chunks, index, params, None)
+    groups = sorted(rows.tolist() for rows in reads)
+    assert groups == [[0, 1, 2, 6], [8, 13, 20], [22, 27, 28, 31]]
+    expected = fold(nmf_leaves(spectrograms[index], params))
+    assert np.array_equal(statistics.basis_counts, expected.basis_counts)
+    assert np.array_equal(statistics.activation_sum, expected.activation_sum)
+    assert statistics.elbo == expected.elbo
+
+
+@pytest.mark.parametrize("step_task_events", [1, 64])
+def test_same_model_for_any_grouping_of_a_steps_events(
+    reference: Reference, pristine: str, tmp_path: Path, monkeypatch, step_task_events: int
+) -> None:
+    """One task per chunk of a step's events, or one task for all of them: same bits."""
+    monkeypatch.setattr(engine, "TASK_EVENTS", 256)
+    monkeypatch.setattr(engine, "STEP_TASK_EVENTS", step_task_events)
+    path = _copy(pristine, tmp_path)
+    model = SpecUFEx(**SETTINGS, client=False, checkpoint_every=100).fit(path)
+    assert_same_model(model, reference.model)
+
+
+def test_an_archive_path_is_read_by_the_tasks_without_a_dask_graph(
+    reference: Reference, tmp_path: Path, reads: list, no_dask_blocks: None
+) -> None:
+    path = _copy(reference.path, tmp_path)
+    model = SpecUFEx.from_archive(path, client=False)
+    model.transform_to_zarr(path)
+    fingerprint = model.transform(path)["fingerprint"].values
+    assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
+    assert np.array_equal(fingerprint, stored_outputs(reference.path)["fingerprint"])
+    # two passes (to Zarr, lazy) over every chunk, each a range read once
+    assert all(isinstance(rows, slice) for rows in reads)
+    assert sorted(rows.start for rows in reads) == sorted(2 * list(range(0, N_EVENTS, 7)))
+
+
+def test_an_archive_that_xarray_decodes_is_read_through_dask(
+    reference: Reference, tmp_path: Path
+) -> None:
+    """With a fill value other than NaN xarray masks stored values: tasks see its view."""
+    path = str(tmp_path / "masked.zarr")
+    data = xr.open_zarr(reference.path)[["spectrogram"]].load()
+    data["spectrogram"].encoding = {"chunks": (ARCHIVE_CHUNK, N_FREQUENCIES, N_TIMES)}
+    encoding = {"spectrogram": {"_FillValue": -7.0}}
+    data.to_zarr(path, zarr_format=3, consolidated=False, encoding=encoding)
+    assert not engine.EventChunks.from_data(path).stored
+    model = SpecUFEx(**SETTINGS, client=False, checkpoint_every=100).fit(path)
+    assert_same_model(model, reference.model)
+    model.transform_to_zarr(path)
+    assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
+    _plant(path, {17: -7.0})  # the fill value: missing in xarray's view, not negative
+    with pytest.raises(ArchiveError, match=r"ev017: 1 non-finite value\(s\)$"):
+        model.transform_to_zarr(path)
+
+
+@pytest.mark.parametrize("cluster", [1], indirect=True, ids=["1-workers"])
+def test_a_transform_keeps_few_tasks_in_flight(
+    reference: Reference, cluster, tmp_path: Path, monkeypatch
+) -> None:
+    from distributed import Client
+
+    path = _copy(reference.path, tmp_path)
+    submitted: list = []
+    most_in_flight = 0
+    with Client(cluster, set_as_default=False) as client:
+        compute = client.compute
+
+        def recorded(collections, *args, **kwargs):
+            nonlocal most_in_flight
+            result = compute(collections, *args, **kwargs)
+            if not isinstance(collections, list):  # one task (the parameters come as a list)
+                submitted.append(result)
+                pending = sum(future.status == "pending" for future in submitted)
+                most_in_flight = max(most_in_flight, pending)
+            return result
+
+        monkeypatch.setattr(client, "compute", recorded)
+        SpecUFEx.from_archive(path, client=client).transform_to_zarr(path)
+    assert len(submitted) == 5  # one task per chunk (TASK_EVENTS = 1)
+    assert most_in_flight == engine.IN_FLIGHT_PER_THREAD  # one worker thread
+    assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
+
+
 # ----------------------------------------------------------------------------- 7. bad input
 
 
@@ -601,13 +725,22 @@ def _plant(path: str, values: dict[int, float]) -> None:
         array[event, 3, 5] = value
 
 
-def test_bad_values_are_named_by_event_before_anything_is_written(
+def test_bad_values_met_by_a_step_name_every_bad_event_before_anything_is_written(
     pristine: str, tmp_path: Path
 ) -> None:
+    """The first step draws ev017 and ev030, not ev005: all three are named all the same."""
     path = _copy(pristine, tmp_path)
     _plant(path, {5: np.nan, 17: -1.0, 30: np.inf})  # in chunks 0, 2 and 4
+    steps: list[int] = []
     with pytest.raises(ArchiveError) as error:
-        SpecUFEx(**SETTINGS, client=False).fit(path)
+        SpecUFEx(
+            **SETTINGS, client=False, progress=lambda stage, info: steps.append(info["step"])
+        ).fit(path)
+    assert steps == []  # the first step met them
+    # the NMF's step counter starts at -1
+    first_step = minibatch(SETTINGS["random_state"], "nmf_batch", -1, N_EVENTS, 8).tolist()
+    assert {17, 30} <= set(first_step) and 5 not in first_step
+    assert isinstance(error.value, engine.BadValues)
     message = str(error.value)
     assert "ev005: 1 non-finite" in message
     assert "ev017: 1 negative value(s), min -1" in message
@@ -615,6 +748,40 @@ def test_bad_values_are_named_by_event_before_anything_is_written(
     assert "ev006" not in message and "ev016" not in message
     assert path in message
     assert not (Path(path) / "model").exists()
+
+
+def test_a_bad_event_that_no_step_draws_is_caught_by_the_transform(
+    pristine: str, tmp_path: Path, reads: list
+) -> None:
+    settings = {**SETTINGS, "nmf_steps": 2, "hmm_steps": 1, "checkpoint_every": 100}
+    SpecUFEx(**settings, client=False).fit(_copy(pristine, tmp_path, "clean.zarr"))
+    drawn = np.concatenate(reads)
+    never = int(np.setdiff1d(np.arange(N_EVENTS), drawn)[0])
+    path = _copy(pristine, tmp_path)
+    _plant(path, {never: -1.0})
+    model = SpecUFEx(**settings, client=False).fit(path)  # never reads the bad event
+    message = re.escape(f"{path} in events {EVENT_IDS[never]}: 1 negative")
+    with pytest.raises(engine.BadValues, match=message):
+        model.transform_to_zarr(path)
+    group = zarr.open_group(path, mode="r")
+    assert group.attrs[engine.TRANSFORM_COMPLETE_ATTR] is False
+    first = never - never % ARCHIVE_CHUNK
+    assert not group[engine.TRANSFORMED][first : first + ARCHIVE_CHUNK].any()
+
+
+@pytest.mark.parametrize("cluster", [1], indirect=True, ids=["1-workers"])
+def test_bad_values_met_on_a_worker_name_every_bad_event(
+    pristine: str, cluster, tmp_path: Path
+) -> None:
+    from distributed import Client
+
+    path = _copy(pristine, tmp_path)
+    _plant(path, {5: np.nan, 17: -1.0, 30: np.inf})
+    with Client(cluster, set_as_default=False) as client, pytest.raises(ArchiveError) as error:
+        SpecUFEx(**SETTINGS, client=client).fit(path)
+    assert isinstance(error.value, engine.BadValues)
+    for event in ("ev005", "ev017", "ev030"):
+        assert event in str(error.value)
 
 
 def test_failed_transform_never_looks_complete(
