@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -76,6 +77,7 @@ STEP_TASK_EVENTS = 8
 STEP_TASKS = 16
 # Tasks of a pass kept submitted per worker thread: one running, one ready behind it.
 IN_FLIGHT_PER_THREAD = 2
+WINDOW_LOOKUP_S = 5.0  # how often a pass looks up the cluster's thread count
 TRANSFORM_TOKEN_ATTR = "specufex_dask_transform_model"
 TRANSFORM_COMPLETE_ATTR = "specufex_dask_transform_complete"
 MODEL_VERSION_ATTR = "specufex_dask_model_version"
@@ -430,8 +432,10 @@ def _run_bounded(client: Any, tasks: Iterable, on_result: Callable[[int, Any], N
 
     ``tasks`` is consumed lazily: a task is built and submitted when an earlier one
     finishes, so neither the driver nor the workers hold more than a window of them.
-    ``on_result(number, value)`` sees every result, in completion order. The first
-    failure is raised after the pending tasks are cancelled. Returns the task count.
+    The window follows the cluster's size, looked up at most every
+    ``WINDOW_LOOKUP_S`` (job-queue workers may join late). ``on_result(number, value)``
+    sees every result, in completion order. The first failure is raised after the
+    pending tasks are cancelled. Returns the task count.
     """
     window = _in_flight(client)
     numbered = enumerate(tasks)
@@ -447,20 +451,24 @@ def _run_bounded(client: Any, tasks: Iterable, on_result: Callable[[int, Any], N
 
     pending: dict[str, tuple[int, Any]] = {}
 
-    def submit(batch: Iterable[tuple[int, Any]]) -> list:
+    def submit(n_tasks: int) -> list:
         futures = []
-        for number, task in batch:
+        for number, task in islice(numbered, max(0, n_tasks)):
             future = client.compute(task)
             pending[future.key] = (number, future)
             futures.append(future)
         return futures
 
-    queue = as_completed(submit(islice(numbered, window)), loop=client.loop)
+    queue = as_completed(submit(window), loop=client.loop)
+    next_lookup = time.monotonic() + WINDOW_LOOKUP_S
     try:
         for future in queue:
             number, _ = pending.pop(future.key)
             value = future.result()
-            for new in submit(islice(numbered, 1)):
+            if time.monotonic() >= next_lookup:
+                window = _in_flight(client)
+                next_lookup = time.monotonic() + WINDOW_LOOKUP_S
+            for new in submit(window - len(pending)):
                 queue.add(new)
             on_result(number, value)
             count += 1

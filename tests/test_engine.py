@@ -642,11 +642,19 @@ def test_an_archive_that_xarray_decodes_is_read_through_dask(
 
 
 @pytest.mark.parametrize("cluster", [1], indirect=True, ids=["1-workers"])
+@pytest.mark.parametrize("growing", [False, True], ids=["fixed", "growing"])
 def test_a_transform_keeps_few_tasks_in_flight(
-    reference: Reference, cluster, tmp_path: Path, monkeypatch
+    reference: Reference, cluster, tmp_path: Path, monkeypatch, growing: bool
 ) -> None:
+    """Two tasks per worker thread; with workers joining, the window follows them."""
     from distributed import Client
 
+    expected = engine.IN_FLIGHT_PER_THREAD
+    if growing:  # as if two more single-thread workers joined after the first task
+        windows = iter([1])
+        monkeypatch.setattr(engine, "_in_flight", lambda client: next(windows, 3))
+        monkeypatch.setattr(engine, "WINDOW_LOOKUP_S", 0.0)
+        expected = 3
     path = _copy(reference.path, tmp_path)
     submitted: list = []
     most_in_flight = 0
@@ -665,7 +673,7 @@ def test_a_transform_keeps_few_tasks_in_flight(
         monkeypatch.setattr(client, "compute", recorded)
         SpecUFEx.from_archive(path, client=client).transform_to_zarr(path)
     assert len(submitted) == 5  # one task per chunk (TASK_EVENTS = 1)
-    assert most_in_flight == engine.IN_FLIGHT_PER_THREAD  # one worker thread
+    assert most_in_flight == expected
     assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
 
 
