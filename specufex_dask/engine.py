@@ -210,7 +210,8 @@ class EventChunks:
         """From an archive path, an xarray Dataset (with ``spectrogram``) or DataArray."""
         path = None
         if isinstance(data, (str, os.PathLike)):
-            path = str(data)
+            # Workers open it by this path, and their working folder may not be ours.
+            path = os.path.abspath(data) if archive._is_local(data) else str(data)
             data = archive.open_archive(path)
         if isinstance(data, xr.Dataset):
             if archive.SPECTROGRAM not in data:

@@ -596,6 +596,14 @@ def test_a_step_reads_only_its_events_in_groups_of_whole_chunks(
     assert statistics.elbo == expected.elbo
 
 
+def test_tasks_get_an_absolute_archive_path(pristine: str, monkeypatch) -> None:
+    """Workers open the archive by path, from whatever folder they run in."""
+    monkeypatch.chdir(Path(pristine).parent)
+    chunks = engine.EventChunks.from_data(Path(pristine).name)
+    assert chunks.path == pristine
+    assert all(source.path == pristine for _, _, source in chunks.sources())
+
+
 @pytest.mark.parametrize("step_task_events", [1, 64])
 def test_same_model_for_any_grouping_of_a_steps_events(
     reference: Reference, pristine: str, tmp_path: Path, monkeypatch, step_task_events: int
