@@ -425,6 +425,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from specufex_dask.clusters import connect
 
+    # only what this run creates is removed afterwards: a scratch folder given by the
+    # user may hold other things (results written next to the archives, say)
+    created_scratch = not args.scratch.exists()
     args.scratch.mkdir(parents=True, exist_ok=True)
     groups: dict[tuple[int, int], list[RunResult]] = {}
     builds: dict[int, float] = {}
@@ -444,12 +447,15 @@ def main(argv: list[str] | None = None) -> None:
             if not args.keep:
                 shutil.rmtree(path, ignore_errors=True)
     finally:
-        if not args.keep:
-            shutil.rmtree(args.scratch, ignore_errors=True)
         if args.json is not None and groups:
             records = [asdict(r) for results in groups.values() for r in results]
             saved = {"builds": builds, "runs": records}
             args.json.write_text(json.dumps(saved, indent=1))
+        if not args.keep:
+            for n in args.sizes:
+                shutil.rmtree(args.scratch / f"synthetic-{n}.zarr", ignore_errors=True)
+            if created_scratch and not any(args.scratch.iterdir()):
+                args.scratch.rmdir()
         print_report(args, groups, builds)
 
 
