@@ -37,3 +37,22 @@ def test_digamma_propagates_nan_and_gives_float64_for_integers() -> None:
     assert np.isnan(result[0])
     np.testing.assert_allclose(result[1:], [-np.euler_gamma, 1.0 - np.euler_gamma], rtol=1e-15)
     assert digamma(np.array([3])).dtype == np.float64
+
+
+@pytest.mark.parametrize("out_dtype", [np.float64, np.float32])
+def test_digamma_into_out_equals_the_returned_values(rng, out_dtype) -> None:
+    x = rng.gamma(0.5, 2.0, size=(6, 7))
+    out = np.full(x.shape, np.nan, dtype=out_dtype)
+    assert digamma(x, out=out) is out
+    np.testing.assert_array_equal(out, digamma(x).astype(out_dtype))
+    # a transposed view is written through, not bypassed
+    view = np.full((7, 6), np.nan).T
+    digamma(x, out=view)
+    np.testing.assert_array_equal(view, digamma(x))
+
+
+def test_digamma_in_place_over_its_input(rng) -> None:
+    x = rng.gamma(0.5, 2.0, size=50)
+    expected = special.digamma(x)
+    digamma(x, out=x)
+    np.testing.assert_allclose(x, expected, rtol=4e-15, atol=4e-15)

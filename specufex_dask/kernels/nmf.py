@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 from scipy.special import gammaln
@@ -65,12 +66,19 @@ def gamma_kl(
     )
 
 
-def _row_softmax_factor(log_values: NDArray, temperature: float, axis: int) -> NDArray:
+def _row_softmax_factor(
+    log_values: NDArray, temperature: float, axis: int, in_place: bool = False
+) -> NDArray:
     """``exp(log_values / T)`` rescaled by its maximum along ``axis``.
 
     The scale cancels in the normalisation over patterns, and keeps ``exp`` finite.
+    ``in_place`` overwrites ``log_values`` instead of allocating.
     """
-    shifted = log_values - log_values.max(axis=axis, keepdims=True)
+    maximum = log_values.max(axis=axis, keepdims=True)
+    if in_place:
+        shifted = np.subtract(log_values, maximum, out=log_values)
+    else:
+        shifted = log_values - maximum
     if temperature != 1.0:
         shifted /= temperature
     return np.exp(shifted, out=shifted)
@@ -82,15 +90,27 @@ def _normaliser(E: NDArray, F: NDArray) -> NDArray:
     return np.maximum(Z, np.finfo(Z.dtype).tiny, out=Z)
 
 
-def _ratio(X: NDArray, E: NDArray, F: NDArray) -> NDArray:
-    """``X / (E @ F)`` per spectrogram."""
-    Z = _normaliser(E, F)
-    return np.divide(X, Z, out=Z)
+@numba.njit(cache=True, nogil=True)
+def _divide_by_normaliser(X, Z):  # pragma: no cover - compiled
+    """Overwrite ``Z`` with ``X / max(Z, tiny)`` (both C-contiguous, same dtype).
+
+    The underflow guard and the division in one pass over the largest arrays of the
+    iterations; NaN passes through as it would through ``np.maximum``.
+    """
+    data = X.reshape(-1)
+    ratio = Z.reshape(-1)
+    tiny = np.finfo(ratio.dtype).tiny
+    for index in range(ratio.size):
+        normaliser = ratio[index]
+        if normaliser < tiny:
+            normaliser = tiny
+        ratio[index] = data[index] / normaliser
 
 
 def _activation_iterations(
     X: NDArray,
     E: NDArray,
+    E_transposed: NDArray,
     log_rate: NDArray,
     initial_shape: float,
     n_iter: int,
@@ -102,36 +122,47 @@ def _activation_iterations(
 
     The iterations start from the same shape everywhere, so the first one's activation
     factor is one vector for every column of every spectrogram: its normaliser is a
-    matrix-vector product, not a matrix product.
+    matrix-vector product, not a matrix product. The later ones overwrite three work
+    arrays (ratio, factor, shape) instead of allocating a new set per iteration.
     """
     dtype = X.dtype
     n, _, M = X.shape
     K = E.shape[1]
     if n_iter == 0:
         return np.full((n, K, M), initial_shape, dtype=dtype)
+    # time-major work arrays: the products are (M, K) @ (K, D) and (M, D) @ (D, K), which
+    # this machine's BLAS runs 6 % faster than the frequency-major (D, K) @ (K, M)
+    X_time_major = np.ascontiguousarray(X.transpose(0, 2, 1))
     log_activation = np.full(K, digamma(initial_shape), dtype=dtype)
     if rate_in_first:
         log_activation -= log_rate
     f = _row_softmax_factor(log_activation, temperature, axis=0)
     z = np.maximum(E @ f, np.finfo(dtype).tiny)
-    counts = f[:, None] * np.matmul(np.ascontiguousarray(E.T), X / z[:, None])
-    shape = _shape_update(counts, temperature, h01)
-    E_transposed = np.ascontiguousarray(E.T)
+    ratio = np.divide(X_time_major, z)
+    shape = np.matmul(ratio, E)
+    shape *= f
+    _shape_update(shape, temperature, h01)
+    factor = np.empty_like(shape)
     for _ in range(1, n_iter):
-        log_activation = digamma(shape)
-        log_activation -= log_rate[:, None]
-        F = _row_softmax_factor(log_activation, temperature, axis=-2)
-        counts = F * np.matmul(E_transposed, _ratio(X, E, F))
-        shape = _shape_update(counts, temperature, h01)
-    return shape
+        digamma(shape, out=factor)
+        factor -= log_rate
+        _row_softmax_factor(factor, temperature, axis=-1, in_place=True)
+        np.matmul(factor, E_transposed, out=ratio)
+        _divide_by_normaliser(X_time_major, ratio)
+        np.matmul(ratio, E, out=shape)
+        shape *= factor
+        _shape_update(shape, temperature, h01)
+    return np.ascontiguousarray(shape.transpose(0, 2, 1))
 
 
 def _shape_update(counts: NDArray, temperature: float, h01: float) -> NDArray:
-    """``1 + (h01 + counts - 1) / T``, which is ``h01 + counts`` at T = 1."""
-    if temperature == 1.0:
-        counts += h01
-        return counts
-    return 1.0 + (h01 + counts - 1.0) / temperature
+    """Overwrite ``counts`` with ``1 + (h01 + counts - 1) / T`` (``h01 + counts`` at T = 1)."""
+    counts += h01
+    if temperature != 1.0:
+        counts -= 1.0
+        counts /= temperature
+        counts += 1.0
+    return counts
 
 
 @dataclass(frozen=True)
@@ -195,15 +226,68 @@ def nmf_local_step(
     -------
     NMFLocalResult
     """
+    n, D, M = X.shape
     K = log_basis.shape[1]
     dtype = X.dtype
     log_basis = log_basis.astype(dtype, copy=False)
     rate = ((h02 + basis_weight) / temperature).astype(dtype, copy=False)
+    factors = _BasisFactors.of(log_basis, temperature)
+    shape = np.empty((n, K, M), dtype=dtype)
+    basis_counts = np.empty((n, D, K), dtype=dtype)
+    elbo = np.full(n, np.nan)
+    for block in _blocks(n):
+        shape[block], basis_counts[block], elbo[block] = _local_step_block(
+            X[block], factors, log_basis, rate, basis_weight, h01, h02, temperature, n_inner,
+            with_elbo,
+        )  # fmt: skip
+    activation_sum = shape.sum(axis=2) / rate
+    return NMFLocalResult(shape, rate, basis_counts, activation_sum, elbo)
+
+
+# Spectrograms per block of the kernels' loops: a block's work arrays (8 x D x M) stay
+# in cache between the two matrix products of an iteration, which a whole batch's do
+# not (7-12 % faster at 513 x 51 than blocks of 32 or 64). Blocks never change a
+# spectrogram's numbers: every product is per spectrogram.
+BLOCK = 8
+
+
+def _blocks(n: int) -> list[slice]:
+    return [slice(start, min(start + BLOCK, n)) for start in range(0, n, BLOCK)]
+
+
+@dataclass(frozen=True)
+class _BasisFactors:
+    """``E = exp((L - max) / T)`` and its transpose, shared by all blocks."""
+
+    E: NDArray
+    E_transposed: NDArray
+
+    @classmethod
+    def of(cls, log_basis: NDArray, temperature: float) -> _BasisFactors:
+        E = _row_softmax_factor(log_basis, temperature, axis=1)
+        return cls(E, np.ascontiguousarray(E.T))
+
+
+def _local_step_block(
+    X: NDArray,
+    factors: _BasisFactors,
+    log_basis: NDArray,
+    rate: NDArray,
+    basis_weight: NDArray,
+    h01: float,
+    h02: float,
+    temperature: float,
+    n_inner: int,
+    with_elbo: bool,
+) -> tuple[NDArray, NDArray, NDArray]:
+    """Shape of q(H), basis counts and ELBO terms of one block of spectrograms."""
+    K = log_basis.shape[1]
+    E = factors.E
     log_rate = np.log(rate)
-    E = _row_softmax_factor(log_basis, temperature, axis=1)
     shape = _activation_iterations(
-        X, E, log_rate, 1.0 / K, n_inner, temperature, h01, rate_in_first=False
-    )
+        X, E, factors.E_transposed, log_rate, 1.0 / K, n_inner, temperature, h01,
+        rate_in_first=False,
+    )  # fmt: skip
     digamma_shape = digamma(shape)
     log_activation = digamma_shape - log_rate[:, None]
     F = _row_softmax_factor(log_activation, temperature, axis=-2)
@@ -214,16 +298,14 @@ def nmf_local_step(
         # exp(E[ln H] - max), so only its logarithm is extra work
         log_normaliser = _log_normaliser(Z, log_basis, log_activation)
     basis_counts = E * np.matmul(np.divide(X, Z, out=Z), F.transpose(0, 2, 1))
-    activation_sum = shape.sum(axis=2) / rate
-    if with_elbo:
-        if log_normaliser is None:
-            E1 = _row_softmax_factor(log_basis, 1.0, axis=1)
-            F1 = _row_softmax_factor(log_activation, 1.0, axis=-2)
-            log_normaliser = _log_normaliser(_normaliser(E1, F1), log_basis, log_activation)
-        elbo = _local_elbo(X, log_normaliser, shape, digamma_shape, rate, basis_weight, h01, h02)
-    else:
-        elbo = np.full(X.shape[0], np.nan)
-    return NMFLocalResult(shape, rate, basis_counts, activation_sum, elbo)
+    if not with_elbo:
+        return shape, basis_counts, np.nan
+    if log_normaliser is None:
+        E1 = _row_softmax_factor(log_basis, 1.0, axis=1)
+        F1 = _row_softmax_factor(log_activation, 1.0, axis=-2)
+        log_normaliser = _log_normaliser(_normaliser(E1, F1), log_basis, log_activation)
+    elbo = _local_elbo(X, log_normaliser, shape, digamma_shape, rate, basis_weight, h01, h02)
+    return shape, basis_counts, elbo
 
 
 def _log_normaliser(Z: NDArray, log_basis: NDArray, log_activation: NDArray) -> NDArray:
@@ -284,8 +366,16 @@ def nmf_transform(
     ndarray of shape (n, K, M)
         ``V1 / V2``, the activation matrices (the reference's ACM).
     """
+    n, _, M = X.shape
     dtype = X.dtype
     rate = (h02 + basis_weight).astype(dtype, copy=False)
-    E = _row_softmax_factor(log_basis.astype(dtype), 1.0, axis=1)
-    shape = _activation_iterations(X, E, np.log(rate), 1.0, n_iter, 1.0, h01, rate_in_first=True)
-    return shape / rate[:, None]
+    log_rate = np.log(rate)
+    factors = _BasisFactors.of(log_basis.astype(dtype), 1.0)
+    activation = np.empty((n, log_basis.shape[1], M), dtype=dtype)
+    for block in _blocks(n):
+        activation[block] = _activation_iterations(
+            X[block], factors.E, factors.E_transposed, log_rate, 1.0, n_iter, 1.0, h01,
+            rate_in_first=True,
+        )  # fmt: skip
+    activation /= rate[:, None]
+    return activation

@@ -36,8 +36,7 @@ _FRACTION_LIMIT = 1e300  # the fraction's denominator overflows only for x beyon
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _digamma_from_log(x, log_shifted):  # pragma: no cover - compiled
-    """``psi`` of the flat float64 array x, given ``log(x + SHIFT)``."""
-    out = np.empty_like(log_shifted)
+    """Overwrite ``log_shifted = log(x + SHIFT)`` (flat float64) with ``psi(x)``."""
     for index in range(x.size):
         z = x[index]
         numerator = 0.0
@@ -61,27 +60,42 @@ def _digamma_from_log(x, log_shifted):  # pragma: no cover - compiled
                 )
             )
         )
-        out[index] = log_shifted[index] - 0.5 * inverse - series - correction
-    return out
+        log_shifted[index] = log_shifted[index] - 0.5 * inverse - series - correction
 
 
-def digamma(x: ArrayLike) -> NDArray:
+def digamma(x: ArrayLike, out: NDArray | None = None) -> NDArray:
     """Elementwise digamma of positive values, computed in float64, returned in x's dtype.
 
     Parameters
     ----------
     x : array_like
         Values > 0 (Gamma shapes, Dirichlet concentrations). Scalars give 0-d arrays.
+    out : ndarray, optional
+        Where to write the result (same shape as x, not x itself). A C-contiguous float64
+        ``out`` is also the work space, which saves the kernels' iterations an allocation.
 
     Returns
     -------
     ndarray
-        ``psi(x)``, float32 for float32 input and float64 otherwise.
+        ``psi(x)``: ``out`` if given, else float32 for float32 input and float64 otherwise.
     """
     x = np.asarray(x)
-    dtype = np.float32 if x.dtype == np.float32 else np.float64
-    flat = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+    x64 = np.asarray(x, dtype=np.float64, order="C")
+    direct = (
+        out is not None
+        and out.dtype == np.float64
+        and out.flags.c_contiguous
+        and not np.shares_memory(out, x64)
+    )
+    work = out if direct else np.empty(x.shape, dtype=np.float64)
     # np.log is itself vectorised; computing it outside keeps the compiled loop free of
     # calls, which is what lets it vectorise
-    result = _digamma_from_log(flat, np.log(flat + SHIFT))
-    return result.reshape(x.shape).astype(dtype, copy=False)
+    np.add(x64, SHIFT, out=work)
+    np.log(work, out=work)
+    _digamma_from_log(x64.reshape(-1), work.reshape(-1))
+    if direct:
+        return out
+    if out is not None:
+        out[...] = work
+        return out
+    return work.astype(np.float32, copy=False) if x.dtype == np.float32 else work
