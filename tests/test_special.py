@@ -56,3 +56,28 @@ def test_digamma_in_place_over_its_input(rng) -> None:
     expected = special.digamma(x)
     digamma(x, out=x)
     np.testing.assert_allclose(x, expected, rtol=4e-15, atol=4e-15)
+
+
+def test_compiled_kernels_cache_outside_the_package(tmp_path) -> None:
+    """Numba's cache files must not land in the installed package (pip does not know
+    them, and the folder they leave behind shadows an editable install)."""
+    import os
+    import subprocess
+    import sys
+
+    environment = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    environment["XDG_CACHE_HOME"] = str(tmp_path)
+    script = (
+        "import numpy as np\n"
+        "from specufex_dask.kernels.special import digamma\n"
+        "import numba\n"
+        "digamma(np.array([0.5, 2.0]))\n"
+        "print(numba.config.CACHE_DIR)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=environment, capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    cache = tmp_path / "specufex-dask" / "numba"
+    assert result.stdout.strip() == str(cache)
+    assert any(cache.rglob("*special*.nbi")), sorted(p.name for p in cache.rglob("*"))
