@@ -71,8 +71,9 @@ def digamma(x: ArrayLike, out: NDArray | None = None) -> NDArray:
     x : array_like
         Values > 0 (Gamma shapes, Dirichlet concentrations). Scalars give 0-d arrays.
     out : ndarray, optional
-        Where to write the result (same shape as x, not x itself). A C-contiguous float64
-        ``out`` is also the work space, which saves the kernels' iterations an allocation.
+        Where to write the result (same shape as x; may be x itself). A C-contiguous
+        float64 ``out`` other than x is also the work space, which saves the kernels'
+        iterations an allocation.
 
     Returns
     -------
