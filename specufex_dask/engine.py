@@ -56,7 +56,6 @@ __all__ = [
     "EventChunks",
     "StoredRows",
     "bad_values",
-    "check_values",
     "hmm_statistics",
     "naming_every_bad_event",
     "nmf_statistics",
@@ -298,9 +297,13 @@ class EventChunks:
             else:
                 yield start, stop, self.blocks[number]
 
+    def _range_of(self, index: np.ndarray) -> np.ndarray:
+        """Which range of ``bounds`` holds each event of ``index``."""
+        return np.searchsorted(self.starts, index, side="right") - 1
+
     def split(self, index: np.ndarray) -> list[tuple[int, np.ndarray, int]]:
         """``(chunk, local indices, first minibatch position)`` for sorted event indices."""
-        chunk_of = np.searchsorted(self.starts, index, side="right") - 1
+        chunk_of = self._range_of(index)
         parts = []
         position = 0
         for chunk in np.unique(chunk_of):
@@ -315,7 +318,7 @@ class EventChunks:
         ``index`` holds sorted event indices. A task takes the minibatch events of whole
         ranges of ``bounds``, so a storage chunk is read by one task of the step only.
         """
-        chunk_of = np.searchsorted(self.starts, index, side="right") - 1
+        chunk_of = self._range_of(index)
         _, per_chunk = np.unique(chunk_of, return_counts=True)  # in order: index is sorted
         return _bounds(_merge_runs(per_chunk.tolist(), _step_task_events(len(index))))
 
@@ -490,13 +493,6 @@ def bad_values(chunks: EventChunks, client: Any) -> BadValues | None:
     _run_bounded(client, tasks, found.__setitem__)
     problems = [problem for number in sorted(found) for problem in found[number]]
     return BadValues(_bad_values_message(problems, chunks.path or "")) if problems else None
-
-
-def check_values(chunks: EventChunks, client: Any) -> None:
-    """One parallel pass over every event; raise naming the events with bad values."""
-    error = bad_values(chunks, client)
-    if error is not None:
-        raise error
 
 
 @contextmanager

@@ -232,7 +232,7 @@ def nmf_local_step(
     dtype = X.dtype
     log_basis = log_basis.astype(dtype, copy=False)
     rate = ((h02 + basis_weight) / temperature).astype(dtype, copy=False)
-    factors = _BasisFactors.of(log_basis, temperature)
+    factors = _BasisFactors.of(log_basis, temperature, with_elbo)
     shape = np.empty((n, K, M), dtype=dtype)
     basis_counts = np.empty((n, D, K), dtype=dtype)
     elbo = np.full(n, np.nan)
@@ -258,15 +258,23 @@ def _blocks(n: int) -> list[slice]:
 
 @dataclass(frozen=True)
 class _BasisFactors:
-    """``E = exp((L - max) / T)`` and its transpose, shared by all blocks."""
+    """``E = exp((L - max) / T)``, its transpose and, for the ELBO, ``E`` at T = 1:
+    computed once per call, shared by all blocks."""
 
     E: NDArray
     E_transposed: NDArray
+    E_at_unit_temperature: NDArray | None = None
 
     @classmethod
-    def of(cls, log_basis: NDArray, temperature: float) -> _BasisFactors:
+    def of(cls, log_basis: NDArray, temperature: float, with_elbo: bool = False) -> _BasisFactors:
         E = _row_softmax_factor(log_basis, temperature, axis=1)
-        return cls(E, np.ascontiguousarray(E.T))
+        E_at_unit_temperature = None
+        if with_elbo:
+            if temperature == 1.0:
+                E_at_unit_temperature = E
+            else:
+                E_at_unit_temperature = _row_softmax_factor(log_basis, 1.0, axis=1)
+        return cls(E, np.ascontiguousarray(E.T), E_at_unit_temperature)
 
 
 def _local_step_block(
@@ -302,9 +310,9 @@ def _local_step_block(
     if not with_elbo:
         return shape, basis_counts, np.nan
     if log_normaliser is None:
-        E1 = _row_softmax_factor(log_basis, 1.0, axis=1)
         F1 = _row_softmax_factor(log_activation, 1.0, axis=-2)
-        log_normaliser = _log_normaliser(_normaliser(E1, F1), log_basis, log_activation)
+        Z1 = _normaliser(factors.E_at_unit_temperature, F1)
+        log_normaliser = _log_normaliser(Z1, log_basis, log_activation)
     elbo = _local_elbo(X, log_normaliser, shape, digamma_shape, rate, basis_weight, h01, h02)
     return shape, basis_counts, elbo
 
