@@ -224,6 +224,28 @@ def test_check_spectrogram_values_finds_planted_problems(rng):
         check_spectrogram_values(block, ["a", "b", "c"])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_check_spectrogram_values_agrees_with_counting_every_value(rng, dtype):
+    """Only +inf, only a NaN, -0.0, a tiny negative, many problems in one event."""
+    block = np.abs(_spectrograms(rng, 8)).astype(dtype)
+    block[1, 2, 3] = np.inf
+    block[2, 0, 0] = np.nan
+    block[3, 1, 1] = -0.0
+    block[4, 2, 2] = -np.finfo(dtype).tiny
+    block[5, :2, :] = -1.0
+    block[5, 2, :2] = np.nan
+    block[6, 0, 0] = -np.inf
+    ids = [f"e{i}" for i in range(8)]
+    bad_count = ~np.isfinite(block) | (block < 0)
+    expected = [ids[i] for i in range(8) if bad_count[i].any()]
+    assert [event for event, _ in check_spectrogram_values(block, ids)] == expected
+    assert expected == ["e1", "e2", "e4", "e5", "e6"]
+    reasons = dict(check_spectrogram_values(block, ids))
+    assert reasons["e5"] == (
+        f"2 non-finite value(s); {2 * block.shape[2]} negative value(s), min -1"
+    )
+
+
 def test_region_bounds_are_chunk_aligned():
     assert region_bounds(0, 5, 2) == [(0, 2), (2, 4), (4, 5)]
     assert region_bounds(5, 11, 4) == [(5, 8), (8, 11)]
