@@ -53,7 +53,7 @@ TARGETS = (
     "2 workers >= 1.7x the throughput of 1 worker"
 )
 CHUNK_NOTE = (
-    "chunk_events is the Zarr chunk length along event. An SVI step's tasks (>= 8 events "
+    "chunk_events is the Zarr chunk length along event. An SVI step's tasks (>= 16 events "
     "each, whole chunks) read their minibatch rows by path, and Zarr decompresses every chunk "
     "holding one, so a step decompresses up to min(B, N/chunk) chunks of chunk_events x 513 x "
     "51 float32 ({mb:.1f} MB each). The transform reads ranges of whole chunks, >= 256 events "

@@ -134,18 +134,22 @@ def _live_attrs(path: str | Path) -> dict[str, Any]:
     return dict(group.attrs)
 
 
-def open_archive(path: str | Path) -> xr.Dataset:
+def open_archive(path: str | Path, *, with_dask: bool = True) -> xr.Dataset:
     """Open an archive lazily (dask-backed) and validate its schema.
 
     Parameters
     ----------
     path : str or Path
         The Zarr group written by ingest, :func:`write_spectrograms` or the h5 import.
+    with_dask : bool, default=True
+        Dask arrays in the storage chunks; False gives xarray's lazily indexed arrays,
+        cheaper to open when only metadata and encodings are needed.
 
     Returns
     -------
     xarray.Dataset
-        The archive; ``spectrogram`` is a dask array chunked along ``event``.
+        The archive; ``spectrogram`` is a dask array chunked along ``event`` (unless
+        ``with_dask`` is False).
 
     Raises
     ------
@@ -180,7 +184,7 @@ def open_archive(path: str | Path) -> xr.Dataset:
         # Stores from other writers may lack consolidated metadata; the fallback is fine.
         warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
         try:
-            ds = xr.open_zarr(path_str, chunks={})
+            ds = xr.open_zarr(path_str, chunks={} if with_dask else None)
         except Exception as error:
             raise ArchiveError(
                 f"cannot open {path_str} as an xarray Zarr store: {error}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dask
@@ -111,7 +111,10 @@ def reference(tmp_path_factory, pristine: str, spectrograms: np.ndarray) -> Refe
     """One uninterrupted fit and transform of the archive, without a cluster."""
     path = _copy(pristine, tmp_path_factory.mktemp("reference"))
     model = SpecUFEx(**SETTINGS, client=False, checkpoint_every=100).fit(path)
-    model.transform_to_zarr(path)
+    with pytest.MonkeyPatch.context() as patch:
+        # outputs chunked like the storage, as the resume tests of this module expect
+        patch.setattr(engine, "TASK_EVENTS", 1)
+        model.transform_to_zarr(path)
     return Reference(path, model, spectrograms)
 
 
@@ -584,6 +587,9 @@ def test_a_step_reads_only_its_events_in_groups_of_whole_chunks(
     monkeypatch.setattr(engine, "STEP_TASK_EVENTS", 3)
     chunks = engine.EventChunks.from_data(pristine)
     assert chunks.stored
+    # nor the dask array at all: its graph grows with the number of chunks
+    assert chunks.array is None
+    assert chunks.bounds == [(0, 7), (7, 14), (14, 21), (21, 28), (28, 32)]
     # chunks of 7: four events in chunk 0, then 2 + 1 (chunks 1, 2), then 2 + 2 (3, 4)
     index = np.array([0, 1, 2, 6, 8, 13, 20, 22, 27, 28, 31])
     params = BayesianNonparametricNMF(chunks.shape, 8, random_state=3).step_parameters()
@@ -882,3 +888,43 @@ def test_passes_over_all_events_merge_chunks_into_larger_tasks(
     reference.model.transform_to_zarr(path)
     assert xr.open_zarr(path)[engine.TRANSFORMED].values.all()
     assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
+
+
+def test_transform_outputs_are_chunked_like_its_tasks_and_resume_follows_them(
+    reference: Reference, tmp_path: Path, transform_tasks: list[int], monkeypatch
+) -> None:
+    """Tasks of two storage chunks write one output chunk each; a resume whose tasks
+    would straddle those chunks starts over instead of racing on them."""
+    path = _copy(reference.path, tmp_path)
+    monkeypatch.setattr(engine, "TASK_EVENTS", 14)
+    reference.model.transform_to_zarr(path)
+    assert sorted(transform_tasks) == [0, 14, 28]
+    group = zarr.open_group(path, mode="r")
+    for name in (*OUTPUT_DIMS, engine.TRANSFORMED):
+        assert group[name].chunks[0] == 14, name
+    assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
+
+    writable = zarr.open_group(path, mode="r+", use_consolidated=False)
+    writable[engine.TRANSFORMED][14:28] = False
+    writable["activation"][14:28] = 0.0
+    transform_tasks.clear()
+    reference.model.transform_to_zarr(path, resume=True)
+    assert transform_tasks == [14]
+    assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
+
+    monkeypatch.setattr(engine, "TASK_EVENTS", 1)
+    transform_tasks.clear()
+    reference.model.transform_to_zarr(path, resume=True)
+    assert sorted(transform_tasks) == sorted(_chunk_starts(N_EVENTS, ARCHIVE_CHUNK))
+    assert zarr.open_group(path, mode="r")[engine.TRANSFORMED].chunks[0] == ARCHIVE_CHUNK
+    assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
+
+
+def test_output_chunks_fall_back_to_storage_chunks_for_uneven_task_ranges(
+    pristine: str,
+) -> None:
+    chunks = engine.EventChunks.from_data(pristine)
+    uneven = replace(chunks, bounds=[(0, 7), (7, 21), (21, 32)])
+    assert engine.output_chunk_events(uneven) == ARCHIVE_CHUNK
+    even = replace(chunks, bounds=[(0, 14), (14, 28), (28, 32)])
+    assert engine.output_chunk_events(even) == 14
