@@ -343,10 +343,12 @@ class EventChunks:
 
 
 def _on_workers(params):
-    """Step parameters for tasks, as one graph key that every task of the step shares.
+    """Parameters as one graph key that every task of a pass over all events shares.
 
     Dask already runs one task per worker thread, so the kernels get one thread; the
     shared key sends the (frequencies x patterns) arrays once per worker, not per task.
+    A pass has many tasks, so the scheduler's pull towards the worker holding the key
+    is soon balanced; an SVI step's few tasks carry their own copy instead.
     """
     return dask.delayed(replace(params, threads=1), pure=True)
 
@@ -532,7 +534,10 @@ def naming_every_bad_event(chunks: EventChunks, client: Any) -> Iterator[None]:
 
 def _minibatch_statistics(chunks: EventChunks, index: np.ndarray, client, leaves, *params):
     """Statistics of the minibatch ``index`` (sorted event indices), folded in fixed order."""
-    params = tuple(_on_workers(p) for p in params)
+    # Each task carries the parameters itself (a few hundred kB): a shared key would be a
+    # dependency, and the scheduler would place every task of the step on the one worker
+    # holding it.
+    params = tuple(replace(p, threads=1) for p in params)
     total = len(index)
     if chunks.stored:
         tasks = [

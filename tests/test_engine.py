@@ -408,6 +408,29 @@ def test_transform_to_zarr_with_a_client_that_is_not_the_default(
     assert_same_outputs(stored_outputs(path), stored_outputs(reference.path))
 
 
+@pytest.mark.parametrize("cluster", [2], indirect=True, ids=["2-workers"])
+def test_a_steps_tasks_spread_over_the_workers(pristine: str, cluster, monkeypatch) -> None:
+    """No key shared by a step's tasks pulls them all to the worker that holds it."""
+    from distributed import Client, get_task_stream
+
+    monkeypatch.setattr(engine, "STEP_TASK_EVENTS", 1)  # one task per chunk: 5 tasks
+    chunks = engine.EventChunks.from_data(pristine)
+    # parameters of realistic size (30 x 4000 float64 here, 513 x 75 in use): the
+    # scheduler weighs the cost of moving a task's dependencies against idle workers
+    params = BayesianNonparametricNMF(chunks.shape, 4000, random_state=3).step_parameters()
+    index = np.arange(N_EVENTS)
+    with Client(cluster, set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=120)
+        spread = []
+        for _ in range(3):
+            with get_task_stream(client=client) as stream:
+                engine.nmf_statistics(chunks, index, params, client)
+            workers = [task["worker"] for task in stream.data if "nodes" in str(task["key"])]
+            spread.append(sorted(workers.count(w) for w in set(workers)))
+    # dask's queue hands each idle worker two root tasks, then the fifth to the first free
+    assert spread == [[2, 3]] * 3, spread
+
+
 # ----------------------------------------------------------------------------- 5. resume
 
 
