@@ -431,6 +431,32 @@ def test_a_steps_tasks_spread_over_the_workers(pristine: str, cluster, monkeypat
     assert spread == [[2, 3]] * 3, spread
 
 
+def test_the_driver_keeps_no_history_of_step_parameters(pristine: str) -> None:
+    """The local scheduler and the client keep no long log of the steps' task messages,
+    which carry each step's parameters."""
+    import gc
+
+    from specufex_dask.clusters import MESSAGE_LOG_LENGTH, connect
+    from specufex_dask.steps import NMFStepParameters
+
+    chunks = engine.EventChunks.from_data(pristine)
+    # a pattern count no other test uses tells this test's parameters apart
+    n_patterns = 13
+    params = BayesianNonparametricNMF(chunks.shape, n_patterns, random_state=3).step_parameters()
+    n_steps = 3 * MESSAGE_LOG_LENGTH
+    with connect(workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0") as handle:
+        for step in range(n_steps):
+            index = minibatch(3, "nmf_batch", step, N_EVENTS, 8)
+            engine.nmf_statistics(chunks, index, params, handle.client)
+        gc.collect()
+        alive = sum(
+            isinstance(item, NMFStepParameters) and item.basis_weight.shape == (n_patterns,)
+            for item in gc.get_objects()
+        )
+    # distributed's default keeps the last 1000 messages: all n_steps would be alive
+    assert alive <= MESSAGE_LOG_LENGTH + 2, alive
+
+
 # ----------------------------------------------------------------------------- 5. resume
 
 
