@@ -6,7 +6,7 @@ Runs the engine's minibatch path piece by piece on an archive (e.g. one left by
 - build: creating the delayed tasks on the driver;
 - submit: ``client.compute`` (graph merge, optimisation and culling, sending);
 - no-op round trip: as many trivial tasks as the step has chunks;
-- read only: the step's tasks reading their chunks and taking the minibatch rows;
+- read only: the step's tasks reading their minibatch rows by path;
 - NMF step / HMM step: the engine's real tasks (``nmf_statistics`` / ``hmm_statistics``);
 - kernel only: the same statistics computed locally from rows already in memory.
 
@@ -21,11 +21,10 @@ import time
 from collections import defaultdict
 
 import dask
-import numpy as np
 
 
-def _read_rows(block, local) -> float:
-    return float(np.asarray(block)[local].sum())
+def _read_rows(rows) -> float:
+    return float(rows.read().sum())
 
 
 def _noop(value: int) -> int:
@@ -68,7 +67,10 @@ def main() -> None:
             timings["chunks per step"].append(len(parts))
 
             began = time.perf_counter()
-            tasks = [dask.delayed(_read_rows)(chunks.blocks[c], local) for c, local, _ in parts]
+            tasks = [
+                dask.delayed(_read_rows)(engine.StoredRows(chunks.path, index[first:stop]))
+                for first, stop in chunks.step_groups(index)
+            ]
             built = time.perf_counter()
             futures = client.compute(tasks)
             submitted = time.perf_counter()
@@ -104,7 +106,7 @@ def main() -> None:
                 time.perf_counter() - began
             )
 
-    print(f"{args.archive}: N={n_events}, {len(chunks.blocks)} chunks, workers={args.workers}")
+    print(f"{args.archive}: N={n_events}, {len(chunks.bounds)} chunks, workers={args.workers}")
     for name, values in timings.items():
         tail = values[1:] if len(values) > 1 else values  # first step warms caches
         print(f"{name:45s} median {statistics.median(tail):8.3f}")
