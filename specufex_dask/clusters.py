@@ -231,9 +231,9 @@ def _connect(
     dashboard_address: str,
     timeout: float | None,
 ) -> ClusterHandle:
-    sec = security
+    """:func:`connect` for a scheduler address or a cluster to start."""
     if scheduler is not None:
-        return _connect_to_scheduler(scheduler, sec, timeout)
+        return _connect_to_scheduler(scheduler, security, timeout)
 
     kind = _check_cluster_kind(cluster)
     if kind == "local":
@@ -241,7 +241,7 @@ def _connect(
             workers=workers,
             threads_per_worker=threads_per_worker,
             memory_limit=memory_limit,
-            security=sec,
+            security=security,
             dashboard_address=dashboard_address,
         )
         return _handle_for_started(local)
@@ -255,7 +255,7 @@ def _connect(
             kind,
         )
     options.setdefault("dashboard_address", dashboard_address)
-    jq_cluster = build_jobqueue_cluster(kind, options, security=sec)
+    jq_cluster = build_jobqueue_cluster(kind, options, security=security)
     try:
         _scale_jobqueue_cluster(jq_cluster, jobs=jobs, workers=workers)
     except Exception:
