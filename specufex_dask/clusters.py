@@ -189,17 +189,36 @@ def connect(
     if isinstance(scheduler, distributed.Client):
         return ClusterHandle(client=scheduler, cluster=None, owns=False, owns_client=False)
     with short_message_logs():
-        return _connect(
-            scheduler,
-            cluster=cluster,
-            workers=workers,
-            threads_per_worker=threads_per_worker,
-            memory_limit=memory_limit,
-            jobqueue=jobqueue,
-            security=sec,
-            dashboard_address=dashboard_address,
-            timeout=timeout,
-        )
+        if scheduler is not None:
+            return _connect_to_scheduler(scheduler, sec, timeout)
+
+        kind = _check_cluster_kind(cluster)
+        if kind == "local":
+            local = start_local_cluster(
+                workers=workers,
+                threads_per_worker=threads_per_worker,
+                memory_limit=memory_limit,
+                security=sec,
+                dashboard_address=dashboard_address,
+            )
+            return _handle_for_started(local)
+
+        options = dict(normalize_option_keys(jobqueue or {}, where="jobqueue"))
+        jobs = options.pop("jobs", None)
+        if threads_per_worker is not None or memory_limit is not None:
+            logger.warning(
+                "threads_per_worker/memory_limit apply to local clusters only; set cores, "
+                "processes and memory in the jobqueue options for %s",
+                kind,
+            )
+        options.setdefault("dashboard_address", dashboard_address)
+        jq_cluster = build_jobqueue_cluster(kind, options, security=sec)
+        try:
+            _scale_jobqueue_cluster(jq_cluster, jobs=jobs, workers=workers)
+        except Exception:
+            jq_cluster.close()
+            raise
+        return _handle_for_started(jq_cluster)
 
 
 @contextlib.contextmanager
@@ -217,51 +236,6 @@ def short_message_logs() -> Iterator[None]:
     key = "distributed.admin.low-level-log-length"
     with dask.config.set({key: min(int(dask.config.get(key)), MESSAGE_LOG_LENGTH)}):
         yield
-
-
-def _connect(
-    scheduler: str | None,
-    *,
-    cluster: str,
-    workers: int | None,
-    threads_per_worker: int | None,
-    memory_limit: str | None,
-    jobqueue: Mapping[str, Any] | None,
-    security: Security | None,
-    dashboard_address: str,
-    timeout: float | None,
-) -> ClusterHandle:
-    """:func:`connect` for a scheduler address or a cluster to start."""
-    if scheduler is not None:
-        return _connect_to_scheduler(scheduler, security, timeout)
-
-    kind = _check_cluster_kind(cluster)
-    if kind == "local":
-        local = start_local_cluster(
-            workers=workers,
-            threads_per_worker=threads_per_worker,
-            memory_limit=memory_limit,
-            security=security,
-            dashboard_address=dashboard_address,
-        )
-        return _handle_for_started(local)
-
-    options = dict(normalize_option_keys(jobqueue or {}, where="jobqueue"))
-    jobs = options.pop("jobs", None)
-    if threads_per_worker is not None or memory_limit is not None:
-        logger.warning(
-            "threads_per_worker/memory_limit apply to local clusters only; set cores, "
-            "processes and memory in the jobqueue options for %s",
-            kind,
-        )
-    options.setdefault("dashboard_address", dashboard_address)
-    jq_cluster = build_jobqueue_cluster(kind, options, security=security)
-    try:
-        _scale_jobqueue_cluster(jq_cluster, jobs=jobs, workers=workers)
-    except Exception:
-        jq_cluster.close()
-        raise
-    return _handle_for_started(jq_cluster)
 
 
 def _handle_for_started(started: Any) -> ClusterHandle:
