@@ -27,6 +27,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -52,6 +53,7 @@ from .steps import (
 )
 
 __all__ = [
+    "BackgroundCheckpoints",
     "BadValues",
     "EventChunks",
     "StoredRows",
@@ -762,15 +764,10 @@ def _state_variables(model: Any, kind: str) -> dict[str, tuple]:
     }
 
 
-def write_model_group(
-    path: str, nmf: BayesianNonparametricNMF, hmm: BayesianHMM | None, progress: dict
-) -> None:
-    """Write the fit state into ``<archive>/model`` atomically, with provenance.
-
-    The group is written beside the archive's ``model`` folder and swapped in with two
-    renames; a crash between them leaves ``.model.old-*``, which
-    :func:`read_model_group` falls back to.
-    """
+def model_group_dataset(
+    nmf: BayesianNonparametricNMF, hmm: BayesianHMM | None, progress: dict
+) -> xr.Dataset:
+    """The fit state as the ``model`` group's Dataset: a copy the fit may go on changing."""
     variables = _state_variables(nmf, "nmf")
     attrs: dict[str, Any] = {
         MODEL_VERSION_ATTR: FORMAT_VERSION,
@@ -780,8 +777,25 @@ def write_model_group(
     if hmm is not None:
         variables.update(_state_variables(hmm, "hmm"))
         attrs["hmm_state"] = json.dumps(_scalars_and_settings(hmm))
-    coords = {archive.FREQUENCY: np.asarray(_frequency(path, nmf.dim))}
-    dataset = xr.Dataset(variables, coords=coords, attrs=attrs)
+    return xr.Dataset(variables, attrs=attrs).copy(deep=True)
+
+
+def write_model_group(
+    path: str, nmf: BayesianNonparametricNMF, hmm: BayesianHMM | None, progress: dict
+) -> None:
+    """Write the fit state into ``<archive>/model`` atomically, with provenance."""
+    write_model_dataset(path, model_group_dataset(nmf, hmm, progress))
+
+
+def write_model_dataset(path: str, dataset: xr.Dataset) -> None:
+    """Write a :func:`model_group_dataset` into ``<archive>/model`` atomically.
+
+    The group is written beside the archive's ``model`` folder and swapped in with two
+    renames; a crash between them leaves ``.model.old-*``, which
+    :func:`read_model_group` falls back to.
+    """
+    n_frequencies = dataset.sizes[archive.FREQUENCY]
+    dataset = dataset.assign_coords({archive.FREQUENCY: _frequency(path, n_frequencies)})
     root = Path(path)
     partial = root / f".model.partial-{uuid.uuid4().hex}"
     with warnings.catch_warnings():
@@ -794,6 +808,59 @@ def write_model_group(
     os.replace(partial, final)
     shutil.rmtree(old, ignore_errors=True)
     archive._consolidate(path)
+
+
+class BackgroundCheckpoints:
+    """Checkpoints of a fit written on a thread of their own, one at a time, in order.
+
+    A checkpoint (14 small Zarr arrays, two renames, the archive's metadata) takes about
+    150 ms, mostly waiting on the file system; written in line, every worker would sit
+    idle that long each time. :meth:`write` copies the state at once, so the fit goes on
+    changing it, and first waits for the previous write, raising its error: a failed
+    checkpoint stops the fit at the next one. Leaving the ``with`` block waits for the
+    last write, also when the fit is failing, so its last checkpoint is on disk.
+
+    Parameters
+    ----------
+    path : str or None
+        The archive; None (spectrograms given in memory) writes nothing.
+    """
+
+    def __init__(self, path: str | None):
+        self._path = path
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="specufex-checkpoint")
+        self._pending: Future | None = None
+
+    def write(
+        self, nmf: BayesianNonparametricNMF, hmm: BayesianHMM | None, progress: dict
+    ) -> None:
+        """Start writing this state (copied now) once the previous write has finished."""
+        if self._path is None:
+            return
+        self.wait()
+        dataset = model_group_dataset(nmf, hmm, progress)
+        self._pending = self._executor.submit(write_model_dataset, self._path, dataset)
+
+    def wait(self) -> None:
+        """Wait for the write in progress; raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> BackgroundCheckpoints:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if error is None:
+                self.wait()
+            else:
+                try:
+                    self.wait()
+                except Exception:
+                    logger.exception("the last checkpoint failed too")
+        finally:
+            self._executor.shutdown(wait=True)
 
 
 def _frequency(path: str, n_frequencies: int) -> np.ndarray:

@@ -21,6 +21,7 @@ import xarray as xr
 from . import compat as reference
 from .archive import FREQUENCY, MODEL_GROUP
 from .engine import (
+    BackgroundCheckpoints,
     EventChunks,
     hmm_statistics,
     lazy_transform,
@@ -29,7 +30,6 @@ from .engine import (
     read_model_group,
     require_writable,
     transform_chunks,
-    write_model_group,
 )
 from .models import (
     MAX_WINDOW,
@@ -222,30 +222,36 @@ class SpecUFEx:
             self.nmf_, self.hmm_, done = state
             logger.info("resuming %s at %s", chunks.path, done)
         # No pass over the values first: every task checks the events it reads.
-        with naming_every_bad_event(chunks, client):
+        with (
+            naming_every_bad_event(chunks, client),
+            BackgroundCheckpoints(chunks.path) as checkpoints,
+        ):
             if done["stage"] == "nmf":
-                self._fit_nmf(chunks, batch, client, done)
+                self._fit_nmf(chunks, batch, client, done, checkpoints)
                 self.nmf_.sort_patterns()
                 done["stage"] = "hmm"
                 self.hmm_ = self._new_hmm(n_events)
-                self._checkpoint(chunks, done)
+                checkpoints.write(self.nmf_, self.hmm_, done)
             if done["stage"] == "hmm":
-                self._fit_hmm(chunks, batch, client, done)
+                self._fit_hmm(chunks, batch, client, done, checkpoints)
                 self.hmm_.sort_states()
                 done["stage"] = "done"
-                self._checkpoint(chunks, done)
+                checkpoints.write(self.nmf_, self.hmm_, done)
         return self
-
-    def _checkpoint(self, chunks: EventChunks, done: dict) -> None:
-        if chunks.path is not None:
-            write_model_group(chunks.path, self.nmf_, self.hmm_, done)
 
     def _monitor(self, history: list[float], n_events: int, batch: int) -> ConvergenceMonitor:
         monitor = ConvergenceMonitor(self.tol, min(-(-n_events // batch), MAX_WINDOW))
         monitor.history = list(history)
         return monitor
 
-    def _fit_nmf(self, chunks: EventChunks, batch: int, client: Any, done: dict) -> None:
+    def _fit_nmf(
+        self,
+        chunks: EventChunks,
+        batch: int,
+        client: Any,
+        done: dict,
+        checkpoints: BackgroundCheckpoints,
+    ) -> None:
         nmf = self.nmf_
         monitor = self._monitor(nmf.elbo_, chunks.shape[0], batch)
         while done["nmf_steps"] < self.nmf_steps and not done.get("nmf_converged"):
@@ -260,9 +266,16 @@ class SpecUFEx:
                  "n_patterns": nmf.num_pat},
             )  # fmt: skip
             if done["nmf_steps"] % self.checkpoint_every == 0:
-                self._checkpoint(chunks, done)
+                checkpoints.write(self.nmf_, self.hmm_, done)
 
-    def _fit_hmm(self, chunks: EventChunks, batch: int, client: Any, done: dict) -> None:
+    def _fit_hmm(
+        self,
+        chunks: EventChunks,
+        batch: int,
+        client: Any,
+        done: dict,
+        checkpoints: BackgroundCheckpoints,
+    ) -> None:
         hmm, nmf_params = self.hmm_, self.nmf_.transform_parameters()
         monitor = self._monitor(hmm.elbo_, chunks.shape[0], batch)
         while done["hmm_steps"] < self.hmm_steps and not done.get("hmm_converged"):
@@ -280,7 +293,7 @@ class SpecUFEx:
             done["hmm_converged"] = monitor.report(elbo)
             self._report("hmm", {"step": done["hmm_steps"], "total": self.hmm_steps, "elbo": elbo})
             if done["hmm_steps"] % self.checkpoint_every == 0:
-                self._checkpoint(chunks, done)
+                checkpoints.write(self.nmf_, self.hmm_, done)
 
     # --- transforming --------------------------------------------------------------
     def _fitted(self) -> tuple[BayesianNonparametricNMF, BayesianHMM]:

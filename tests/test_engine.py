@@ -8,9 +8,11 @@ is bit for bit: the engine promises the same bits for any split of the events.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -501,6 +503,45 @@ def test_resume_without_checkpoint_fits_from_the_start(
     path = _copy(pristine, tmp_path)
     model = SpecUFEx(**SETTINGS, client=False, checkpoint_every=100).fit(path, resume=True)
     assert_same_model(model, reference.model)
+
+
+def test_a_checkpoint_holds_the_state_of_when_it_was_asked_for(
+    reference: Reference, pristine: str, tmp_path: Path, monkeypatch
+) -> None:
+    path = _copy(pristine, tmp_path)
+    model = copy.deepcopy(reference.model)
+    expected = {name: array.copy() for name, array in _model_arrays(model).items()}
+    release = threading.Event()
+    write = engine.write_model_dataset
+
+    def held_back(*args):
+        assert release.wait(30)
+        write(*args)
+
+    monkeypatch.setattr(engine, "write_model_dataset", held_back)
+    with engine.BackgroundCheckpoints(path) as checkpoints:
+        checkpoints.write(model.nmf_, model.hmm_, {"stage": "done"})
+        # the fit goes on changing its state while the checkpoint is being written
+        for array in _model_arrays(model).values():
+            array *= 2.0
+        release.set()
+    saved_nmf, saved_hmm, progress = engine.read_model_group(path)
+    assert progress == {"stage": "done"}
+    for name in NMF_ARRAYS:
+        np.testing.assert_array_equal(getattr(saved_nmf, name), expected[name], err_msg=name)
+    for name in HMM_ARRAYS:
+        np.testing.assert_array_equal(getattr(saved_hmm, name), expected[name], err_msg=name)
+
+
+def test_a_failed_checkpoint_stops_the_fit_at_the_next_one(tmp_path: Path) -> None:
+    model = SpecUFEx(**SETTINGS, client=False)._new_nmf((4, 6, 5))
+    checkpoints = engine.BackgroundCheckpoints(str(tmp_path / "no-such-archive.zarr"))
+    with pytest.raises(FileNotFoundError):
+        with checkpoints:
+            checkpoints.write(model, None, {"stage": "nmf", "nmf_steps": 3})
+            checkpoints.write(model, None, {"stage": "nmf", "nmf_steps": 6})
+            pytest.fail("the second checkpoint did not raise the first one's error")
+    assert not (tmp_path / "no-such-archive.zarr").exists()
 
 
 def test_failed_transform_resumes_only_the_missing_chunks(
