@@ -38,12 +38,15 @@ from pathlib import Path
 import numpy as np
 
 from specufex_dask.archive import DEFAULT_CHUNK_EVENTS
+from specufex_dask.preprocessing import to_decibels_above_median
 
 logger = logging.getLogger("bench_archive")
 
 N_FREQUENCIES = 513
 N_TIMES = 51
 N_SOURCES = 8  # spectral bumps shared by all events: the structure the NMF should find
+# Bumped whenever synthetic_chunk changes, so that --reuse never takes an older archive.
+SYNTHETIC_VERSION = 2
 MEMORY_LIMIT = "4GiB"
 SAMPLE_SECONDS = 0.1
 
@@ -77,7 +80,8 @@ def synthetic_chunk(seed: int, start: int, stop: int) -> np.ndarray:
     """Spectrograms of events [start, stop) as float32 (n, 513, 51), all nonnegative.
 
     Every event switches between 2-4 regimes over time; each regime lights 1-3 of the
-    shared spectral bumps with its own amplitudes. Gamma noise is added on top. The
+    shared spectral bumps with its own amplitudes. Gamma noise is added on top, and each
+    event becomes dB above its median, clipped at 0, as ingested archives hold them. The
     Generator is seeded by the chunk's first event, so a chunk's content does not depend
     on which worker writes it or in what order.
     """
@@ -92,8 +96,11 @@ def synthetic_chunk(seed: int, start: int, stop: int) -> np.ndarray:
             lit = rng.choice(N_SOURCES, size=int(rng.integers(1, 4)), replace=False)
             activation[event, lit, first:last] = rng.gamma(4.0, 1.0, size=(len(lit), 1))
     signal = np.einsum("sd,nst->ndt", shapes, activation)
-    noise = rng.gamma(2.0, 0.05, size=signal.shape)
-    return (signal + noise).astype(np.float32)
+    magnitude = signal + rng.gamma(2.0, 0.05, size=signal.shape)
+    # what an archive holds: each event in dB above its median, clipped at 0, as ingest
+    # writes it (about half the values are 0, as in the real spectrograms)
+    spectrograms = [to_decibels_above_median(m, float(np.median(m))) for m in magnitude]
+    return np.stack(spectrograms).astype(np.float32)
 
 
 def _write_chunk(store: str, seed: int, start: int, stop: int) -> tuple[int, int]:
@@ -114,7 +121,7 @@ def build_archive(path: Path, n_events: int, chunk_events: int, seed: int, clien
         event_coords={archive.EVENT: np.array([f"ev{i:07d}" for i in range(n_events)])},
         frequency=np.linspace(0.0, 50.0, N_FREQUENCIES),
         time=np.arange(N_TIMES) * 0.04,
-        attrs={"synthetic_seed": seed},
+        attrs={"synthetic_seed": seed, "synthetic_version": SYNTHETIC_VERSION},
         chunk_events=chunk_events,
         dtype=np.float32,
         overwrite=True,
@@ -353,7 +360,8 @@ def table(groups: dict[tuple[int, int], list[RunResult]], builds: dict[int, floa
 
 
 def kept_archive_fits(path: Path, n_events: int, chunk_events: int, seed: int) -> bool:
-    """Whether ``path`` is a complete synthetic archive of this size, chunking and seed."""
+    """Whether ``path`` is a complete synthetic archive of this size, chunking, seed and
+    generator version."""
     from specufex_dask import archive
 
     if not path.exists():
@@ -367,6 +375,7 @@ def kept_archive_fits(path: Path, n_events: int, chunk_events: int, seed: int) -
         ds.sizes[archive.EVENT] == n_events
         and chunks[0] == chunk_events
         and ds.attrs.get("synthetic_seed") == seed
+        and ds.attrs.get("synthetic_version") == SYNTHETIC_VERSION
     )
 
 
