@@ -63,7 +63,6 @@ __all__ = [
     "nmf_statistics",
     "read_model_group",
     "transform_chunks",
-    "write_model_group",
 ]
 
 logger = logging.getLogger(__name__)
@@ -780,13 +779,6 @@ def model_group_dataset(
     return xr.Dataset(variables, attrs=attrs).copy(deep=True)
 
 
-def write_model_group(
-    path: str, nmf: BayesianNonparametricNMF, hmm: BayesianHMM | None, progress: dict
-) -> None:
-    """Write the fit state into ``<archive>/model`` atomically, with provenance."""
-    write_model_dataset(path, model_group_dataset(nmf, hmm, progress))
-
-
 def write_model_dataset(path: str, dataset: xr.Dataset) -> None:
     """Write a :func:`model_group_dataset` into ``<archive>/model`` atomically.
 
@@ -852,13 +844,11 @@ class BackgroundCheckpoints:
 
     def __exit__(self, kind, error, traceback) -> None:
         try:
+            self.wait()
+        except Exception:
             if error is None:
-                self.wait()
-            else:
-                try:
-                    self.wait()
-                except Exception:
-                    logger.exception("the last checkpoint failed too")
+                raise
+            logger.exception("the last checkpoint failed too")  # the fit's error goes on
         finally:
             self._executor.shutdown(wait=True)
 
