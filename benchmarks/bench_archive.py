@@ -182,6 +182,24 @@ class MemorySampler:
             self._thread.join()
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds each process has used so far, all its threads."""
+    import psutil
+
+    used = {}
+    for name, pid in pids.items():
+        times = psutil.Process(pid).cpu_times()
+        used[name] = times.user + times.system
+    return used
+
+
+def cores_busy(before: dict[str, float], after: dict[str, float], seconds: float) -> dict:
+    """Mean cores the driver and the workers (together) kept busy over ``seconds``."""
+    spent = {name: after[name] - before[name] for name in after}
+    workers = sum(value for name, value in spent.items() if name != "driver")
+    return {"driver": spent["driver"] / seconds, "workers": workers / seconds}
+
+
 # ----------------------------------------------------------------------------- one run
 
 
@@ -199,6 +217,8 @@ class RunResult:
     transform_events_per_s: float
     driver_peak_mib: dict[str, float]
     worker_peak_mib: dict[str, float]
+    # per stage: mean cores busy in the driver process and in all workers together
+    cores: dict[str, dict[str, float]] = field(default_factory=dict)
     code_version: str = ""
 
     @property
@@ -252,13 +272,16 @@ def run_once(args: argparse.Namespace, path: Path, n_workers: int) -> RunResult:
         )  # fmt: skip
         pids = {"driver": os.getpid(), **names}
         with MemorySampler(pids) as fit_memory:
+            cpu_before_fit = cpu_seconds(pids)
             fit_began = time.perf_counter()
             model.fit(str(path))
             fit_ended = time.perf_counter()
+            cpu_after_fit = cpu_seconds(pids)
         peaks["fit"] = fit_memory.peaks
         with MemorySampler(pids) as transform_memory:
             model.transform_to_zarr(str(path))
             transform_ended = time.perf_counter()
+            cpu_after_transform = cpu_seconds(pids)
         peaks["transform"] = transform_memory.peaks
     finally:
         handle.close()
@@ -279,6 +302,12 @@ def run_once(args: argparse.Namespace, path: Path, n_workers: int) -> RunResult:
         transform_events_per_s=args.one_size / (transform_ended - fit_ended),
         driver_peak_mib={stage: mib(stage, "driver") for stage in peaks},
         worker_peak_mib={stage: max(mib(stage, name) for name in names) for stage in peaks},
+        cores={
+            "fit": cores_busy(cpu_before_fit, cpu_after_fit, fit_ended - fit_began),
+            "transform": cores_busy(
+                cpu_after_fit, cpu_after_transform, transform_ended - fit_ended
+            ),
+        },
         code_version=code_version,
     )
 
@@ -321,13 +350,24 @@ def _median(results: list[RunResult], value: Callable[[RunResult], float]) -> fl
     return statistics.median(value(r) for r in results)
 
 
+def _cores(results: list[RunResult], stage: str) -> str:
+    """Median cores busy in ``stage`` as "driver + workers" ("" for runs without them)."""
+    measured = [r for r in results if stage in r.cores]
+    if not measured:
+        return ""
+    driver = _median(measured, lambda r: r.cores[stage]["driver"])
+    workers = _median(measured, lambda r: r.cores[stage]["workers"])
+    return f"{driver:.2f} + {workers:.2f}"
+
+
 def table(groups: dict[tuple[int, int], list[RunResult]], builds: dict[int, float]) -> str:
     """Markdown table of medians over repeats, one row per (N, workers)."""
     header = (
         "| N | workers | runs | build s | fit s | open+1st step s | NMF steps/s | "
         "HMM steps/s | transform s | transform spectrograms/s | end-to-end s | "
         "driver peak MiB (fit/transform) | worker peak MiB (fit/transform) | "
-        "speed-up vs 1 worker | code |\n|" + "---|" * 15
+        "cores busy in fit (driver + workers) | cores busy in transform | "
+        "speed-up vs 1 worker | code |\n|" + "---|" * 17
     )
     rows = [header]
     for (n, k), results in sorted(groups.items()):
@@ -351,6 +391,7 @@ def table(groups: dict[tuple[int, int], list[RunResult]], builds: dict[int, floa
             f" / {_median(results, lambda r: r.driver_peak_mib['transform']):.0f} "
             f"| {_median(results, lambda r: r.worker_peak_mib['fit']):.0f}"
             f" / {_median(results, lambda r: r.worker_peak_mib['transform']):.0f} "
+            f"| {_cores(results, 'fit')} | {_cores(results, 'transform')} "
             f"| {speedup} | {', '.join(sorted({r.code_version for r in results}))} |"
         )
     return "\n".join(rows)
