@@ -40,6 +40,7 @@ import numpy as np
 import xarray as xr
 
 from . import archive
+from .chunkread import plain_chunks
 from .models import BayesianHMM, BayesianNonparametricNMF
 from .persistence import FORMAT_VERSION, build_model, model_state
 from .stats import tree_nodes, tree_root
@@ -103,9 +104,11 @@ def _bad_values_message(problems: Sequence[tuple[str, str]], where: str = "") ->
 class StoredRows:
     """Events of an archive's ``spectrogram`` that a task reads itself, by path.
 
-    The task opens the Zarr array where it runs and reads only these rows (Zarr still
-    decompresses every storage chunk they touch), so no dask-array graph of the archive
-    is built or sent, and a task rerun after a lost worker simply reads them again.
+    The task opens the Zarr array where it runs and reads only these rows (every
+    storage chunk they touch is still decompressed whole; a plain local array is read
+    on the task's own thread, see :mod:`specufex_dask.chunkread`), so no dask-array
+    graph of the archive is built or sent, and a task rerun after a lost worker simply
+    reads them again.
 
     Attributes
     ----------
@@ -124,7 +127,10 @@ class StoredRows:
         import zarr
 
         array = zarr.open_array(self.path, path=archive.SPECTROGRAM, mode="r")
-        if isinstance(self.rows, slice):
+        plain = plain_chunks(array)
+        if plain is not None:
+            values = plain.read(self.rows)
+        elif isinstance(self.rows, slice):
             values = np.asarray(array[self.rows])
         else:
             selection = (np.asarray(self.rows), slice(None), slice(None))

@@ -1,0 +1,108 @@
+"""Direct reads of plain local Zarr arrays against Zarr's own reads of the same arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ZstdCodec
+
+from specufex_dask import archive, engine
+from specufex_dask.chunkread import plain_chunks
+
+SHAPE = (21, 5, 3)  # 21 rows in chunks of 4: the last chunk is partial
+CHUNKS = (4, 5, 3)
+
+
+def _array(path: Path, rng: np.random.Generator, dtype="float32", **options) -> zarr.Array:
+    values = rng.gamma(1.0, 1.0, size=SHAPE).astype(dtype)
+    values[values < 0.5] = 0  # runs of zeros, as in dB spectrograms clipped at 0
+    array = zarr.create_array(path, shape=SHAPE, dtype=dtype, **{"chunks": CHUNKS, **options})
+    array[:] = values
+    return zarr.open_array(path, mode="r")
+
+
+def _selections(rng: np.random.Generator) -> list:
+    rows = np.sort(rng.choice(SHAPE[0], 9, replace=False))
+    return [rows, np.array([0, 1, 2, 3]), np.array([20]), np.array([], dtype=np.int64),
+            slice(0, 21), slice(5, 18), slice(19, None), slice(7, 7)]  # fmt: skip
+
+
+def _zarr_read(array: zarr.Array, rows) -> np.ndarray:
+    if isinstance(rows, slice):
+        return np.asarray(array[rows])
+    return np.asarray(array.get_orthogonal_selection((rows, slice(None), slice(None))))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "compressors"),
+    [
+        ("float32", "auto"),
+        ("float64", "auto"),
+        ("float32", None),
+        ("float32", ZstdCodec(level=-1, checksum=True)),
+    ],
+)
+def test_rows_equal_zarrs_read(tmp_path: Path, rng, dtype: str, compressors) -> None:
+    array = _array(tmp_path / "a.zarr", rng, dtype=dtype, compressors=compressors)
+    plain = plain_chunks(array)
+    assert plain is not None
+    for rows in _selections(rng):
+        direct = plain.read(rows)
+        assert direct.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(direct, _zarr_read(array, rows))
+
+
+def test_a_chunk_without_a_file_holds_the_fill_value(tmp_path: Path, rng) -> None:
+    array = _array(tmp_path / "a.zarr", rng, fill_value=-1.5)
+    plain = plain_chunks(array)
+    (plain.directory / plain.key((1, 0, 0))).unlink()
+    rows = np.arange(SHAPE[0])
+    expected = _zarr_read(array, rows)
+    assert np.all(expected[4:8] == -1.5)
+    np.testing.assert_array_equal(plain.read(rows), expected)
+
+
+def test_rows_outside_the_array_are_refused(tmp_path: Path, rng) -> None:
+    plain = plain_chunks(_array(tmp_path / "a.zarr", rng))
+    with pytest.raises(IndexError, match="out of 0..20"):
+        plain.read(np.array([3, 21]))
+    with pytest.raises(ValueError, match="step 1"):
+        plain.read(slice(0, 10, 2))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"compressors": BloscCodec(cname="lz4", clevel=5)},
+        {"compressors": GzipCodec()},
+        {"chunks": (4, 5, 1)},  # chunked along another axis too
+        {"shards": (8, 5, 3)},
+        {"zarr_format": 2},
+        {"serializer": BytesCodec(endian="big")},
+    ],
+    ids=["blosc", "gzip", "chunked-in-time", "sharded", "zarr-v2", "big-endian"],
+)
+def test_other_arrays_are_left_to_zarr(tmp_path: Path, rng, options: dict) -> None:
+    array = _array(tmp_path / archive.SPECTROGRAM, rng, **options)
+    assert plain_chunks(array) is None
+    # and the engine still reads them, through Zarr
+    rows = np.array([2, 9, 20])
+    stored = engine.StoredRows(str(tmp_path), rows).read()
+    np.testing.assert_array_equal(stored, _zarr_read(array, rows))
+
+
+def test_archives_are_read_directly(tmp_path: Path, rng) -> None:
+    """The archives this package writes take the direct path (the fit depends on it)."""
+    values = rng.gamma(1.0, 1.0, size=(10, 6, 4)).astype(np.float32)
+    ids = np.array([f"e{i}" for i in range(10)])
+    path = tmp_path / "events.zarr"
+    archive.write_spectrograms(path, values, ids, np.arange(6.0), np.arange(4.0), chunk_events=3)
+    array = zarr.open_array(path, path=archive.SPECTROGRAM, mode="r")
+    plain = plain_chunks(array)
+    assert plain is not None and plain.zstd
+    rows = np.array([0, 4, 5, 9])
+    np.testing.assert_array_equal(engine.StoredRows(str(path), rows).read(), values[rows])
+    np.testing.assert_array_equal(engine.StoredRows(str(path), slice(2, 8)).read(), values[2:8])
