@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .archive import ArchiveError
+
 __all__ = ["PlainChunks", "plain_chunks"]
 
 
@@ -58,17 +60,30 @@ class PlainChunks:
     zstd: bool
 
     def chunk(self, number: int) -> np.ndarray:
-        """Chunk ``number`` as stored (read-only; ``fill_value`` where no file is)."""
+        """Chunk ``number`` as stored (read-only; ``fill_value`` where no file is).
+
+        Raises
+        ------
+        ArchiveError
+            The file is not a chunk of this array (truncated, corrupted, wrong size);
+            the message names the file.
+        """
+        path = self.directory / self.key((number,) + (0,) * (len(self.chunk_shape) - 1))
         try:
-            coordinates = (number,) + (0,) * (len(self.chunk_shape) - 1)
-            data = (self.directory / self.key(coordinates)).read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             return np.full(self.chunk_shape, self.fill_value, dtype=self.dtype)
-        if self.zstd:
-            from numcodecs import Zstd
+        try:
+            if self.zstd:
+                from numcodecs import Zstd
 
-            data = Zstd().decode(data)
-        return np.frombuffer(data, dtype=self.dtype).reshape(self.chunk_shape)
+                data = Zstd().decode(data)
+            return np.frombuffer(data, dtype=self.dtype).reshape(self.chunk_shape)
+        except (RuntimeError, ValueError) as error:
+            raise ArchiveError(
+                f"chunk file {path} cannot be read as a {self.chunk_shape} {self.dtype} "
+                f"chunk ({error}); the archive is damaged there"
+            ) from error
 
     def read(self, rows: slice | np.ndarray) -> np.ndarray:
         """Rows of the array: a slice with step 1, or sorted indices."""

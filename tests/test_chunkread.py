@@ -65,6 +65,17 @@ def test_a_chunk_without_a_file_holds_the_fill_value(tmp_path: Path, rng) -> Non
     np.testing.assert_array_equal(plain.read(rows), expected)
 
 
+@pytest.mark.parametrize("compressors", ["auto", None])
+def test_a_damaged_chunk_file_is_named(tmp_path: Path, rng, compressors) -> None:
+    array = _array(tmp_path / "a.zarr", rng, compressors=compressors)
+    plain = plain_chunks(array)
+    damaged = plain.directory / plain.key((2, 0, 0))
+    damaged.write_bytes(damaged.read_bytes()[:-7])
+    with pytest.raises(archive.ArchiveError, match=f"chunk file {damaged} cannot be read"):
+        plain.read(np.array([1, 9]))
+    np.testing.assert_array_equal(plain.read(np.array([1, 13])), _zarr_read(array, [1, 13]))
+
+
 def test_rows_outside_the_array_are_refused(tmp_path: Path, rng) -> None:
     plain = plain_chunks(_array(tmp_path / "a.zarr", rng))
     with pytest.raises(IndexError, match="out of 0..20"):
