@@ -45,6 +45,8 @@ __all__ = ["SpecUFEx"]
 logger = logging.getLogger("specufex_dask")
 
 Progress = Callable[[str, dict], None]
+# An SVI step of the fit: its ELBO, whether convergence may be tested, more to report.
+Step = Callable[[], tuple[float, bool, dict]]
 
 
 class SpecUFEx:
@@ -227,13 +229,17 @@ class SpecUFEx:
             BackgroundCheckpoints(chunks.path) as checkpoints,
         ):
             if done["stage"] == "nmf":
-                self._fit_nmf(chunks, batch, client, done, checkpoints)
+                monitor = self._monitor(self.nmf_.elbo_, n_events, batch)
+                step = self._nmf_step(chunks, batch, client)
+                self._run_steps("nmf", step, monitor, done, checkpoints)
                 self.nmf_.sort_patterns()
                 done["stage"] = "hmm"
                 self.hmm_ = self._new_hmm(n_events)
                 checkpoints.write(self.nmf_, self.hmm_, done)
             if done["stage"] == "hmm":
-                self._fit_hmm(chunks, batch, client, done, checkpoints)
+                monitor = self._monitor(self.hmm_.elbo_, n_events, batch)
+                step = self._hmm_step(chunks, batch, client, done)
+                self._run_steps("hmm", step, monitor, done, checkpoints)
                 self.hmm_.sort_states()
                 done["stage"] = "done"
                 checkpoints.write(self.nmf_, self.hmm_, done)
@@ -244,55 +250,58 @@ class SpecUFEx:
         monitor.history = list(history)
         return monitor
 
-    def _fit_nmf(
-        self,
-        chunks: EventChunks,
-        batch: int,
-        client: Any,
-        done: dict,
-        checkpoints: BackgroundCheckpoints,
-    ) -> None:
+    def _nmf_step(self, chunks: EventChunks, batch: int, client: Any) -> Step:
+        """One NMF step on a seeded minibatch, as :meth:`_run_steps` calls it."""
         nmf = self.nmf_
-        monitor = self._monitor(nmf.elbo_, chunks.shape[0], batch)
-        while done["nmf_steps"] < self.nmf_steps and not done.get("nmf_converged"):
+
+        def step() -> tuple[float, bool, dict]:
             index = minibatch(self.random_state, "nmf_batch", nmf.step, chunks.shape[0], batch)
             stats = nmf_statistics(chunks, index, nmf.step_parameters(), client)
             elbo = nmf.apply_statistics(stats)
-            done["nmf_steps"] += 1
-            done["nmf_converged"] = monitor.report(elbo, nmf._annealed())
-            self._report(
-                "nmf",
-                {"step": done["nmf_steps"], "total": self.nmf_steps, "elbo": elbo,
-                 "n_patterns": nmf.num_pat},
-            )  # fmt: skip
-            if done["nmf_steps"] % self.checkpoint_every == 0:
-                checkpoints.write(self.nmf_, self.hmm_, done)
+            return elbo, nmf._annealed(), {"n_patterns": nmf.num_pat}
 
-    def _fit_hmm(
-        self,
-        chunks: EventChunks,
-        batch: int,
-        client: Any,
-        done: dict,
-        checkpoints: BackgroundCheckpoints,
-    ) -> None:
+        return step
+
+    def _hmm_step(self, chunks: EventChunks, batch: int, client: Any, done: dict) -> Step:
+        """One HMM step on a seeded minibatch (drawn by the count of steps ``done``)."""
         hmm, nmf_params = self.hmm_, self.nmf_.transform_parameters()
-        monitor = self._monitor(hmm.elbo_, chunks.shape[0], batch)
-        while done["hmm_steps"] < self.hmm_steps and not done.get("hmm_converged"):
+
+        def step() -> tuple[float, bool, dict]:
             draw = done["hmm_steps"]
             index = minibatch(self.random_state, "hmm_batch", draw, chunks.shape[0], batch)
             stats = hmm_statistics(chunks, index, nmf_params, hmm.step_parameters(), client)
-            if self.compat == "specufex":
-                # the reference used as its README shows: one sequence per fit call
-                step, n, rho = reference.hmm_schedule(hmm.step, 0)
-                elbo = hmm.apply_statistics(stats, scale=hmm.Neff / n, step_size=rho)
-                hmm.step = step
-            else:
-                elbo = hmm.apply_statistics(stats)
-            done["hmm_steps"] += 1
-            done["hmm_converged"] = monitor.report(elbo)
-            self._report("hmm", {"step": done["hmm_steps"], "total": self.hmm_steps, "elbo": elbo})
-            if done["hmm_steps"] % self.checkpoint_every == 0:
+            if self.compat != "specufex":
+                return hmm.apply_statistics(stats), True, {}
+            # the reference used as its README shows: one sequence per fit call
+            next_step, n, rho = reference.hmm_schedule(hmm.step, 0)
+            elbo = hmm.apply_statistics(stats, scale=hmm.Neff / n, step_size=rho)
+            hmm.step = next_step
+            return elbo, True, {}
+
+        return step
+
+    def _run_steps(
+        self,
+        stage: str,
+        step: Step,
+        monitor: ConvergenceMonitor,
+        done: dict,
+        checkpoints: BackgroundCheckpoints,
+    ) -> None:
+        """Call ``step`` until ``done`` counts the stage's budget of steps or the monitor
+        says converged, reporting each and checkpointing every ``checkpoint_every``.
+
+        ``step`` returns the step's ELBO, whether convergence may be tested yet (not
+        while the NMF anneals) and more to report.
+        """
+        budget = self.nmf_steps if stage == "nmf" else self.hmm_steps
+        steps, converged = f"{stage}_steps", f"{stage}_converged"
+        while done[steps] < budget and not done.get(converged):
+            elbo, ready, extra = step()
+            done[steps] += 1
+            done[converged] = monitor.report(elbo, ready)
+            self._report(stage, {"step": done[steps], "total": budget, "elbo": elbo, **extra})
+            if done[steps] % self.checkpoint_every == 0:
                 checkpoints.write(self.nmf_, self.hmm_, done)
 
     # --- transforming --------------------------------------------------------------
