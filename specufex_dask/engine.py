@@ -9,7 +9,9 @@ update.
 
 Data opened from an archive path is read by the tasks themselves (:class:`StoredRows`:
 the path and the rows, opened with Zarr where the task runs), so a task's graph is one
-small node whatever the archive's size; other data goes through its dask blocks.
+small node whatever the archive's size; other data goes through its dask blocks. On a
+cluster, the steps of an archive's fit call the same task function on one actor per
+worker instead (:mod:`specufex_dask.runners`), falling back to tasks when that fails.
 
 Minibatches are drawn from the seed and the step number only, every event's statistics
 are computed on its own (:mod:`specufex_dask.steps`) and summed in a tree fixed by the
@@ -401,13 +403,13 @@ def _hmm_leaves(X: np.ndarray, nmf: NMFStepParameters, hmm: HMMStepParameters) -
     return hmm_leaves(nmf_activations(X, nmf), hmm)
 
 
-def _task_nodes(source, local, ids, position, total, leaves, *params) -> dict:
+def task_nodes(source, local, ids, position, total, leaves, *params, values=None) -> dict:
     """Tree nodes of a run of minibatch events (``leaves``: per-event statistics).
 
     ``source`` is a :class:`StoredRows` of exactly these events, or a chunk's block
-    with ``local`` selecting them.
+    with ``local`` selecting them; ``values``, when given, are its rows already read.
     """
-    X = _checked(_read(source, local), ids, _where(source))
+    X = _checked(_read(source, local) if values is None else values, ids, _where(source))
     return tree_nodes(leaves(X, *params), position, total)
 
 
@@ -539,16 +541,29 @@ def naming_every_bad_event(chunks: EventChunks, client: Any) -> Iterator[None]:
         raise (every or met) from None
 
 
-def _minibatch_statistics(chunks: EventChunks, index: np.ndarray, client, leaves, *params):
-    """Statistics of the minibatch ``index`` (sorted event indices), folded in fixed order."""
+def _minibatch_statistics(
+    chunks: EventChunks, index: np.ndarray, client, leaves, *params, runners=None, following=None
+):
+    """Statistics of the minibatch ``index`` (sorted event indices), folded in fixed order.
+
+    With ``runners`` (:class:`specufex_dask.runners.StepRunners`) an archive's steps run
+    on them, reading the minibatch ``following`` ahead; should that fail the step runs
+    as tasks, which recover from a lost worker or raise the step's own error.
+    """
+    params = tuple(replace(p, threads=1) for p in params)
+    if runners is not None and chunks.stored:
+        try:
+            return runners.statistics(chunks, index, following, leaves, *params)
+        except Exception as error:  # noqa: BLE001 - the tasks below raise a real error again
+            logger.info("a step on the step runners failed (%r); running it as tasks", error)
+            runners.release()
     # Each task carries the parameters itself (a few hundred kB): a shared key would be a
     # dependency, and the scheduler would place every task of the step on the one worker
     # holding it.
-    params = tuple(replace(p, threads=1) for p in params)
     total = len(index)
     if chunks.stored:
         tasks = [
-            dask.delayed(_task_nodes)(
+            dask.delayed(task_nodes)(
                 StoredRows(chunks.path, index[first:stop]), None, chunks.event[index[first:stop]],
                 first, total, leaves, *params,
             )
@@ -556,7 +571,7 @@ def _minibatch_statistics(chunks: EventChunks, index: np.ndarray, client, leaves
         ]  # fmt: skip
     else:
         tasks = [
-            dask.delayed(_task_nodes)(
+            dask.delayed(task_nodes)(
                 chunks.blocks[chunk], local, chunks.event[index[position : position + len(local)]],
                 position, total, leaves, *params,
             )
@@ -568,14 +583,25 @@ def _minibatch_statistics(chunks: EventChunks, index: np.ndarray, client, leaves
     return tree_root(nodes, total)
 
 
-def nmf_statistics(chunks: EventChunks, index: np.ndarray, params, client: Any):
-    """NMF statistics of the minibatch ``index`` (sorted event indices)."""
-    return _minibatch_statistics(chunks, index, client, _nmf_leaves, params)
+def nmf_statistics(
+    chunks: EventChunks, index: np.ndarray, params, client: Any, runners=None, following=None
+):
+    """NMF statistics of the minibatch ``index`` (sorted event indices); see
+    :func:`_minibatch_statistics` for ``runners`` and ``following``."""
+    return _minibatch_statistics(
+        chunks, index, client, _nmf_leaves, params, runners=runners, following=following
+    )
 
 
-def hmm_statistics(chunks: EventChunks, index: np.ndarray, nmf_params, hmm_params, client):
+def hmm_statistics(
+    chunks: EventChunks, index: np.ndarray, nmf_params, hmm_params, client, runners=None,
+    following=None,
+):  # fmt: skip
     """HMM statistics of the minibatch; activations are computed where the events are read."""
-    return _minibatch_statistics(chunks, index, client, _hmm_leaves, nmf_params, hmm_params)
+    return _minibatch_statistics(
+        chunks, index, client, _hmm_leaves, nmf_params, hmm_params, runners=runners,
+        following=following,
+    )  # fmt: skip
 
 
 OUTPUT_NAMES = (

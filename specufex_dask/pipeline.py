@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,7 @@ from .models import (
     ConvergenceMonitor,
     _check_compat,
 )
+from .runners import StepRunners
 from .seeding import minibatch, resolve_seed
 
 __all__ = ["SpecUFEx"]
@@ -227,10 +229,11 @@ class SpecUFEx:
         with (
             naming_every_bad_event(chunks, client),
             BackgroundCheckpoints(chunks.path) as checkpoints,
+            _step_runners(client, chunks) as runners,
         ):
             if done["stage"] == "nmf":
                 monitor = self._monitor(self.nmf_.elbo_, n_events, batch)
-                step = self._nmf_step(chunks, batch, client)
+                step = self._nmf_step(chunks, batch, client, runners)
                 self._run_steps("nmf", step, monitor, done, checkpoints)
                 self.nmf_.sort_patterns()
                 done["stage"] = "hmm"
@@ -238,7 +241,7 @@ class SpecUFEx:
                 checkpoints.write(self.nmf_, self.hmm_, done)
             if done["stage"] == "hmm":
                 monitor = self._monitor(self.hmm_.elbo_, n_events, batch)
-                step = self._hmm_step(chunks, batch, client, done)
+                step = self._hmm_step(chunks, batch, client, runners, done)
                 self._run_steps("hmm", step, monitor, done, checkpoints)
                 self.hmm_.sort_states()
                 done["stage"] = "done"
@@ -250,26 +253,41 @@ class SpecUFEx:
         monitor.history = list(history)
         return monitor
 
-    def _nmf_step(self, chunks: EventChunks, batch: int, client: Any) -> Step:
+    def _nmf_step(
+        self, chunks: EventChunks, batch: int, client: Any, runners: StepRunners | None
+    ) -> Step:
         """One NMF step on a seeded minibatch, as :meth:`_run_steps` calls it."""
         nmf = self.nmf_
 
+        def draw(number: int) -> np.ndarray:
+            return minibatch(self.random_state, "nmf_batch", number, chunks.shape[0], batch)
+
         def step() -> tuple[float, bool, dict]:
-            index = minibatch(self.random_state, "nmf_batch", nmf.step, chunks.shape[0], batch)
-            stats = nmf_statistics(chunks, index, nmf.step_parameters(), client)
+            stats = nmf_statistics(
+                chunks, draw(nmf.step), nmf.step_parameters(), client,
+                runners=runners, following=draw(nmf.step + 1) if runners else None,
+            )  # fmt: skip
             elbo = nmf.apply_statistics(stats)
             return elbo, nmf._annealed(), {"n_patterns": nmf.num_pat}
 
         return step
 
-    def _hmm_step(self, chunks: EventChunks, batch: int, client: Any, done: dict) -> Step:
+    def _hmm_step(
+        self, chunks: EventChunks, batch: int, client: Any, runners: StepRunners | None,
+        done: dict,
+    ) -> Step:  # fmt: skip
         """One HMM step on a seeded minibatch (drawn by the count of steps ``done``)."""
         hmm, nmf_params = self.hmm_, self.nmf_.transform_parameters()
 
+        def draw(number: int) -> np.ndarray:
+            return minibatch(self.random_state, "hmm_batch", number, chunks.shape[0], batch)
+
         def step() -> tuple[float, bool, dict]:
-            draw = done["hmm_steps"]
-            index = minibatch(self.random_state, "hmm_batch", draw, chunks.shape[0], batch)
-            stats = hmm_statistics(chunks, index, nmf_params, hmm.step_parameters(), client)
+            number = done["hmm_steps"]
+            stats = hmm_statistics(
+                chunks, draw(number), nmf_params, hmm.step_parameters(), client,
+                runners=runners, following=draw(number + 1) if runners else None,
+            )  # fmt: skip
             if self.compat != "specufex":
                 return hmm.apply_statistics(stats), True, {}
             # the reference used as its README shows: one sequence per fit call
@@ -391,6 +409,13 @@ class SpecUFEx:
         model.nmf_, model.hmm_ = nmf, hmm
         model.frequency_ = _model_frequency(str(path))
         return model
+
+
+def _step_runners(client: Any, chunks: EventChunks) -> AbstractContextManager:
+    """Step runners for a fit of an archive on a cluster; None (as a context) otherwise."""
+    if client is None or not chunks.stored:
+        return nullcontext()
+    return StepRunners(client)
 
 
 def _model_frequency(path: str) -> np.ndarray | None:

@@ -306,7 +306,7 @@ def test_fit_survives_a_killed_worker(
     ours = _ensure_workers(cluster, client, 2)
     gate = tmp_path / "gate"
     gate.mkdir()
-    _install_gate(client, "_task_nodes", gate, hold_others=False)
+    _install_gate(client, "task_nodes", gate, hold_others=False)
     path = str(tmp_path / "events.zarr")
     shutil.copytree(pristine, path)
     steps: list[tuple[str, int]] = []
@@ -371,7 +371,7 @@ def test_a_replacement_worker_finishes_the_job(
     ours = _ensure_workers(cluster, client, 1)
     gate = tmp_path / "gate"
     gate.mkdir()
-    _install_gate(client, "_task_nodes", gate, hold_others=False)
+    _install_gate(client, "task_nodes", gate, hold_others=False)
     path = str(tmp_path / "events.zarr")
     shutil.copytree(pristine, path)
     replaced: list[int] = []

@@ -1,0 +1,201 @@
+"""SVI steps on step runners (Dask actors): same statistics as tasks, rows read a step
+ahead used exactly once, runners that follow the cluster's workers and notice a lost one."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from specufex_dask import archive, engine, runners
+from specufex_dask.engine import EventChunks, StoredRows
+from specufex_dask.runners import StepRunner, StepRunners
+from specufex_dask.stats import tree_root
+from specufex_dask.steps import NMFStepParameters
+
+N_EVENTS, N_FREQUENCIES, N_TIMES, N_PATTERNS = 40, 12, 9, 4
+
+
+def _archive(path: Path, rng: np.random.Generator, chunk_events: int = 4) -> str:
+    values = rng.gamma(2.0, 1.0, size=(N_EVENTS, N_FREQUENCIES, N_TIMES)).astype(np.float32)
+    archive.write_spectrograms(
+        path, values, [f"ev{i:02d}" for i in range(N_EVENTS)],
+        np.linspace(1.0, 20.0, N_FREQUENCIES), np.arange(N_TIMES) * 0.5,
+        chunk_events=chunk_events,
+    )  # fmt: skip
+    return str(path)
+
+
+def _params(rng: np.random.Generator) -> NMFStepParameters:
+    return NMFStepParameters(
+        log_basis=np.log(rng.gamma(1.0, 1.0, size=(N_FREQUENCIES, N_PATTERNS))),
+        basis_weight=rng.gamma(2.0, 1.0, size=N_PATTERNS),
+        h01=0.1, h02=0.1, n_inner=3, dtype="float32",
+    )  # fmt: skip
+
+
+def _task(path: str, rows: np.ndarray, first: int, total: int, params) -> tuple:
+    ids = np.array([f"ev{i:02d}" for i in rows])
+    return (StoredRows(path, rows), None, ids, first, total, engine._nmf_leaves, params)
+
+
+def _expected(path: str, rows: np.ndarray, params) -> object:
+    """Statistics of ``rows`` computed from what the archive holds now, without runners."""
+    return tree_root(engine.task_nodes(*_task(path, rows, 0, len(rows), params)), len(rows))
+
+
+def _overwrite(path: str, values: np.ndarray) -> None:
+    archive.write_region(path, archive.SPECTROGRAM, 0, values)
+
+
+def test_rows_read_ahead_are_used_once(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = _archive(tmp_path / "a.zarr", rng)
+    params = _params(rng)
+    rows = np.array([1, 6, 7, 30])
+    before = _expected(path, rows, params)
+    runner = StepRunner()
+    assert runner.read_ahead([StoredRows(path, rows)]) == 1
+    _overwrite(path, np.full((N_EVENTS, N_FREQUENCIES, N_TIMES), 3.0, np.float32))
+    after = _expected(path, rows, params)
+    assert not np.array_equal(before.basis_counts, after.basis_counts)
+
+    # the step reads nothing: it gets the rows as they were when read ahead
+    first = tree_root(runner.run([_task(path, rows, 0, 4, params)]), 4)
+    np.testing.assert_array_equal(first.basis_counts, before.basis_counts)
+    # once only: the next step reads the archive again
+    second = tree_root(runner.run([_task(path, rows, 0, 4, params)]), 4)
+    np.testing.assert_array_equal(second.basis_counts, after.basis_counts)
+
+
+def test_rows_read_ahead_are_not_taken_for_other_rows(tmp_path: Path, rng) -> None:
+    path = _archive(tmp_path / "a.zarr", rng)
+    params = _params(rng)
+    runner = StepRunner()
+    runner.read_ahead([StoredRows(path, np.array([1, 2, 3]))])
+    _overwrite(path, np.full((N_EVENTS, N_FREQUENCIES, N_TIMES), 3.0, np.float32))
+    rows = np.array([1, 2, 4])
+    got = tree_root(runner.run([_task(path, rows, 0, 3, params)]), 3)
+    np.testing.assert_array_equal(got.basis_counts, _expected(path, rows, params).basis_counts)
+
+
+def test_a_failed_read_ahead_is_left_to_the_step(tmp_path: Path, rng) -> None:
+    path = _archive(tmp_path / "a.zarr", rng)
+    rows = np.array([0, 1])
+    chunk = Path(path) / archive.SPECTROGRAM / "c" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    runner = StepRunner()
+    assert runner.read_ahead([StoredRows(path, rows)]) == 0
+    with pytest.raises(archive.ArchiveError, match=str(chunk)):
+        runner.run([_task(path, rows, 0, 2, _params(rng))])
+
+
+def test_threads_give_the_same_nodes(tmp_path: Path, rng) -> None:
+    path = _archive(tmp_path / "a.zarr", rng)
+    params = _params(rng)
+    index = np.sort(rng.choice(N_EVENTS, 12, replace=False))
+    tasks = [_task(path, index[a : a + 4], a, 12, params) for a in (0, 4, 8)]
+    one = StepRunner().run(tasks, threads=1)
+    three = StepRunner().run(tasks, threads=3)
+    assert one.keys() == three.keys()
+    for key in one:
+        np.testing.assert_array_equal(one[key].basis_counts, three[key].basis_counts)
+    whole = _expected(path, index, params)
+    np.testing.assert_array_equal(tree_root(three, 12).basis_counts, whole.basis_counts)
+
+
+def test_groups_are_dealt_one_per_worker_thread() -> None:
+    pool = StepRunners(client=None)
+    pool._runners, pool._threads = ["a", "b"], [1, 2]
+    groups = [(i, i + 1) for i in range(7)]
+    assert pool._assign(groups) == [[(0, 1), (3, 4), (6, 7)], [(1, 2), (2, 3), (4, 5), (5, 6)]]
+
+
+class _Silent:
+    """An actor call whose worker never answers."""
+
+    def result(self, timeout=None):
+        raise TimeoutError
+
+
+class _Scheduler:
+    def __init__(self, workers: dict) -> None:
+        self.workers = workers
+
+    def nthreads(self) -> dict:
+        return self.workers
+
+
+def test_a_call_to_a_worker_that_left_fails(monkeypatch) -> None:
+    monkeypatch.setattr(runners, "LIVENESS_CHECK_S", 0.0)
+    pool = StepRunners(client=_Scheduler({"tcp://127.0.0.1:2": 1}))
+    with pytest.raises(OSError, match="tcp://127.0.0.1:1 left the cluster"):
+        pool._result(_Silent(), "tcp://127.0.0.1:1")
+
+
+@pytest.fixture
+def local_cluster():
+    import distributed
+
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
+        host="127.0.0.1", dashboard_address="127.0.0.1:0",
+    ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
+        yield cluster, client
+
+
+def test_runners_follow_the_workers_and_match_the_tasks(
+    local_cluster, tmp_path: Path, rng: np.random.Generator, monkeypatch, caplog
+) -> None:
+    cluster, client = local_cluster
+    caplog.set_level(logging.INFO, logger="specufex_dask")
+    monkeypatch.setattr(engine, "WINDOW_LOOKUP_S", 0.0)  # look the workers up every step
+    path = _archive(tmp_path / "a.zarr", rng)
+    chunks = EventChunks.from_data(path)
+    params = _params(rng)
+    index = np.sort(rng.choice(N_EVENTS, 32, replace=False))
+    following = np.sort(rng.choice(N_EVENTS, 32, replace=False))
+    by_tasks = engine.nmf_statistics(chunks, index, params, client)
+    with StepRunners(client) as pool:
+        first = engine.nmf_statistics(chunks, index, params, client, pool, following)
+        assert pool._addresses == sorted(client.nthreads())
+        np.testing.assert_array_equal(first.basis_counts, by_tasks.basis_counts)
+
+        cluster.scale(2)
+        client.wait_for_workers(2)
+        second = engine.nmf_statistics(chunks, following, params, client, pool, None)
+        assert len(pool._addresses) == 2
+        assert pool._addresses == sorted(client.nthreads())
+        expected = engine.nmf_statistics(chunks, following, params, client)
+        np.testing.assert_array_equal(second.basis_counts, expected.basis_counts)
+        assert second.elbo == expected.elbo
+    assert "step runners failed" not in caplog.text  # the runners ran both steps
+
+
+def test_a_fit_runs_its_steps_on_the_runners(local_cluster, tmp_path: Path, rng, monkeypatch):
+    from specufex_dask import SpecUFEx
+
+    _, client = local_cluster
+    path = _archive(tmp_path / "a.zarr", rng)
+    calls: dict[str, int] = {"run": 0, "read_ahead": 0}
+
+    def counted(name: str):
+        original = getattr(StepRunner, name)
+
+        def method(self, *args, **kwargs):
+            calls[name] += 1
+            return original(self, *args, **kwargs)
+
+        return method
+
+    for name in calls:  # the cluster's workers are threads of this process
+        monkeypatch.setattr(StepRunner, name, counted(name))
+    settings = {"num_pat": 3, "num_state": 2, "nmf_steps": 4, "hmm_steps": 3, "batch_size": 12}
+    on_runners = SpecUFEx(**settings, client=client).fit(path)
+    assert calls == {"run": 7, "read_ahead": 7}  # one worker: one call of each per step
+    alone = SpecUFEx(**settings, client=False).fit(path)
+    for name in ("W1", "W2", "A1", "A2"):
+        np.testing.assert_array_equal(getattr(on_runners.nmf_, name), getattr(alone.nmf_, name))
+    for name in ("B1", "B2", "gain"):
+        np.testing.assert_array_equal(getattr(on_runners.hmm_, name), getattr(alone.hmm_, name))
