@@ -350,6 +350,23 @@ class EventChunks:
         _, per_chunk = np.unique(chunk_of, return_counts=True)  # in order: index is sorted
         return _bounds(_merge_runs(per_chunk.tolist(), _step_task_events(len(index))))
 
+    def balanced_groups(self, index: np.ndarray, parts: int) -> list[tuple[int, int]]:
+        """Minibatch positions ``(first, stop)`` of ``parts`` groups of about equal size.
+
+        Like :meth:`step_groups`, each group takes the events of whole ranges of
+        ``bounds``: a group ends at the range end nearest its share of the events (so
+        there are fewer groups when fewer ranges hold the events).
+        """
+        chunk_of = self._range_of(index)
+        _, per_chunk = np.unique(chunk_of, return_counts=True)
+        ends = np.cumsum(per_chunk)
+        targets = len(index) * np.arange(1, parts) / parts
+        after = np.minimum(np.searchsorted(ends, targets), len(ends) - 1)
+        before = np.maximum(after - 1, 0)
+        nearest = np.where(targets - ends[before] <= ends[after] - targets, before, after)
+        cuts = np.unique(np.concatenate([[0], ends[nearest], [len(index)]]))
+        return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
 
 def _on_workers(params):
     """Parameters as one graph key that every task of a pass over all events shares.
@@ -551,12 +568,12 @@ def _minibatch_statistics(
     as tasks, which recover from a lost worker or raise the step's own error.
     """
     params = tuple(replace(p, threads=1) for p in params)
-    if runners is not None and chunks.stored:
+    if runners is not None and chunks.stored and runners.ready():
         try:
             return runners.statistics(chunks, index, following, leaves, *params)
         except Exception as error:  # noqa: BLE001 - the tasks below raise a real error again
-            logger.info("a step on the step runners failed (%r); running it as tasks", error)
-            runners.release()
+            logger.info("a step on the step runners failed (%r); running steps as tasks", error)
+            runners.failed()
     # Each task carries the parameters itself (a few hundred kB): a shared key would be a
     # dependency, and the scheduler would place every task of the step on the one worker
     # holding it.

@@ -265,7 +265,7 @@ class SpecUFEx:
         def step() -> tuple[float, bool, dict]:
             stats = nmf_statistics(
                 chunks, draw(nmf.step), nmf.step_parameters(), client,
-                runners=runners, following=draw(nmf.step + 1) if runners else None,
+                runners=runners, following=draw(nmf.step + 1) if runners is not None else None,
             )  # fmt: skip
             elbo = nmf.apply_statistics(stats)
             return elbo, nmf._annealed(), {"n_patterns": nmf.num_pat}
@@ -286,7 +286,7 @@ class SpecUFEx:
             number = done["hmm_steps"]
             stats = hmm_statistics(
                 chunks, draw(number), nmf_params, hmm.step_parameters(), client,
-                runners=runners, following=draw(number + 1) if runners else None,
+                runners=runners, following=draw(number + 1) if runners is not None else None,
             )  # fmt: skip
             if self.compat != "specufex":
                 return hmm.apply_statistics(stats), True, {}

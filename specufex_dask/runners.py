@@ -5,7 +5,8 @@ update. Submitted as tasks, every step pays for a graph update on the scheduler,
 transitions and a gather; on the 2-core benchmark machine that cost 18 ms of driver CPU
 and 28 ms of wall time per step of 4 tasks doing nothing, against 6 and 9 ms for the
 same 4 calls on actors. The driver therefore calls a :class:`StepRunner` living on each
-worker directly, one call per worker and step.
+worker directly, one call per worker and step, with the step's events shared evenly
+between the workers' threads (whole storage chunks each, so no chunk is read twice).
 
 While the driver folds a step's statistics and updates the globals, the workers would
 sit idle, and reading a task's rows (decompressing every chunk a minibatch event sits
@@ -18,9 +19,10 @@ that thread would otherwise wait through.
 Actors are not fault tolerant by themselves. Any failure of a call (a worker lost, or
 an error in the step itself) makes the driver drop its runners and run that step as
 ordinary tasks, which the scheduler reruns on a lost worker and which raise the step's
-own error; the next step starts new runners on the workers then present. The runners
-also follow the cluster's workers as they come and go (looked up every
-``engine.WINDOW_LOOKUP_S``). The statistics are the same bits on either path.
+own error; steps go on as tasks for ``RETRY_AFTER_S``, then new runners start on the
+workers present. The runners also follow the cluster's workers as they come and go
+(looked up every ``engine.WINDOW_LOOKUP_S``). The statistics are the same bits on
+either path.
 
 On the 10k benchmark archive (40 + 40 steps of 64 events, medians of three alternating
 runs) a fit took 36.9 s with one worker and 25.2 s with two as tasks, 34.2 and 22.1 s on
@@ -29,6 +31,7 @@ runners, and 32.0 and 21.1 s on runners reading ahead.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +52,10 @@ logger = logging.getLogger(__name__)
 LIVENESS_CHECK_S = 10.0
 # How long a new runner may take to start on its worker.
 START_TIMEOUT_S = 60.0
+# After a failure, steps run as tasks this long before runners are tried again.
+RETRY_AFTER_S = 30.0
+# Rows read ahead for the whole cluster at most (a full-batch step reads none ahead).
+READ_AHEAD_MAX_BYTES = 256 * 2**20
 
 
 def _rows_key(source: StoredRows) -> tuple:
@@ -58,11 +65,17 @@ def _rows_key(source: StoredRows) -> tuple:
     return source.path, np.asarray(rows, dtype=np.int64).tobytes()
 
 
+def _row_bytes(chunks: EventChunks) -> int:
+    """Bytes of one event's spectrogram as a task holds it (float64 at most)."""
+    return 8 * int(np.prod(chunks.shape[1:]))
+
+
 class StepRunner:
     """Computes the tasks of SVI steps on the worker it lives on (a Dask actor).
 
-    Calls run one at a time, in the order the driver made them, on the worker's actor
-    thread.
+    Calls run one at a time on the worker's actor thread. They may reach it out of the
+    order the driver made them (each may take its own connection); rows read ahead are
+    found by path and rows, so the order changes nothing but the time.
     """
 
     def __init__(self) -> None:
@@ -85,8 +98,9 @@ class StepRunner:
     def run(self, tasks: list[tuple], threads: int = 1) -> dict:
         """Tree nodes of ``tasks`` (the arguments of :func:`engine.task_nodes`), merged.
 
-        Rows read ahead are used once, for the task with the same path and rows; with
-        ``threads`` > 1 the tasks run on that many threads.
+        Rows read ahead are used once, for the task with the same path and rows (rows
+        left unused are dropped by the next read ahead); with ``threads`` > 1 the tasks
+        run on that many threads.
         """
 
         def nodes_of(task: tuple) -> dict:
@@ -100,7 +114,6 @@ class StepRunner:
                 parts = list(pool.map(nodes_of, tasks))
         else:
             parts = [nodes_of(task) for task in tasks]
-        self._ahead = {}
         merged: dict = {}
         for part in parts:
             merged.update(part)
@@ -120,6 +133,7 @@ class StepRunners:
         self._addresses: list[str] = []
         self._threads: list[int] = []
         self._next_lookup = 0.0
+        self._paused_until = 0.0
 
     def __enter__(self) -> StepRunners:
         return self
@@ -132,6 +146,15 @@ class StepRunners:
         for future in self._futures:
             future.release()
         self._futures, self._runners, self._addresses, self._threads = [], [], [], []
+
+    def ready(self) -> bool:
+        """Whether steps should run on the runners (not just after a failure)."""
+        return time.monotonic() >= self._paused_until
+
+    def failed(self) -> None:
+        """Drop the actors after a failed step and run steps as tasks for a while."""
+        self.release()
+        self._paused_until = time.monotonic() + RETRY_AFTER_S
 
     def _follow_cluster(self) -> None:
         """Start runners on the cluster's workers if they are not those of the runners."""
@@ -158,24 +181,41 @@ class StepRunners:
         self._addresses = addresses
         self._threads = [int(nthreads[address]) for address in addresses]
 
-    def _assign(self, groups: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-        """The groups each runner takes: in turn, one per worker thread."""
-        slots = [
+    def _slots(self) -> list[int]:
+        """Runner of each worker thread, the runners taking turns."""
+        return [
             runner
             for turn in range(max(self._threads))
             for runner, threads in enumerate(self._threads)
             if threads > turn
         ]
+
+    def _groups(self, chunks: EventChunks, index: np.ndarray) -> list[list[tuple[int, int]]]:
+        """The minibatch positions each runner takes: for each worker thread, about the
+        same number of events, in groups of whole chunks of at most about
+        ``engine.TASK_EVENTS``."""
+        slots = self._slots()
+        rounds = -(-len(index) // (engine.TASK_EVENTS * len(slots)))
         assigned: list[list[tuple[int, int]]] = [[] for _ in self._runners]
-        for number, group in enumerate(groups):
+        for number, group in enumerate(chunks.balanced_groups(index, rounds * len(slots))):
             assigned[slots[number % len(slots)]].append(group)
         return assigned
+
+    def _ahead(self, chunks: EventChunks, following: np.ndarray | None) -> list[list]:
+        """Per runner, the rows of the step ``following`` it will get (none for a
+        minibatch of more than ``READ_AHEAD_MAX_BYTES``)."""
+        if following is None or _row_bytes(chunks) * len(following) > READ_AHEAD_MAX_BYTES:
+            return [[] for _ in self._runners]
+        return [
+            [StoredRows(chunks.path, following[first:stop]) for first, stop in groups]
+            for groups in self._groups(chunks, following)
+        ]
 
     def _result(self, call: Any, address: str) -> dict:
         while True:
             try:
                 return call.result(timeout=LIVENESS_CHECK_S)
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):  # distinct before Python 3.11
                 if address not in self._client.nthreads():
                     raise OSError(f"worker {address} left the cluster") from None
 
@@ -195,7 +235,7 @@ class StepRunners:
         calls = []
         for runner, address, threads, groups in zip(
             self._runners, self._addresses, self._threads,
-            self._assign(chunks.step_groups(index)), strict=True,
+            self._groups(chunks, index), strict=True,
         ):  # fmt: skip
             tasks = [
                 (StoredRows(chunks.path, index[first:stop]), None,
@@ -204,12 +244,9 @@ class StepRunners:
             ]  # fmt: skip
             if tasks:
                 calls.append((runner.run(tasks, threads), address))
-        if following is not None:
-            for runner, groups in zip(
-                self._runners, self._assign(chunks.step_groups(following)), strict=True
-            ):
-                if groups:
-                    runner.read_ahead([StoredRows(chunks.path, following[a:b]) for a, b in groups])
+        for runner, sources in zip(self._runners, self._ahead(chunks, following), strict=True):
+            if sources:
+                runner.read_ahead(sources)
         nodes: dict = {}
         for call, address in calls:
             nodes.update(self._result(call, address))

@@ -4,6 +4,7 @@ ahead used exactly once, runners that follow the cluster's workers and notice a 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,11 +106,38 @@ def test_threads_give_the_same_nodes(tmp_path: Path, rng) -> None:
     np.testing.assert_array_equal(tree_root(three, 12).basis_counts, whole.basis_counts)
 
 
-def test_groups_are_dealt_one_per_worker_thread() -> None:
+# 15 events in 6 of the 10 chunks of 4 events: 4, 1, 2, 3, 1 and 4 events
+PLANTED = np.array([0, 1, 2, 3, 5, 8, 9, 12, 13, 14, 30, 36, 37, 38, 39])
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        (1, [(0, 15)]),
+        (2, [(0, 7), (7, 15)]),  # 7.5 events each: the chunk end at 7 is nearest
+        (3, [(0, 5), (5, 10), (10, 15)]),
+        (6, [(0, 4), (4, 5), (5, 7), (7, 10), (10, 11), (11, 15)]),
+        (20, [(0, 4), (4, 5), (5, 7), (7, 10), (10, 11), (11, 15)]),  # one per chunk at most
+    ],
+)
+def test_balanced_groups_take_whole_chunks(tmp_path: Path, rng, parts, expected) -> None:
+    chunks = EventChunks.from_data(_archive(tmp_path / "a.zarr", rng, chunk_events=4))
+    groups = chunks.balanced_groups(PLANTED, parts)
+    assert groups == expected
+    chunks_read = [set(PLANTED[a:b] // 4) for a, b in groups]
+    assert sum(len(read) for read in chunks_read) == len(set().union(*chunks_read))
+
+
+def test_groups_are_dealt_one_per_worker_thread(tmp_path: Path, rng, monkeypatch) -> None:
+    chunks = EventChunks.from_data(_archive(tmp_path / "a.zarr", rng, chunk_events=4))
     pool = StepRunners(client=None)
-    pool._runners, pool._threads = ["a", "b"], [1, 2]
-    groups = [(i, i + 1) for i in range(7)]
-    assert pool._assign(groups) == [[(0, 1), (3, 4), (6, 7)], [(1, 2), (2, 3), (4, 5), (5, 6)]]
+    pool._runners, pool._threads = ["a", "b"], [1, 2]  # three threads: a, b, b
+    assert pool._groups(chunks, PLANTED) == [[(0, 5)], [(5, 10), (10, 15)]]
+    monkeypatch.setattr(engine, "TASK_EVENTS", 4)  # at most about 4 events a group: 6 groups
+    assert pool._groups(chunks, PLANTED) == [
+        [(0, 4), (7, 10)],
+        [(4, 5), (5, 7), (10, 11), (11, 15)],
+    ]
 
 
 class _Silent:
@@ -193,9 +221,56 @@ def test_a_fit_runs_its_steps_on_the_runners(local_cluster, tmp_path: Path, rng,
         monkeypatch.setattr(StepRunner, name, counted(name))
     settings = {"num_pat": 3, "num_state": 2, "nmf_steps": 4, "hmm_steps": 3, "batch_size": 12}
     on_runners = SpecUFEx(**settings, client=client).fit(path)
-    assert calls == {"run": 7, "read_ahead": 7}  # one worker: one call of each per step
+    assert calls["run"] == 7  # one worker: one call per step
+    deadline = time.monotonic() + 30  # the last read ahead may still be on its way
+    while calls["read_ahead"] < 7 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls["read_ahead"] == 7
     alone = SpecUFEx(**settings, client=False).fit(path)
     for name in ("W1", "W2", "A1", "A2"):
         np.testing.assert_array_equal(getattr(on_runners.nmf_, name), getattr(alone.nmf_, name))
     for name in ("B1", "B2", "gain"):
         np.testing.assert_array_equal(getattr(on_runners.hmm_, name), getattr(alone.hmm_, name))
+
+
+def test_after_a_failure_steps_run_as_tasks_for_a_while(
+    local_cluster, tmp_path: Path, rng: np.random.Generator, monkeypatch
+) -> None:
+    _, client = local_cluster
+    path = _archive(tmp_path / "a.zarr", rng)
+    chunks = EventChunks.from_data(path)
+    params = _params(rng)
+    index = np.sort(rng.choice(N_EVENTS, 16, replace=False))
+    expected = engine.nmf_statistics(chunks, index, params, client)
+    tries: list[int] = []
+
+    def broken(self, *args):
+        tries.append(1)
+        raise OSError("Unable to contact Actor's worker")
+
+    monkeypatch.setattr(StepRunners, "statistics", broken)
+    with StepRunners(client) as pool:
+        for _ in range(3):
+            got = engine.nmf_statistics(chunks, index, params, client, pool, index)
+            np.testing.assert_array_equal(got.basis_counts, expected.basis_counts)
+        assert len(tries) == 1 and not pool.ready()
+        monkeypatch.setattr(runners, "RETRY_AFTER_S", 0.0)
+        pool.failed()
+        engine.nmf_statistics(chunks, index, params, client, pool, index)
+        assert len(tries) == 2
+
+
+def test_large_minibatches_are_not_read_ahead(tmp_path: Path, rng, monkeypatch) -> None:
+    chunks = EventChunks.from_data(_archive(tmp_path / "a.zarr", rng))
+    pool = StepRunners(client=None)
+    pool._runners, pool._threads = ["a", "b"], [1, 1]
+    following = np.sort(rng.choice(N_EVENTS, 16, replace=False))
+    # 16 rows of 12 x 9 float64 are 13824 bytes
+    monkeypatch.setattr(runners, "READ_AHEAD_MAX_BYTES", 16 * 12 * 9 * 8)
+    ahead = pool._ahead(chunks, following)
+    read = np.concatenate([source.rows for sources in ahead for source in sources])
+    np.testing.assert_array_equal(np.sort(read), following)
+    assert all(ahead)  # both runners read some
+    monkeypatch.setattr(runners, "READ_AHEAD_MAX_BYTES", 16 * 12 * 9 * 8 - 1)
+    assert pool._ahead(chunks, following) == [[], []]
+    assert pool._ahead(chunks, None) == [[], []]
