@@ -329,6 +329,10 @@ class EventChunks:
         """Which range of ``bounds`` holds each event of ``index``."""
         return np.searchsorted(self.starts, index, side="right") - 1
 
+    def _events_per_range(self, index: np.ndarray) -> np.ndarray:
+        """Events of sorted ``index`` in each range of ``bounds`` holding any, in order."""
+        return np.unique(self._range_of(index), return_counts=True)[1]
+
     def split(self, index: np.ndarray) -> list[tuple[int, np.ndarray, int]]:
         """``(chunk, local indices, first minibatch position)`` for sorted event indices."""
         chunk_of = self._range_of(index)
@@ -346,8 +350,7 @@ class EventChunks:
         ``index`` holds sorted event indices. A task takes the minibatch events of whole
         ranges of ``bounds``, so a storage chunk is read by one task of the step only.
         """
-        chunk_of = self._range_of(index)
-        _, per_chunk = np.unique(chunk_of, return_counts=True)  # in order: index is sorted
+        per_chunk = self._events_per_range(index)
         return _bounds(_merge_runs(per_chunk.tolist(), _step_task_events(len(index))))
 
     def balanced_groups(self, index: np.ndarray, parts: int) -> list[tuple[int, int]]:
@@ -357,9 +360,7 @@ class EventChunks:
         ``bounds``: a group ends at the range end nearest its share of the events (so
         there are fewer groups when fewer ranges hold the events).
         """
-        chunk_of = self._range_of(index)
-        _, per_chunk = np.unique(chunk_of, return_counts=True)
-        ends = np.cumsum(per_chunk)
+        ends = np.cumsum(self._events_per_range(index))
         targets = len(index) * np.arange(1, parts) / parts
         after = np.minimum(np.searchsorted(ends, targets), len(ends) - 1)
         before = np.maximum(after - 1, 0)
@@ -418,6 +419,15 @@ def _nmf_leaves(X: np.ndarray, nmf: NMFStepParameters) -> list:
 
 def _hmm_leaves(X: np.ndarray, nmf: NMFStepParameters, hmm: HMMStepParameters) -> list:
     return hmm_leaves(nmf_activations(X, nmf), hmm)
+
+
+def stored_task(chunks: EventChunks, index: np.ndarray, first: int, stop: int, leaves,
+                params: tuple) -> tuple:  # fmt: skip
+    """Arguments of :func:`task_nodes` for minibatch positions ``first:stop`` of an
+    archive's sorted event indices ``index``."""
+    rows = index[first:stop]
+    return (StoredRows(chunks.path, rows), None, chunks.event[rows], first, len(index),
+            leaves, *params)  # fmt: skip
 
 
 def task_nodes(source, local, ids, position, total, leaves, *params, values=None) -> dict:
@@ -580,12 +590,9 @@ def _minibatch_statistics(
     total = len(index)
     if chunks.stored:
         tasks = [
-            dask.delayed(task_nodes)(
-                StoredRows(chunks.path, index[first:stop]), None, chunks.event[index[first:stop]],
-                first, total, leaves, *params,
-            )
+            dask.delayed(task_nodes)(*stored_task(chunks, index, first, stop, leaves, params))
             for first, stop in chunks.step_groups(index)
-        ]  # fmt: skip
+        ]
     else:
         tasks = [
             dask.delayed(task_nodes)(

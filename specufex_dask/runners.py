@@ -34,14 +34,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from . import engine
-from .engine import EventChunks, StoredRows
+from .engine import EventChunks, StoredRows, stored_task
 from .stats import tree_root
+from .steps import map_groups
 
 __all__ = ["StepRunner", "StepRunners"]
 
@@ -109,13 +109,8 @@ class StepRunner:
             # looked up at each call, so that a wrapper installed on the module applies
             return engine.task_nodes(source, *rest, values=values)
 
-        if threads > 1 and len(tasks) > 1:
-            with ThreadPoolExecutor(max_workers=min(threads, len(tasks))) as pool:
-                parts = list(pool.map(nodes_of, tasks))
-        else:
-            parts = [nodes_of(task) for task in tasks]
         merged: dict = {}
-        for part in parts:
+        for part in map_groups(nodes_of, tasks, threads):
             merged.update(part)
         return merged
 
@@ -238,10 +233,8 @@ class StepRunners:
             self._groups(chunks, index), strict=True,
         ):  # fmt: skip
             tasks = [
-                (StoredRows(chunks.path, index[first:stop]), None,
-                 chunks.event[index[first:stop]], first, total, leaves, *params)
-                for first, stop in groups
-            ]  # fmt: skip
+                stored_task(chunks, index, first, stop, leaves, params) for first, stop in groups
+            ]
             if tasks:
                 calls.append((runner.run(tasks, threads), address))
         for runner, sources in zip(self._runners, self._ahead(chunks, following), strict=True):

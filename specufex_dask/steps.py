@@ -100,7 +100,7 @@ def _single_threaded_blas():
     return _blas_controller.limit(limits=1, user_api="blas")
 
 
-def _map_groups(function: Callable[[slice], Any], groups: list[slice], threads: int) -> list:
+def map_groups(function: Callable[[Any], Any], groups: list, threads: int) -> list:
     """``function`` over groups of events, on up to ``threads`` threads, in order."""
     with _single_threaded_blas():
         if threads <= 1 or len(groups) <= 1:
@@ -134,7 +134,7 @@ def nmf_leaves(X: NDArray, params: NMFStepParameters) -> list[NMFStatistics]:
             for i in range(len(local.elbo))
         ]
 
-    parts = _map_groups(group_leaves, _groups(len(X), NMF_GROUP), params.threads)
+    parts = map_groups(group_leaves, _groups(len(X), NMF_GROUP), params.threads)
     return [leaf for part in parts for leaf in part]
 
 
@@ -153,7 +153,7 @@ def nmf_activations(X: NDArray, params: NMFStepParameters) -> NDArray:
             n_iter=params.transform_iterations,
         )
 
-    _map_groups(transform_group, _groups(len(X), NMF_GROUP), params.threads)
+    map_groups(transform_group, _groups(len(X), NMF_GROUP), params.threads)
     return out
 
 
@@ -220,7 +220,7 @@ def hmm_leaves(V: NDArray, params: HMMStepParameters) -> list[HMMStatistics]:
             for i in range(len(local.elbo_per_sequence))
         ]
 
-    parts = _map_groups(group_leaves, _hmm_groups(len(V), params.threads), params.threads)
+    parts = map_groups(group_leaves, _hmm_groups(len(V), params.threads), params.threads)
     return [leaf for part in parts for leaf in part]
 
 
@@ -244,5 +244,5 @@ def hmm_outputs(V: NDArray, params: HMMStepParameters) -> tuple[NDArray, NDArray
             tau_transition=params.tau_transition,
         )
 
-    _map_groups(outputs_group, _hmm_groups(n, params.threads), params.threads)
+    map_groups(outputs_group, _hmm_groups(n, params.threads), params.threads)
     return prints, transitions, gams
