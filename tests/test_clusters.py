@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask
 import dask.array as da
 import distributed
 import numpy as np
@@ -102,6 +103,52 @@ def test_local_cluster_binds_only_loopback_and_computes(rng):
         [psutil.Process(pid) for pid in worker_pids if psutil.pid_exists(pid)], timeout=30
     )
     assert not alive
+
+
+def test_local_cluster_runs_with_rarer_bookkeeping(local_handle):
+    """The intervals reach the scheduler and the worker processes, not only the driver."""
+    from dask.utils import parse_timedelta
+
+    intervals = {
+        key: parse_timedelta(value) for key, value in clusters.LOCAL_CLUSTER_INTERVALS.items()
+    }
+    tick = intervals["distributed.admin.tick.interval"]
+    assert tick != parse_timedelta(clusters._dask_default("distributed.admin.tick.interval"))
+
+    def worker_timings(dask_worker) -> dict:
+        callbacks = dask_worker.periodic_callbacks
+        return {
+            "tick": dask_worker._tick_interval,
+            "monitor": callbacks["monitor"].callback_time / 1000,
+            "profile": callbacks["profile"].callback_time / 1000,
+            "profile-cycle": callbacks["profile-cycle"].callback_time / 1000,
+        }
+
+    expected = {
+        "tick": tick,
+        "monitor": intervals["distributed.admin.system-monitor.interval"],
+        "profile": intervals["distributed.worker.profile.interval"],
+        "profile-cycle": intervals["distributed.worker.profile.cycle"],
+    }
+    timings = local_handle.client.run(worker_timings)
+    assert len(timings) == 2
+    assert all(found == expected for found in timings.values()), timings
+    scheduler_tick = local_handle.client.run_on_scheduler(
+        lambda dask_scheduler: dask_scheduler._tick_interval
+    )
+    assert scheduler_tick == tick
+    # the driver's own settings are left as they were
+    assert dask.config.get("distributed.admin.tick.interval") == clusters._dask_default(
+        "distributed.admin.tick.interval"
+    )
+
+
+def test_rarer_bookkeeping_keeps_the_users_settings():
+    profile, tick = "distributed.worker.profile.interval", "distributed.admin.tick.interval"
+    with dask.config.set({profile: "30ms"}), clusters.quiet_local_cluster():
+        assert dask.config.get(profile) == "30ms"
+        assert dask.config.get(tick) == clusters.LOCAL_CLUSTER_INTERVALS[tick]
+    assert dask.config.get(profile) == clusters._dask_default(profile)
 
 
 def test_connect_to_existing_scheduler_address(local_handle, rng):
