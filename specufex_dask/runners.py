@@ -10,11 +10,10 @@ between the workers' threads (whole storage chunks each, so no chunk is read twi
 
 While the driver folds a step's statistics and updates the globals, the workers would
 sit idle, and reading a task's rows (decompressing every chunk a minibatch event sits
-in) is a third of a fit task's time. So right after a step's calls the driver queues,
-on each runner, the read of the rows it will hand that runner in the next step (the
-minibatches are drawn from the seed and the step number only, so they are known a step
-ahead). The read runs on the runner's one thread after the step's own work, in the gap
-that thread would otherwise wait through.
+in) is a third of a fit task's time. So each call also names the rows the runner will
+get in the next step (the minibatches are drawn from the seed and the step number only,
+so they are known a step ahead), and the runner reads them on a thread of its own once
+it has returned the step's statistics, in the gap it would otherwise wait through.
 
 Actors are not fault tolerant by themselves. Any failure of a call (a worker lost, or
 an error in the step itself) makes the driver drop its runners and run that step as
@@ -34,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -73,13 +73,15 @@ def _row_bytes(chunks: EventChunks) -> int:
 class StepRunner:
     """Computes the tasks of SVI steps on the worker it lives on (a Dask actor).
 
-    Calls run one at a time on the worker's actor thread. They may reach it out of the
-    order the driver made them (each may take its own connection); rows read ahead are
-    found by path and rows, so the order changes nothing but the time.
+    Calls run one at a time on the worker's actor thread, reads ahead on a thread of
+    their own. Rows read ahead are found by path and rows: a task whose rows were not
+    read ahead reads them itself.
     """
 
     def __init__(self) -> None:
         self._ahead: dict[tuple, np.ndarray] = {}
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="specufex-read-ahead")
+        self._reading: Future | None = None
 
     def read_ahead(self, sources: list[StoredRows]) -> int:
         """Read the rows of the next step's tasks, replacing what an earlier call read.
@@ -95,13 +97,17 @@ class StepRunner:
                 logger.debug("reading %s ahead failed; the step will read it", source.path)
         return len(self._ahead)
 
-    def run(self, tasks: list[tuple], threads: int = 1) -> dict:
-        """Tree nodes of ``tasks`` (the arguments of :func:`engine.task_nodes`), merged.
+    def run(self, tasks: list[tuple], threads: int = 1, ahead: list[StoredRows] = ()) -> dict:
+        """Tree nodes of ``tasks`` (the arguments of :func:`engine.task_nodes`), merged;
+        then :meth:`read_ahead` of ``ahead`` starts on the runner's reader thread.
 
         Rows read ahead are used once, for the task with the same path and rows (rows
-        left unused are dropped by the next read ahead); with ``threads`` > 1 the tasks
-        run on that many threads.
+        left unused are dropped by the next read ahead); a read ahead still running is
+        waited for first. With ``threads`` > 1 the tasks run on that many threads.
         """
+        if self._reading is not None:
+            self._reading.result()  # read_ahead leaves its failures to the steps
+            self._reading = None
 
         def nodes_of(task: tuple) -> dict:
             source, *rest = task
@@ -112,6 +118,8 @@ class StepRunner:
         merged: dict = {}
         for part in map_groups(nodes_of, tasks, threads):
             merged.update(part)
+        if ahead:
+            self._reading = self._reader.submit(self.read_ahead, list(ahead))
         return merged
 
 
@@ -228,18 +236,15 @@ class StepRunners:
         self._follow_cluster()
         total = len(index)
         calls = []
-        for runner, address, threads, groups in zip(
+        for runner, address, threads, groups, ahead in zip(
             self._runners, self._addresses, self._threads,
-            self._groups(chunks, index), strict=True,
+            self._groups(chunks, index), self._ahead(chunks, following), strict=True,
         ):  # fmt: skip
             tasks = [
                 stored_task(chunks, index, first, stop, leaves, params) for first, stop in groups
             ]
-            if tasks:
-                calls.append((runner.run(tasks, threads), address))
-        for runner, sources in zip(self._runners, self._ahead(chunks, following), strict=True):
-            if sources:
-                runner.read_ahead(sources)
+            if tasks or ahead:
+                calls.append((runner.run(tasks, threads, ahead), address))
         nodes: dict = {}
         for call, address in calls:
             nodes.update(self._result(call, address))

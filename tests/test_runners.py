@@ -70,6 +70,23 @@ def test_rows_read_ahead_are_used_once(tmp_path: Path, rng: np.random.Generator)
     np.testing.assert_array_equal(second.basis_counts, after.basis_counts)
 
 
+def test_a_call_reads_the_next_calls_rows_after_its_own(tmp_path: Path, rng) -> None:
+    path = _archive(tmp_path / "a.zarr", rng)
+    params = _params(rng)
+    rows = np.array([2, 3, 17])
+    before = _expected(path, rows, params)
+    runner = StepRunner()
+    other = _task(path, np.array([0, 1]), 0, 2, params)
+    first = runner.run([other], ahead=[StoredRows(path, rows)])
+    np.testing.assert_array_equal(
+        tree_root(first, 2).basis_counts, _expected(path, np.array([0, 1]), params).basis_counts
+    )
+    runner._reading.result()  # the read on the runner's reader thread has finished
+    _overwrite(path, np.full((N_EVENTS, N_FREQUENCIES, N_TIMES), 3.0, np.float32))
+    got = tree_root(runner.run([_task(path, rows, 0, 3, params)]), 3)
+    np.testing.assert_array_equal(got.basis_counts, before.basis_counts)
+
+
 def test_rows_read_ahead_are_not_taken_for_other_rows(tmp_path: Path, rng) -> None:
     path = _archive(tmp_path / "a.zarr", rng)
     params = _params(rng)
