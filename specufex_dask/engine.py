@@ -890,8 +890,8 @@ class BackgroundCheckpoints:
     100 ms; written in line, every worker would sit idle that long each time.
     :meth:`write` copies the state at once, so the fit goes on changing it, and first
     waits for the previous write, raising its error: a failed checkpoint stops the fit
-    at the next one. Leaving the ``with`` block waits for the
-    last write, also when the fit is failing, so its last checkpoint is on disk.
+    at the next one. Leaving the ``with`` block waits for the last write, also when the
+    fit is failing, so its last checkpoint is on disk.
 
     Parameters
     ----------

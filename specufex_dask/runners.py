@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -97,7 +98,7 @@ class StepRunner:
                 logger.debug("reading %s ahead failed; the step will read it", source.path)
         return len(self._ahead)
 
-    def run(self, tasks: list[tuple], threads: int = 1, ahead: list[StoredRows] = ()) -> dict:
+    def run(self, tasks: list[tuple], threads: int = 1, ahead: Sequence[StoredRows] = ()) -> dict:
         """Tree nodes of ``tasks`` (the arguments of :func:`engine.task_nodes`), merged;
         then :meth:`read_ahead` of ``ahead`` starts on the runner's reader thread.
 

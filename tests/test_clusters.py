@@ -120,6 +120,7 @@ def test_local_cluster_runs_with_rarer_bookkeeping(local_handle):
         return {
             "tick": dask_worker._tick_interval,
             "monitor": callbacks["monitor"].callback_time / 1000,
+            "memory": callbacks["memory_monitor"].callback_time / 1000,
             "profile": callbacks["profile"].callback_time / 1000,
             "profile-cycle": callbacks["profile-cycle"].callback_time / 1000,
         }
@@ -127,6 +128,7 @@ def test_local_cluster_runs_with_rarer_bookkeeping(local_handle):
     expected = {
         "tick": tick,
         "monitor": intervals["distributed.admin.system-monitor.interval"],
+        "memory": intervals["distributed.worker.memory.monitor-interval"],
         "profile": intervals["distributed.worker.profile.interval"],
         "profile-cycle": intervals["distributed.worker.profile.cycle"],
     }
