@@ -861,16 +861,14 @@ def write_model_dataset(path: str, dataset: xr.Dataset) -> None:
 
     The group is written beside the archive's ``model`` folder and swapped in with two
     renames; a crash between them leaves ``.model.old-*``, which
-    :func:`read_model_group` falls back to. The frequencies are read from the archive
-    unless ``dataset`` has them.
+    :func:`read_model_group` falls back to. ``dataset`` carries the archive's
+    frequencies as its ``frequency`` coordinate (:class:`BackgroundCheckpoints` reads
+    them once per fit).
 
     Written through Zarr's asynchronous API rather than ``Dataset.to_zarr``: a
     checkpoint took 113 ms of CPU that way against 49 ms (15 arrays), and a fit writes
     one every few steps on the driver, whose CPU the workers of a local cluster share.
     """
-    if archive.FREQUENCY not in dataset.coords:
-        n_frequencies = dataset.sizes[archive.FREQUENCY]
-        dataset = dataset.assign_coords({archive.FREQUENCY: _frequency(path, n_frequencies)})
     root = Path(path)
     partial = root / f".model.partial-{uuid.uuid4().hex}"
     asyncio.run(_write_group(str(partial), dataset))
