@@ -111,6 +111,19 @@ def _optional_float(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
+def _step_budget(text: str) -> int | None:
+    """A number of steps, or "auto" for the automatic budget."""
+    if text.strip().lower() in ("auto", "none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
+AUTO_STEPS = "auto: 3 passes over the events, at least 200"
+
+
 SPECTROGRAM_FLAGS = (
     Flag(
         ("--fs",),
@@ -192,20 +205,38 @@ NMF_FLAGS = (
         int,
         "K",
     ),
-    Flag(("--nmf-steps",), "nmf", "steps", "NMF SVI steps", int, "N"),
+    Flag(
+        ("--nmf-steps",),
+        "nmf",
+        "steps",
+        "most NMF SVI steps, or 'auto'",
+        _step_budget,
+        "N",
+        default_text=AUTO_STEPS,
+    ),
     Flag(("--batch-size",), "nmf", "batch_size", "spectrograms per SVI step", int, "N"),
     Flag(
         ("--tol",),
         "nmf",
         "tol",
-        "stop early when the relative ELBO change falls below TOL; 'none' runs every step",
+        "stop a stage before its most steps once the window-mean ELBO changes by less than "
+        "TOL relative and the live patterns (HMM: states in use) held still over the window; "
+        "'none' runs every step",
         _optional_float,
         "TOL",
     ),
 )
 HMM_FLAGS = (
     Flag(("--num-state",), "hmm", "num_state", "HMM states", int, "S"),
-    Flag(("--hmm-steps",), "hmm", "steps", "HMM SVI steps", int, "N"),
+    Flag(
+        ("--hmm-steps",),
+        "hmm",
+        "steps",
+        "most HMM SVI steps, or 'auto'",
+        _step_budget,
+        "N",
+        default_text=AUTO_STEPS,
+    ),
 )
 FIT_FLAGS = (
     Flag(
@@ -346,12 +377,14 @@ def _add_flags(
             described = flag.default_text
         help_text = f"{flag.help} (default: {described}; config: {flag.dest})"
         help_text = help_text.replace("%", "%%")
+        # A flag left out sets nothing (SUPPRESS), so that a value of None given on the
+        # command line ("--tol none") reaches the configuration.
         if flag.type is None:
             group.add_argument(
                 *flag.names,
                 dest=flag.dest,
                 action=argparse.BooleanOptionalAction,
-                default=None,
+                default=argparse.SUPPRESS,
                 help=help_text,
             )
         else:
@@ -361,16 +394,17 @@ def _add_flags(
                 type=flag.type,
                 metavar=flag.metavar,
                 choices=flag.choices,
-                default=None,
+                default=argparse.SUPPRESS,
                 help=help_text,
             )
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Configuration overrides given on the command line (flags left out are absent)."""
+    """Configuration overrides given on the command line (flags left out are absent;
+    a flag given as none is None)."""
     overrides: dict[str, dict[str, Any]] = {}
     for dest, value in vars(args).items():
-        if "." not in dest or value is None:
+        if "." not in dest:
             continue
         section, key = dest.split(".", 1)
         overrides.setdefault(section, {})[key] = value
@@ -415,7 +449,7 @@ class Reporter:
         """The pipeline's ``progress`` callback: one line per SVI step or chunk.
 
         Long fits print about 50 lines: every step when there are few, else every n-th
-        and the last.
+        and the last (also a converged stage's last).
         """
         if self.quiet:
             return
@@ -423,13 +457,14 @@ class Reporter:
         total = info.get("total", info.get("n_steps", self.totals.get(stage)))
         if isinstance(step, int) and isinstance(total, int) and total > 50:
             stride = math.ceil(total / 50)
-            if step % stride and step != total:
+            if step % stride and step != total and not info.get("converged"):
                 return
         self.say(format_progress(stage, info, total))
 
 
 def format_progress(stage: str, info: Mapping[str, Any], total: int | None = None) -> str:
-    """One readable progress line, e.g. ``nmf step 3/40: ELBO -1.2345e+05, 31 patterns``."""
+    """One readable progress line, e.g. ``nmf step 3/40: ELBO -1.2345e+05, 31 patterns``
+    or ``hmm step 9/200: ELBO 2.5e+06, 12 states in use, converged``."""
     parts = []
     shown = set()
     if "step" in info:
@@ -447,6 +482,12 @@ def format_progress(stage: str, info: Mapping[str, Any], total: int | None = Non
     if "n_patterns" in info:
         details.append(f"{info['n_patterns']} patterns")
         shown.add("n_patterns")
+    if "n_states" in info:
+        details.append(f"{info['n_states']} states in use")
+        shown.add("n_states")
+    if "converged" in info:
+        details += ["converged"] if info["converged"] else []
+        shown.add("converged")
     for key, value in info.items():
         if key in shown:
             continue
@@ -867,7 +908,6 @@ def make_pipeline(config: Config, client: Any, reporter: Reporter):
     """A :class:`specufex_dask.pipeline.SpecUFEx` configured from ``config``."""
     from specufex_dask.pipeline import SpecUFEx
 
-    reporter.totals.update({"nmf": config.nmf.steps, "hmm": config.hmm.steps})
     return SpecUFEx(
         num_pat=config.nmf.num_pat,
         num_state=config.hmm.num_state,
@@ -885,9 +925,14 @@ def make_pipeline(config: Config, client: Any, reporter: Reporter):
 
 def _fit(archive: str | Path, config: Config, reporter: Reporter, client: Any, resume: bool):
     model = make_pipeline(config, client, reporter)
+
+    def most(steps: int | None) -> str:
+        return "steps auto" if steps is None else f"at most {steps} steps"
+
+    tol = "no early stop" if config.nmf.tol is None else f"tol {config.nmf.tol:g}"
     reporter.say(
-        f"fitting NMF ({config.nmf.num_pat} patterns, {config.nmf.steps} steps) and HMM "
-        f"({config.hmm.num_state} states, {config.hmm.steps} steps) on {archive}"
+        f"fitting NMF ({config.nmf.num_pat} patterns, {most(config.nmf.steps)}) and HMM "
+        f"({config.hmm.num_state} states, {most(config.hmm.steps)}), {tol}, on {archive}"
     )
     model.fit(str(archive), resume=resume)
     record_configuration(archive, config, ["nmf", "hmm", "fit", "cluster"], "fit")
@@ -904,11 +949,19 @@ def _transform(
 
 def _fitted_summary(model: Any) -> str:
     nmf, hmm = getattr(model, "nmf_", None), getattr(model, "hmm_", None)
+    n_steps, converged = getattr(model, "n_steps_", {}), getattr(model, "converged_", {})
+
+    def steps(stage: str) -> str:
+        if stage not in n_steps:
+            return ""
+        stopped = ", converged" if converged.get(stage) else ""
+        return f" ({_plural(n_steps[stage], 'step')}{stopped})"
+
     parts = []
     if nmf is not None:
-        parts.append(f"NMF dictionary of {_plural(nmf.num_pat, 'pattern')}")
+        parts.append(f"NMF dictionary of {_plural(nmf.num_pat, 'pattern')}{steps('nmf')}")
     if hmm is not None:
-        parts.append(f"HMM of {_plural(hmm.num_state, 'state')}")
+        parts.append(f"HMM of {_plural(hmm.num_state, 'state')}{steps('hmm')}")
     return "; ".join(parts)
 
 

@@ -18,6 +18,17 @@ from numpy.typing import NDArray
 __all__ = ["ClusteringResult", "cluster_fingerprints", "fingerprint_features"]
 
 CLUSTER = "cluster"
+FEATURE_TRANSFORMS = ("none", "sqrt", "hellinger")
+"""Transforms of the fingerprints before PCA and k-means.
+
+A fingerprint entry is ``v[i] sqrt(Q[i, j])``: a state's occupancy times the square root
+of a transition probability (ALGORITHM.md 3). Its row norms give back the occupancy
+exactly (``sum_j F[i, j]**2 = v[i]**2``), so ``v[i] Q[i, j] = F[i, j]**2 / v[i]`` is the
+joint distribution of consecutive states, and ``"hellinger"`` returns its square root,
+``F[i, j] / sqrt(v[i])``: Euclidean distances between these rows are Hellinger distances
+between the events' transition distributions. Raw entries (``"none"``) weigh the few
+states an event spends most time in and hide the rarer ones that tell events apart;
+``"sqrt"`` (``v**0.5 Q**0.25``) lifts the rare transitions but also the noise in them."""
 
 
 @dataclass(frozen=True)
@@ -53,18 +64,22 @@ def _import_sklearn():
     return sklearn.cluster, sklearn.decomposition
 
 
-def fingerprint_features(fingerprint: xr.DataArray) -> NDArray[np.float64]:
+def fingerprint_features(
+    fingerprint: xr.DataArray, transform: str = "none"
+) -> NDArray[np.float64]:
     """Flatten fingerprints to one feature row per event.
 
     Parameters
     ----------
     fingerprint : xarray.DataArray, dims (event, state, next_state)
         The archive's ``fingerprint`` variable (may be lazy).
+    transform : {"none", "sqrt", "hellinger"}, default="none"
+        See :data:`FEATURE_TRANSFORMS`.
 
     Returns
     -------
     ndarray of shape (n_events, n_states * n_states), float64
-        Row ``i`` is ``fingerprint[i]`` in row-major order.
+        Row ``i`` is ``fingerprint[i]``, transformed, in row-major order.
 
     Raises
     ------
@@ -77,6 +92,8 @@ def fingerprint_features(fingerprint: xr.DataArray) -> NDArray[np.float64]:
         raise ValueError(
             f"fingerprint must have dims {expected_dims}, got {tuple(fingerprint.dims)}"
         )
+    if transform not in FEATURE_TRANSFORMS:
+        raise ValueError(f"transform must be one of {FEATURE_TRANSFORMS}, got {transform!r}")
     values = np.asarray(fingerprint.values, dtype=np.float64)
     features = values.reshape(values.shape[0], -1)
     bad_rows = ~np.isfinite(features).all(axis=1)
@@ -86,7 +103,18 @@ def fingerprint_features(fingerprint: xr.DataArray) -> NDArray[np.float64]:
             f"fingerprint holds NaN or infinite values for {int(bad_rows.sum())} event(s): "
             f"{', '.join(bad_events)}"
         )
+    if transform == "sqrt":
+        return np.sqrt(features)
+    if transform == "hellinger":
+        return _hellinger(values).reshape(values.shape[0], -1)
     return features
+
+
+def _hellinger(fingerprint: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``sqrt(v[i] Q[i, j]) = F[i, j] / sqrt(v[i])`` with ``v[i] = |F[i, :]|`` (0 rows stay 0)."""
+    occupancy = np.sqrt((fingerprint**2).sum(axis=2, keepdims=True))
+    scale = np.sqrt(occupancy)
+    return np.divide(fingerprint, scale, out=np.zeros_like(fingerprint), where=scale > 0)
 
 
 def cluster_fingerprints(
@@ -94,6 +122,7 @@ def cluster_fingerprints(
     n_clusters: int,
     *,
     pca_components: int | None = None,
+    transform: str = "none",
     random_state: int = 0,
     n_init: int = 10,
 ) -> ClusteringResult:
@@ -108,6 +137,8 @@ def cluster_fingerprints(
     pca_components : int, optional
         When given, k-means runs on this many principal components of the flattened
         fingerprints (at most ``min(n_events, n_states**2)``).
+    transform : {"none", "sqrt", "hellinger"}, default="none"
+        Applied to the fingerprints before PCA and k-means (:data:`FEATURE_TRANSFORMS`).
     random_state : int, default=0
         Seed of the PCA solver and of the k-means initialisation.
     n_init : int, default=10
@@ -136,7 +167,7 @@ def cluster_fingerprints(
     True
     """
     cluster_module, decomposition_module = _import_sklearn()
-    features = fingerprint_features(fingerprint)
+    features = fingerprint_features(fingerprint, transform)
     n_events, n_features = features.shape
     if not 1 <= n_clusters <= n_events:
         raise ValueError(
@@ -168,6 +199,7 @@ def cluster_fingerprints(
             "inertia": float(kmeans.inertia_),
         },
     )
+    label_array.attrs["transform"] = transform
     if pca_components is not None:
         label_array.attrs["pca_components"] = int(pca_components)
     return ClusteringResult(

@@ -123,22 +123,25 @@ class NMFConfig:
     ----------
     num_pat : int, default=75
         Number of patterns the fit starts with; unused patterns are pruned.
-    steps : int, default=200
-        Stochastic variational inference (SVI) steps.
+    steps : int or None, default=None
+        Most stochastic variational inference (SVI) steps; None: three passes over the
+        events at ``batch_size``, and at least 200.
     batch_size : int, default=64
         Spectrograms per SVI step.
     tol : float or None, default=1e-4
-        Stop early when the relative ELBO change falls below this; None runs every step.
+        Stop a fit (NMF and HMM) before its step budget once the relative change of the
+        window-mean ELBO falls below this and the patterns (states in use) stay the same
+        over the window; None runs every step.
     """
 
     num_pat: int = 75
-    steps: int = 200
+    steps: int | None = None
     batch_size: int = 64
     tol: float | None = 1e-4
 
     def _check(self, name: str) -> None:
         _require(self.num_pat >= 1, f"{name}.num_pat", self.num_pat, ">= 1")
-        _require(self.steps >= 1, f"{name}.steps", self.steps, ">= 1")
+        _check_steps(self.steps, f"{name}.steps")
         _require(self.batch_size >= 1, f"{name}.batch_size", self.batch_size, ">= 1")
         if self.tol is not None:
             _require(self.tol >= 0, f"{name}.tol", self.tol, ">= 0")
@@ -152,16 +155,16 @@ class HMMConfig:
     ----------
     num_state : int, default=15
         Number of hidden states.
-    steps : int, default=200
-        SVI steps.
+    steps : int or None, default=None
+        Most SVI steps (stopped earlier by ``nmf.tol``); None as for ``nmf.steps``.
     """
 
     num_state: int = 15
-    steps: int = 200
+    steps: int | None = None
 
     def _check(self, name: str) -> None:
         _require(self.num_state >= 1, f"{name}.num_state", self.num_state, ">= 1")
-        _require(self.steps >= 1, f"{name}.steps", self.steps, ">= 1")
+        _check_steps(self.steps, f"{name}.steps")
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,11 @@ class Config:
 def _require(condition: bool, key: str, value: Any, expected: str) -> None:
     if not condition:
         raise ConfigError(f"invalid value {value!r} for '{key}': expected {expected}")
+
+
+def _check_steps(steps: int | None, key: str) -> None:
+    if steps is not None:
+        _require(steps >= 1, key, steps, ">= 1 or null (automatic)")
 
 
 def section_types() -> dict[str, type]:

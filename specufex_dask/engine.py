@@ -62,6 +62,7 @@ __all__ = [
     "EventChunks",
     "StoredRows",
     "bad_values",
+    "emission_frames",
     "hmm_statistics",
     "naming_every_bad_event",
     "nmf_statistics",
@@ -422,6 +423,15 @@ def _hmm_leaves(X: np.ndarray, nmf: NMFStepParameters, hmm: HMMStepParameters) -
     return hmm_leaves(nmf_activations(X, nmf), hmm)
 
 
+def _frame_leaves(X: np.ndarray, nmf: NMFStepParameters, hmm: HMMStepParameters) -> list:
+    """Every event's emission frames (M, K), each in a list of its own: the summation
+    tree's additions then concatenate them in minibatch order (see :func:`emission_frames`).
+    """
+    V = np.asarray(nmf_activations(X, nmf), dtype=hmm.dtype)
+    U = V * hmm.gain.astype(V.dtype)[None, :, None]
+    return [[frames] for frames in U.transpose(0, 2, 1)]
+
+
 def stored_task(chunks: EventChunks, index: np.ndarray, first: int, stop: int, leaves,
                 params: tuple) -> tuple:  # fmt: skip
     """Arguments of :func:`task_nodes` for minibatch positions ``first:stop`` of an
@@ -574,6 +584,9 @@ def _minibatch_statistics(
 ):
     """Statistics of the minibatch ``index`` (sorted event indices), folded in fixed order.
 
+    ``leaves(X, *params)`` gives one leaf per event of ``X``; the leaves are added in the
+    fixed tree of :func:`specufex_dask.stats.tree_nodes` (lists are concatenated).
+
     With ``runners`` (:class:`specufex_dask.runners.StepRunners`) an archive's steps run
     on them, reading the minibatch ``following`` ahead; should that fail the step runs
     as tasks, which recover from a lost worker or raise the step's own error.
@@ -627,6 +640,22 @@ def hmm_statistics(
         chunks, index, client, _hmm_leaves, nmf_params, hmm_params, runners=runners,
         following=following,
     )  # fmt: skip
+
+
+def emission_frames(
+    chunks: EventChunks, index: np.ndarray, nmf_params, hmm_params, client, runners=None
+) -> np.ndarray:
+    """Emission frames ``U = diag(gain) V`` of the events ``index`` (sorted event indices),
+    computed where the events are read: what :meth:`BayesianHMM.start_from_frames` takes.
+
+    Returns an array (len(index) * M, K): each event's frames ``U[:, t]`` in time order,
+    the events in the order of ``index``, in the HMM's dtype (``hmm_params.dtype``).
+    One step's worth of tasks (or calls on the step ``runners``), like a minibatch's.
+    """
+    frames = _minibatch_statistics(
+        chunks, index, client, _frame_leaves, nmf_params, hmm_params, runners=runners
+    )
+    return np.concatenate(frames, axis=0)
 
 
 OUTPUT_NAMES = (

@@ -31,6 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import compat as reference
 from . import persistence
+from .initialise import emission_start, init_sample
 from .kernels.nmf import expected_log
 from .seeding import generator, minibatch, resolve_seed
 from .stats import HMMStatistics, NMFStatistics, fold
@@ -65,6 +66,11 @@ __all__ = ["BayesianHMM", "BayesianNonparametricNMF", "ConvergenceMonitor", "Con
 logger = logging.getLogger("specufex_dask")
 
 COMPAT_MODES = ("default", "specufex")
+HMM_INITS = ("data", "random")
+# Temperature above 1 below which annealing counts as over.
+ANNEALED = 1e-4
+# Default share of the data's counts below which the default mode prunes a pattern.
+MIN_PATTERN_SHARE = 1e-3
 # Longest ELBO averaging window: one pass over a large archive is too long to wait for.
 MAX_WINDOW = 20
 
@@ -120,6 +126,20 @@ def _check_positive_int(name: str, value: int | None, allow_none: bool = True) -
         return
     if not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class PatternGain(np.ndarray):
+    """Pattern gains ``sum_d E[W]`` that remember the NMF's data size.
+
+    The reference's loop builds the HMM from ``nmf.gain`` and fits it one sequence at a
+    time, so the HMM never sees how many sequences there are; the gain tells it
+    (``n_events``), and the HMM scales its statistics by that instead of by 1.
+    """
+
+    n_events: int | None
+
+    def __array_finalize__(self, obj: object) -> None:
+        self.n_events = getattr(obj, "n_events", None)
 
 
 class _SVIModel:
@@ -225,6 +245,10 @@ class BayesianNonparametricNMF(_SVIModel):
         the decreasing schedule of ALGORITHM.md 1a.
     anneal : bool, default=True
         Use the annealing temperature ``1 + 0.75**(step - 1)``; False fixes T = 1.
+    min_pattern_share : float or None, optional
+        Once annealing is over, prune a pattern whose share ``A1[k] / sum(A1)`` of the
+        data's counts falls below this. Default 1e-3 in the default mode, None (only the
+        reference's ``E[a] <= 1e-3``) in compat mode.
     random_state : int, optional
         Seed of the initial state and of the minibatches.
     dtype : {float64, float32}, default=float64
@@ -253,6 +277,8 @@ class BayesianNonparametricNMF(_SVIModel):
     """
 
     _batch_purpose = "nmf_batch"
+    # what model files written before share pruning (and the reference's) did
+    min_pattern_share = None
 
     def __init__(
         self,
@@ -265,6 +291,7 @@ class BayesianNonparametricNMF(_SVIModel):
         tol: float | None = None,
         step_size: float | None = None,
         anneal: bool = True,
+        min_pattern_share: float | None | str = "auto",
         random_state: int | None = None,
         dtype: ArrayLike = np.float64,
         verbose: bool = False,
@@ -278,6 +305,16 @@ class BayesianNonparametricNMF(_SVIModel):
             compat, batch_size, max_steps, tol, step_size, random_state, dtype, verbose
         )
         self.anneal = anneal
+        if isinstance(min_pattern_share, str) and min_pattern_share == "auto":
+            min_pattern_share = None if compat == "specufex" else MIN_PATTERN_SHARE
+        if min_pattern_share is not None and (
+            compat == "specufex" or not 0 < min_pattern_share < 1
+        ):
+            raise ValueError(
+                "min_pattern_share must be in (0, 1) or None (None with compat='specufex'), "
+                f"got {min_pattern_share!r}"
+            )
+        self.min_pattern_share = min_pattern_share
         n_events, n_frequencies, _ = (int(v) for v in X_shape)
         self.input_dims = (n_events, n_frequencies, int(X_shape[2]))
         self.N_eff = n_events
@@ -317,9 +354,11 @@ class BayesianNonparametricNMF(_SVIModel):
         return expected_log(self.W1, self.W2) + expected_log(self.A1, self.A2)
 
     @property
-    def gain(self) -> NDArray:
-        """Pattern gains ``sum_d EW[d, k]``, (num_pat,)."""
-        return self.EW.sum(axis=0)
+    def gain(self) -> PatternGain:
+        """Pattern gains ``sum_d EW[d, k]``, (num_pat,), carrying ``n_events = N_eff``."""
+        gain = self.EW.sum(axis=0).view(PatternGain)
+        gain.n_events = int(self.N_eff)
+        return gain
 
     # --- fitting -------------------------------------------------------------------
     def _check_state(self) -> None:
@@ -389,7 +428,9 @@ class BayesianNonparametricNMF(_SVIModel):
             prior=self.prior,
         )
         check_finite("NMF", self.step + 1, W1=W1, W2=W2, A1=A1, A2=A2)
-        keep = prune_mask(A1, A2)
+        # not while annealing: a hot step spreads counts over patterns the data do not use
+        share = self.min_pattern_share if temperature - 1.0 < ANNEALED else None
+        keep = prune_mask(A1, A2, min_share=share)
         if not keep.any():
             raise ValueError(f"NMF: every pattern was pruned at step {self.step + 1}")
         # C order after column selection: products round by memory layout, and a model
@@ -416,7 +457,7 @@ class BayesianNonparametricNMF(_SVIModel):
         return self.apply_statistics(fold(nmf_leaves(X, self.step_parameters())))
 
     def _annealed(self) -> bool:
-        return nmf_temperature(self.step, self.anneal) - 1.0 < 1e-4
+        return nmf_temperature(self.step, self.anneal) - 1.0 < ANNEALED
 
     def sort_patterns(self) -> None:
         """Order patterns by the frequency of their peak (done at the end of fit)."""
@@ -485,8 +526,16 @@ class BayesianHMM(_SVIModel):
     step_size : float, optional
         Fixed step size; default ``(250/(1 + 5(n-1)) + step)**-0.51`` capped at 1.
     n_eff : int, optional
-        Data size that scales the minibatch statistics. Default: the number of sequences
-        given to each :meth:`fit` call (the reference fixes 100000).
+        Data size that scales the minibatch statistics. Default: the NMF's data size when
+        ``gain`` is an NMF's ``gain``, else the number of sequences given to each
+        :meth:`fit` call (the reference fixes 100000).
+    init : {"data", "random"}, optional
+        Start of q(B). ``"data"`` (the default mode's default): at the first fit, each
+        state starts at the mean emission of a seeded k-means group of the frames of up
+        to 256 of the sequences given (:mod:`specufex_dask.initialise`). ``"random"``
+        (always so in compat mode): the reference's random draw at construction, which
+        on real records leaves every frame in one state. Set it when assigning
+        ``B1, B2`` by hand, or the first fit replaces them.
     random_state : int, optional
     dtype : {float64, float32}, default=float64
     verbose : bool, default=False
@@ -501,6 +550,9 @@ class BayesianHMM(_SVIModel):
     """
 
     _batch_purpose = "hmm_batch"
+    # what model files written before data starts (and the reference's) were
+    init = "random"
+    initialised = True
 
     def __init__(
         self,
@@ -514,6 +566,7 @@ class BayesianHMM(_SVIModel):
         tol: float | None = None,
         step_size: float | None = None,
         n_eff: int | None = None,
+        init: str | None = None,
         random_state: int | None = None,
         dtype: ArrayLike = np.float64,
         verbose: bool = False,
@@ -524,6 +577,14 @@ class BayesianHMM(_SVIModel):
         self._init_driver(
             compat, batch_size, max_steps, tol, step_size, random_state, dtype, verbose
         )
+        if init is None:
+            init = "random" if compat == "specufex" else "data"
+        if init not in HMM_INITS or (compat == "specufex" and init != "random"):
+            raise ValueError(
+                f"init must be one of {HMM_INITS} ('random' with compat='specufex'), got {init!r}"
+            )
+        if n_eff is None and compat != "specufex":
+            n_eff = getattr(gain, "n_events", None)
         gain = np.asarray(gain, dtype=np.float64).ravel()
         if gain.shape != (num_pat,) or not np.all(np.isfinite(gain)) or np.any(gain < 0):
             raise ValueError(
@@ -544,6 +605,32 @@ class BayesianHMM(_SVIModel):
         self.B1 = strength * rng.gamma(1.0, 1.0, size=(num_state, num_pat))
         self.B2 = np.full((num_state, num_pat), strength * 0.03)
         self.step = 0
+        self.init = init
+        self.initialised = init == "random"
+
+    def start_from_frames(self, frames: NDArray, n_frames: float) -> None:
+        """Start q(B) from emission frames (n_frames_sampled, num_pat) of a data sample.
+
+        ``n_frames`` is the number of frames in the whole data set. Marks the model as
+        initialised, so later fits go on from here.
+        """
+        rng = generator(self.random_state, "hmm_init_data")
+        self.B1, self.B2 = emission_start(
+            frames, self.num_state, n_frames, rng, tau1=self.tau1, tau2=self.tau2
+        )
+        self.initialised = True
+
+    def init_sample(self, n_sequences: int) -> NDArray:
+        """Indices of the sequences whose frames :meth:`start_from_frames` uses."""
+        return init_sample(generator(self.random_state, "hmm_init_sample"), n_sequences)
+
+    def _start_from_data(self, V: NDArray) -> None:
+        if self.initialised:
+            return
+        sample = V[self.init_sample(len(V))]
+        U = sample * self.gain.astype(sample.dtype)[None, :, None]
+        frames = U.transpose(0, 2, 1).reshape(-1, self.num_pat)
+        self.start_from_frames(frames, (self.n_eff or len(V)) * V.shape[2])
 
     @property
     def EB(self) -> NDArray:
@@ -647,6 +734,7 @@ class BayesianHMM(_SVIModel):
         if self.compat == "specufex":
             self._fit_reference(V)
         else:
+            self._start_from_data(V)
             self._take_step(V)
         return self
 
@@ -659,6 +747,7 @@ class BayesianHMM(_SVIModel):
         if self.compat == "specufex":
             self._fit_reference(V)
         else:
+            self._start_from_data(V)
             n_data = len(V)
             self._run_svi(V, lambda batch: self._take_step(batch, n_data), lambda: True)
         self.sort_states()

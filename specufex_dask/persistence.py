@@ -27,14 +27,14 @@ _STATE = {
         "arrays": ("W1", "W2", "A1", "A2"),
         "scalars": ("step", "N_eff", "dim", "num_pat", "h01", "h02", "a01", "a02", "w01", "w02"),
         "settings": ("compat", "batch_size", "max_steps", "tol", "step_size", "anneal",
-                     "random_state", "verbose", "input_dims"),
+                     "min_pattern_share", "random_state", "verbose", "input_dims"),
     },
     "BayesianHMM": {
         "arrays": ("B1", "B2", "gain"),
         "scalars": ("step", "num_pat", "num_state", "tau1", "tau2", "tauA", "tauPpi",
                     "_max_inner_ite"),
         "settings": ("compat", "batch_size", "max_steps", "tol", "step_size", "n_eff", "Neff",
-                     "random_state", "verbose"),
+                     "init", "initialised", "random_state", "verbose"),
     },
 }  # fmt: skip
 

@@ -21,9 +21,11 @@ import xarray as xr
 
 from . import compat as reference
 from .archive import FREQUENCY, MODEL_GROUP
+from .convergence import StageMonitor, auto_steps, states_in_use, window_steps
 from .engine import (
     BackgroundCheckpoints,
     EventChunks,
+    emission_frames,
     hmm_statistics,
     lazy_transform,
     naming_every_bad_event,
@@ -32,13 +34,7 @@ from .engine import (
     require_writable,
     transform_chunks,
 )
-from .models import (
-    MAX_WINDOW,
-    BayesianHMM,
-    BayesianNonparametricNMF,
-    ConvergenceMonitor,
-    _check_compat,
-)
+from .models import BayesianHMM, BayesianNonparametricNMF, _check_compat
 from .runners import StepRunners
 from .seeding import minibatch, resolve_seed
 
@@ -47,8 +43,11 @@ __all__ = ["SpecUFEx"]
 logger = logging.getLogger("specufex_dask")
 
 Progress = Callable[[str, dict], None]
-# An SVI step of the fit: its ELBO, whether convergence may be tested, more to report.
+# An SVI step of the fit: its ELBO, whether convergence may be tested, more to report
+# (with the stage's count under COUNTS[stage]).
 Step = Callable[[], tuple[float, bool, dict]]
+# What must hold still over a window for a stage to stop: live patterns, states in use.
+COUNTS = {"nmf": "n_patterns", "hmm": "n_states"}
 
 
 class SpecUFEx:
@@ -63,13 +62,18 @@ class SpecUFEx:
     compat : {"default", "specufex"}, default="default"
         ``"specufex"``: one event per step, the reference's scale factors, HMM step
         schedule (as its README uses it) and forward-backward.
-    nmf_steps, hmm_steps : int, default=200
-        SVI step budgets.
+    nmf_steps, hmm_steps : int or None, default=None
+        Most SVI steps of each stage; None: three passes over the events at
+        ``batch_size``, and at least 200 (:func:`specufex_dask.convergence.auto_steps`).
     batch_size : int or None, default=64
         Events per SVI step; None is full-batch variational Bayes (every event in every
         step, step size 1).
-    tol : float, optional
-        Relative ELBO tolerance that stops a stage early.
+    tol : float or None, default=1e-4
+        A stage stops before its budget once the mean ELBO of the last window of steps
+        (one pass, at most 20 steps) differs from the window's before by less than
+        ``tol`` relative, and the NMF's live patterns (the HMM's states in use: holding
+        1 % of a minibatch's frames) did not change over the last window
+        (:class:`specufex_dask.convergence.StageMonitor`). None runs every step.
     random_state : int, default=0
         Seed of the initial states and of every minibatch.
     checkpoint_every : int, default=10
@@ -83,13 +87,18 @@ class SpecUFEx:
         Precision of the kernels.
     progress : callable, optional
         ``progress(stage, info)`` after every step (stage "nmf" or "hmm"; info has
-        ``step``, ``total``, ``elbo``, ``n_patterns``) and every transformed chunk
-        (stage "transform"; ``chunk``, ``n_chunks``).
+        ``step``, ``total`` (the budget), ``elbo``, ``converged``, and ``n_patterns``
+        for the NMF, ``n_states`` (states in use in the step's minibatch) for the HMM)
+        and every transformed chunk (stage "transform"; ``chunk``, ``n_chunks``).
 
     Attributes
     ----------
     nmf_ : BayesianNonparametricNMF
     hmm_ : BayesianHMM
+    n_steps_ : dict
+        Steps the fit ran per stage (``{"nmf": 130, "hmm": 64}``).
+    converged_ : dict
+        Per stage, whether it stopped on convergence before its budget.
     """
 
     def __init__(
@@ -98,10 +107,10 @@ class SpecUFEx:
         num_state: int = 15,
         *,
         compat: str = "default",
-        nmf_steps: int = 200,
-        hmm_steps: int = 200,
+        nmf_steps: int | None = None,
+        hmm_steps: int | None = None,
         batch_size: int | None = 64,
-        tol: float | None = None,
+        tol: float | None = 1e-4,
         random_state: int | None = 0,
         checkpoint_every: int = 10,
         client: Any = None,
@@ -116,12 +125,15 @@ class SpecUFEx:
             batch_size = 1  # the reference takes one event per step
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
-        for name, value in (("nmf_steps", nmf_steps), ("hmm_steps", hmm_steps),
-                            ("checkpoint_every", checkpoint_every)):  # fmt: skip
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        self.nmf_steps = int(nmf_steps)
-        self.hmm_steps = int(hmm_steps)
+        for name, value in (("nmf_steps", nmf_steps), ("hmm_steps", hmm_steps)):
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if int(checkpoint_every) < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+        if tol is not None and not tol >= 0:
+            raise ValueError(f"tol must be >= 0 or None, got {tol!r}")
+        self.nmf_steps = None if nmf_steps is None else int(nmf_steps)
+        self.hmm_steps = None if hmm_steps is None else int(hmm_steps)
         self.batch_size = batch_size
         self.tol = tol
         self.random_state = resolve_seed(random_state)
@@ -134,6 +146,8 @@ class SpecUFEx:
         self.nmf_: BayesianNonparametricNMF | None = None
         self.hmm_: BayesianHMM | None = None
         self.frequency_: np.ndarray | None = None
+        self.n_steps_: dict[str, int] = {}
+        self.converged_: dict[str, bool] = {}
 
     # --- cluster -------------------------------------------------------------------
     def _client(self) -> Any:
@@ -226,32 +240,53 @@ class SpecUFEx:
             self.nmf_, self.hmm_, done = state
             logger.info("resuming %s at %s", chunks.path, done)
         # No pass over the values first: every task checks the events it reads.
+        window = window_steps(n_events, batch)
+        budgets = {
+            stage: auto_steps(n_events, batch) if steps is None else steps
+            for stage, steps in (("nmf", self.nmf_steps), ("hmm", self.hmm_steps))
+        }
         with (
             naming_every_bad_event(chunks, client),
             BackgroundCheckpoints(chunks.path) as checkpoints,
             _step_runners(client, chunks) as runners,
         ):
             if done["stage"] == "nmf":
-                monitor = self._monitor(self.nmf_.elbo_, n_events, batch)
                 step = self._nmf_step(chunks, batch, client, runners)
-                self._run_steps("nmf", step, monitor, done, checkpoints)
+                self._run_steps("nmf", step, budgets["nmf"], window, done, checkpoints)
                 self.nmf_.sort_patterns()
                 done["stage"] = "hmm"
                 self.hmm_ = self._new_hmm(n_events)
+                # before the checkpoint: a resumed fit starts from the same q(B)
+                self._start_hmm_from_data(chunks, client, runners)
                 checkpoints.write(self.nmf_, self.hmm_, done)
             if done["stage"] == "hmm":
-                monitor = self._monitor(self.hmm_.elbo_, n_events, batch)
+                self._start_hmm_from_data(chunks, client, runners)
                 step = self._hmm_step(chunks, batch, client, runners, done)
-                self._run_steps("hmm", step, monitor, done, checkpoints)
+                self._run_steps("hmm", step, budgets["hmm"], window, done, checkpoints)
                 self.hmm_.sort_states()
                 done["stage"] = "done"
                 checkpoints.write(self.nmf_, self.hmm_, done)
+        self._record_steps(done)
         return self
 
-    def _monitor(self, history: list[float], n_events: int, batch: int) -> ConvergenceMonitor:
-        monitor = ConvergenceMonitor(self.tol, min(-(-n_events // batch), MAX_WINDOW))
-        monitor.history = list(history)
-        return monitor
+    def _record_steps(self, done: dict) -> None:
+        self.n_steps_ = {stage: int(done.get(f"{stage}_steps", 0)) for stage in COUNTS}
+        self.converged_ = {stage: bool(done.get(f"{stage}_converged")) for stage in COUNTS}
+
+    def _start_hmm_from_data(
+        self, chunks: EventChunks, client: Any, runners: StepRunners | None
+    ) -> None:
+        """Start q(B) from the emission frames of a seeded sample of events, computed on
+        the workers (:meth:`BayesianHMM.start_from_frames`), unless it has started."""
+        hmm = self.hmm_
+        if hmm.initialised:
+            return
+        n_events, _, n_times = chunks.shape
+        frames = emission_frames(
+            chunks, hmm.init_sample(n_events), self.nmf_.transform_parameters(),
+            hmm.step_parameters(), client, runners=runners,
+        )  # fmt: skip
+        hmm.start_from_frames(frames, n_events * n_times)
 
     def _nmf_step(
         self, chunks: EventChunks, batch: int, client: Any, runners: StepRunners | None
@@ -278,6 +313,7 @@ class SpecUFEx:
     ) -> Step:  # fmt: skip
         """One HMM step on a seeded minibatch (drawn by the count of steps ``done``)."""
         hmm, nmf_params = self.hmm_, self.nmf_.transform_parameters()
+        n_times = chunks.shape[2]
 
         def draw(number: int) -> np.ndarray:
             return minibatch(self.random_state, "hmm_batch", number, chunks.shape[0], batch)
@@ -288,13 +324,14 @@ class SpecUFEx:
                 chunks, draw(number), nmf_params, hmm.step_parameters(), client,
                 runners=runners, following=draw(number + 1) if runners is not None else None,
             )  # fmt: skip
+            in_use = {"n_states": states_in_use(stats.state_counts, stats.n_sequences * n_times)}
             if self.compat != "specufex":
-                return hmm.apply_statistics(stats), True, {}
+                return hmm.apply_statistics(stats), True, in_use
             # the reference used as its README shows: one sequence per fit call
             next_step, n, rho = reference.hmm_schedule(hmm.step, 0)
             elbo = hmm.apply_statistics(stats, scale=hmm.Neff / n, step_size=rho)
             hmm.step = next_step
-            return elbo, True, {}
+            return elbo, True, in_use
 
         return step
 
@@ -302,25 +339,38 @@ class SpecUFEx:
         self,
         stage: str,
         step: Step,
-        monitor: ConvergenceMonitor,
+        budget: int,
+        window: int,
         done: dict,
         checkpoints: BackgroundCheckpoints,
     ) -> None:
-        """Call ``step`` until ``done`` counts the stage's budget of steps or the monitor
-        says converged, reporting each and checkpointing every ``checkpoint_every``.
+        """Call ``step`` until ``done`` counts ``budget`` steps of the stage or it has
+        converged (:class:`StageMonitor`), reporting each and checkpointing every
+        ``checkpoint_every``.
 
         ``step`` returns the step's ELBO, whether convergence may be tested yet (not
-        while the NMF anneals) and more to report.
+        while the NMF anneals) and more to report, with the stage's count. The last
+        ``window + 1`` counts go into ``done`` (so into checkpoints): a resumed fit
+        stops where an uninterrupted one does.
         """
-        budget = self.nmf_steps if stage == "nmf" else self.hmm_steps
-        steps, converged = f"{stage}_steps", f"{stage}_converged"
+        model = self.nmf_ if stage == "nmf" else self.hmm_
+        steps, converged, counts = f"{stage}_steps", f"{stage}_converged", f"{stage}_counts"
+        monitor = StageMonitor(self.tol, window, model.elbo_, done.get(counts, ()))
         while done[steps] < budget and not done.get(converged):
             elbo, ready, extra = step()
             done[steps] += 1
-            done[converged] = monitor.report(elbo, ready)
-            self._report(stage, {"step": done[steps], "total": budget, "elbo": elbo, **extra})
+            done[converged] = monitor.report(elbo, extra[COUNTS[stage]], ready)
+            done[counts] = list(monitor.counts)
+            self._report(stage, {
+                "step": done[steps], "total": budget, "elbo": elbo,
+                "converged": done[converged], **extra,
+            })  # fmt: skip
             if done[steps] % self.checkpoint_every == 0:
                 checkpoints.write(self.nmf_, self.hmm_, done)
+        if done.get(converged):
+            logger.info("%s converged after %d steps", stage, done[steps])
+        elif self.tol is not None:
+            logger.info("%s: the budget of %d steps ran out before convergence", stage, budget)
 
     # --- transforming --------------------------------------------------------------
     def _fitted(self) -> tuple[BayesianNonparametricNMF, BayesianHMM]:
@@ -396,7 +446,7 @@ class SpecUFEx:
         state = read_model_group(str(path))
         if state is None or state[1] is None or state[2].get("stage") != "done":
             raise ValueError(f"{path} holds no completely fitted model; run fit first")
-        nmf, hmm, _ = state
+        nmf, hmm, done = state
         model = cls(
             nmf.num_pat,
             hmm.num_state,
@@ -408,6 +458,7 @@ class SpecUFEx:
         )
         model.nmf_, model.hmm_ = nmf, hmm
         model.frequency_ = _model_frequency(str(path))
+        model._record_steps(done)
         return model
 
 

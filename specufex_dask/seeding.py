@@ -12,7 +12,14 @@ import numpy as np
 
 __all__ = ["PURPOSES", "generator", "minibatch", "resolve_seed"]
 
-PURPOSES = {"nmf_init": 1, "nmf_batch": 2, "hmm_init": 3, "hmm_batch": 4}
+PURPOSES = {
+    "nmf_init": 1,
+    "nmf_batch": 2,
+    "hmm_init": 3,
+    "hmm_batch": 4,
+    "hmm_init_sample": 5,
+    "hmm_init_data": 6,
+}
 
 
 def resolve_seed(random_state: int | np.random.SeedSequence | None) -> int:

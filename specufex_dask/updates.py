@@ -103,9 +103,22 @@ def nmf_global_kl(W1: NDArray, W2: NDArray, A1: NDArray, A2: NDArray, prior: NMF
     )
 
 
-def prune_mask(A1: NDArray, A2: NDArray, threshold: float = PRUNE_THRESHOLD) -> NDArray:
-    """Patterns to keep: ``E[a] = A1 / A2 > threshold``."""
-    return (A1 / A2).ravel() > threshold
+def prune_mask(
+    A1: NDArray, A2: NDArray, threshold: float = PRUNE_THRESHOLD, min_share: float | None = None
+) -> NDArray:
+    """Patterns to keep: ``E[a] = A1 / A2 > threshold`` and, with ``min_share``, a share
+    ``A1[k] / sum(A1)`` of the data's counts of at least ``min_share``.
+
+    ``A1`` is the prior shape plus the counts the data give pattern k (scaled to the data
+    size), so its share is the pattern's part of the data. The reference's threshold on
+    ``E[a]`` alone depends on the data's scale: with the statistics scaled to the data
+    size as VB requires, ``E[a]`` stays near 1 for every pattern that keeps a count or
+    two, and no pattern is pruned from a real record.
+    """
+    keep = (A1 / A2).ravel() > threshold
+    if min_share is not None:
+        keep &= (A1 / A1.sum()).ravel() >= min_share
+    return keep
 
 
 def pattern_order(EW: NDArray, stable: bool = True) -> NDArray:

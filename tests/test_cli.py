@@ -361,3 +361,71 @@ def test_run_then_transform_on_a_running_scheduler(demo_run, tmp_path, scheduler
     code, _, err = call_main(capsys, "transform", archive_path, "--scheduler", scheduler)
     assert code == 0, err
     np.testing.assert_allclose(xr.open_zarr(archive_path)["fingerprint"].values, fingerprint)
+
+
+def _config_of(*args: str):
+    from specufex_dask.cli import build_parser, effective_config
+
+    return effective_config(build_parser().parse_args(list(args)))
+
+
+def test_tol_none_on_the_command_line_reaches_the_model(tmp_path):
+    from specufex_dask.cli import Reporter, make_pipeline
+
+    assert _config_of("fit", "x.zarr").nmf.tol == 1e-4
+    assert _config_of("fit", "x.zarr", "--tol", "none").nmf.tol is None
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("nmf: {tol: 0.01, steps: 70}\nhmm: {steps: 80}\n")
+    from_file = _config_of("run", "x.zarr", "--config", str(config_file))
+    assert (from_file.nmf.tol, from_file.nmf.steps, from_file.hmm.steps) == (0.01, 70, 80)
+    # flags given as none / auto override the file's values with None
+    flags = ("--tol", "none", "--nmf-steps", "auto", "--hmm-steps", "none")
+    config = _config_of("run", "x.zarr", "--config", str(config_file), *flags)
+    assert (config.nmf.tol, config.nmf.steps, config.hmm.steps) == (None, None, None)
+    model = make_pipeline(config, False, Reporter(quiet=True))
+    assert (model.tol, model.nmf_steps, model.hmm_steps) == (None, None, None)
+    model = make_pipeline(_config_of("fit", "x.zarr", "--hmm-steps", "9"), False, Reporter())
+    assert (model.tol, model.nmf_steps, model.hmm_steps) == (1e-4, None, 9)
+
+
+def test_progress_lines_show_the_states_in_use_and_the_stop():
+    from specufex_dask.cli import format_progress
+
+    nmf = {"step": 3, "total": 200, "elbo": -1.5e5, "converged": False, "n_patterns": 31}
+    assert format_progress("nmf", nmf, 200) == "nmf step 3/200: ELBO -150000, 31 patterns"
+    hmm = {"step": 9, "total": 200, "elbo": 2.5e6, "converged": True, "n_states": 12}
+    assert format_progress("hmm", hmm, 200) == (
+        "hmm step 9/200: ELBO 2.5e+06, 12 states in use, converged"
+    )
+
+
+def test_a_long_fit_prints_the_step_where_it_stopped():
+    import io
+
+    from specufex_dask.cli import Reporter
+
+    stream = io.StringIO()
+    reporter = Reporter(stream=stream)
+    for step in range(1, 58):
+        info = {"step": step, "total": 1000, "elbo": 1.0, "n_states": 4}
+        reporter.progress("hmm", {**info, "converged": step == 57})
+    lines = stream.getvalue().splitlines()
+    # every 20th of 1000 steps, and the last one, where the stage converged
+    assert [line.split(":")[0] for line in lines] == [
+        "hmm step 20/1000", "hmm step 40/1000", "hmm step 57/1000",
+    ]  # fmt: skip
+    assert lines[-1].endswith("4 states in use, converged")
+
+
+def test_the_fitted_summary_tells_the_steps_run():
+    from types import SimpleNamespace
+
+    from specufex_dask.cli import _fitted_summary
+
+    model = SimpleNamespace(
+        nmf_=SimpleNamespace(num_pat=31), hmm_=SimpleNamespace(num_state=15),
+        n_steps_={"nmf": 130, "hmm": 1000}, converged_={"nmf": True, "hmm": False},
+    )  # fmt: skip
+    assert _fitted_summary(model) == (
+        "NMF dictionary of 31 patterns (130 steps, converged); HMM of 15 states (1000 steps)"
+    )

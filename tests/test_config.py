@@ -171,3 +171,23 @@ def test_spectrogram_settings_are_the_preprocessing_parameters():
         8.0,
         None,
     )
+
+
+def test_fit_budgets_default_to_automatic_and_tol_agrees_with_the_pipeline():
+    import inspect
+
+    from specufex_dask.pipeline import SpecUFEx
+
+    config = Config()
+    assert (config.nmf.steps, config.hmm.steps, config.nmf.tol) == (None, None, 1e-4)
+    defaults = inspect.signature(SpecUFEx).parameters
+    assert defaults["tol"].default == config.nmf.tol
+    assert defaults["nmf_steps"].default is None and defaults["hmm_steps"].default is None
+
+
+def test_step_budgets_are_a_positive_number_or_null(tmp_path):
+    config = load_config(write(tmp_path, "nmf:\n  steps: null\nhmm:\n  steps: 500\n"))
+    assert (config.nmf.steps, config.hmm.steps) == (None, 500)
+    for section in ("nmf", "hmm"):
+        with pytest.raises(ConfigError, match=rf"'{section}\.steps'.*>= 1 or null"):
+            load_config(write(tmp_path, f"{section}:\n  steps: 0\n"))

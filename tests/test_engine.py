@@ -268,6 +268,60 @@ def test_model_group_holds_the_fitted_state(reference: Reference) -> None:
     assert_same_model(loaded, reference.model)
 
 
+@pytest.fixture
+def hmm_starts(monkeypatch) -> list[tuple[np.ndarray, int]]:
+    """``(frames, n_frames)`` of every :meth:`BayesianHMM.start_from_frames` call."""
+    calls: list[tuple[np.ndarray, int]] = []
+    original = BayesianHMM.start_from_frames
+
+    def recorded(self, frames, n_frames):
+        calls.append((np.array(frames), n_frames))
+        return original(self, frames, n_frames)
+
+    monkeypatch.setattr(BayesianHMM, "start_from_frames", recorded)
+    return calls
+
+
+@pytest.mark.parametrize("chunk_events", [5, 40])
+def test_a_dataarray_fit_starts_the_hmm_from_the_frames_of_the_in_memory_model(
+    spectrograms: np.ndarray, hmm_starts: list, chunk_events: int
+) -> None:
+    """The HMM's q(B) starts from the emission frames of a sample of events, computed
+    where the events are: the same frames, bit for bit, as the in-memory model's, so
+    the same B1, B2 and fingerprints."""
+    data = xr.DataArray(spectrograms, dims=("event", "frequency", "time"))
+    model = SpecUFEx(**SETTINGS, client=False, chunk_events=chunk_events).fit(data)
+    nmf, hmm = _in_memory_fit(spectrograms)
+    assert len(hmm_starts) == 2  # the pipeline's, then the in-memory model's
+    (pipeline_frames, pipeline_n), (memory_frames, memory_n) = hmm_starts
+    assert pipeline_frames.shape == (N_EVENTS * N_TIMES, nmf.num_pat)  # 32 <= 256: all
+    assert pipeline_frames.dtype == memory_frames.dtype
+    assert np.array_equal(pipeline_frames, memory_frames)
+    assert pipeline_n == memory_n == N_EVENTS * N_TIMES
+    assert model.hmm_.initialised and model.hmm_.init == "data"
+    for name in ("B1", "B2"):
+        assert np.array_equal(getattr(model.hmm_, name), getattr(hmm, name)), name
+    fingerprints = model.transform(data)["fingerprint"].values
+    assert np.array_equal(fingerprints, hmm.transform(nmf.transform(spectrograms))[0])
+
+
+@pytest.mark.parametrize("source", ["archive", "dataarray"])
+def test_emission_frames_of_a_sample_are_in_index_order(reference: Reference, source: str) -> None:
+    nmf = reference.model.nmf_
+    data = reference.path
+    if source == "dataarray":
+        data = xr.DataArray(reference.spectrograms, dims=("event", "frequency", "time"))
+    chunks = engine.EventChunks.from_data(data, 5)
+    hmm = BayesianHMM(nmf.num_pat, nmf.gain, 3, random_state=3)
+    index = np.array([0, 3, 4, 11, 12, 30])
+    frames = engine.emission_frames(
+        chunks, index, nmf.transform_parameters(), hmm.step_parameters(), None
+    )
+    V = nmf.transform(reference.spectrograms)[index]
+    U = V * hmm.gain[None, :, None]
+    assert np.array_equal(frames, U.transpose(0, 2, 1).reshape(-1, nmf.num_pat))
+
+
 # ----------------------------------------------------------------------------- 2. lazy API
 
 
@@ -328,7 +382,8 @@ def test_fit_of_a_dataarray_equals_the_archive_fit(
 def test_full_batch_equals_in_memory_batch_variational_bayes(spectrograms: np.ndarray) -> None:
     X = spectrograms
     data = xr.DataArray(X, dims=("event", "frequency", "time"))
-    settings = {**SETTINGS, "batch_size": None, "nmf_steps": 10, "hmm_steps": 6}
+    # tol=None: the in-memory fits below run every step (full batch: windows of 1 step)
+    settings = {**SETTINGS, "batch_size": None, "nmf_steps": 10, "hmm_steps": 6, "tol": None}
     # chunks of 8 group the events in the kernel as the in-memory fit does
     model = SpecUFEx(**settings, client=False, chunk_events=8).fit(data)
     nmf = BayesianNonparametricNMF(
@@ -466,7 +521,7 @@ class Interrupted(RuntimeError):
     """Raised from the progress callback to stop a fit."""
 
 
-@pytest.mark.parametrize(("stage", "at_step"), [("nmf", 7), ("hmm", 5)])
+@pytest.mark.parametrize(("stage", "at_step"), [("nmf", 7), ("hmm", 2), ("hmm", 5)])
 def test_interrupted_fit_resumes_to_the_same_model(
     reference: Reference, pristine: str, tmp_path: Path, stage: str, at_step: int
 ) -> None:
@@ -495,6 +550,34 @@ def test_interrupted_fit_resumes_to_the_same_model(
         assert all(where == "hmm" for where, _ in reported)
     assert_same_model(resumed, reference.model)
     assert_same_model(SpecUFEx.from_archive(path, client=False), reference.model)
+
+
+def test_a_checkpoint_whose_hmm_has_not_started_resumes_from_the_data(
+    reference: Reference, pristine: str, tmp_path: Path, hmm_starts: list
+) -> None:
+    """A checkpoint of the HMM stage with q(B) not yet started from the data (as one
+    written before the start existed would be): the resumed fit starts it first."""
+    path = _copy(pristine, tmp_path)
+
+    def interrupt(where: str, info: dict) -> None:
+        if where == "hmm":
+            raise Interrupted("hmm step 1")
+
+    with pytest.raises(Interrupted):
+        SpecUFEx(**SETTINGS, client=False, checkpoint_every=100, progress=interrupt).fit(path)
+    nmf, hmm, done = engine.read_model_group(path)
+    assert done["stage"] == "hmm" and done["hmm_steps"] == 0 and hmm.initialised
+    unstarted = SpecUFEx(**SETTINGS, client=False)
+    unstarted.nmf_ = nmf
+    unstarted = unstarted._new_hmm(N_EVENTS)
+    assert not unstarted.initialised
+    with engine.BackgroundCheckpoints(path) as checkpoints:
+        checkpoints.write(nmf, unstarted, done)
+    assert not engine.read_model_group(path)[1].initialised
+    hmm_starts.clear()
+    resumed = SpecUFEx(**SETTINGS, client=False).fit(path, resume=True)
+    assert len(hmm_starts) == 1
+    assert_same_model(resumed, reference.model)
 
 
 def test_resume_without_checkpoint_fits_from_the_start(
@@ -863,8 +946,12 @@ def test_bad_values_met_by_a_step_name_every_bad_event_before_anything_is_writte
 
 
 def test_a_bad_event_that_no_step_draws_is_caught_by_the_transform(
-    pristine: str, tmp_path: Path, reads: list
+    pristine: str, tmp_path: Path, reads: list, monkeypatch
 ) -> None:
+    # the HMM starts from the frames of up to 256 events (all 32 here): take 8 of them,
+    # as an archive of more than 256 events leaves most of its events out
+    sample = BayesianHMM.init_sample
+    monkeypatch.setattr(BayesianHMM, "init_sample", lambda self, n: sample(self, n)[::4])
     settings = {**SETTINGS, "nmf_steps": 2, "hmm_steps": 1, "checkpoint_every": 100}
     SpecUFEx(**settings, client=False).fit(_copy(pristine, tmp_path, "clean.zarr"))
     drawn = np.concatenate(reads)
@@ -1018,3 +1105,127 @@ def test_output_chunks_fall_back_to_storage_chunks_for_uneven_task_ranges(
     assert engine.output_chunk_events(uneven) == ARCHIVE_CHUNK
     even = replace(chunks, bounds=[(0, 14), (14, 28), (28, 32)])
     assert engine.output_chunk_events(even) == 14
+
+
+# ----------------------------------------------------------------------------- 8. convergence
+
+# tol 1e-3 settles both stages of the planted data well inside these budgets (steps 112
+# and 40 of 300); windows of 4 steps (one pass of 32 events at 8 per step)
+CONVERGING = {**SETTINGS, "nmf_steps": 300, "hmm_steps": 300, "tol": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def planted_data(spectrograms: np.ndarray) -> xr.DataArray:
+    return xr.DataArray(spectrograms, dims=("event", "frequency", "time"))
+
+
+def _fit_reporting(data, settings: dict, **options) -> tuple[SpecUFEx, dict[str, list[dict]]]:
+    reported: dict[str, list[dict]] = {"nmf": [], "hmm": []}
+    model = SpecUFEx(
+        **settings, client=False, progress=lambda stage, info: reported[stage].append(info),
+        **options,
+    ).fit(data)  # fmt: skip
+    return model, reported
+
+
+def test_a_stage_stops_once_converged_and_the_model_records_the_steps_run(
+    planted_data: xr.DataArray,
+) -> None:
+    model, reported = _fit_reporting(planted_data, CONVERGING)
+    for stage, fitted in (("nmf", model.nmf_), ("hmm", model.hmm_)):
+        infos = reported[stage]
+        n_steps = model.n_steps_[stage]
+        assert 8 <= n_steps < 300, stage
+        assert model.converged_[stage], stage
+        assert len(fitted.elbo_) == len(infos) == n_steps
+        assert [info["step"] for info in infos] == list(range(1, n_steps + 1))
+        assert {info["total"] for info in infos} == {300}
+        assert [info["converged"] for info in infos] == [False] * (n_steps - 1) + [True]
+        # the rule holds at the last step: ELBO window means within tol, count steady
+        elbo = np.array([info["elbo"] for info in infos])
+        latest, previous = elbo[-4:].mean(), elbo[-8:-4].mean()
+        assert abs(latest - previous) <= 1e-3 * abs(latest)
+        count = "n_patterns" if stage == "nmf" else "n_states"
+        assert len({info[count] for info in infos[-5:]}) == 1
+    assert model.nmf_.step + 1 == model.n_steps_["nmf"]  # the NMF counts from -1
+    assert model.hmm_.step == model.n_steps_["hmm"]
+    # not before the annealing is over (temperature 1 + 0.75**(step - 1))
+    assert model.n_steps_["nmf"] > 33
+    assert all(1 <= info["n_states"] <= SETTINGS["num_state"] for info in reported["hmm"])
+
+
+def test_without_tol_every_step_runs(planted_data: xr.DataArray) -> None:
+    settings = {**CONVERGING, "nmf_steps": 45, "hmm_steps": 50, "tol": None}
+    model, reported = _fit_reporting(planted_data, settings)
+    assert model.n_steps_ == {"nmf": 45, "hmm": 50}
+    assert model.converged_ == {"nmf": False, "hmm": False}
+    assert (len(model.nmf_.elbo_), len(model.hmm_.elbo_)) == (45, 50)
+    assert not any(info["converged"] for infos in reported.values() for info in infos)
+
+
+def test_the_hmm_does_not_stop_while_its_states_in_use_change(
+    planted_data: xr.DataArray, monkeypatch
+) -> None:
+    """The ELBO alone would stop the HMM at step 40; a count of states in use that
+    changes every step keeps it going to the budget."""
+    from specufex_dask import pipeline
+
+    calls = []
+
+    def changing(state_counts, n_frames):
+        calls.append(n_frames)
+        return 2 + len(calls) % 2
+
+    settings = {**CONVERGING, "nmf_steps": 40, "hmm_steps": 60}
+    stopped, _ = _fit_reporting(planted_data, settings)
+    assert stopped.n_steps_["hmm"] < 60
+    monkeypatch.setattr(pipeline, "states_in_use", changing)
+    model, reported = _fit_reporting(planted_data, settings)
+    assert model.n_steps_["hmm"] == 60 and not model.converged_["hmm"]
+    assert [info["n_states"] for info in reported["hmm"][:3]] == [3, 2, 3]
+    assert set(calls) == {SETTINGS["batch_size"] * N_TIMES}  # the minibatch's frames
+
+
+def test_the_default_budget_is_at_least_200_steps(planted_data: xr.DataArray) -> None:
+    seen: list[tuple[str, int]] = []
+
+    def first_step(stage: str, info: dict) -> None:
+        seen.append((stage, info["total"]))
+        if stage == "hmm":
+            raise Interrupted("enough")
+
+    settings = {k: v for k, v in SETTINGS.items() if k not in ("nmf_steps", "hmm_steps")}
+    model = SpecUFEx(**settings, client=False, progress=first_step)
+    assert (model.nmf_steps, model.hmm_steps, model.tol) == (None, None, 1e-4)
+    with pytest.raises(Interrupted):
+        model.fit(planted_data)
+    # 3 passes of 32 events at 8 per step are 12 steps: the floor of 200 applies
+    assert set(seen) == {("nmf", 200), ("hmm", 200)}
+
+
+@pytest.mark.parametrize("stage", ["nmf", "hmm"])
+def test_a_resumed_fit_stops_at_the_step_an_uninterrupted_one_does(
+    pristine: str, tmp_path: Path, stage: str
+) -> None:
+    """The counts of the last window travel in the checkpoint: a fit resumed one step
+    before the stop would otherwise need a window of new steps to see a steady count."""
+    settings = {**CONVERGING, "nmf_steps": 300 if stage == "nmf" else 40}
+    uninterrupted = SpecUFEx(**settings, client=False, checkpoint_every=1000).fit(
+        _copy(pristine, tmp_path, "whole.zarr")
+    )
+    stop = uninterrupted.n_steps_[stage]
+    assert uninterrupted.converged_[stage]
+    path = _copy(pristine, tmp_path)
+
+    def interrupt(where: str, info: dict) -> None:
+        if where == stage and info["step"] == stop - 1:
+            raise Interrupted(f"{where} step {stop - 1}")
+
+    with pytest.raises(Interrupted):
+        SpecUFEx(**settings, client=False, checkpoint_every=stop - 2, progress=interrupt).fit(path)
+    assert engine.read_model_group(path)[2][f"{stage}_steps"] == stop - 2
+    resumed = SpecUFEx(**settings, client=False, checkpoint_every=stop - 2).fit(path, resume=True)
+    assert resumed.n_steps_ == uninterrupted.n_steps_
+    assert_same_model(resumed, uninterrupted)
+    loaded = SpecUFEx.from_archive(path, client=False)
+    assert (loaded.n_steps_, loaded.converged_) == (resumed.n_steps_, resumed.converged_)

@@ -405,7 +405,9 @@ def _broken_nmf(X: np.ndarray, bad: float) -> BayesianNonparametricNMF:
 
 
 def _broken_hmm(V: np.ndarray, gain: np.ndarray, bad: float) -> BayesianHMM:
-    model = BayesianHMM(len(gain), gain, 4, batch_size=10, max_steps=3, random_state=0)
+    model = BayesianHMM(
+        len(gain), gain, 4, batch_size=10, max_steps=3, init="random", random_state=0
+    )
     model.B2[2, 1] = bad
     return model
 

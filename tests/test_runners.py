@@ -238,7 +238,8 @@ def test_a_fit_runs_its_steps_on_the_runners(local_cluster, tmp_path: Path, rng,
         monkeypatch.setattr(StepRunner, name, counted(name))
     settings = {"num_pat": 3, "num_state": 2, "nmf_steps": 4, "hmm_steps": 3, "batch_size": 12}
     on_runners = SpecUFEx(**settings, client=client).fit(path)
-    assert calls["run"] == 7  # one worker: one call per step
+    # one worker: one call per step, and one for the frames the HMM starts from
+    assert calls["run"] == 8
     deadline = time.monotonic() + 30  # the last read ahead may still be on its way
     while calls["read_ahead"] < 7 and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -1,0 +1,367 @@
+"""Do the fingerprints carry structure? Each fit mode and protocol on planted and real data.
+
+Run: ``python benchmarks/bench_fidelity.py [--quick] [--jobs 2] [--out fidelity.json]``
+
+Data sets (:mod:`specufex_dask.datasets`):
+
+* ``planted-easy|medium|hard``: 600 waveforms of four seismic-like classes (earthquake
+  with P and S, gliding harmonic tremor, bursts, emergent long-period signal) in coloured
+  noise, through the package's own preprocessing; three difficulty levels;
+* ``kw1``: the BW.KW1..EHZ record shipped with ObsPy (2.6 h at 100 Hz) in 20 s windows;
+* ``anmo``: IU.ANMO.00.LHZ shipped with ObsPy (one day at 1 Hz) in 30 min windows;
+* ``bav``: the ten BAV events of the golden files.
+
+Methods: the reference README's loop (one spectrogram or sequence per ``fit`` call:
+600 NMF calls, 300 HMM calls, K0 = 75, S = 15) and the pipeline (``SpecUFEx`` with its
+defaults, in-process), each in the default mode and with ``compat="specufex"``; on the
+real records also ``specufex-dask run`` with its defaults on an archive; ablations of the
+default mode's choices; two baselines without a model (k-means on the flattened
+spectrograms and on the mean spectrum). Every model is fitted on 80 % of the events
+(seeded split) and scored on all of them:
+
+* ARI (planted only): k-means with one cluster per class on the fingerprints, after the
+  ``specufex-dask cluster`` default transform (and the alternatives, as ablations);
+* patterns kept, states in use (>= 1 % of all frames), distinct fingerprints;
+* held-out ELBO per frame of the other 20 % (NMF term, HMM term; the same default-mode
+  local steps for every model, :func:`specufex_dask.diagnostics.heldout_elbo_per_frame`);
+* silhouette of that k-means; seconds of the fit.
+
+Planted rows average over ``--seeds`` fit seeds (data seed fixed per difficulty); the real
+records run the same seeds. ``--quick`` runs 2 seeds, 300 planted events, no CLI rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+N_PATTERNS, N_STATES = 75, 15
+LOOP_NMF_CALLS, LOOP_HMM_CALLS = 600, 300
+TRAIN_FRACTION = 0.8
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One fit: a data set, a method and a fit seed."""
+
+    dataset: str
+    method: str
+    seed: int
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_dataset(name: str, n_planted: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Spectrograms (n, D, M) and planted labels (None for real records)."""
+    from specufex_dask import datasets
+
+    if name.startswith("planted-"):
+        difficulty = name.split("-", 1)[1]
+        planted = datasets.planted_waveforms(n_planted, difficulty=difficulty, seed=100)
+        return datasets.planted_spectrograms(planted), planted.labels
+    if name == "kw1":
+        return datasets.kw1_spectrograms()[0], None
+    if name == "anmo":
+        return datasets.anmo_spectrograms()[0], None
+    if name == "bav":
+        return datasets.bav_spectrograms(SHARED / "data" / "bav_ncsn_1984")[0], None
+    raise ValueError(f"unknown data set {name!r}")
+
+
+def split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded 80/20 split of event indices (sorted)."""
+    order = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,))).permutation(n)
+    cut = max(1, int(round(TRAIN_FRACTION * n)))
+    return np.sort(order[:cut]), np.sort(order[cut:])
+
+
+# ----------------------------------------------------------------------------- fits
+
+
+def fit_loop(X: np.ndarray, seed: int, compat: str, **options) -> tuple:
+    """The reference README's loop: one spectrogram / sequence per ``fit`` call."""
+    from specufex_dask import BayesianHMM, BayesianNonparametricNMF
+
+    rng = np.random.default_rng(seed)
+    nmf_options = {k: v for k, v in options.items() if k in ("min_pattern_share",)}
+    hmm_options = {k: v for k, v in options.items() if k in ("init",)}
+    nmf = BayesianNonparametricNMF(
+        X.shape, N_PATTERNS, compat=compat, random_state=seed, **nmf_options
+    )
+    for _ in range(LOOP_NMF_CALLS):
+        nmf.fit(X[rng.integers(len(X), size=1)])
+    V = nmf.transform(X)
+    hmm = BayesianHMM(
+        nmf.num_pat, nmf.gain, N_STATES, compat=compat, random_state=seed, **hmm_options
+    )
+    for _ in range(LOOP_HMM_CALLS):
+        hmm.fit(V[rng.integers(len(V), size=1)])
+    return nmf, hmm
+
+
+def fit_pipeline(X: np.ndarray, seed: int, compat: str, **options) -> tuple:
+    """``SpecUFEx`` with its defaults, on dask's in-process scheduler."""
+    import xarray as xr
+
+    from specufex_dask import SpecUFEx
+
+    data = xr.DataArray(
+        X, dims=("event", "frequency", "time"), coords={"event": [str(i) for i in range(len(X))]}
+    )
+    model = SpecUFEx(
+        N_PATTERNS, N_STATES, compat=compat, random_state=seed, client=False, **options
+    )
+    model.fit(data)
+    return model.nmf_, model.hmm_
+
+
+def fit_cli(X: np.ndarray, seed: int) -> tuple:
+    """``specufex-dask run ARCHIVE --seed SEED`` with every other default."""
+    from specufex_dask import SpecUFEx
+    from specufex_dask.archive import write_spectrograms
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "events.zarr"
+        write_spectrograms(
+            path,
+            X,
+            [str(i) for i in range(len(X))],
+            np.arange(X.shape[1], dtype=float),
+            np.arange(X.shape[2], dtype=float),
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "specufex_dask.cli",
+                "run",
+                str(path),
+                "--seed",
+                str(seed),
+                "--quiet",
+            ],
+            check=True,
+        )
+        model = SpecUFEx.from_archive(str(path), client=False)
+        return model.nmf_, model.hmm_
+
+
+METHODS: dict[str, Callable[[np.ndarray, int], tuple]] = {
+    "loop default": lambda X, s: fit_loop(X, s, "default"),
+    "loop compat": lambda X, s: fit_loop(X, s, "specufex"),
+    "pipeline default": lambda X, s: fit_pipeline(X, s, "default"),
+    "pipeline compat": lambda X, s: fit_pipeline(X, s, "specufex"),
+    "cli default": fit_cli,
+    # ablations of the default mode's choices
+    "loop default random q(B)": lambda X, s: fit_loop(X, s, "default", init="random"),
+    "pipeline default no share pruning": lambda X, s: fit_pipeline(
+        X, s, "default", min_pattern_share=None
+    ),
+}
+BASELINES = ("k-means on spectrograms", "k-means on mean spectrum")
+# (transform, PCA components) of the fingerprints before k-means
+FEATURES = {
+    "hellinger": ("hellinger", None),
+    "raw": ("none", None),
+    "sqrt": ("sqrt", None),
+    "hellinger+pca8": ("hellinger", 8),
+}
+DEFAULT_FEATURES = "hellinger"
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def _silhouette(features: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import silhouette_score
+
+    return (
+        float("nan") if len(np.unique(labels)) < 2 else float(silhouette_score(features, labels))
+    )
+
+
+def _kmeans(features: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarray, float]:
+    from sklearn.cluster import KMeans
+
+    labels = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(features)
+    return labels, _silhouette(features, labels)
+
+
+def _ari(truth: np.ndarray | None, labels: np.ndarray) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return float("nan") if truth is None else float(adjusted_rand_score(truth, labels))
+
+
+def score_model(nmf, hmm, X: np.ndarray, test: np.ndarray, truth, n_clusters: int, seed: int):
+    """Scores of a fitted model on all events (ELBO on the held-out ones)."""
+    import xarray as xr
+    from sklearn.decomposition import PCA
+
+    from specufex_dask.clustering import cluster_fingerprints, fingerprint_features
+    from specufex_dask.diagnostics import (
+        distinct_fraction,
+        heldout_elbo_per_frame,
+        states_in_use,
+    )
+
+    V = nmf.transform(X)
+    prints, _, gam = hmm.transform(V)
+    fingerprint = xr.DataArray(
+        prints, dims=("event", "state", "next_state"), coords={"event": np.arange(len(X))}
+    )
+    result = {
+        "patterns": int(nmf.num_pat),
+        "states": states_in_use(gam),
+        "distinct": distinct_fraction(prints),
+    }
+    result["nmf_elbo"], result["hmm_elbo"] = heldout_elbo_per_frame(nmf, hmm, X[test])
+    for name, (transform, components) in FEATURES.items():
+        clustering = cluster_fingerprints(
+            fingerprint,
+            n_clusters,
+            transform=transform,
+            pca_components=components,
+            random_state=seed,
+        )
+        labels = clustering.labels.values
+        features = fingerprint_features(fingerprint, transform)
+        if components is not None:
+            features = PCA(components, random_state=seed).fit_transform(features)
+        result[f"ari {name}"] = _ari(truth, labels)
+        result[f"silhouette {name}"] = _silhouette(features, labels)
+    return result
+
+
+def score_baseline(name: str, X: np.ndarray, truth, n_clusters: int, seed: int) -> dict:
+    features = X.reshape(len(X), -1) if name == BASELINES[0] else X.mean(axis=2)
+    labels, silhouette = _kmeans(features, n_clusters, seed)
+    return {"ari": _ari(truth, labels), "silhouette": silhouette}
+
+
+def run_job(job: Job, n_planted: int) -> dict:
+    """Fit and score one job (in a worker process)."""
+    X, truth = load_dataset(job.dataset, n_planted)
+    n_clusters = 4
+    start = time.perf_counter()
+    if job.method in BASELINES:
+        scores = score_baseline(job.method, X, truth, n_clusters, job.seed)
+        return {**job.__dict__, **scores, "seconds": time.perf_counter() - start}
+    train, test = split(len(X), job.seed)
+    if len(test) == 0:
+        test = train
+    nmf, hmm = METHODS[job.method](X[train], job.seed)
+    seconds = time.perf_counter() - start
+    scores = score_model(nmf, hmm, X, test, truth, n_clusters, job.seed)
+    return {**job.__dict__, **scores, "seconds": seconds}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3g}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _mean(values: list[float], fmt: str = ".3g") -> str:
+    values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+    return format(statistics.mean(values), fmt) if values else "-"
+
+
+def table(results: list[dict]) -> str:
+    """Markdown table: one row per data set and method, means (± sd) over seeds."""
+    ari_columns = " | ".join(f"ARI {name}" for name in FEATURES)
+    lines = [
+        f"| data | method | {ari_columns} | patterns | states >= 1 % | distinct "
+        "| held-out ELBO/frame NMF | HMM | silhouette | s |",
+        "|---|---|" + "---:|" * (len(FEATURES) + 7),
+    ]
+    keys = sorted(
+        {(r["dataset"], r["method"]) for r in results},
+        key=lambda k: (k[0], list(METHODS).index(k[1]) if k[1] in METHODS else 99),
+    )
+    for dataset, method in keys:
+        rows = [r for r in results if r["dataset"] == dataset and r["method"] == method]
+
+        def get(key: str, rows: list[dict] = rows) -> list:
+            return [r.get(key, float("nan")) for r in rows]
+
+        if method in BASELINES:
+            blanks = " |" * (len(FEATURES) - 1 + 5)
+            lines.append(
+                f"| {dataset} | {method} | {_mean_sd(get('ari'))} |{blanks} "
+                f"{_mean(get('silhouette'))} | {_mean(get('seconds'), '.1f')} |"
+            )
+            continue
+        aris = " | ".join(_mean_sd(get(f"ari {name}")) for name in FEATURES)
+        lines.append(
+            f"| {dataset} | {method} | {aris} | {_mean(get('patterns'), '.1f')} "
+            f"| {_mean(get('states'), '.1f')} | {_mean(get('distinct'), '.3f')} "
+            f"| {_mean(get('nmf_elbo'), '.4g')} | {_mean(get('hmm_elbo'), '.4g')} "
+            f"| {_mean(get(f'silhouette {DEFAULT_FEATURES}'))} | {_mean(get('seconds'), '.1f')} |"
+        )
+    return "\n".join(lines)
+
+
+def jobs_for(datasets: list[str], methods: list[str], seeds: list[int], cli: bool) -> list[Job]:
+    jobs = []
+    for dataset in datasets:
+        for method in methods + list(BASELINES):
+            if method == "cli default" and (not cli or dataset.startswith("planted")):
+                continue
+            for seed in seeds:
+                jobs.append(Job(dataset, method, seed))
+    return jobs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--datasets", default="planted-easy,planted-medium,planted-hard,kw1,anmo,bav"
+    )
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--out", default="fidelity.json")
+    args = parser.parse_args(argv)
+    seeds = list(range(2 if args.quick else args.seeds))
+    n_planted = 300 if args.quick else 600
+    jobs = jobs_for(args.datasets.split(","), args.methods.split(","), seeds, not args.quick)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    results = []
+    with ProcessPoolExecutor(args.jobs) as pool:
+        futures = [(job, pool.submit(run_job, job, n_planted)) for job in jobs]
+        for job, future in futures:
+            try:
+                result = future.result()
+            except Exception as error:  # noqa: BLE001 - a failed fit is a row, not a crash
+                result = {**job.__dict__, "error": repr(error)}
+            results.append(result)
+            print(json.dumps(result), flush=True)
+            Path(args.out).write_text(json.dumps(results, indent=1))
+    print(table([r for r in results if "error" not in r]))
+
+
+if __name__ == "__main__":
+    main()

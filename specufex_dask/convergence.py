@@ -1,0 +1,101 @@
+"""When a stage of the pipeline's fit stops: a settled ELBO and a settled model size.
+
+The ELBO of a minibatch step is a noisy estimate, and it can level off while the model
+is still reorganising: the NMF may still be pruning patterns, the HMM still moving frames
+onto states it had left empty (or off states it is about to lose). A stage of
+:class:`specufex_dask.pipeline.SpecUFEx` therefore stops only when both have settled:
+
+* the ELBO rule of :class:`specufex_dask.models.ConvergenceMonitor` (the means of the
+  last two windows of steps differ by less than ``tol`` relative), and
+* a count that did not change over the last window of steps: the NMF's live patterns,
+  or the HMM's states in use in the minibatch (:func:`states_in_use`).
+
+The step budget is an upper bound; :func:`auto_steps` is the default one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .models import MAX_WINDOW, ConvergenceMonitor
+
+__all__ = ["STATE_SHARE", "StageMonitor", "auto_steps", "states_in_use", "window_steps"]
+
+STATE_SHARE = 0.01
+"""Share of a minibatch's frames a state must hold to count as in use."""
+
+AUTO_MIN_STEPS = 200
+AUTO_PASSES = 3
+
+
+def window_steps(n_events: int, batch: int) -> int:
+    """Steps per convergence window: one pass over the events, at most ``MAX_WINDOW``."""
+    return min(-(-n_events // batch), MAX_WINDOW)
+
+
+def auto_steps(n_events: int, batch: int) -> int:
+    """The default step budget of a stage: ``AUTO_PASSES`` passes over the events at
+    ``batch`` events per step, and at least ``AUTO_MIN_STEPS``."""
+    return max(AUTO_MIN_STEPS, AUTO_PASSES * -(-n_events // batch))
+
+
+def states_in_use(state_counts: NDArray, n_frames: int, share: float = STATE_SHARE) -> int:
+    """States holding at least ``share`` of a minibatch's ``n_frames`` frames.
+
+    ``state_counts`` are the HMM statistics' ``sum_t gam`` per state (the minibatch's
+    expected frames in each state).
+    """
+    return int(np.count_nonzero(np.asarray(state_counts) / n_frames >= share))
+
+
+class StageMonitor:
+    """The stopping rule of one stage: the ELBO rule AND a count steady over a window.
+
+    Parameters
+    ----------
+    tol : float or None
+        Relative ELBO tolerance; None never stops early.
+    window : int
+        Steps per window (of the ELBO means, and over which the count must not change).
+    history : iterable of float
+        ELBOs of the steps already done (a resumed fit).
+    counts : iterable of int
+        Counts of the steps already done; only the last ``window + 1`` are kept.
+
+    Attributes
+    ----------
+    counts : list of int
+        The count of the last ``window + 1`` steps at most (what a checkpoint must keep
+        for a resumed fit to stop where an uninterrupted one does).
+    converged : bool
+    """
+
+    def __init__(
+        self,
+        tol: float | None,
+        window: int,
+        history: Iterable[float] = (),
+        counts: Iterable[int] = (),
+    ) -> None:
+        self._elbo = ConvergenceMonitor(tol, window)
+        self._elbo.history = [float(value) for value in history]
+        self.window = self._elbo.window
+        self.counts = [int(count) for count in counts][-(self.window + 1) :]
+        self.converged = False
+
+    def count_steady(self) -> bool:
+        """Whether the count stayed the same over the last ``window`` steps."""
+        return len(self.counts) > self.window and len(set(self.counts)) == 1
+
+    def report(self, elbo: float, count: int, ready: bool = True) -> bool:
+        """Record a step's ELBO and count; return True once the stage has converged.
+
+        ``ready=False`` (the NMF still annealing) records without testing.
+        """
+        elbo_settled = self._elbo.report(elbo, ready)
+        self.counts = (self.counts + [int(count)])[-(self.window + 1) :]
+        self.converged = elbo_settled and self.count_steady()
+        return self.converged

@@ -1,0 +1,134 @@
+"""Data-driven starting points for the variational factors (default mode only).
+
+The reference starts q(B) from random draws that ignore the data's scale. On real records
+the emissions ``U = diag(gain) V`` are hundreds of counts per frame, so the Poisson
+likelihood is so peaked that the state closest to the data at the first step takes every
+frame; the others lose their q(B) mass within a few steps and never win a frame again
+(every fingerprint of the archive is then the same). Here q(B) starts instead from a
+seeded k-means of the frames of a sample of sequences: each state begins as the mean of
+a group of real frames, with the weight that group would carry in the whole data set.
+
+Plain NumPy: the sample's frames are computed wherever the events are (Dask workers in
+the pipeline) and only the frames reach this module.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["INIT_EVENTS", "emission_start", "init_sample", "kmeans"]
+
+INIT_EVENTS = 256
+"""Sequences whose frames seed q(B): enough frames for 15+ states, small to compute."""
+
+KMEANS_ITERATIONS = 30
+
+
+def init_sample(rng: np.random.Generator, n_items: int, size: int = INIT_EVENTS) -> NDArray:
+    """Sorted indices of the sequences whose frames seed q(B) (all when there are few)."""
+    if n_items <= size:
+        return np.arange(n_items)
+    return np.sort(rng.choice(n_items, size=size, replace=False))
+
+
+def _squared_distances(points: NDArray, centres: NDArray) -> NDArray:
+    # |x|^2 - 2 x.c + |c|^2 per point and centre; clipped, rounding can make it negative
+    cross = points @ centres.T
+    squared = (points**2).sum(axis=1)[:, None] - 2.0 * cross + (centres**2).sum(axis=1)[None]
+    return np.maximum(squared, 0.0)
+
+
+def _plus_plus(points: NDArray, n_clusters: int, rng: np.random.Generator) -> NDArray:
+    """k-means++ seeding: each new centre drawn with probability ~ squared distance."""
+    n = len(points)
+    chosen = [int(rng.integers(n))]
+    closest = _squared_distances(points, points[chosen])[:, 0]
+    for _ in range(1, n_clusters):
+        total = closest.sum()
+        # all remaining points coincide with a centre: any point will do
+        index = int(rng.integers(n)) if total <= 0 else int(rng.choice(n, p=closest / total))
+        chosen.append(index)
+        closest = np.minimum(closest, _squared_distances(points, points[[index]])[:, 0])
+    return points[chosen].copy()
+
+
+def kmeans(
+    points: NDArray, n_clusters: int, rng: np.random.Generator, iterations: int = KMEANS_ITERATIONS
+) -> NDArray:
+    """Seeded Lloyd's k-means; returns the label of every point.
+
+    An empty cluster is restarted at the point farthest from its centre, so every
+    cluster ends with at least one point whenever there are ``n_clusters`` distinct
+    points.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    n_clusters = min(n_clusters, len(points))
+    centres = _plus_plus(points, n_clusters, rng)
+    labels = np.full(len(points), -1)
+    for _ in range(iterations):
+        distances = _squared_distances(points, centres)
+        new_labels = np.argmin(distances, axis=1)
+        counts = np.bincount(new_labels, minlength=n_clusters)
+        for empty in np.flatnonzero(counts == 0):
+            farthest = int(np.argmax(distances[np.arange(len(points)), new_labels]))
+            new_labels[farthest] = empty
+            distances[farthest] = 0.0
+        if np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+        for cluster in range(n_clusters):
+            centres[cluster] = points[labels == cluster].mean(axis=0)
+    return labels
+
+
+def emission_start(
+    frames: NDArray,
+    n_states: int,
+    n_frames: float,
+    rng: np.random.Generator,
+    *,
+    tau1: float,
+    tau2: float,
+) -> tuple[NDArray, NDArray]:
+    """q(B) that starts each state at the mean emission of a k-means group of frames.
+
+    Parameters
+    ----------
+    frames : ndarray of shape (n_sample_frames, n_patterns)
+        Emission frames ``U[:, t]`` of a sample of sequences.
+    n_states : int
+    n_frames : float
+        Frames in the whole data set (sequences x frames per sequence): a group holding a
+        fraction f of the sample starts with the weight of f * n_frames frames, as a full
+        pass over the data would give it.
+    rng : numpy.random.Generator
+        Seeds k-means.
+    tau1, tau2 : float
+        The Gamma prior of B.
+
+    Returns
+    -------
+    B1, B2 : ndarray of shape (n_states, n_patterns)
+
+    Notes
+    -----
+    k-means runs on the square roots of the frames, the variance-stabilising transform
+    of Poisson counts, so that loud frames do not take all the centres. With fewer
+    distinct frames than states, the extra states start at the mean of all frames.
+    """
+    frames = np.asarray(frames, dtype=np.float64)
+    n_patterns = frames.shape[1]
+    labels = kmeans(np.sqrt(frames), n_states, rng)
+    counts = np.bincount(labels, minlength=n_states).astype(np.float64)
+    sums = np.zeros((n_states, n_patterns))
+    np.add.at(sums, labels, frames)
+    share = counts / counts.sum()
+    unused = counts == 0
+    sums[unused] = frames.mean(axis=0)
+    counts[unused] = 1.0
+    share[unused] = 1.0 / len(frames)
+    weight = share * n_frames
+    B2 = np.broadcast_to((tau2 + weight)[:, None], (n_states, n_patterns)).copy()
+    B1 = tau1 + weight[:, None] * (sums / counts[:, None])
+    return B1, B2
