@@ -32,24 +32,25 @@ def init_sample(rng: np.random.Generator, n_items: int, size: int = INIT_EVENTS)
     return np.sort(rng.choice(n_items, size=size, replace=False))
 
 
-def _squared_distances(points: NDArray, centres: NDArray) -> NDArray:
-    # |x|^2 - 2 x.c + |c|^2 per point and centre; clipped, rounding can make it negative
-    cross = points @ centres.T
-    squared = (points**2).sum(axis=1)[:, None] - 2.0 * cross + (centres**2).sum(axis=1)[None]
-    return np.maximum(squared, 0.0)
+def _squared_distances(points: NDArray, norms: NDArray, centres: NDArray) -> NDArray:
+    """``|x - c|^2`` of every point and centre, from the points' squared norms ``norms``."""
+    squared = norms[:, None] - 2.0 * (points @ centres.T) + (centres**2).sum(axis=1)[None]
+    return np.maximum(squared, 0.0)  # rounding can make a zero distance negative
 
 
-def _plus_plus(points: NDArray, n_clusters: int, rng: np.random.Generator) -> NDArray:
+def _plus_plus(
+    points: NDArray, norms: NDArray, n_clusters: int, rng: np.random.Generator
+) -> NDArray:
     """k-means++ seeding: each new centre drawn with probability ~ squared distance."""
     n = len(points)
     chosen = [int(rng.integers(n))]
-    closest = _squared_distances(points, points[chosen])[:, 0]
+    closest = _squared_distances(points, norms, points[chosen])[:, 0]
     for _ in range(1, n_clusters):
         total = closest.sum()
         # all remaining points coincide with a centre: any point will do
         index = int(rng.integers(n)) if total <= 0 else int(rng.choice(n, p=closest / total))
         chosen.append(index)
-        closest = np.minimum(closest, _squared_distances(points, points[[index]])[:, 0])
+        closest = np.minimum(closest, _squared_distances(points, norms, points[[index]])[:, 0])
     return points[chosen].copy()
 
 
@@ -63,11 +64,12 @@ def kmeans(
     points.
     """
     points = np.asarray(points, dtype=np.float64)
+    norms = (points**2).sum(axis=1)
     n_clusters = min(n_clusters, len(points))
-    centres = _plus_plus(points, n_clusters, rng)
+    centres = _plus_plus(points, norms, n_clusters, rng)
     labels = np.full(len(points), -1)
     for _ in range(iterations):
-        distances = _squared_distances(points, centres)
+        distances = _squared_distances(points, norms, centres)
         new_labels = np.argmin(distances, axis=1)
         counts = np.bincount(new_labels, minlength=n_clusters)
         for empty in np.flatnonzero(counts == 0):

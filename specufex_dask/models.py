@@ -50,6 +50,7 @@ from .updates import (
     hmm_global_kl,
     hmm_global_update,
     hmm_step_size,
+    merge_patterns,
     nmf_global_kl,
     nmf_global_update,
     nmf_inner_iterations,
@@ -57,6 +58,7 @@ from .updates import (
     nmf_temperature,
     pattern_order,
     prune_mask,
+    similar_pairs,
     state_order,
 )
 from .validation import check_stack
@@ -249,6 +251,12 @@ class BayesianNonparametricNMF(_SVIModel):
         Once annealing is over, prune a pattern whose share ``A1[k] / sum(A1)`` of the
         data's counts falls below this. Default 1e-3 in the default mode, None (only the
         reference's ``E[a] <= 1e-3``) in compat mode.
+    merge_cosine : float or None, default=None
+        Once annealing is over, merge two patterns whose ``E[W]`` columns have at least
+        this cosine (:func:`specufex_dask.updates.merge_patterns`; default mode only).
+        Off by default: it removes the copies of patterns that the symmetric start of
+        q(W) makes, but on spectrograms of waveforms it also merges distinct broadband
+        patterns (see the README's fidelity benchmark).
     random_state : int, optional
         Seed of the initial state and of the minibatches.
     dtype : {float64, float32}, default=float64
@@ -277,8 +285,9 @@ class BayesianNonparametricNMF(_SVIModel):
     """
 
     _batch_purpose = "nmf_batch"
-    # what model files written before share pruning (and the reference's) did
+    # what model files written before share pruning and merging (and the reference's) did
     min_pattern_share = None
+    merge_cosine = None
 
     def __init__(
         self,
@@ -292,6 +301,7 @@ class BayesianNonparametricNMF(_SVIModel):
         step_size: float | None = None,
         anneal: bool = True,
         min_pattern_share: float | None | str = "auto",
+        merge_cosine: float | None = None,
         random_state: int | None = None,
         dtype: ArrayLike = np.float64,
         verbose: bool = False,
@@ -315,6 +325,12 @@ class BayesianNonparametricNMF(_SVIModel):
                 f"got {min_pattern_share!r}"
             )
         self.min_pattern_share = min_pattern_share
+        if merge_cosine is not None and (compat == "specufex" or not 0 < merge_cosine <= 1):
+            raise ValueError(
+                "merge_cosine must be in (0, 1] or None (None with compat='specufex'), "
+                f"got {merge_cosine!r}"
+            )
+        self.merge_cosine = merge_cosine
         n_events, n_frequencies, _ = (int(v) for v in X_shape)
         self.input_dims = (n_events, n_frequencies, int(X_shape[2]))
         self.N_eff = n_events
@@ -429,8 +445,14 @@ class BayesianNonparametricNMF(_SVIModel):
         )
         check_finite("NMF", self.step + 1, W1=W1, W2=W2, A1=A1, A2=A2)
         # not while annealing: a hot step spreads counts over patterns the data do not use
-        share = self.min_pattern_share if temperature - 1.0 < ANNEALED else None
-        keep = prune_mask(A1, A2, min_share=share)
+        annealed = temperature - 1.0 < ANNEALED
+        merged = np.ones(W1.shape[1], dtype=bool)
+        if annealed and self.merge_cosine is not None:
+            pairs = similar_pairs(W1 / W2, self.merge_cosine)
+            W1, W2, A1, A2, merged = merge_patterns(W1, W2, A1, A2, pairs, self.prior)
+            if pairs:
+                self._log("NMF step %d: merged patterns %s", self.step + 1, pairs)
+        keep = merged & prune_mask(A1, A2, min_share=self.min_pattern_share if annealed else None)
         if not keep.any():
             raise ValueError(f"NMF: every pattern was pruned at step {self.step + 1}")
         # C order after column selection: products round by memory layout, and a model

@@ -1,0 +1,142 @@
+"""The default mode's data start of q(B), share pruning and pattern merging."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from specufex_dask import BayesianHMM, BayesianNonparametricNMF
+from specufex_dask.initialise import emission_start, init_sample, kmeans
+from specufex_dask.updates import NMFPrior, merge_patterns, prune_mask, similar_pairs
+
+
+def _blobs(rng: np.random.Generator, centres: np.ndarray, per: int) -> tuple:
+    points = np.concatenate(
+        [c + 0.05 * rng.standard_normal((per, centres.shape[1])) for c in centres]
+    )
+    return points, np.repeat(np.arange(len(centres)), per)
+
+
+def test_kmeans_finds_separated_groups_and_is_seeded(rng) -> None:
+    centres = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0], [3.0, 3.0]])
+    points, truth = _blobs(rng, centres, 30)
+    labels = kmeans(points, 4, np.random.default_rng(1))
+    # the same partition as the truth, whatever the numbering
+    pairs = {(int(a), int(b)) for a, b in zip(truth, labels, strict=True)}
+    assert len(pairs) == 4 and len({a for a, _ in pairs}) == len({b for _, b in pairs}) == 4
+    again = kmeans(points, 4, np.random.default_rng(1))
+    np.testing.assert_array_equal(labels, again)
+
+
+def test_kmeans_restarts_empty_clusters() -> None:
+    """Five points, two of them repeated: every one of 4 clusters still gets a point."""
+    points = np.array([[0.0], [0.0], [0.0], [1.0], [2.0], [10.0]])
+    labels = kmeans(points, 4, np.random.default_rng(0))
+    assert set(labels.tolist()) == {0, 1, 2, 3}
+
+
+def test_emission_start_puts_states_at_group_means(rng) -> None:
+    """E[B] of each state is the mean of its group's frames (an independent sum), and the
+    states' weights (B2 - tau2) add up to the data set's frames in proportion to the
+    groups' sizes."""
+    centres = np.array([[50.0, 1.0, 1.0], [1.0, 80.0, 1.0], [1.0, 1.0, 20.0]])
+    frames, truth = _blobs(rng, centres, 40)
+    frames = np.abs(frames) ** 2
+    B1, B2 = emission_start(frames, 3, 1000.0, np.random.default_rng(0), tau1=0.1, tau2=0.1)
+    weight = B2[:, 0] - 0.1
+    np.testing.assert_allclose(weight.sum(), 1000.0)
+    np.testing.assert_allclose(np.sort(weight), [1000 / 3] * 3)
+    expected = np.array([frames[truth == j].mean(axis=0) for j in range(3)])
+    EB = (B1 - 0.1) / weight[:, None]
+    order = np.argsort(np.argmax(EB, axis=1))
+    np.testing.assert_allclose(EB[order], expected, rtol=1e-12)
+
+
+def test_emission_start_with_fewer_distinct_frames_than_states() -> None:
+    frames = np.array([[4.0, 1.0], [4.0, 1.0], [1.0, 9.0]])
+    B1, B2 = emission_start(frames, 5, 30.0, np.random.default_rng(0), tau1=0.1, tau2=0.1)
+    assert B1.shape == B2.shape == (5, 2) and np.all(np.isfinite(B1 / B2))
+    assert np.all(B2 > 0.1)
+
+
+def test_init_sample_is_bounded_and_sorted() -> None:
+    sample = init_sample(np.random.default_rng(0), 10_000)
+    assert len(sample) == 256 and np.all(np.diff(sample) > 0) and sample[-1] < 10_000
+    np.testing.assert_array_equal(init_sample(np.random.default_rng(0), 7), np.arange(7))
+
+
+def _two_regime_sequences(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Activations that switch between two spectral regimes of hundreds of counts."""
+    V = np.empty((n, 3, 30))
+    for i in range(n):
+        regime = (np.arange(30) // rng.integers(3, 10)) % 2
+        V[i] = np.where(regime == 0, [[300.0], [5.0], [5.0]], [[5.0], [5.0], [300.0]])
+    return rng.poisson(V).astype(float)
+
+
+def test_hmm_starts_from_data_once_and_remembers_it(tmp_path, rng) -> None:
+    V = _two_regime_sequences(rng, 40)
+    gain = np.ones(3)
+    hmm = BayesianHMM(3, gain, 4, batch_size=8, max_steps=5, random_state=0)
+    assert hmm.init == "data" and not hmm.initialised
+    drawn = hmm.B1.copy()
+    hmm.fit(V)
+    assert hmm.initialised and not np.allclose(hmm.B1, drawn)
+    # both regimes are states, as the data say
+    means = np.sort(np.round((hmm.B1 / hmm.B2)[:, [0, 2]].max(axis=1), -1))
+    assert means[-1] > 200 and means[-2] > 200
+    hmm.save(tmp_path / "hmm.h5")
+    loaded = BayesianHMM.load(tmp_path / "hmm.h5")
+    assert loaded.initialised and loaded.init == "data"
+    before = loaded.B1.copy()
+    loaded._start_from_data(V)  # already started: nothing happens
+    np.testing.assert_array_equal(loaded.B1, before)
+
+
+def test_hmm_init_settings_are_checked_and_compat_keeps_the_draw() -> None:
+    gain = np.ones(3)
+    with pytest.raises(ValueError, match="init must be one of"):
+        BayesianHMM(3, gain, 4, init="kmeans")
+    with pytest.raises(ValueError, match="'random' with compat='specufex'"):
+        BayesianHMM(3, gain, 4, compat="specufex", init="data")
+    assert BayesianHMM(3, gain, 4, compat="specufex").init == "random"
+
+
+def test_hmm_takes_the_data_size_from_the_nmf_gain(rng) -> None:
+    """The README's loop builds the HMM from ``nmf.gain``: its statistics are scaled by
+    the NMF's data size, not by the one sequence each fit call gets."""
+    X = rng.gamma(2.0, 2.0, size=(37, 6, 5))
+    nmf = BayesianNonparametricNMF(X.shape, 4, random_state=0).fit(X[:3])
+    assert BayesianHMM(nmf.num_pat, nmf.gain, 3).n_eff == 37
+    assert BayesianHMM(nmf.num_pat, nmf.gain, 3, n_eff=5).n_eff == 5
+    assert BayesianHMM(nmf.num_pat, np.asarray(nmf.gain), 3).n_eff is None
+    assert BayesianHMM(nmf.num_pat, nmf.gain, 3, compat="specufex").Neff == 100000
+
+
+def test_prune_mask_by_share() -> None:
+    A1 = np.array([[50.0, 0.04, 49.96]])
+    A2 = np.ones((1, 3))
+    np.testing.assert_array_equal(prune_mask(A1, A2), [True, True, True])
+    np.testing.assert_array_equal(prune_mask(A1, A2, min_share=1e-3), [True, False, True])
+
+
+def test_similar_pairs_are_disjoint_and_most_similar_first() -> None:
+    EW = np.array([[1.0, 1.0, 0.0, 0.98], [0.0, 0.01, 1.0, 0.0], [0.0, 0.0, 0.0, 0.2]])
+    # columns 0, 1, 3 are alike; 0-1 is the closest pair; 3 waits for the next step
+    assert similar_pairs(EW, 0.95) == [(0, 1)]
+    assert similar_pairs(EW, 0.9999999) == []
+
+
+def test_merge_patterns_adds_the_data_parts() -> None:
+    prior = NMFPrior(0.1, 1.0, 0.1, 1.0, 0.5, 1.0)
+    W1 = np.array([[2.5, 4.5, 9.0], [3.5, 6.5, 9.0]])
+    W2 = np.array([[3.0, 5.0, 2.0], [3.0, 5.0, 2.0]])
+    A1 = np.array([[1.1, 2.1, 3.0]])
+    A2 = np.array([[2.0, 4.0, 1.0]])
+    W1m, W2m, A1m, A2m, keep = merge_patterns(W1, W2, A1, A2, [(0, 1)], prior)
+    np.testing.assert_array_equal(keep, [True, False, True])
+    np.testing.assert_allclose(W1m[:, 0], [2.5 + 4.5 - 0.5, 3.5 + 6.5 - 0.5])
+    np.testing.assert_allclose(W2m[:, 0], [7.0, 7.0])
+    np.testing.assert_allclose([A1m[0, 0], A2m[0, 0]], [3.1, 5.0])
+    np.testing.assert_array_equal(W1m[:, 2], W1[:, 2])
+    assert W1[0, 0] == 2.5  # inputs unchanged
