@@ -21,7 +21,7 @@ import xarray as xr
 
 from . import compat as reference
 from .archive import FREQUENCY, MODEL_GROUP
-from .convergence import StageMonitor, auto_steps, states_in_use, window_steps
+from .convergence import MIN_STOP_STEPS, StageMonitor, auto_steps, states_in_use, window_steps
 from .engine import (
     BackgroundCheckpoints,
     EventChunks,
@@ -72,7 +72,8 @@ class SpecUFEx:
         A stage stops before its budget once the mean ELBO of the last window of steps
         (one pass, at most 20 steps) differs from the window's before by less than
         ``tol`` relative, and the NMF's live patterns (the HMM's states in use: holding
-        1 % of a minibatch's frames) did not change over the last window
+        1 % of a minibatch's frames) did not change over the last window, and at least
+        200 steps ran (or the whole budget, if smaller)
         (:class:`specufex_dask.convergence.StageMonitor`). None runs every step.
     random_state : int, default=0
         Seed of the initial states and of every minibatch.
@@ -355,7 +356,9 @@ class SpecUFEx:
         """
         model = self.nmf_ if stage == "nmf" else self.hmm_
         steps, converged, counts = f"{stage}_steps", f"{stage}_converged", f"{stage}_counts"
-        monitor = StageMonitor(self.tol, window, model.elbo_, done.get(counts, ()))
+        monitor = StageMonitor(
+            self.tol, window, model.elbo_, done.get(counts, ()), min(MIN_STOP_STEPS, budget)
+        )
         while done[steps] < budget and not done.get(converged):
             elbo, ready, extra = step()
             done[steps] += 1

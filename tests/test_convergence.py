@@ -81,3 +81,12 @@ def test_states_in_use_hold_one_percent_of_the_frames() -> None:
 def test_window_and_automatic_budget(n_events: int, batch: int, window: int, budget: int) -> None:
     assert window_steps(n_events, batch) == window
     assert auto_steps(n_events, batch) == budget
+
+
+def test_no_stop_before_the_minimum_number_of_steps() -> None:
+    """A flat ELBO and a steady count meet the rule at once; ``min_steps`` (counting a
+    resumed fit's earlier steps) holds the stop back until then."""
+    monitor = StageMonitor(1e-3, 2, history=[5.0] * 6, counts=[3, 3, 3], min_steps=10)
+    stops = [monitor.report(5.0, 3) for _ in range(5)]
+    assert stops == [False, False, False, True, True]
+    assert StageMonitor(1e-3, 2, history=[5.0] * 6, counts=[3, 3, 3]).report(5.0, 3)
