@@ -12,10 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import xarray as xr
 from numpy.typing import NDArray
 
-__all__ = ["ClusteringResult", "cluster_fingerprints", "fingerprint_features"]
+__all__ = [
+    "ClusteringResult",
+    "cluster_fingerprints",
+    "cluster_separation",
+    "fingerprint_features",
+    "representatives",
+    "shuffled_separation",
+    "transition_distribution",
+]
 
 CLUSTER = "cluster"
 FEATURE_TRANSFORMS = ("none", "sqrt", "hellinger")
@@ -103,11 +112,14 @@ def fingerprint_features(
             f"fingerprint holds NaN or infinite values for {int(bad_rows.sum())} event(s): "
             f"{', '.join(bad_events)}"
         )
+    if transform == "none":
+        return features
+    # Fingerprints are >= 0; round-off leaves entries like -1e-18 (the reference's own
+    # outputs hold them), whose square root would be NaN.
+    values = np.maximum(values, 0.0)
     if transform == "sqrt":
-        return np.sqrt(features)
-    if transform == "hellinger":
-        return _hellinger(values).reshape(values.shape[0], -1)
-    return features
+        return np.sqrt(values).reshape(values.shape[0], -1)
+    return _hellinger(values).reshape(values.shape[0], -1)
 
 
 def _hellinger(fingerprint: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -115,6 +127,132 @@ def _hellinger(fingerprint: NDArray[np.float64]) -> NDArray[np.float64]:
     occupancy = np.sqrt((fingerprint**2).sum(axis=2, keepdims=True))
     scale = np.sqrt(occupancy)
     return np.divide(fingerprint, scale, out=np.zeros_like(fingerprint), where=scale > 0)
+
+
+def transition_distribution(fingerprint: npt.ArrayLike) -> NDArray[np.float64]:
+    """The joint distribution of consecutive states, ``v[i] Q[i, j]``, of fingerprints.
+
+    Parameters
+    ----------
+    fingerprint : array_like of shape (..., n_states, n_states)
+        Fingerprints ``F[i, j] = v[i] sqrt(Q[i, j])``.
+
+    Returns
+    -------
+    ndarray of the same shape
+        ``F[i, j]**2 / |F[i, :]|`` (rows of unused states are 0); each matrix sums to 1.
+        Its square root is the ``"hellinger"`` transform.
+    """
+    values = np.asarray(fingerprint, dtype=np.float64)
+    return _hellinger(values.reshape(-1, *values.shape[-2:])).reshape(values.shape) ** 2
+
+
+def cluster_separation(fingerprint: npt.ArrayLike, labels: npt.ArrayLike) -> NDArray[np.float64]:
+    """How different the clusters' fingerprints are: Hellinger distances between the
+    mean transition distributions (:func:`transition_distribution`) of every two clusters.
+
+    Parameters
+    ----------
+    fingerprint : array_like of shape (n_events, n_states, n_states)
+    labels : array_like of shape (n_events,)
+        Cluster of every event.
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, n_clusters)
+        Entry ``[a, b]`` for the a-th and b-th smallest labels: ``sqrt(1 - sum
+        sqrt(P_a P_b))`` with ``P_c`` the mean transition distribution of cluster ``c``'s
+        events; 0 for equal distributions, 1 for ones with no state transition in common.
+
+    Examples
+    --------
+    >>> F = np.zeros((2, 2, 2)); F[0, 0, 0] = F[1, 1, 1] = 1.0
+    >>> cluster_separation(F, [0, 1]).round(3).tolist()
+    [[0.0, 1.0], [1.0, 0.0]]
+    """
+    joint = transition_distribution(fingerprint)
+    labels = np.asarray(labels)
+    means = np.stack([joint[labels == c].mean(axis=0) for c in np.unique(labels)])
+    flat = np.sqrt(means.reshape(len(means), -1))
+    overlap = np.clip(flat @ flat.T, 0.0, 1.0)
+    distance = np.sqrt(1.0 - overlap)
+    np.fill_diagonal(distance, 0.0)
+    return distance
+
+
+def shuffled_separation(
+    fingerprint: npt.ArrayLike, labels: npt.ArrayLike, n_shuffles: int = 20, seed: int = 0
+) -> float:
+    """What :func:`cluster_separation` gives without structure: the largest separation of
+    the closest two clusters over ``n_shuffles`` random relabelings of the events that
+    keep the cluster sizes.
+
+    Small clusters differ by chance (a mean over few events is noisy), so a separation
+    means something only against this baseline.
+    """
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    pairs = np.triu_indices(len(np.unique(labels)), 1)
+    return float(
+        max(
+            cluster_separation(fingerprint, rng.permutation(labels))[pairs].min()
+            for _ in range(n_shuffles)
+        )
+    )
+
+
+def representatives(
+    fingerprint: xr.DataArray,
+    labels: npt.ArrayLike,
+    transform: str = "none",
+    count: int = 1,
+    groups: npt.ArrayLike | None = None,
+) -> list[list[str]]:
+    """The most typical events of each cluster: those nearest its mean feature row.
+
+    Parameters
+    ----------
+    fingerprint : xarray.DataArray, dims (event, state, next_state)
+    labels : array_like of shape (n_events,)
+    transform : {"none", "sqrt", "hellinger"}, default="none"
+        The features the distances are measured in (those the clustering used).
+    count : int, default=1
+        Events per cluster (fewer when a cluster is smaller).
+    groups : array_like of shape (n_events,), optional
+        A group of every event (its station, say). A cluster that mixes groups then
+        shows each of them: its examples go round its groups, the most frequent first,
+        each group's member nearest the cluster's mean first. Without groups, the
+        ``count`` members nearest the mean.
+
+    Returns
+    -------
+    list of list of str
+        For each cluster in label order, its event ids (ties in archive order).
+    """
+    features = fingerprint_features(fingerprint, transform)
+    labels = np.asarray(labels)
+    groups = np.zeros(labels.size, dtype=int) if groups is None else np.asarray(groups)
+    events = [str(event) for event in fingerprint["event"].values]
+    chosen = []
+    for cluster in np.unique(labels):
+        members = np.flatnonzero(labels == cluster)
+        centre = features[members].mean(axis=0)
+        distance = np.linalg.norm(features[members] - centre, axis=1)
+        # Stable sorts: equal distances and counts keep archive order, so the choice is
+        # reproducible.
+        nearest = members[np.argsort(distance, kind="stable")]
+        names, first, sizes = np.unique(groups[nearest], return_index=True, return_counts=True)
+        order = sorted(range(len(names)), key=lambda g: (-sizes[g], first[g]))
+        queues = [list(nearest[groups[nearest] == names[g]]) for g in order]
+        picked: list[int] = []
+        while len(picked) < min(count, len(members)):
+            for queue in queues:
+                if queue and len(picked) < count:
+                    picked.append(int(queue.pop(0)))
+        chosen.append([events[i] for i in picked])
+    return chosen
 
 
 def cluster_fingerprints(

@@ -206,14 +206,29 @@ class ClusteringConfig:
         Seed of the PCA solver and of the k-means initialisation.
     n_init : int, default=10
         k-means restarts; the best one (lowest inertia) is kept.
+    transform : {"hellinger", "sqrt", "none"}, default="hellinger"
+        Transform of the fingerprints before PCA and k-means
+        (:data:`specufex_dask.clustering.FEATURE_TRANSFORMS`). "hellinger", the square
+        root of each event's joint distribution of consecutive states, separated planted
+        waveform classes best in the fidelity benchmark (k-means adjusted Rand index 0.93
+        against 0.55 for the raw fingerprints, "none", on the easy level).
     """
 
     n_clusters: int = 3
     pca_components: int | None = None
     random_state: int = 0
     n_init: int = 10
+    transform: str = "hellinger"
 
     def _check(self, name: str) -> None:
+        from specufex_dask.clustering import FEATURE_TRANSFORMS
+
+        _require(
+            self.transform in FEATURE_TRANSFORMS,
+            f"{name}.transform",
+            self.transform,
+            "one of " + ", ".join(repr(t) for t in FEATURE_TRANSFORMS),
+        )
         _require(self.n_clusters >= 1, f"{name}.n_clusters", self.n_clusters, ">= 1")
         if self.pca_components is not None:
             _require(

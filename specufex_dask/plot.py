@@ -14,7 +14,9 @@ Figures:
   probabilities with its most probable state sequence, over time;
 - :func:`plot_fingerprints` -- fingerprint matrices of several events;
 - :func:`plot_cluster_summary` -- members per cluster, mean fingerprint and example
-  spectrograms of each cluster.
+  spectrograms of each cluster;
+- :func:`plot_cluster_timeline` -- the cluster of every window of a continuous record
+  against time.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "continuous_windows",
     "plot_cluster_summary",
+    "plot_cluster_timeline",
     "plot_dictionary",
     "plot_emission",
     "plot_event",
     "plot_fingerprints",
+    "representative_events",
     "select_events",
 ]
 
@@ -106,6 +111,36 @@ def select_events(
     return [str(event) for event in events]
 
 
+def representative_events(data: xr.Dataset, count: int = 1) -> list[str]:
+    """The most typical members of every cluster, cluster by cluster.
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        The archive with ``cluster`` and ``fingerprint``; the distances are measured in
+        the features the clustering used (the ``transform`` attribute of ``cluster``).
+    count : int, default=1
+        Events per cluster: those nearest the mean feature row of their cluster; when
+        the archive holds several stations, a cluster that mixes them shows each
+        (:func:`specufex_dask.clustering.representatives`).
+
+    Returns
+    -------
+    list of str
+    """
+    from specufex_dask.clustering import representatives
+
+    _require_variables(data, ["cluster", "fingerprint"], "representative_events")
+    transform = data["cluster"].attrs.get("transform", "none")
+    stations = None
+    if "station" in data.coords:
+        stations = np.array([str(station) for station in data["station"].values])
+    chosen = representatives(
+        data["fingerprint"], data["cluster"].values, transform, count, groups=stations
+    )
+    return [event for events in chosen for event in events]
+
+
 def _select_event(data: xr.Dataset | xr.DataArray, event: str) -> xr.Dataset | xr.DataArray:
     (event,) = select_events(data, [event])
     position = _event_ids(data).index(event)
@@ -130,24 +165,31 @@ def _image(
     label: str,
     vmin: float | None = None,
     vmax: float | None = None,
+    norm=None,
+    colorbar_location: str = "right",
 ):
     """Draw ``values`` (y_dim, x_dim) as cells centred on their coordinates, with a colour bar."""
     values = values.transpose(y_dim, x_dim)
+    limits = {} if norm is not None else {"vmin": vmin, "vmax": vmax}
     mesh = axes.pcolormesh(
         _axis_values(values, x_dim),
         _axis_values(values, y_dim),
         np.asarray(values.values, dtype=np.float64),
         shading="nearest",
         cmap=cmap,
-        vmin=vmin,
-        vmax=vmax,
+        norm=norm,
         rasterized=True,
+        **limits,
     )
-    figure.colorbar(mesh, ax=axes, label=label, pad=0.01)
+    figure.colorbar(mesh, ax=axes, label=label, pad=0.01, location=colorbar_location)
     return mesh
 
 
-def plot_dictionary(model: xr.Dataset, frequency: xr.DataArray | None = None) -> Figure:
+def plot_dictionary(
+    model: xr.Dataset,
+    frequency: xr.DataArray | None = None,
+    initial_patterns: int | None = None,
+) -> Figure:
     """The NMF dictionary: ``EW`` against frequency and the pattern weights ``EA``.
 
     Parameters
@@ -156,11 +198,15 @@ def plot_dictionary(model: xr.Dataset, frequency: xr.DataArray | None = None) ->
         The archive's ``model`` group, with ``EW`` (frequency, pattern) and ``EA`` (pattern).
     frequency : xarray.DataArray, optional
         Frequencies in Hz, used when ``model`` has no ``frequency`` coordinate.
+    initial_patterns : int, optional
+        The number of patterns the fit started from (K0), named in the title.
 
     Returns
     -------
     matplotlib.figure.Figure
-        Top: ``EA`` per pattern. Bottom: ``EW`` as an image, frequency (Hz) against pattern.
+        Top: ``EA`` per pattern. Bottom: ``EW`` as an image, frequency (Hz) against pattern,
+        each column scaled to its own maximum (the patterns' shapes; their weights are
+        the bars).
     """
     _require_variables(model, ["EW", "EA"], "plot_dictionary")
     dictionary = model["EW"]
@@ -169,24 +215,37 @@ def plot_dictionary(model: xr.Dataset, frequency: xr.DataArray | None = None) ->
     weights = np.asarray(model["EA"].values, dtype=np.float64).reshape(-1)
     patterns = np.arange(dictionary.sizes["pattern"])
     dictionary = dictionary.assign_coords(pattern=patterns)
+    values = np.asarray(dictionary.transpose("frequency", "pattern").values, dtype=np.float64)
+    peaks = values.max(axis=0, keepdims=True)
+    shapes = np.divide(values, peaks, out=np.zeros_like(values), where=peaks > 0)
 
-    figure = _new_figure(8.0, 6.5)
+    figure = _new_figure(max(6.0, min(12.0, 3.0 + 0.12 * len(patterns))), 6.5)
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 2.6]})
     top.bar(patterns, weights, width=0.8, color="tab:blue")
     top.set_ylabel("pattern weight EA")
-    top.set_title(f"NMF dictionary: {len(patterns)} patterns")
+    kept = f"{len(patterns)} patterns" + (
+        f" kept of {initial_patterns}" if initial_patterns is not None else ""
+    )
+    top.set_title(f"NMF dictionary: {kept}")
     top.grid(axis="y", alpha=0.3)
     # The colour bar sits below the image so the bar chart and the image stay equally wide.
     mesh = bottom.pcolormesh(
         patterns,
         _axis_values(dictionary, "frequency"),
-        np.asarray(dictionary.transpose("frequency", "pattern").values, dtype=np.float64),
+        shapes,
         shading="nearest",
         cmap="viridis",
+        vmin=0.0,
+        vmax=1.0,
         rasterized=True,
     )
     figure.colorbar(
-        mesh, ax=bottom, location="bottom", label="EW (expected dictionary)", shrink=0.6, pad=0.02
+        mesh,
+        ax=bottom,
+        location="bottom",
+        label="EW / its largest value (spectral shape of each pattern)",
+        shrink=0.6,
+        pad=0.02,
     )
     _integer_ticks(bottom, y=False)
     bottom.set_xlabel("pattern")
@@ -194,13 +253,17 @@ def plot_dictionary(model: xr.Dataset, frequency: xr.DataArray | None = None) ->
     return figure
 
 
-def plot_emission(model: xr.Dataset) -> Figure:
-    """The HMM emission matrix ``EB`` (state, pattern).
+def plot_emission(model: xr.Dataset, occupancy: np.ndarray | None = None) -> Figure:
+    """The HMM emission matrix ``EB`` (state, pattern), and how much each state is used.
 
     Parameters
     ----------
     model : xarray.Dataset
         The archive's ``model`` group, with ``EB`` (state, pattern).
+    occupancy : array of shape (n_states,), optional
+        Share of all frames whose most probable state is each state
+        (:func:`specufex_dask.diagnostics.state_occupancy`); drawn as bars beside the
+        matrix, with the 1 % line above which a state counts as in use.
 
     Returns
     -------
@@ -212,14 +275,49 @@ def plot_emission(model: xr.Dataset) -> Figure:
         state=np.arange(emission.sizes["state"]), pattern=np.arange(emission.sizes["pattern"])
     )
     n_states, n_patterns = emission.sizes["state"], emission.sizes["pattern"]
-    figure = _new_figure(min(12.0, 3.0 + 0.15 * n_patterns), 1.5 + 0.3 * n_states)
-    axes = figure.subplots()
-    _image(figure, axes, emission, "pattern", "state", cmap="viridis", label="EB")
+    matrix_width = max(4.5, min(10.0, 2.5 + 0.15 * n_patterns))
+    bars_width = 2.4 if occupancy is not None else 0.0
+    figure = _new_figure(matrix_width + bars_width + 0.6, max(4.0, 2.2 + 0.3 * n_states))
+    if occupancy is None:
+        axes = figure.subplots()
+    else:
+        axes, bars = figure.subplots(
+            1, 2, sharey=True, gridspec_kw={"width_ratios": [matrix_width, bars_width]}
+        )
+    # A log scale: the loudest state's rates would otherwise leave the others one colour.
+    from matplotlib.colors import LogNorm
+
+    values = np.asarray(emission.values, dtype=np.float64)
+    positive = values[values > 0]
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
+    _image(
+        figure,
+        axes,
+        emission,
+        "pattern",
+        "state",
+        cmap="viridis",
+        label="EB: Poisson rate of each pattern's gain-weighted activation (log scale)",
+        norm=norm,
+        colorbar_location="bottom",
+    )
     _integer_ticks(axes)
     axes.set_xlabel("pattern")
     axes.set_ylabel("state")
-    axes.set_title(f"HMM emission matrix EB: {n_states} states x {n_patterns} patterns")
+    axes.set_title(f"HMM emissions EB: {n_states} states x {n_patterns} patterns")
     axes.invert_yaxis()
+    if occupancy is not None:
+        from specufex_dask.diagnostics import MIN_STATE_SHARE
+
+        share = 100.0 * np.asarray(occupancy, dtype=np.float64)
+        used = share >= 100.0 * MIN_STATE_SHARE
+        bars.barh(np.arange(n_states), share, color=np.where(used, "tab:blue", "tab:gray"))
+        bars.axvline(100.0 * MIN_STATE_SHARE, color="tab:red", linewidth=1, linestyle="--")
+        bars.set_xlabel("frames in the state (%)")
+        bars.set_title(
+            f"{int(used.sum())} states in use\n(>= 1 % of the frames)", fontsize="medium"
+        )
+        bars.grid(axis="x", alpha=0.3)
     return figure
 
 
@@ -247,8 +345,7 @@ def plot_event(data: xr.Dataset, event: str) -> Figure:
     ]
     figure = _new_figure(8.0, 2.6 * len(panels) + 0.4)
     axes_list = np.atleast_1d(figure.subplots(len(panels), 1, sharex=True))
-    station = _event_label(one)
-    axes_list[0].set_title(f"event {event}{station}")
+    axes_list[0].set_title(_event_title(event, one))
     for axes, name in zip(axes_list, panels, strict=True):
         if name == "spectrogram":
             _image(
@@ -315,22 +412,63 @@ def _integer_ticks(axes: Axes, *, x: bool = True, y: bool = True) -> None:
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _event_label(one: xr.Dataset) -> str:
-    parts = []
-    for name in ("station", "channel", "starttime"):
-        if name in one.coords:
-            parts.append(str(one[name].values))
-    return f" ({' '.join(parts)})" if parts else ""
+def _coordinate(one: xr.Dataset | xr.DataArray, name: str) -> str | None:
+    if name not in one.coords:
+        return None
+    value = one[name].values
+    if np.issubdtype(np.asarray(value).dtype, np.datetime64):
+        if np.isnat(value):
+            return None
+        return np.datetime_as_string(value, unit="ms").replace("T", " ")
+    return str(value)
+
+
+def _trace_id(one: xr.Dataset | xr.DataArray) -> str | None:
+    parts = [_coordinate(one, name) for name in ("network", "station", "location", "channel")]
+    if parts[1] is None:
+        return None
+    return ".".join(part or "" for part in parts)
+
+
+def _is_window(event: str, one: xr.Dataset | xr.DataArray) -> bool:
+    """Whether the event is a window of a continuous record (its id starts with the trace id)."""
+    trace = _trace_id(one)
+    return trace is not None and event.startswith(trace + ".")
+
+
+def _event_title(event: str, one: xr.Dataset | xr.DataArray) -> str:
+    """``event 10633: NC.BAV..EHZ 1984-03-15 16:16:12.020 UTC, cluster 2`` or, for a
+    window of a continuous record, ``BW.KW1..EHZ window from 2011-03-31 00:52:10.180 UTC``."""
+    trace, start = _trace_id(one), _coordinate(one, "starttime")
+    when = f" {start} UTC" if start else ""
+    if _is_window(event, one):
+        title = f"{trace} window from{when}"
+    else:
+        title = f"event {event}" + (f": {trace}{when}" if trace else when)
+    if "cluster" in one.coords or (isinstance(one, xr.Dataset) and "cluster" in one):
+        title += f", cluster {int(one['cluster'].values)}"
+    return title
+
+
+def _short_label(event: str, one: xr.Dataset | xr.DataArray) -> str:
+    """A few characters for a panel: ``BAV 10633``, ``KW1 00:52:10`` (a window's start)."""
+    station, start = _coordinate(one, "station"), _coordinate(one, "starttime")
+    if _is_window(event, one) and start:
+        return f"{station} {start[11:19]}"
+    label = event if len(event) <= 20 else event[:9] + "..." + event[-8:]
+    return f"{station} {label}" if station and station not in event else label
 
 
 def _grid_shape(count: int, max_columns: int) -> tuple[int, int]:
-    columns = min(count, max_columns)
-    rows = -(-count // columns)
+    """Rows and columns for ``count`` panels: as few rows as ``max_columns`` allows, and
+    the panels spread evenly over them (8 panels in 2 rows of 4, not 5 + 3)."""
+    rows = -(-count // max_columns)
+    columns = -(-count // rows)
     return rows, columns
 
 
 def plot_fingerprints(
-    fingerprint: xr.DataArray, events: Sequence[str] | None = None, *, max_columns: int = 4
+    fingerprint: xr.DataArray, events: Sequence[str] | None = None, *, max_columns: int = 5
 ) -> Figure:
     """Fingerprint matrices (state x next state) of several events on one colour scale.
 
@@ -339,7 +477,7 @@ def plot_fingerprints(
     fingerprint : xarray.DataArray, dims (event, state, next_state)
     events : sequence of str, optional
         Event ids; default the first 8.
-    max_columns : int, default=4
+    max_columns : int, default=5
 
     Returns
     -------
@@ -367,23 +505,17 @@ def plot_fingerprints(
         axes.invert_yaxis()
         axes.set_aspect("equal")
         _integer_ticks(axes)
-        axes.set_title(f"event {event}", fontsize="medium")
+        title = _short_label(event, one)
+        if "cluster" in one.coords:
+            title = f"cluster {int(one['cluster'].values)}: {title}"
+        axes.set_title(title, fontsize="medium")
         axes.set_xlabel("next state")
         axes.set_ylabel("state")
     for axes in axes_grid[len(events) :]:
         axes.set_visible(False)
     figure.colorbar(mesh, ax=axes_grid.tolist(), label=_FINGERPRINT_LABEL, shrink=0.9)
-    figure.suptitle("fingerprints")
+    figure.suptitle("fingerprints (transitions from state to next state)")
     return figure
-
-
-def _closest_members(
-    features: np.ndarray, members: np.ndarray, centre: np.ndarray, count: int
-) -> np.ndarray:
-    """Indices (into the full event list) of the ``count`` members nearest to ``centre``."""
-    distance = np.linalg.norm(features[members] - centre, axis=1)
-    # Stable sort: equally distant members keep archive order, so the choice is reproducible.
-    return members[np.argsort(distance, kind="stable")[:count]]
 
 
 def plot_cluster_summary(data: xr.Dataset, *, n_examples: int = 2) -> Figure:
@@ -394,21 +526,24 @@ def plot_cluster_summary(data: xr.Dataset, *, n_examples: int = 2) -> Figure:
     data : xarray.Dataset
         The archive with ``cluster`` (event), ``fingerprint`` and ``spectrogram``.
     n_examples : int, default=2
-        Example spectrograms per cluster: the members whose fingerprints are closest to the
-        cluster's mean fingerprint.
+        Example spectrograms per cluster: its most typical members, those nearest the
+        cluster's mean in the features the clustering used (the ``transform`` attribute
+        of ``cluster``; :func:`representative_events`).
 
     Returns
     -------
     matplotlib.figure.Figure
-        First row: number of members per cluster. One column per cluster below: the mean
-        fingerprint, then the example spectrograms (frequency in Hz against time in s).
+        First row: number of members per cluster (split by station when the archive holds
+        several). One column per cluster below: the mean fingerprint, on one colour scale
+        for all clusters, then the example spectrograms (frequency in Hz against time in
+        s, on one colour scale).
     """
     _require_variables(data, ["cluster", "fingerprint", "spectrogram"], "plot_cluster_summary")
     labels = np.asarray(data["cluster"].values)
     clusters = np.unique(labels)
     fingerprints = np.asarray(data["fingerprint"].values, dtype=np.float64)
-    features = fingerprints.reshape(fingerprints.shape[0], -1)
     event_ids = _event_ids(data)
+    position = {event: i for i, event in enumerate(event_ids)}
     n_clusters = len(clusters)
 
     figure = _new_figure(max(6.0, 3.0 * n_clusters), 2.2 + 2.6 * (1 + n_examples))
@@ -417,48 +552,55 @@ def plot_cluster_summary(data: xr.Dataset, *, n_examples: int = 2) -> Figure:
     )
     sizes_axes = figure.add_subplot(grid[0, :])
     counts = np.array([(labels == cluster).sum() for cluster in clusters])
-    sizes_axes.bar([str(c) for c in clusters], counts, color="tab:blue")
-    for position, count in enumerate(counts):
-        sizes_axes.annotate(
-            str(count), (position, count), ha="center", va="bottom", fontsize="small"
-        )
+    names = [str(c) for c in clusters]
+    stations = (
+        np.array([str(station) for station in data["station"].values])
+        if "station" in data.coords
+        else None
+    )
+    if stations is not None and len(set(stations.tolist())) > 1:
+        bottom = np.zeros(n_clusters)
+        for station in sorted(set(stations.tolist())):
+            part = np.array([((labels == c) & (stations == station)).sum() for c in clusters])
+            sizes_axes.bar(names, part, bottom=bottom, label=station)
+            bottom += part
+        sizes_axes.legend(title="station", fontsize="small", loc="upper right")
+    else:
+        sizes_axes.bar(names, counts, color="tab:blue")
+    for index, count in enumerate(counts):
+        sizes_axes.annotate(str(count), (index, count), ha="center", va="bottom", fontsize="small")
     _integer_ticks(sizes_axes, x=False)
     sizes_axes.set_xlabel("cluster")
     sizes_axes.set_ylabel("events")
     sizes_axes.set_ylim(0, counts.max() * 1.2)
-    sizes_axes.set_title(f"{len(labels)} events in {n_clusters} clusters")
+    transform = data["cluster"].attrs.get("transform")
+    on = f" (k-means on the {transform} fingerprints)" if transform else ""
+    sizes_axes.set_title(f"{len(labels)} events in {n_clusters} clusters{on}")
 
-    vmax_fingerprint = float(
-        max(features[labels == cluster].mean(axis=0).max() for cluster in clusters)
-    )
+    means = [fingerprints[labels == cluster].mean(axis=0) for cluster in clusters]
+    vmax_fingerprint = float(max(mean.max() for mean in means))
+    examples = representative_events(data, n_examples)
+    per_cluster = [
+        [position[e] for e in examples if labels[position[e]] == cluster] for cluster in clusters
+    ]
     spectrogram = data["spectrogram"]
-    spectrogram_mesh = None
-    spectrogram_max = 0.0
-    examples_per_cluster = []
-    for cluster in clusters:
-        members = np.flatnonzero(labels == cluster)
-        centre = features[members].mean(axis=0)
-        examples_per_cluster.append(_closest_members(features, members, centre, n_examples))
     example_values = {
-        int(i): np.asarray(spectrogram.isel(event=int(i)).transpose("frequency", "time").values)
-        for examples in examples_per_cluster
-        for i in examples
+        i: np.asarray(spectrogram.isel(event=i).transpose("frequency", "time").values)
+        for i in (position[e] for e in examples)
     }
-    if example_values:
-        spectrogram_max = float(max(np.nanmax(v) for v in example_values.values()))
+    spectrogram_max = float(max(np.nanmax(v) for v in example_values.values()))
     time = _axis_values(spectrogram, "time")
     frequency = _axis_values(spectrogram, "frequency")
     fingerprint_axes = []
     example_axes = []
+    spectrogram_mesh = None
     for column, cluster in enumerate(clusters):
-        members = np.flatnonzero(labels == cluster)
-        mean_fingerprint = fingerprints[members].mean(axis=0)
         axes = figure.add_subplot(grid[1, column])
         fingerprint_axes.append(axes)
         fingerprint_mesh = axes.pcolormesh(
-            np.arange(mean_fingerprint.shape[1]),
-            np.arange(mean_fingerprint.shape[0]),
-            mean_fingerprint,
+            np.arange(means[column].shape[1]),
+            np.arange(means[column].shape[0]),
+            means[column],
             shading="nearest",
             cmap="viridis",
             norm=_fingerprint_norm(vmax_fingerprint),
@@ -469,24 +611,116 @@ def plot_cluster_summary(data: xr.Dataset, *, n_examples: int = 2) -> Figure:
         axes.set_title(f"cluster {cluster}: mean fingerprint", fontsize="medium")
         axes.set_xlabel("next state")
         axes.set_ylabel("state")
-        examples = examples_per_cluster[column]
-        for row, index in enumerate(examples):
+        for row, index in enumerate(per_cluster[column]):
             axes = figure.add_subplot(grid[2 + row, column])
             example_axes.append(axes)
             spectrogram_mesh = axes.pcolormesh(
                 time,
                 frequency,
-                example_values[int(index)],
+                example_values[index],
                 shading="nearest",
                 cmap="magma",
                 vmin=0.0,
                 vmax=spectrogram_max,
                 rasterized=True,
             )
-            axes.set_title(f"cluster {cluster}: event {event_ids[int(index)]}", fontsize="medium")
+            label = _short_label(event_ids[index], data.isel(event=index))
+            axes.set_title(f"cluster {cluster}: {label}", fontsize="medium")
             axes.set_xlabel("time (s)")
             axes.set_ylabel("frequency (Hz)")
     figure.colorbar(fingerprint_mesh, ax=fingerprint_axes, label="mean " + _FINGERPRINT_LABEL)
     if spectrogram_mesh is not None:
         figure.colorbar(spectrogram_mesh, ax=example_axes, label=_SPECTROGRAM_LABEL)
+    return figure
+
+
+def continuous_windows(data: xr.Dataset) -> dict[str, np.ndarray]:
+    """Positions of the events that are windows of a continuous record, by trace id.
+
+    A window's event id is ``<trace id>.<start>`` (as
+    :func:`specufex_dask.ingest.ingest_continuous` names them) and it has a ``starttime``.
+
+    Returns
+    -------
+    dict of str to ndarray of int
+        Trace id to the positions of its windows, in time order; traces with fewer than
+        two windows are left out.
+    """
+    if "starttime" not in data.coords or "station" not in data.coords:
+        return {}
+    columns = [
+        [str(v) for v in data[name].values] if name in data.coords else [""] * data.sizes["event"]
+        for name in ("network", "station", "location", "channel")
+    ]
+    windows: dict[str, list[int]] = {}
+    for position, (event, *parts) in enumerate(zip(_event_ids(data), *columns, strict=True)):
+        trace = ".".join(parts)
+        if event.startswith(trace + "."):
+            windows.setdefault(trace, []).append(position)
+    start = np.asarray(data["starttime"].values)
+    return {
+        trace: np.asarray(sorted(positions, key=lambda i: start[i]))
+        for trace, positions in windows.items()
+        if len(positions) >= 2
+    }
+
+
+def plot_cluster_timeline(data: xr.Dataset) -> Figure:
+    """The cluster of every window of a continuous record against the window's start.
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        The archive with ``cluster`` and windows of continuous records
+        (:func:`continuous_windows`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per record: a marker per window at its start time (UTC) and cluster,
+        coloured by cluster as in the other figures; a change of regime in the record
+        shows as a change of cluster.
+
+    Raises
+    ------
+    ValueError
+        When the archive holds no windows of a continuous record.
+    """
+    _require_variables(data, ["cluster"], "plot_cluster_timeline")
+    records = continuous_windows(data)
+    if not records:
+        raise ValueError(
+            "plot_cluster_timeline needs windows of a continuous record (event ids "
+            "'<trace id>.<start>' with starttime), which the dataset does not hold"
+        )
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    labels = np.asarray(data["cluster"].values)
+    clusters = np.unique(labels)
+    start = np.asarray(data["starttime"].values)
+    figure = _new_figure(10.0, 0.6 + (1.2 + 0.25 * len(clusters)) * len(records))
+    axes_list = np.atleast_1d(figure.subplots(len(records), 1, squeeze=False)).ravel()
+    colours = {cluster: f"C{i % 10}" for i, cluster in enumerate(clusters)}
+    for axes, (trace, positions) in zip(axes_list, records.items(), strict=True):
+        times = start[positions]
+        for cluster in clusters:
+            chosen = labels[positions] == cluster
+            axes.scatter(
+                times[chosen],
+                np.full(int(chosen.sum()), cluster),
+                marker="|",
+                s=120,
+                color=colours[cluster],
+                linewidths=1.5,
+            )
+        axes.set_yticks(clusters)
+        axes.set_ylim(clusters.min() - 0.6, clusters.max() + 0.6)
+        axes.invert_yaxis()
+        axes.set_ylabel("cluster")
+        locator = AutoDateLocator()
+        axes.xaxis.set_major_locator(locator)
+        axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+        axes.set_xlabel("window start (UTC)")
+        axes.grid(axis="x", alpha=0.3)
+        axes.set_title(f"{trace}: cluster of each of its {len(positions)} windows")
     return figure

@@ -87,3 +87,140 @@ def test_bad_inputs_are_named(rng):
         cluster_fingerprints(broken, 2)
     with pytest.raises(ValueError, match=r"dims \('event', 'state', 'next_state'\)"):
         cluster_fingerprints(fingerprint.transpose("state", "event", "next_state"), 2)
+
+
+def fingerprints_from_occupancy_and_transitions(rng, n_events=12, n_states=5):
+    """Fingerprints ``v[i] sqrt(Q[i, j])`` from known occupancies v and transitions Q.
+
+    Some states are left unused (v = 0) to check that their rows stay 0.
+    """
+    v = rng.dirichlet(np.ones(n_states), size=n_events)
+    v[::3, 1] = 0.0
+    v /= v.sum(axis=1, keepdims=True)
+    Q = rng.dirichlet(np.full(n_states, 0.5), size=(n_events, n_states))
+    values = v[:, :, None] * np.sqrt(Q)
+    fingerprint = xr.DataArray(
+        values,
+        dims=("event", "state", "next_state"),
+        coords={"event": [f"e{i}" for i in range(n_events)]},
+    )
+    return fingerprint, v, Q
+
+
+def test_hellinger_features_are_the_square_root_of_the_joint_distribution(rng):
+    from specufex_dask.clustering import transition_distribution
+
+    fingerprint, v, Q = fingerprints_from_occupancy_and_transitions(rng)
+    joint = v[:, :, None] * Q  # P(state i, then state j), computed from v and Q themselves
+    features = fingerprint_features(fingerprint, "hellinger")
+    np.testing.assert_allclose(features, np.sqrt(joint).reshape(len(v), -1), rtol=1e-12)
+    assert (features.reshape(joint.shape)[::3, 1] == 0).all()  # unused state: a zero row
+    np.testing.assert_allclose(transition_distribution(fingerprint.values), joint, atol=1e-15)
+    np.testing.assert_allclose(transition_distribution(fingerprint.values).sum(axis=(1, 2)), 1)
+    # Euclidean distances between the features are Hellinger distances (times sqrt 2).
+    bhattacharyya = np.sqrt(joint[0] * joint[1]).sum()
+    np.testing.assert_allclose(
+        np.linalg.norm(features[0] - features[1]), np.sqrt(2 * (1 - bhattacharyya))
+    )
+    np.testing.assert_allclose(
+        fingerprint_features(fingerprint, "sqrt"), np.sqrt(fingerprint.values).reshape(12, -1)
+    )
+    with pytest.raises(ValueError, match=r"transform must be one of .*, got 'cosine'"):
+        fingerprint_features(fingerprint, "cosine")
+
+
+def test_the_library_default_stays_the_raw_fingerprints(rng):
+    """Only the command line and its configuration default to hellinger."""
+    import inspect
+
+    from specufex_dask.config import ClusteringConfig
+
+    for function in (cluster_fingerprints, fingerprint_features):
+        assert inspect.signature(function).parameters["transform"].default == "none"
+    assert ClusteringConfig().transform == "hellinger"
+    fingerprint, _ = fingerprints_of_groups(rng, [6, 6, 6])
+    fingerprint = abs(fingerprint)
+    result = cluster_fingerprints(fingerprint, 3, random_state=2, n_init=3)
+    assert result.labels.attrs["transform"] == "none"
+    expected = KMeans(n_clusters=3, n_init=3, random_state=2).fit_predict(
+        fingerprint.values.reshape(18, -1)
+    )
+    np.testing.assert_array_equal(result.labels.values, expected)
+    hellinger = cluster_fingerprints(fingerprint, 3, transform="hellinger", random_state=2)
+    assert hellinger.labels.attrs["transform"] == "hellinger"
+    expected = KMeans(n_clusters=3, n_init=10, random_state=2).fit_predict(
+        fingerprint_features(fingerprint, "hellinger")
+    )
+    np.testing.assert_array_equal(hellinger.labels.values, expected)
+
+
+def test_cluster_separation_against_shuffled_clusters(rng):
+    from specufex_dask.clustering import cluster_separation, shuffled_separation
+
+    fingerprint, v, Q = fingerprints_from_occupancy_and_transitions(rng, n_events=40)
+    values = fingerprint.values.copy()
+    # two groups that use disjoint halves of the states
+    values[:20, 3:] = 0.0
+    values[20:, :3] = 0.0
+    values /= np.sqrt((values**2).sum(axis=2, keepdims=True)).sum(axis=1)[:, :, None]
+    labels = np.repeat([0, 1], 20)
+    separation = cluster_separation(values, labels)
+    assert separation.shape == (2, 2) and separation[0, 0] == 0.0
+    assert separation[0, 1] == pytest.approx(1.0)  # no transition in common
+    assert cluster_separation(values, np.zeros(40, int)).tolist() == [[0.0]]
+    baseline = shuffled_separation(values, labels, n_shuffles=10)
+    assert 0.0 < baseline < 0.5
+    # the same events in two groups: their mean transition distributions are equal
+    twice = np.concatenate([values, values])
+    assert cluster_separation(twice, np.repeat([0, 1], 40))[0, 1] == pytest.approx(0, abs=1e-7)
+
+
+def test_representatives_are_nearest_to_their_cluster_mean(rng):
+    from specufex_dask.clustering import representatives
+
+    fingerprint, truth = fingerprints_of_groups(rng, [5, 4, 6])
+    fingerprint = abs(fingerprint)
+    for transform in ("none", "hellinger"):
+        features = fingerprint_features(fingerprint, transform)
+        chosen = representatives(fingerprint, truth, transform, count=2)
+        for cluster, events in enumerate(chosen):
+            members = np.flatnonzero(truth == cluster)
+            distance = np.linalg.norm(features[members] - features[members].mean(axis=0), axis=1)
+            nearest = members[np.argsort(distance)[:2]]
+            assert events == [f"e{i}" for i in nearest]
+
+
+def test_round_off_below_zero_is_no_nan(rng):
+    """The reference's fingerprints hold entries like -1.4e-18."""
+    fingerprint, v, Q = fingerprints_from_occupancy_and_transitions(rng)
+    fingerprint[1, 1, 2] = -1.4e-18
+    for transform in ("sqrt", "hellinger"):
+        features = fingerprint_features(fingerprint, transform)
+        assert np.isfinite(features).all() and features[1, 7] == 0.0
+    assert fingerprint_features(fingerprint)[1, 7] == -1.4e-18  # raw values stay raw
+
+
+def test_representatives_of_a_mixed_cluster_show_each_group(rng):
+    from specufex_dask.clustering import representatives
+
+    fingerprint, truth = fingerprints_of_groups(rng, [9, 6])
+    fingerprint = abs(fingerprint)
+    features = fingerprint_features(fingerprint)
+    groups = np.array(["A" if i % 3 else "B" for i in range(truth.size)])
+    chosen = representatives(fingerprint, truth, count=3, groups=groups)
+    for cluster, events in enumerate(chosen):
+        members = np.flatnonzero(truth == cluster)
+        distance = np.linalg.norm(features[members] - features[members].mean(axis=0), axis=1)
+        order = members[np.argsort(distance, kind="stable")]
+        present = sorted(
+            set(groups[members].tolist()),
+            # the larger group first; equal sizes: the one with the nearer member
+            key=lambda g: (-(groups[members] == g).sum(), list(groups[order]).index(g)),
+        )
+        if len(present) == 1:  # a cluster of one group: its three nearest members
+            assert events == [f"e{i}" for i in order[:3]]
+            continue
+        major = [i for i in order if groups[i] == present[0]]
+        minor = [i for i in order if groups[i] == present[1]]
+        # round the groups, each group's nearest first
+        assert events == [f"e{major[0]}", f"e{minor[0]}", f"e{major[1]}"]

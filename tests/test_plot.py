@@ -99,13 +99,17 @@ def test_event_figure_without_outputs_has_only_the_spectrogram(archive):
 
 def test_dictionary_figure(archive):
     data, model = archive
-    figure = plot.plot_dictionary(model, data["frequency"])
+    figure = plot.plot_dictionary(model, data["frequency"], initial_patterns=75)
     bars, image = figure.axes[0], figure.axes[1]
     np.testing.assert_allclose([p.get_height() for p in bars.patches], model["EA"].values)
-    np.testing.assert_array_equal(mesh_values(image), model["EW"].values.reshape(-1))
+    # each pattern's spectral shape: EW divided by its column's largest value
+    ew = model["EW"].values
+    np.testing.assert_allclose(mesh_values(image), (ew / ew.max(axis=0)).reshape(-1))
     assert image.get_ylabel() == "frequency (Hz)"
     low, high = image.get_ylim()
     assert low < 8.0 and 20.0 < high < 21.0  # frequencies in Hz, not bin indices
+    assert bars.get_title() == "NMF dictionary: 6 patterns kept of 75"
+    assert plot.plot_dictionary(model).axes[0].get_title() == "NMF dictionary: 6 patterns"
 
 
 def test_emission_figure(archive):
@@ -113,18 +117,37 @@ def test_emission_figure(archive):
     axes = plot.plot_emission(model).axes[0]
     np.testing.assert_array_equal(mesh_values(axes), model["EB"].values.reshape(-1))
     assert (axes.get_xlabel(), axes.get_ylabel()) == ("pattern", "state")
+    assert axes.collections[0].norm.vmin == model["EB"].values.min()  # a log colour scale
+
+
+def test_emission_figure_shows_the_states_in_use(archive):
+    _, model = archive
+    occupancy = np.array([0.6, 0.395, 0.005, 0.0])
+    figure = plot.plot_emission(model, occupancy)
+    bars = next(axes for axes in figure.axes if "in use" in axes.get_title())
+    assert bars.get_title() == "2 states in use\n(>= 1 % of the frames)"
+    np.testing.assert_allclose([p.get_width() for p in bars.patches], 100 * occupancy)
 
 
 def test_fingerprint_figure_and_unknown_events(archive):
     data, _ = archive
     figure = plot.plot_fingerprints(data["fingerprint"], ["ev2", "ev7"])
-    visible = [axes for axes in figure.axes if axes.get_title().startswith("event")]
-    assert [axes.get_title() for axes in visible] == ["event ev2", "event ev7"]
+    visible = [axes for axes in figure.axes if axes.get_title().startswith("BAV")]
+    assert [axes.get_title() for axes in visible] == ["BAV ev2", "BAV ev7"]
     np.testing.assert_array_equal(
         mesh_values(visible[1]), data["fingerprint"][7].values.reshape(-1)
     )
+    labelled = data["fingerprint"].assign_coords(cluster=data["cluster"])
+    titles = [axes.get_title() for axes in plot.plot_fingerprints(labelled, ["ev2"]).axes]
+    assert "cluster 2: BAV ev2" in titles
     with pytest.raises(ValueError, match=r"not in the archive: nope.*holds 9 events"):
         plot.plot_fingerprints(data["fingerprint"], ["ev1", "nope"])
+
+
+def test_fingerprint_grid_spreads_the_panels_evenly():
+    assert [plot._grid_shape(n, 5) for n in (1, 4, 5, 6, 8, 11)] == [
+        (1, 1), (1, 4), (1, 5), (2, 3), (2, 4), (3, 4),
+    ]  # fmt: skip
 
 
 def test_cluster_summary(archive):
@@ -139,7 +162,7 @@ def test_cluster_summary(archive):
         members = np.flatnonzero(labels == cluster)
         centre = features[members].mean(axis=0)
         closest = members[np.argmin(np.linalg.norm(features[members] - centre, axis=1))]
-        assert f"cluster {cluster}: event ev{closest}" in titles
+        assert f"cluster {cluster}: BAV ev{closest}" in titles
         mean_axes = next(
             a for a in figure.axes if a.get_title() == f"cluster {cluster}: mean fingerprint"
         )
@@ -164,3 +187,73 @@ def test_missing_variables_are_named(archive):
 def test_select_events_defaults_to_the_first(archive):
     data, _ = archive
     assert plot.select_events(data, None, n_events=2) == ["ev0", "ev1"]
+
+
+def test_cluster_summary_examples_are_typical_in_the_clustered_features(archive):
+    """The examples are nearest their cluster's mean in the features k-means saw."""
+    from specufex_dask.clustering import fingerprint_features
+
+    data, _ = archive
+    data["cluster"].attrs["transform"] = "hellinger"
+    features = fingerprint_features(data["fingerprint"], "hellinger")
+    labels = data["cluster"].values
+    expected = []
+    for cluster in range(3):
+        members = np.flatnonzero(labels == cluster)
+        distance = np.linalg.norm(features[members] - features[members].mean(axis=0), axis=1)
+        expected.append(f"ev{members[np.argmin(distance)]}")
+    assert plot.representative_events(data) == expected
+    figure = plot.plot_cluster_summary(data, n_examples=1)
+    titles = [axes.get_title() for axes in figure.axes]
+    assert titles[0] == "9 events in 3 clusters (k-means on the hellinger fingerprints)"
+    for cluster, event in enumerate(expected):
+        assert f"cluster {cluster}: BAV {event}" in titles
+
+
+def two_stations(data):
+    """Events 0-5 become 20 s windows of a continuous KW1 record, every 10 s."""
+    n = data.sizes["event"]
+    start = np.datetime64("2011-03-31T00:28:00.180", "ns") + np.arange(n) * np.timedelta64(10, "s")
+    windows = [f"BW.KW1..EHZ.{np.datetime64(t, 'ns')}" for t in start[:6]]
+    events = windows + [str(e) for e in data["event"].values[6:]]
+    return data.assign_coords(
+        event=events,
+        network=("event", ["BW"] * 6 + ["NC"] * (n - 6)),
+        station=("event", ["KW1"] * 6 + ["BAV"] * (n - 6)),
+        location=("event", [""] * n),
+        channel=("event", ["EHZ"] * n),
+        starttime=("event", start),
+    )
+
+
+def test_titles_name_the_trace_and_the_time(archive):
+    data = two_stations(archive[0])
+    window = str(data["event"].values[1])
+    title = plot.plot_event(data, window).axes[0].get_title()
+    assert title == "BW.KW1..EHZ window from 2011-03-31 00:28:10.180 UTC, cluster 1"
+    title = plot.plot_event(data, "ev7").axes[0].get_title()
+    assert title == "event ev7: NC.BAV..EHZ 2011-03-31 00:29:10.180 UTC, cluster 0"
+    summary = plot.plot_cluster_summary(data, n_examples=3)
+    titles = [axes.get_title() for axes in summary.axes]
+    assert any(t.startswith("cluster ") and ": KW1 00:28:" in t for t in titles)
+    # members per cluster, split by station
+    sizes = summary.axes[0]
+    assert [text.get_text() for text in sizes.get_legend().get_texts()] == ["BAV", "KW1"]
+    heights = [p.get_height() for p in sizes.patches]
+    labels = data["cluster"].values
+    assert heights[:3] == [int(((labels == c) & (np.arange(9) >= 6)).sum()) for c in range(3)]
+
+
+def test_cluster_timeline(archive):
+    data = two_stations(archive[0])
+    records = plot.continuous_windows(data)
+    assert list(records) == ["BW.KW1..EHZ"] and records["BW.KW1..EHZ"].tolist() == list(range(6))
+    figure = plot.plot_cluster_timeline(data)
+    (axes,) = figure.axes
+    assert axes.get_title() == "BW.KW1..EHZ: cluster of each of its 6 windows"
+    plotted = sorted(
+        (float(x), int(y)) for points in axes.collections for x, y in points.get_offsets()
+    )
+    assert [cluster for _, cluster in plotted] == data["cluster"].values[:6].tolist()
+    with pytest.raises(ValueError, match="needs windows of a continuous record"):
+        plot.plot_cluster_timeline(archive[0])
