@@ -204,8 +204,11 @@ class ClusteringConfig:
         Principal components kept before k-means; None clusters the raw fingerprints.
     random_state : int, default=0
         Seed of the PCA solver and of the k-means initialisation.
-    n_init : int, default=10
-        k-means restarts; the best one (lowest inertia) is kept.
+    n_init : int, default=30
+        k-means restarts; the best one (lowest inertia) is kept. With 10, the best of
+        them still moved the ARI of planted classes between 0.42 and 0.76 from one
+        k-means seed to the next on the same fingerprints; with 30, between 0.73 and
+        0.76.
     transform : {"hellinger", "sqrt", "none"}, default="hellinger"
         Transform of the fingerprints before PCA and k-means
         (:data:`specufex_dask.clustering.FEATURE_TRANSFORMS`). "hellinger", the square
@@ -217,7 +220,7 @@ class ClusteringConfig:
     n_clusters: int = 3
     pca_components: int | None = None
     random_state: int = 0
-    n_init: int = 10
+    n_init: int = 30
     transform: str = "hellinger"
 
     def _check(self, name: str) -> None:

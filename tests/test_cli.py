@@ -198,7 +198,7 @@ def test_cluster_defaults_to_the_hellinger_transform(golden_archive, tmp_path, c
     assert stored["cluster"].attrs["transform"] == "hellinger"
     assert "(hellinger fingerprints" in out
     features = hellinger_features(stored["fingerprint"].values)
-    expected = KMeans(n_clusters=3, n_init=10, random_state=0).fit_predict(features)
+    expected = KMeans(n_clusters=3, n_init=30, random_state=0).fit_predict(features)
     np.testing.assert_array_equal(stored["cluster"].values, expected)
     assert json.loads(stored.attrs["specufex_dask_config"])["clustering"]["transform"] == (
         "hellinger"
@@ -212,7 +212,7 @@ def test_cluster_defaults_to_the_hellinger_transform(golden_archive, tmp_path, c
     assert stored["cluster"].attrs["transform"] == "sqrt"
     # the reference's fingerprints hold round-off like -1e-18: the transform takes them as 0
     scores = np.sqrt(np.maximum(stored["fingerprint"].values.reshape(10, -1), 0.0))
-    expected = KMeans(n_clusters=2, n_init=10, random_state=0).fit_predict(scores)
+    expected = KMeans(n_clusters=2, n_init=30, random_state=0).fit_predict(scores)
     np.testing.assert_array_equal(stored["cluster"].values, expected)
     # the help says what the default is and why
     with pytest.raises(SystemExit):
@@ -432,7 +432,7 @@ def test_demo_runs_the_whole_pipeline(demo_run):
     fingerprint = archive["fingerprint"].values
     labels = archive["cluster"].values
     assert archive["cluster"].attrs["transform"] == "hellinger"
-    expected = KMeans(n_clusters=5, n_init=10, random_state=0).fit_predict(
+    expected = KMeans(n_clusters=5, n_init=30, random_state=0).fit_predict(
         hellinger_features(fingerprint)
     )
     np.testing.assert_array_equal(labels, expected)
