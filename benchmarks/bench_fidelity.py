@@ -1,6 +1,7 @@
 """Do the fingerprints carry structure? Each fit mode and protocol on planted and real data.
 
 Run: ``python benchmarks/bench_fidelity.py [--quick] [--jobs 2] [--out fidelity.json]``
+(``--table fidelity.json [--methods ...]`` prints the table of saved results again).
 
 Data sets (:mod:`specufex_dask.datasets`):
 
@@ -365,7 +366,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ablation-seeds", type=int, default=3)
     parser.add_argument("--methods", default=",".join(ORDER))
     parser.add_argument("--out", default="fidelity.json")
+    parser.add_argument(
+        "--table", metavar="JSON", help="print the table of saved results (of --methods) and stop"
+    )
     args = parser.parse_args(argv)
+    if args.table:
+        wanted = set(args.methods.split(","))
+        saved = json.loads(Path(args.table).read_text())
+        print(table([r for r in saved if "error" not in r and r["method"] in wanted]))
+        return
     seeds = list(range(2 if args.quick else args.seeds))
     n_planted = 300 if args.quick else 600
     ablation_seeds = seeds[: args.ablation_seeds]

@@ -60,8 +60,7 @@ def test_real_record_loop_protocol_uses_states(kw1_half_hour) -> None:
 
 
 def test_real_record_pipeline_uses_states_and_prunes(kw1_half_hour) -> None:
-    """SpecUFEx with its defaults (in-process) on the same record; the reference's random
-    start of q(B) in the same minibatch fit puts every frame in one state."""
+    """SpecUFEx with its defaults (in-process) on the same record."""
     X = kw1_half_hour
     model = SpecUFEx(K0, S, hmm_steps=60, random_state=0, client=False)
     model.fit(_as_dataarray(X))
@@ -69,11 +68,27 @@ def test_real_record_pipeline_uses_states_and_prunes(kw1_half_hour) -> None:
     assert states_in_use(gam) >= 4
     assert distinct_fraction(prints) >= 0.99
     assert model.nmf_.num_pat <= 0.6 * K0  # 40 of 75 measured
-    V = model.nmf_.transform(X)
-    random = BayesianHMM(model.nmf_.num_pat, model.nmf_.gain, S, batch_size=64,
-                         max_steps=60, init="random", random_state=0).fit(V)  # fmt: skip
-    prints, _, gam = random.transform(V)
-    assert states_in_use(gam) == 1 and distinct_fraction(prints) < 0.1
+
+
+def test_on_the_same_activations_the_random_start_collapses(kw1_half_hour) -> None:
+    """The case reported on the real record: minibatches of 16, every pattern kept. The
+    reference's random start of q(B) puts every frame in one state (one fingerprint for
+    all); the data start uses them all."""
+    X = kw1_half_hour
+    nmf = BayesianNonparametricNMF(X.shape, K0, batch_size=16, max_steps=150,
+                                   min_pattern_share=None, random_state=0).fit(X)  # fmt: skip
+    V = nmf.transform(X)
+
+    def fit(init: str) -> tuple[np.ndarray, np.ndarray]:
+        hmm = BayesianHMM(nmf.num_pat, nmf.gain, S, batch_size=16, max_steps=100, init=init,
+                          random_state=0).fit(V)  # fmt: skip
+        prints, _, gam = hmm.transform(V)
+        return prints, gam
+
+    prints, gam = fit("random")
+    assert states_in_use(gam) == 1 and distinct_fraction(prints) < 0.05
+    prints, gam = fit("data")
+    assert states_in_use(gam) >= 10 and distinct_fraction(prints) >= 0.99
 
 
 def test_planted_waveform_classes_are_told_apart() -> None:
