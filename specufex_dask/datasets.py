@@ -166,30 +166,14 @@ class _Profile:
 # meet: low-corner earthquakes, high tremor fundamentals and long-period events whose band
 # creeps up all land on the same few hertz.
 _PROFILES: dict[str, _Profile] = {
-    "easy": _Profile(
-        snr_db=(15.0, 30.0),
-        onset_fraction=(0.15, 0.25),
-        earthquake_fc_hz=(6.0, 15.0),
-        tremor_f0_hz=(3.0, 4.5),
-        burst_fc_hz=(20.0, 35.0),
-        long_period_hz=(1.5, 2.5),
-    ),
-    "medium": _Profile(
-        snr_db=(9.0, 19.0),
-        onset_fraction=(0.1, 0.3),
-        earthquake_fc_hz=(4.0, 18.0),
-        tremor_f0_hz=(2.0, 5.0),
-        burst_fc_hz=(15.0, 35.0),
-        long_period_hz=(1.5, 4.0),
-    ),
-    "hard": _Profile(
-        snr_db=(6.0, 16.0),
-        onset_fraction=(0.05, 0.4),
-        earthquake_fc_hz=(3.0, 20.0),
-        tremor_f0_hz=(1.5, 6.0),
-        burst_fc_hz=(12.0, 35.0),
-        long_period_hz=(1.5, 5.5),
-    ),
+    level: _Profile(*ranges)
+    for level, ranges in {
+        # snr_db, onset_fraction, earthquake_fc_hz, tremor_f0_hz, burst_fc_hz,
+        # long_period_hz (the fields of _Profile, in order)
+        "easy": ((15.0, 30.0), (0.15, 0.25), (6.0, 15.0), (3.0, 4.5), (20.0, 35.0), (1.5, 2.5)),
+        "medium": ((9.0, 19.0), (0.1, 0.3), (4.0, 18.0), (2.0, 5.0), (15.0, 35.0), (1.5, 4.0)),
+        "hard": ((6.0, 16.0), (0.05, 0.4), (3.0, 20.0), (1.5, 6.0), (12.0, 35.0), (1.5, 5.5)),
+    }.items()
 }
 
 
@@ -744,14 +728,11 @@ def record_spectrograms(
 
     Parameters
     ----------
-    samples : array-like of shape (n_samples,)
-        The record.
-    fs : float
-        Sampling rate in Hz.
+    samples, fs, window_s, step_s
+        The record, its sampling rate in Hz, and the windows' length and step in
+        seconds, as :func:`continuous_windows` takes them.
     params : SpectrogramParameters
         The preprocessing of every window.
-    window_s, step_s : float
-        Window length and step in seconds (see :func:`continuous_windows`).
 
     Returns
     -------
