@@ -30,6 +30,7 @@ from specufex_dask import __version__
 from specufex_dask.archive import DEFAULT_CHUNK_EVENTS
 from specufex_dask.clustering import FEATURE_TRANSFORMS
 from specufex_dask.config import Config, ConfigError, config_to_json, load_config, merge_config
+from specufex_dask.datasets import KW1_PARAMETERS, KW1_STEP_S, KW1_WINDOW_S
 
 __all__ = ["build_parser", "main"]
 
@@ -48,16 +49,14 @@ logger = logging.getLogger(__name__)
 # while leaving the NMF time to prune (pruning starts once the annealing is over, about
 # step 35); the pipeline's default convergence stop (tol) applies as in any fit. The demo
 # draws the events it picks (demo_events), so it has no plot settings of its own.
-DEMO_WINDOW_S = 20.0
-DEMO_STEP_S = 10.0
+DEMO_WINDOW_S = KW1_WINDOW_S
+DEMO_STEP_S = KW1_STEP_S
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "spectrograms": {
-        "fs": 100.0,
-        "window_s": 1.0,
-        "overlap": 0.5,
-        "nfft": 256,
-        "fmin": 1.0,
-        "fmax": 45.0,
+        **{
+            name: getattr(KW1_PARAMETERS, name)
+            for name in ("fs", "window_s", "overlap", "nfft", "fmin", "fmax")
+        },
         "n_samples": 2000,
         "normalize_waveform": True,
         "events_per_chunk": 8,

@@ -24,19 +24,16 @@ from collections.abc import Iterable
 import numpy as np
 from numpy.typing import NDArray
 
+from .diagnostics import MIN_STATE_SHARE
 from .models import MAX_WINDOW, ConvergenceMonitor
 
 __all__ = [
     "MIN_STOP_STEPS",
-    "STATE_SHARE",
     "StageMonitor",
     "auto_steps",
     "states_in_use",
     "window_steps",
 ]
-
-STATE_SHARE = 0.01
-"""Share of a minibatch's frames a state must hold to count as in use."""
 
 AUTO_MIN_STEPS = 200
 AUTO_PASSES = 3
@@ -55,8 +52,9 @@ def auto_steps(n_events: int, batch: int) -> int:
     return max(AUTO_MIN_STEPS, AUTO_PASSES * -(-n_events // batch))
 
 
-def states_in_use(state_counts: NDArray, n_frames: int, share: float = STATE_SHARE) -> int:
-    """States holding at least ``share`` of a minibatch's ``n_frames`` frames.
+def states_in_use(state_counts: NDArray, n_frames: int, share: float = MIN_STATE_SHARE) -> int:
+    """States holding at least ``share`` of a minibatch's ``n_frames`` frames (the share
+    :func:`specufex_dask.diagnostics.states_in_use` asks of all frames).
 
     ``state_counts`` are the HMM statistics' ``sum_t gam`` per state (the minibatch's
     expected frames in each state).

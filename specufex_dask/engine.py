@@ -42,7 +42,7 @@ import dask
 import numpy as np
 import xarray as xr
 
-from . import archive
+from . import archive, initialise
 from .chunkread import plain_chunks
 from .models import BayesianHMM, BayesianNonparametricNMF
 from .persistence import FORMAT_VERSION, build_model, model_state
@@ -428,8 +428,7 @@ def _frame_leaves(X: np.ndarray, nmf: NMFStepParameters, hmm: HMMStepParameters)
     tree's additions then concatenate them in minibatch order (see :func:`emission_frames`).
     """
     V = np.asarray(nmf_activations(X, nmf), dtype=hmm.dtype)
-    U = V * hmm.gain.astype(V.dtype)[None, :, None]
-    return [[frames] for frames in U.transpose(0, 2, 1)]
+    return [[frames] for frames in initialise.emission_frames(V, hmm.gain)]
 
 
 def stored_task(chunks: EventChunks, index: np.ndarray, first: int, stop: int, leaves,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["INIT_EVENTS", "emission_start", "init_sample", "kmeans"]
+__all__ = ["INIT_EVENTS", "emission_frames", "emission_start", "init_sample", "kmeans"]
 
 INIT_EVENTS = 256
 """Sequences whose frames seed q(B): enough frames for 15+ states, small to compute."""
@@ -30,6 +30,13 @@ def init_sample(rng: np.random.Generator, n_items: int, size: int = INIT_EVENTS)
     if n_items <= size:
         return np.arange(n_items)
     return np.sort(rng.choice(n_items, size=size, replace=False))
+
+
+def emission_frames(activation: NDArray, gain: NDArray) -> NDArray:
+    """The HMM's emission frames ``U[:, t] = gain * V[:, t]`` of activations (n, K, M),
+    as (n, M, K): each sequence's frames in time order, in the activations' dtype."""
+    U = activation * np.asarray(gain).astype(activation.dtype)[None, :, None]
+    return U.transpose(0, 2, 1)
 
 
 def _squared_distances(points: NDArray, norms: NDArray, centres: NDArray) -> NDArray:

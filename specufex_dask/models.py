@@ -31,7 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import compat as reference
 from . import persistence
-from .initialise import emission_start, init_sample
+from .initialise import emission_frames, emission_start, init_sample
 from .kernels.nmf import expected_log
 from .seeding import generator, minibatch, resolve_seed
 from .stats import HMMStatistics, NMFStatistics, fold
@@ -649,10 +649,10 @@ class BayesianHMM(_SVIModel):
     def _start_from_data(self, V: NDArray) -> None:
         if self.initialised:
             return
-        sample = V[self.init_sample(len(V))]
-        U = sample * self.gain.astype(sample.dtype)[None, :, None]
-        frames = U.transpose(0, 2, 1).reshape(-1, self.num_pat)
-        self.start_from_frames(frames, (self.n_eff or len(V)) * V.shape[2])
+        frames = emission_frames(V[self.init_sample(len(V))], self.gain)
+        self.start_from_frames(
+            frames.reshape(-1, self.num_pat), (self.n_eff or len(V)) * V.shape[2]
+        )
 
     @property
     def EB(self) -> NDArray:
