@@ -193,12 +193,13 @@ BASELINES = ("k-means on spectrograms", "k-means on mean spectrum")
 ORDER = [*METHODS, *ABLATIONS, *BASELINES]
 # (transform, PCA components) of the fingerprints before k-means
 FEATURES = {
+    "idf": ("idf", None),
     "hellinger": ("hellinger", None),
     "raw": ("none", None),
     "sqrt": ("sqrt", None),
     "hellinger+pca8": ("hellinger", 8),
 }
-DEFAULT_FEATURES = "hellinger"
+DEFAULT_FEATURES = "idf"
 
 
 # ----------------------------------------------------------------------------- scores

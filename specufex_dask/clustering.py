@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 CLUSTER = "cluster"
-FEATURE_TRANSFORMS = ("none", "sqrt", "hellinger")
+FEATURE_TRANSFORMS = ("none", "sqrt", "hellinger", "idf")
 """Transforms of the fingerprints before PCA and k-means.
 
 A fingerprint entry is ``v[i] sqrt(Q[i, j])``: a state's occupancy times the square root
@@ -37,7 +37,16 @@ joint distribution of consecutive states, and ``"hellinger"`` returns its square
 ``F[i, j] / sqrt(v[i])``: Euclidean distances between these rows are Hellinger distances
 between the events' transition distributions. Raw entries (``"none"``) weigh the few
 states an event spends most time in and hide the rarer ones that tell events apart;
-``"sqrt"`` (``v**0.5 Q**0.25``) lifts the rare transitions but also the noise in them."""
+``"sqrt"`` (``v**0.5 Q**0.25``) lifts the rare transitions but also the noise in them.
+``"idf"`` weighs each transition's Hellinger entry by its inverse event frequency
+``log((1 + n) / (1 + n_ij))``, where ``n_ij`` of the ``n`` events make the transition
+``i -> j`` with a probability of at least :data:`IDF_MIN_PROBABILITY`, and scales every
+row to unit length. Transitions that every event makes (background noise staying in its
+state) get weight 0, so k-means groups events by the transitions that set them apart;
+the weights depend on the collection clustered."""
+
+IDF_MIN_PROBABILITY = 1e-3
+"""A transition counts as made by an event from this joint probability on ("idf")."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,7 @@ def fingerprint_features(
     ----------
     fingerprint : xarray.DataArray, dims (event, state, next_state)
         The archive's ``fingerprint`` variable (may be lazy).
-    transform : {"none", "sqrt", "hellinger"}, default="none"
+    transform : {"none", "sqrt", "hellinger", "idf"}, default="none"
         See :data:`FEATURE_TRANSFORMS`.
 
     Returns
@@ -119,7 +128,10 @@ def fingerprint_features(
     values = np.maximum(values, 0.0)
     if transform == "sqrt":
         return np.sqrt(values).reshape(values.shape[0], -1)
-    return _hellinger(values).reshape(values.shape[0], -1)
+    hellinger = _hellinger(values).reshape(values.shape[0], -1)
+    if transform == "hellinger":
+        return hellinger
+    return _inverse_frequency_weighted(hellinger)
 
 
 def _hellinger(fingerprint: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -127,6 +139,18 @@ def _hellinger(fingerprint: NDArray[np.float64]) -> NDArray[np.float64]:
     occupancy = np.sqrt((fingerprint**2).sum(axis=2, keepdims=True))
     scale = np.sqrt(occupancy)
     return np.divide(fingerprint, scale, out=np.zeros_like(fingerprint), where=scale > 0)
+
+
+def _inverse_frequency_weighted(hellinger: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Rows of Hellinger features times ``sqrt(idf)`` of each column, at unit length.
+
+    Rows that end at zero (every transition of the event is shared by all events) stay 0.
+    """
+    n_events = hellinger.shape[0]
+    making = (hellinger**2 >= IDF_MIN_PROBABILITY).sum(axis=0)
+    weighted = hellinger * np.sqrt(np.log((1.0 + n_events) / (1.0 + making)))
+    norm = np.linalg.norm(weighted, axis=1, keepdims=True)
+    return np.divide(weighted, norm, out=np.zeros_like(weighted), where=norm > 0)
 
 
 def transition_distribution(fingerprint: npt.ArrayLike) -> NDArray[np.float64]:
@@ -275,7 +299,7 @@ def cluster_fingerprints(
     pca_components : int, optional
         When given, k-means runs on this many principal components of the flattened
         fingerprints (at most ``min(n_events, n_states**2)``).
-    transform : {"none", "sqrt", "hellinger"}, default="none"
+    transform : {"none", "sqrt", "hellinger", "idf"}, default="none"
         Applied to the fingerprints before PCA and k-means (:data:`FEATURE_TRANSFORMS`).
     random_state : int, default=0
         Seed of the PCA solver and of the k-means initialisation.

@@ -224,3 +224,62 @@ def test_representatives_of_a_mixed_cluster_show_each_group(rng):
         minor = [i for i in order if groups[i] == present[1]]
         # round the groups, each group's nearest first
         assert events == [f"e{major[0]}", f"e{minor[0]}", f"e{major[1]}"]
+
+
+def fingerprints_from_joint(joint: np.ndarray) -> xr.DataArray:
+    """Fingerprints ``v[i] sqrt(Q[i, j])`` of joint distributions of consecutive states."""
+    v = joint.sum(axis=2, keepdims=True)
+    Q = np.divide(joint, v, out=np.zeros_like(joint), where=v > 0)
+    return xr.DataArray(v * np.sqrt(Q), dims=("event", "state", "next_state"))
+
+
+def test_idf_features_weigh_each_transition_by_its_inverse_event_frequency(rng):
+    from specufex_dask.clustering import IDF_MIN_PROBABILITY
+
+    n_events, n_states = 9, 3
+    joint = rng.dirichlet(np.ones(n_states * n_states), size=n_events)
+    joint[rng.random(joint.shape) < 0.4] = 0.0  # each event makes some of the transitions
+    joint[:4, 5] = 0.0
+    joint[4:, 5] = 0.02  # one that 5 of the 9 events make
+    joint[:, 7] = np.maximum(joint[:, 7], 0.05)  # one that every event makes
+    joint /= joint.sum(axis=1, keepdims=True)
+    features = fingerprint_features(fingerprints_from_joint(joint.reshape(-1, 3, 3)), "idf")
+    expected = np.empty_like(joint)
+    for column in range(joint.shape[1]):
+        making = sum(1 for row in joint if row[column] >= IDF_MIN_PROBABILITY)
+        expected[:, column] = np.sqrt(joint[:, column] * np.log((1 + n_events) / (1 + making)))
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(features, expected, rtol=1e-12, atol=1e-15)
+    assert (features[:, 7] == 0).all()
+    assert (features[4:, 5] > 0).all()
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0)
+
+
+def test_idf_sees_groups_that_background_states_hide_from_the_other_transforms():
+    """Two groups that differ only in rare transitions of their own, while every event
+    spends 60-90 % of its time in one of two background states, at random: the
+    background's share sets the Hellinger distances, and only "idf" (which gives the
+    transitions that every event makes weight 0) finds the groups."""
+    from sklearn.metrics import adjusted_rand_score
+
+    scores = {transform: [] for transform in ("none", "sqrt", "hellinger", "idf")}
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        truth = np.repeat([0, 1], 40)
+        joint = np.zeros((truth.size, 6, 6))
+        background = rng.uniform(0.6, 0.9, truth.size)
+        first = np.clip(rng.beta(0.3, 0.3, truth.size), 0.01, 0.99)
+        joint[:, 0, 0] = background * first
+        joint[:, 1, 1] = background * (1 - first)
+        own = {0: ([2, 3, 3], [3, 2, 3]), 1: ([4, 5, 5], [5, 4, 5])}
+        for event, group in enumerate(truth):
+            weights = rng.dirichlet(np.ones(3)) * (1 - background[event])
+            joint[event, own[group][0], own[group][1]] = weights
+        fingerprint = fingerprints_from_joint(joint)
+        for transform, values in scores.items():
+            features = fingerprint_features(fingerprint, transform)
+            labels = KMeans(2, n_init=10, random_state=0).fit_predict(features)
+            values.append(adjusted_rand_score(truth, labels))
+    assert min(scores["idf"]) == 1.0
+    for transform in ("none", "sqrt", "hellinger"):
+        assert np.mean(scores[transform]) < 0.3, (transform, scores[transform])
