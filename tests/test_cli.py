@@ -377,9 +377,9 @@ def mean_transition_distance(fingerprint: np.ndarray, labels: np.ndarray) -> np.
 
 
 def test_demo_runs_the_whole_pipeline(demo_run):
-    from specufex_dask.datasets import kw1_record, record_spectrograms
-    from specufex_dask.diagnostics import states_in_use
-    from specufex_dask.preprocessing import SpectrogramParameters, waveform_to_spectrogram
+    from specufex_dask.analysis.datasets import kw1_record, record_spectrograms
+    from specufex_dask.inference.diagnostics import states_in_use
+    from specufex_dask.ingest.preprocessing import SpectrogramParameters, waveform_to_spectrogram
 
     outdir, result = ok_demo(demo_run)
     archive_path = outdir / "demo.zarr"

@@ -2,7 +2,7 @@
 
 A step's global quantities are packed once into a small frozen parameter object, sent to
 wherever the events are, and each event's statistics come back as one leaf of the fixed
-summation tree of :mod:`specufex_dask.stats`. The in-memory models and the Dask engine
+summation tree of :mod:`specufex_dask.inference.stats`. The in-memory models and the Dask engine
 both go through these functions, so they compute the same numbers.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .kernels.hmm import fingerprints, hmm_local_step
-from .kernels.nmf import nmf_local_step, nmf_transform
-from .stats import HMMStatistics, NMFStatistics
+from specufex_dask.inference.stats import HMMStatistics, NMFStatistics
+from specufex_dask.kernels.hmm import fingerprints, hmm_local_step
+from specufex_dask.kernels.nmf import nmf_local_step, nmf_transform
 
 __all__ = [
     "HMMStepParameters",

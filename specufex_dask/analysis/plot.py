@@ -128,7 +128,7 @@ def representative_events(data: xr.Dataset, count: int = 1) -> list[str]:
     -------
     list of str
     """
-    from specufex_dask.clustering import representatives
+    from specufex_dask.analysis.clustering import representatives
 
     _require_variables(data, ["cluster", "fingerprint"], "representative_events")
     transform = data["cluster"].attrs.get("transform", "none")
@@ -307,7 +307,7 @@ def plot_emission(model: xr.Dataset, occupancy: np.ndarray | None = None) -> Fig
     axes.set_title(f"HMM emissions EB: {n_states} states x {n_patterns} patterns")
     axes.invert_yaxis()
     if occupancy is not None:
-        from specufex_dask.diagnostics import MIN_STATE_SHARE
+        from specufex_dask.inference.diagnostics import MIN_STATE_SHARE
 
         share = 100.0 * np.asarray(occupancy, dtype=np.float64)
         used = share >= 100.0 * MIN_STATE_SHARE

@@ -94,7 +94,7 @@ class SpectrogramConfig:
     events_per_chunk: int | None = None
 
     def _check(self, name: str) -> None:
-        from specufex_dask.preprocessing import SpectrogramParameters
+        from specufex_dask.ingest.preprocessing import SpectrogramParameters
 
         try:
             SpectrogramParameters(**self.parameters())
@@ -224,7 +224,7 @@ class ClusteringConfig:
     transform: str = "hellinger"
 
     def _check(self, name: str) -> None:
-        from specufex_dask.clustering import FEATURE_TRANSFORMS
+        from specufex_dask.analysis.clustering import FEATURE_TRANSFORMS
 
         _require(
             self.transform in FEATURE_TRANSFORMS,

@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 import xarray as xr
 
-from specufex_dask import __version__
+from specufex_dask.common import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ TRANSFORM_COMPLETE_ATTR = "specufex_dask_transform_complete"
 
 # An SVI step reads the whole chunk of every event in its minibatch, so small chunks
 # keep a step's reading close to what it uses; the transform merges chunks into larger
-# tasks (specufex_dask.engine). On spectrograms like the ingested ones (half zeros,
+# tasks (specufex_dask.parallel.engine). On spectrograms like the ingested ones (half zeros,
 # zstd), 16 random events cost 38 ms of CPU to read from 8-event chunks against 66 ms
 # from 16-event ones, while a 256-event range costs the same (67 / 66 ms); with 4-event
 # chunks the random read costs 29 ms but the range 89 ms (Zarr's cost per chunk).

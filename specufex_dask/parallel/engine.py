@@ -11,10 +11,10 @@ Data opened from an archive path is read by the tasks themselves (:class:`Stored
 the path and the rows, opened with Zarr where the task runs), so a task's graph is one
 small node whatever the archive's size; other data goes through its dask blocks. On a
 cluster, the steps of an archive's fit call the same task function on one actor per
-worker instead (:mod:`specufex_dask.runners`), falling back to tasks when that fails.
+worker instead (:mod:`specufex_dask.parallel.runners`), falling back to tasks when that fails.
 
 Minibatches are drawn from the seed and the step number only, every event's statistics
-are computed on its own (:mod:`specufex_dask.steps`) and summed in a tree fixed by the
+are computed on its own (:mod:`specufex_dask.inference.steps`) and summed in a tree fixed by the
 minibatch, so a fit gives the same bits for any chunking, any grouping of events into
 tasks and any number of workers.
 """
@@ -42,12 +42,9 @@ import dask
 import numpy as np
 import xarray as xr
 
-from . import archive, initialise
-from .chunkread import plain_chunks
-from .models import BayesianHMM, BayesianNonparametricNMF
-from .persistence import FORMAT_VERSION, build_model, model_state
-from .stats import tree_nodes, tree_root
-from .steps import (
+from specufex_dask.inference import initialise
+from specufex_dask.inference.stats import tree_nodes, tree_root
+from specufex_dask.inference.steps import (
     HMMStepParameters,
     NMFStepParameters,
     hmm_leaves,
@@ -55,6 +52,10 @@ from .steps import (
     nmf_activations,
     nmf_leaves,
 )
+from specufex_dask.io import archive
+from specufex_dask.io.chunkread import plain_chunks
+from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
+from specufex_dask.persistence import FORMAT_VERSION, build_model, model_state
 
 __all__ = [
     "BackgroundCheckpoints",
@@ -110,7 +111,7 @@ class StoredRows:
 
     The task opens the Zarr array where it runs and reads only these rows (every
     storage chunk they touch is still decompressed whole; a plain local array is read
-    on the task's own thread, see :mod:`specufex_dask.chunkread`), so no dask-array
+    on the task's own thread, see :mod:`specufex_dask.io.chunkread`), so no dask-array
     graph of the archive is built or sent, and a task rerun after a lost worker simply
     reads them again.
 
