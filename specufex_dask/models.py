@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from specufex_dask import persistence
+from specufex_dask.common import available_cores, check_positive_int
 from specufex_dask.inference import compat as reference
 from specufex_dask.inference.convergence import MAX_WINDOW, ConvergenceMonitor
 from specufex_dask.inference.initialise import emission_frames, emission_start, init_sample
@@ -38,7 +39,6 @@ from specufex_dask.inference.stats import HMMStatistics, NMFStatistics, fold
 from specufex_dask.inference.steps import (
     HMMStepParameters,
     NMFStepParameters,
-    available_cores,
     hmm_leaves,
     hmm_outputs,
     nmf_activations,
@@ -86,13 +86,6 @@ def _check_compat(compat: str) -> str:
     return compat
 
 
-def _check_positive_int(name: str, value: int | None, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 class PatternGain(np.ndarray):
     """Pattern gains ``sum_d E[W]`` that remember the NMF's data size.
 
@@ -125,8 +118,8 @@ class _SVIModel:
         verbose: bool,
     ) -> None:
         self.compat = _check_compat(compat)
-        _check_positive_int("batch_size", batch_size, allow_none=False)
-        _check_positive_int("max_steps", max_steps)
+        check_positive_int("batch_size", batch_size, allow_none=False)
+        check_positive_int("max_steps", max_steps)
         if tol is not None and not tol > 0:
             raise ValueError(f"tol must be positive or None, got {tol!r}")
         if step_size is not None and not 0 < step_size <= 1:
@@ -273,7 +266,7 @@ class BayesianNonparametricNMF(_SVIModel):
             raise ValueError(
                 f"X_shape must be (n_events, n_frequencies, n_times), all >= 1; got {X_shape}"
             )
-        _check_positive_int("num_pat", num_pat, allow_none=False)
+        check_positive_int("num_pat", num_pat, allow_none=False)
         self._init_driver(
             compat, batch_size, max_steps, tol, step_size, random_state, dtype, verbose
         )
@@ -556,9 +549,9 @@ class BayesianHMM(_SVIModel):
         dtype: ArrayLike = np.float64,
         verbose: bool = False,
     ) -> None:
-        _check_positive_int("num_pat", num_pat, allow_none=False)
-        _check_positive_int("num_state", num_state, allow_none=False)
-        _check_positive_int("n_eff", n_eff)
+        check_positive_int("num_pat", num_pat, allow_none=False)
+        check_positive_int("num_state", num_state, allow_none=False)
+        check_positive_int("n_eff", n_eff)
         self._init_driver(
             compat, batch_size, max_steps, tol, step_size, random_state, dtype, verbose
         )

@@ -18,7 +18,6 @@ import logging
 import math
 import sys
 import textwrap
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,8 @@ import numpy as np
 from specufex_dask.analysis.clustering import FEATURE_TRANSFORMS
 from specufex_dask.analysis.datasets import KW1_PARAMETERS, KW1_STEP_S, KW1_WINDOW_S
 from specufex_dask.cli.config import Config, ConfigError, config_to_json, load_config, merge_config
-from specufex_dask.common import __version__
-from specufex_dask.io.archive import DEFAULT_CHUNK_EVENTS
+from specufex_dask.common import __version__, ignore_zarr_warnings, quiet_zarr
+from specufex_dask.io.archive import DEFAULT_CHUNK_EVENTS, MODEL_GROUP, consolidate
 
 __all__ = ["build_parser", "main"]
 
@@ -528,21 +527,10 @@ def _open_model(path: str | Path):
     """The ``model`` group as a Dataset, or None when the archive holds no model."""
     import xarray as xr
 
-    model_path = Path(path) / "model"
-    if not model_path.exists():
+    if not (Path(path) / MODEL_GROUP).exists():
         return None
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
-        return xr.open_zarr(str(path), group="model", chunks=None)
-
-
-def _consolidate(path: str | Path) -> None:
-    import zarr
-
-    with warnings.catch_warnings():
-        # Zarr 3 flags consolidated metadata as outside the v3 spec; xarray relies on it.
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        zarr.consolidate_metadata(str(path))
+    with quiet_zarr():
+        return xr.open_zarr(str(path), group=MODEL_GROUP, chunks=None)
 
 
 def record_configuration(
@@ -563,7 +551,7 @@ def record_configuration(
         {"command": command, "sections": list(sections), "version": __version__}
     )
     group.attrs.update({CONFIG_ATTR: json.dumps(record, sort_keys=True)})
-    _consolidate(path)
+    consolidate(path)
 
 
 def write_event_variable(path: str | Path, variable) -> None:
@@ -1489,8 +1477,7 @@ def _configure_logging(debug: bool, quiet: bool) -> None:
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
     if not debug:
-        # Zarr 3 flags consolidated metadata as outside the v3 spec; xarray relies on it.
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        ignore_zarr_warnings()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from specufex_dask.common import check_positive_int, spans
 from specufex_dask.ingest.preprocessing import (
     InvalidWaveformError,
     SpectrogramParameters,
@@ -233,8 +234,7 @@ def _run(
 
     started = _time.perf_counter()
     out_path = Path(out_path)
-    if int(chunk_events) != chunk_events or chunk_events < 1:
-        raise ValueError(f"chunk_events must be a positive integer, got {chunk_events!r}")
+    check_positive_int("chunk_events", chunk_events, allow_none=False)
     if not append and out_path.exists() and not overwrite:
         raise IngestError(f"{out_path} already exists; pass append=True or overwrite=True")
     existing: set[str] = set()
@@ -440,10 +440,6 @@ def _check_medians(
 # ----------------------------------------------------------------------------- public API
 
 
-def _chunks(n: int, size: int) -> list[range]:
-    return [range(i, min(i + size, n)) for i in range(0, n, size)]
-
-
 def ingest_waveforms(
     sources: str | Path | Iterable[str | Path],
     out_path: str | Path,
@@ -528,14 +524,14 @@ def _ingest_files(
     size = options["chunk_events"]
     units = [
         FileUnit(
-            tuple(paths[i] for i in block),
-            tuple(events[i] for i in block),
-            tuple(starttimes[i] for i in block),
-            tuple(stations[i] for i in block),
+            tuple(paths[block]),
+            tuple(events[block]),
+            tuple(starttimes[block]),
+            tuple(stations[block]),
             select_tuple(select),
             format,
         )
-        for block in _chunks(len(paths), size)
+        for block in spans(len(paths), size)
     ]
     return _run(units, out_path, params or SpectrogramParameters(), **options)
 
@@ -691,13 +687,13 @@ def ingest_arrays(
         starts = [None if np.isnat(t) else int(t.astype(np.int64)) for t in times]
     units = [
         ArrayUnit(
-            data[block.start : block.stop],
-            tuple(events[i] for i in block),
+            data[block],
+            tuple(events[block]),
             float(fs),
             block.start,
-            tuple(starts[i] for i in block),
+            tuple(starts[block]),
         )
-        for block in _chunks(len(data), chunk_events)
+        for block in spans(len(data), chunk_events)
     ]
     if not units:
         raise IngestError(f"no waveforms given; nothing written to {out_path}")

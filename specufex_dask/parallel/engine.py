@@ -28,7 +28,6 @@ import os
 import shutil
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from specufex_dask.common import available_cores, quiet_zarr
 from specufex_dask.inference import initialise
 from specufex_dask.inference.stats import tree_nodes, tree_root
 from specufex_dask.inference.steps import (
@@ -53,6 +53,11 @@ from specufex_dask.inference.steps import (
     nmf_leaves,
 )
 from specufex_dask.io import archive
+from specufex_dask.io.archive import (
+    MODEL_VERSION_ATTR,
+    TRANSFORM_COMPLETE_ATTR,
+    TRANSFORM_TOKEN_ATTR,
+)
 from specufex_dask.io.chunkread import plain_chunks
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
 from specufex_dask.persistence import FORMAT_VERSION, build_model, model_state
@@ -86,9 +91,6 @@ STEP_TASKS = 16
 # Tasks of a pass kept submitted per worker thread: one running, one ready behind it.
 IN_FLIGHT_PER_THREAD = 2
 WINDOW_LOOKUP_S = 5.0  # how often a pass looks up the cluster's thread count
-TRANSFORM_TOKEN_ATTR = "specufex_dask_transform_model"
-TRANSFORM_COMPLETE_ATTR = "specufex_dask_transform_complete"
-MODEL_VERSION_ATTR = "specufex_dask_model_version"
 
 
 class BadValues(archive.ArchiveError):
@@ -485,7 +487,7 @@ def _in_flight(client: Any) -> int:
     """Tasks of a pass kept submitted at once: enough to keep every worker thread busy,
     few enough that memory does not grow with the number of events."""
     if client is None:
-        return IN_FLIGHT_PER_THREAD * (os.cpu_count() or 1)
+        return IN_FLIGHT_PER_THREAD * available_cores()
     return IN_FLIGHT_PER_THREAD * max(1, sum(client.nthreads().values()))
 
 
@@ -741,7 +743,7 @@ def _prepare_outputs(
         dimension_names=(archive.EVENT,), overwrite=True,
     )  # fmt: skip
     group.attrs.update({TRANSFORM_TOKEN_ATTR: token, TRANSFORM_COMPLETE_ATTR: False})
-    archive._consolidate(path)
+    archive.consolidate(path)
 
 
 def _resumable(path: str, n_events: int, chunk_events: int, token: str) -> np.ndarray | None:
@@ -763,7 +765,7 @@ def _mark_complete(path: str, complete: bool) -> None:
 
     group = zarr.open_group(path, mode="r+", use_consolidated=False)
     group.attrs[TRANSFORM_COMPLETE_ATTR] = complete
-    archive._consolidate(path)
+    archive.consolidate(path)
 
 
 def transform_chunks(
@@ -907,7 +909,7 @@ def write_model_dataset(path: str, dataset: xr.Dataset) -> None:
         os.replace(final, old)
     os.replace(partial, final)
     shutil.rmtree(old, ignore_errors=True)
-    archive._consolidate(path)
+    archive.consolidate(path)
 
 
 class BackgroundCheckpoints:
@@ -991,8 +993,7 @@ def read_model_group(path: str):
         if not leftovers:
             return None
         os.replace(leftovers[-1], folder)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
+    with quiet_zarr():
         dataset = xr.open_zarr(str(folder), consolidated=False).load()
     if int(dataset.attrs.get(MODEL_VERSION_ATTR, 0)) > FORMAT_VERSION:
         raise archive.ArchiveError(
