@@ -24,7 +24,7 @@ spectrograms and on the mean spectrum). Every model is fitted on 80 % of the eve
   ``specufex-dask cluster`` default transform (and the alternatives, as ablations);
 * patterns kept, states in use (>= 1 % of all frames), distinct fingerprints;
 * held-out ELBO per frame of the other 20 % (NMF term, HMM term; the same default-mode
-  local steps for every model, :func:`specufex_dask.diagnostics.heldout_elbo_per_frame`);
+  local steps for every model, :func:`specufex_dask.inference.diagnostics.heldout_elbo_per_frame`);
 * silhouette of that k-means; seconds of the fit.
 
 Planted rows average over ``--seeds`` fit seeds (data seed fixed per difficulty); the real

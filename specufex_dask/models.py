@@ -209,7 +209,7 @@ class BayesianNonparametricNMF(_SVIModel):
         reference's ``E[a] <= 1e-3``) in compat mode.
     merge_cosine : float or None, default=None
         Once annealing is over, merge two patterns whose ``E[W]`` columns have at least
-        this cosine (:func:`specufex_dask.updates.merge_patterns`; default mode only).
+        this cosine (:func:`specufex_dask.inference.updates.merge_patterns`; default mode only).
         Off by default: it removes the copies of patterns that the symmetric start of
         q(W) makes, but on spectrograms of waveforms it also merges distinct broadband
         patterns (see the README's fidelity benchmark).

@@ -70,7 +70,7 @@ class SpecUFEx:
         schedule (as its README uses it) and forward-backward.
     nmf_steps, hmm_steps : int or None, default=None
         Most SVI steps of each stage; None: three passes over the events at
-        ``batch_size``, and at least 200 (:func:`specufex_dask.convergence.auto_steps`).
+        ``batch_size``, and at least 200 (:func:`specufex_dask.inference.convergence.auto_steps`).
     batch_size : int or None, default=64
         Events per SVI step; None is full-batch variational Bayes (every event in every
         step, step size 1).
@@ -80,7 +80,7 @@ class SpecUFEx:
         ``tol`` relative, and the NMF's live patterns (the HMM's states in use: holding
         1 % of a minibatch's frames) did not change over the last window, and at least
         200 steps ran (or the whole budget, if smaller)
-        (:class:`specufex_dask.convergence.StageMonitor`). None runs every step.
+        (:class:`specufex_dask.inference.convergence.StageMonitor`). None runs every step.
     random_state : int, default=0
         Seed of the initial states and of every minibatch.
     checkpoint_every : int, default=10

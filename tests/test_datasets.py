@@ -1,5 +1,4 @@
-"""Planted synthetic data sets and the loaders of real records (specufex_dask.analysis.datasets)
-"""
+"""Planted synthetic data sets and the real records' loaders (specufex_dask.analysis.datasets)."""
 
 from __future__ import annotations
 

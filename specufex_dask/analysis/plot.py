@@ -122,7 +122,7 @@ def representative_events(data: xr.Dataset, count: int = 1) -> list[str]:
     count : int, default=1
         Events per cluster: those nearest the mean feature row of their cluster; when
         the archive holds several stations, a cluster that mixes them shows each
-        (:func:`specufex_dask.clustering.representatives`).
+        (:func:`specufex_dask.analysis.clustering.representatives`).
 
     Returns
     -------
@@ -262,7 +262,7 @@ def plot_emission(model: xr.Dataset, occupancy: np.ndarray | None = None) -> Fig
         The archive's ``model`` group, with ``EB`` (state, pattern).
     occupancy : array of shape (n_states,), optional
         Share of all frames whose most probable state is each state
-        (:func:`specufex_dask.diagnostics.state_occupancy`); drawn as bars beside the
+        (:func:`specufex_dask.inference.diagnostics.state_occupancy`); drawn as bars beside the
         matrix, with the 1 % line above which a state counts as in use.
 
     Returns

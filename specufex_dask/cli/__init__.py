@@ -1497,4 +1497,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
         return 1
-

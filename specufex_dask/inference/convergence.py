@@ -39,6 +39,8 @@ __all__ = [
 AUTO_MIN_STEPS = 200
 AUTO_PASSES = 3
 MIN_STOP_STEPS = 200
+"""Steps a stage runs at least before it may stop on convergence."""
+
 # Longest ELBO averaging window: one pass over a large archive is too long to wait for.
 MAX_WINDOW = 20
 
@@ -77,7 +79,6 @@ class ConvergenceMonitor:
         previous = np.mean(self.history[-2 * self.window : -self.window])
         self.converged = bool(abs(latest - previous) <= self.tol * abs(latest))
         return self.converged
-"""Steps a stage runs at least before it may stop on convergence."""
 
 
 def window_steps(n_events: int, batch: int) -> int:
@@ -93,7 +94,7 @@ def auto_steps(n_events: int, batch: int) -> int:
 
 def states_in_use(state_counts: NDArray, n_frames: int, share: float = MIN_STATE_SHARE) -> int:
     """States holding at least ``share`` of a minibatch's ``n_frames`` frames (the share
-    :func:`specufex_dask.diagnostics.states_in_use` asks of all frames).
+    :func:`specufex_dask.inference.diagnostics.states_in_use` asks of all frames).
 
     ``state_counts`` are the HMM statistics' ``sum_t gam`` per state (the minibatch's
     expected frames in each state).

@@ -295,5 +295,3 @@ def expand_sources(sources: str | Path | Iterable[str | Path]) -> list[Path]:
 
 def select_tuple(select: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((select or {}).items()))
-
-

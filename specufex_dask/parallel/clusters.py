@@ -865,7 +865,7 @@ def connect_options_from_config(section: Any) -> dict[str, Any]:
 
     Parameters
     ----------
-    section : mapping, dataclass (``specufex_dask.config.ClusterConfig``) or None
+    section : mapping, dataclass (``specufex_dask.cli.config.ClusterConfig``) or None
         Keys (``-`` or ``_``): ``scheduler``, ``kind`` (alias ``cluster``), ``workers``,
         ``threads_per_worker``, ``memory_limit``, ``dashboard_address``, ``timeout``,
         ``jobqueue`` (mapping), ``security`` (mapping). Unset (None) values and empty

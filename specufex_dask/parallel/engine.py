@@ -2,9 +2,9 @@
 
 Workers run the functions prefixed ``_task_``: they get some events of the spectrogram
 array, the small global parameters of the step, and return either nodes of the fixed
-summation tree (:func:`specufex_dask.stats.tree_nodes`) or, for the transform, write
+summation tree (:func:`specufex_dask.inference.stats.tree_nodes`) or, for the transform, write
 their own region of the output arrays. Spectrograms never travel to the driver; the
-driver folds the nodes (:func:`specufex_dask.stats.tree_root`) and applies the global
+driver folds the nodes (:func:`specufex_dask.inference.stats.tree_root`) and applies the global
 update.
 
 Data opened from an archive path is read by the tasks themselves (:class:`StoredRows`:
@@ -21,13 +21,10 @@ tasks and any number of workers.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -41,7 +38,7 @@ import dask
 import numpy as np
 import xarray as xr
 
-from specufex_dask.common import available_cores, quiet_zarr
+from specufex_dask.common import available_cores
 from specufex_dask.inference import initialise
 from specufex_dask.inference.stats import tree_nodes, tree_root
 from specufex_dask.inference.steps import (
@@ -59,6 +56,7 @@ from specufex_dask.io.archive import (
     TRANSFORM_TOKEN_ATTR,
 )
 from specufex_dask.io.chunkread import plain_chunks
+from specufex_dask.io.modelgroup import read_model_dataset, stored_frequency, write_model_dataset
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
 from specufex_dask.persistence import FORMAT_VERSION, build_model, model_state
 
@@ -587,9 +585,9 @@ def _minibatch_statistics(
     """Statistics of the minibatch ``index`` (sorted event indices), folded in fixed order.
 
     ``leaves(X, *params)`` gives one leaf per event of ``X``; the leaves are added in the
-    fixed tree of :func:`specufex_dask.stats.tree_nodes` (lists are concatenated).
+    fixed tree of :func:`specufex_dask.inference.stats.tree_nodes` (lists are concatenated).
 
-    With ``runners`` (:class:`specufex_dask.runners.StepRunners`) an archive's steps run
+    With ``runners`` (:class:`specufex_dask.parallel.runners.StepRunners`) an archive's steps run
     on them, reading the minibatch ``following`` ahead; should that fail the step runs
     as tasks, which recover from a lost worker or raise the step's own error.
     """
@@ -867,51 +865,6 @@ def model_group_dataset(
     return xr.Dataset(variables, attrs=attrs).copy(deep=True)
 
 
-async def _write_group(folder: str, dataset: xr.Dataset) -> None:
-    """Write ``dataset`` as a new Zarr v3 group that xarray opens as the same Dataset:
-    each variable one uncompressed chunk, all written at once."""
-    import zarr.api.asynchronous as zarr_async
-
-    group = await zarr_async.open_group(
-        store=folder, mode="w", zarr_format=3, attributes=dict(dataset.attrs)
-    )
-
-    async def write(name: str, variable: xr.Variable) -> None:
-        values = np.ascontiguousarray(variable.values)
-        array = await group.create_array(
-            name, shape=values.shape, dtype=values.dtype, chunks=values.shape,
-            dimension_names=variable.dims, compressors=None, fill_value=None,
-        )  # fmt: skip
-        await array.setitem(Ellipsis, values)
-
-    await asyncio.gather(*(write(str(name), var) for name, var in dataset.variables.items()))
-
-
-def write_model_dataset(path: str, dataset: xr.Dataset) -> None:
-    """Write a :func:`model_group_dataset` into ``<archive>/model`` atomically.
-
-    The group is written beside the archive's ``model`` folder and swapped in with two
-    renames; a crash between them leaves ``.model.old-*``, which
-    :func:`read_model_group` falls back to. ``dataset`` carries the archive's
-    frequencies as its ``frequency`` coordinate (:class:`BackgroundCheckpoints` reads
-    them once per fit).
-
-    Written through Zarr's asynchronous API rather than ``Dataset.to_zarr``: a
-    checkpoint took 113 ms of CPU that way against 49 ms (15 arrays), and a fit writes
-    one every few steps on the driver, whose CPU the workers of a local cluster share.
-    """
-    root = Path(path)
-    partial = root / f".model.partial-{uuid.uuid4().hex}"
-    asyncio.run(_write_group(str(partial), dataset))
-    final = root / archive.MODEL_GROUP
-    old = root / f".model.old-{uuid.uuid4().hex}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(partial, final)
-    shutil.rmtree(old, ignore_errors=True)
-    archive.consolidate(path)
-
-
 class BackgroundCheckpoints:
     """Checkpoints of a fit written on a thread of their own, one at a time, in order.
 
@@ -946,7 +899,7 @@ class BackgroundCheckpoints:
 
     def _write(self, dataset: xr.Dataset) -> None:
         if self._frequency is None:
-            self._frequency = _frequency(self._path, dataset.sizes[archive.FREQUENCY])
+            self._frequency = stored_frequency(self._path, dataset.sizes[archive.FREQUENCY])
         dataset = dataset.assign_coords({archive.FREQUENCY: self._frequency})
         write_model_dataset(self._path, dataset)
 
@@ -970,15 +923,6 @@ class BackgroundCheckpoints:
             self._executor.shutdown(wait=True)
 
 
-def _frequency(path: str, n_frequencies: int) -> np.ndarray:
-    import zarr
-
-    group = zarr.open_group(path, mode="r", use_consolidated=False)
-    if archive.FREQUENCY in group and group[archive.FREQUENCY].shape == (n_frequencies,):
-        return group[archive.FREQUENCY][:]
-    return np.arange(n_frequencies, dtype=float)
-
-
 def _scalars_and_settings(model: Any) -> dict[str, Any]:
     _, scalars, settings = model_state(model)
     return {"scalars": scalars, "settings": settings, "elbo_": list(map(float, model.elbo_))}
@@ -986,20 +930,9 @@ def _scalars_and_settings(model: Any) -> dict[str, Any]:
 
 def read_model_group(path: str):
     """``(nmf, hmm or None, progress)`` from ``<archive>/model``, or None without one."""
-    root = Path(path)
-    folder = root / archive.MODEL_GROUP
-    if not folder.exists():
-        leftovers = sorted(root.glob(".model.old-*"))
-        if not leftovers:
-            return None
-        os.replace(leftovers[-1], folder)
-    with quiet_zarr():
-        dataset = xr.open_zarr(str(folder), consolidated=False).load()
-    if int(dataset.attrs.get(MODEL_VERSION_ATTR, 0)) > FORMAT_VERSION:
-        raise archive.ArchiveError(
-            f"{folder}: model version {dataset.attrs[MODEL_VERSION_ATTR]} is newer than this "
-            "package reads"
-        )
+    dataset = read_model_dataset(path, FORMAT_VERSION)
+    if dataset is None:
+        return None
     nmf_state = json.loads(dataset.attrs["nmf_state"])
     nmf = build_model(
         BayesianNonparametricNMF,
