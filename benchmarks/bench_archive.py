@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from specufex_dask.archive import DEFAULT_CHUNK_EVENTS
-from specufex_dask.preprocessing import to_decibels_above_median
+from specufex_dask.ingest.preprocessing import to_decibels_above_median
+from specufex_dask.io.archive import DEFAULT_CHUNK_EVENTS
 
 logger = logging.getLogger("bench_archive")
 
@@ -104,7 +104,7 @@ def synthetic_chunk(seed: int, start: int, stop: int) -> np.ndarray:
 
 
 def _write_chunk(store: str, seed: int, start: int, stop: int) -> tuple[int, int]:
-    from specufex_dask import archive
+    from specufex_dask.io import archive
 
     return archive.write_region(
         store, archive.SPECTROGRAM, start, synthetic_chunk(seed, start, stop)
@@ -113,7 +113,7 @@ def _write_chunk(store: str, seed: int, start: int, stop: int) -> tuple[int, int
 
 def build_archive(path: Path, n_events: int, chunk_events: int, seed: int, client) -> float:
     """Write the synthetic archive at ``path`` from the workers; return seconds taken."""
-    from specufex_dask import archive
+    from specufex_dask.io import archive
 
     began = time.perf_counter()
     writer = archive.ArchiveWriter.create(
@@ -250,7 +250,7 @@ def _step_rate(stamps: list[float]) -> float:
 def run_once(args: argparse.Namespace, path: Path, n_workers: int) -> RunResult:
     """Start a cluster, fit and transform ``path``, measure; runs in its own process."""
     from specufex_dask import SpecUFEx
-    from specufex_dask.clusters import connect
+    from specufex_dask.parallel.clusters import connect
 
     stamps: dict[str, list[float]] = {"nmf": [], "hmm": [], "transform": []}
     code_version = git_version()  # other engineers commit while benchmarks run
@@ -403,7 +403,7 @@ def table(groups: dict[tuple[int, int], list[RunResult]], builds: dict[int, floa
 def kept_archive_fits(path: Path, n_events: int, chunk_events: int, seed: int) -> bool:
     """Whether ``path`` is a complete synthetic archive of this size, chunking, seed and
     generator version."""
-    from specufex_dask import archive
+    from specufex_dask.io import archive
 
     if not path.exists():
         return False
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
         print_report(args, *load_results(args.report))
         return
 
-    from specufex_dask.clusters import connect
+    from specufex_dask.parallel.clusters import connect
 
     # only what this run creates is removed afterwards: a scratch folder given by the
     # user may hold other things (results written next to the archives, say)

@@ -3,7 +3,7 @@
 Run: ``python benchmarks/bench_fidelity.py [--quick] [--jobs 2] [--out fidelity.json]``
 (``--table fidelity.json [--methods ...]`` prints the table of saved results again).
 
-Data sets (:mod:`specufex_dask.datasets`):
+Data sets (:mod:`specufex_dask.analysis.datasets`):
 
 * ``planted-easy|medium|hard``: 600 waveforms of four seismic-like classes (earthquake
   with P and S, gliding harmonic tremor, bursts, emergent long-period signal) in coloured
@@ -24,7 +24,7 @@ spectrograms and on the mean spectrum). Every model is fitted on 80 % of the eve
   ``specufex-dask cluster`` default transform (and the alternatives, as ablations);
 * patterns kept, states in use (>= 1 % of all frames), distinct fingerprints;
 * held-out ELBO per frame of the other 20 % (NMF term, HMM term; the same default-mode
-  local steps for every model, :func:`specufex_dask.diagnostics.heldout_elbo_per_frame`);
+  local steps for every model, :func:`specufex_dask.inference.diagnostics.heldout_elbo_per_frame`);
 * silhouette of that k-means; seconds of the fit.
 
 Planted rows average over ``--seeds`` fit seeds (data seed fixed per difficulty); the real
@@ -73,7 +73,7 @@ class Job:
 
 def load_dataset(name: str, n_planted: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Spectrograms (n, D, M) and planted labels (None for real records)."""
-    from specufex_dask import datasets
+    from specufex_dask.analysis import datasets
 
     if name.startswith("planted-"):
         difficulty = name.split("-", 1)[1]
@@ -159,7 +159,7 @@ def fit_minibatch(
 def fit_cli(X: np.ndarray, seed: int) -> tuple:
     """``specufex-dask run ARCHIVE --seed SEED`` with every other default."""
     from specufex_dask import SpecUFEx
-    from specufex_dask.archive import write_spectrograms
+    from specufex_dask.io.archive import write_spectrograms
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "events.zarr"
@@ -231,8 +231,8 @@ def score_model(nmf, hmm, X: np.ndarray, test: np.ndarray, truth, n_clusters: in
     import xarray as xr
     from sklearn.decomposition import PCA
 
-    from specufex_dask.clustering import cluster_fingerprints, fingerprint_features
-    from specufex_dask.diagnostics import (
+    from specufex_dask.analysis.clustering import cluster_fingerprints, fingerprint_features
+    from specufex_dask.inference.diagnostics import (
         distinct_fraction,
         heldout_elbo_per_frame,
         states_in_use,

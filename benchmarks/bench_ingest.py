@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from specufex_dask.ingest import ingest_waveforms
-from specufex_dask.preprocessing import SpectrogramParameters
+from specufex_dask.ingest.driver import ingest_waveforms
+from specufex_dask.ingest.preprocessing import SpectrogramParameters
 
 BAV = Path(__file__).resolve().parents[2] / "shared" / "data" / "bav_ncsn_1984" / "waveforms"
 PARAMS = SpectrogramParameters(fs=100.0, nfft=2000, fmin=8, fmax=20, n_samples=2000)

@@ -36,9 +36,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from specufex_dask.inference.updates import NMFPrior, hmm_global_update, nmf_global_update
 from specufex_dask.kernels.hmm import fingerprints, hmm_local_step
 from specufex_dask.kernels.nmf import expected_log, nmf_local_step, nmf_transform
-from specufex_dask.updates import NMFPrior, hmm_global_update, nmf_global_update
 
 N_PATTERNS, N_STATES = 75, 15
 SIZES = ((241, 26), (513, 51))

@@ -32,11 +32,11 @@ def _noop(value: int) -> int:
 
 
 def main() -> None:
-    from specufex_dask import engine
-    from specufex_dask.clusters import connect
+    from specufex_dask.inference.seeding import minibatch
+    from specufex_dask.inference.steps import hmm_leaves, nmf_activations, nmf_leaves
     from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
-    from specufex_dask.seeding import minibatch
-    from specufex_dask.steps import hmm_leaves, nmf_activations, nmf_leaves
+    from specufex_dask.parallel import engine
+    from specufex_dask.parallel.clusters import connect
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("archive")

@@ -29,22 +29,22 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import compat as reference
-from . import persistence
-from .initialise import emission_frames, emission_start, init_sample
-from .kernels.nmf import expected_log
-from .seeding import generator, minibatch, resolve_seed
-from .stats import HMMStatistics, NMFStatistics, fold
-from .steps import (
+from specufex_dask import persistence
+from specufex_dask.common import available_cores, check_positive_int
+from specufex_dask.inference import compat as reference
+from specufex_dask.inference.convergence import MAX_WINDOW, ConvergenceMonitor
+from specufex_dask.inference.initialise import emission_frames, emission_start, init_sample
+from specufex_dask.inference.seeding import generator, minibatch, resolve_seed
+from specufex_dask.inference.stats import HMMStatistics, NMFStatistics, fold
+from specufex_dask.inference.steps import (
     HMMStepParameters,
     NMFStepParameters,
-    available_cores,
     hmm_leaves,
     hmm_outputs,
     nmf_activations,
     nmf_leaves,
 )
-from .updates import (
+from specufex_dask.inference.updates import (
     NMFPrior,
     check_finite,
     hmm_global_kl,
@@ -61,7 +61,8 @@ from .updates import (
     similar_pairs,
     state_order,
 )
-from .validation import check_stack
+from specufex_dask.inference.validation import check_stack
+from specufex_dask.kernels.nmf import expected_log
 
 __all__ = ["BayesianHMM", "BayesianNonparametricNMF", "ConvergenceMonitor", "ConvergenceWarning"]
 
@@ -73,61 +74,16 @@ HMM_INITS = ("data", "random")
 ANNEALED = 1e-4
 # Default share of the data's counts below which the default mode prunes a pattern.
 MIN_PATTERN_SHARE = 1e-3
-# Longest ELBO averaging window: one pass over a large archive is too long to wait for.
-MAX_WINDOW = 20
 
 
 class ConvergenceWarning(UserWarning):
     """The step budget ran out before the ELBO settled."""
 
 
-class ConvergenceMonitor:
-    """ELBO history and the stopping rule of a fit.
-
-    The ELBO of a minibatch step is a noisy estimate, so the rule compares the means of
-    the last two windows of ``window`` steps (one pass over the data, at most 20 steps;
-    a full-batch fit compares consecutive steps): converged when they differ by less than
-    ``tol`` relative to the latest mean.
-
-    Parameters
-    ----------
-    tol : float or None
-        Relative tolerance; None never stops early.
-    window : int
-        Steps per window.
-    """
-
-    def __init__(self, tol: float | None, window: int = 1) -> None:
-        self.tol = tol
-        self.window = max(1, int(window))
-        self.history: list[float] = []
-        self.converged = False
-
-    def report(self, elbo: float, ready: bool = True) -> bool:
-        """Record a step's ELBO; return True once converged.
-
-        ``ready=False`` (annealing still on) records without testing.
-        """
-        self.history.append(float(elbo))
-        if self.tol is None or not ready or len(self.history) < 2 * self.window:
-            return False
-        latest = np.mean(self.history[-self.window :])
-        previous = np.mean(self.history[-2 * self.window : -self.window])
-        self.converged = bool(abs(latest - previous) <= self.tol * abs(latest))
-        return self.converged
-
-
 def _check_compat(compat: str) -> str:
     if compat not in COMPAT_MODES:
         raise ValueError(f"compat must be one of {COMPAT_MODES}, got {compat!r}")
     return compat
-
-
-def _check_positive_int(name: str, value: int | None, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class PatternGain(np.ndarray):
@@ -162,8 +118,8 @@ class _SVIModel:
         verbose: bool,
     ) -> None:
         self.compat = _check_compat(compat)
-        _check_positive_int("batch_size", batch_size, allow_none=False)
-        _check_positive_int("max_steps", max_steps)
+        check_positive_int("batch_size", batch_size, allow_none=False)
+        check_positive_int("max_steps", max_steps)
         if tol is not None and not tol > 0:
             raise ValueError(f"tol must be positive or None, got {tol!r}")
         if step_size is not None and not 0 < step_size <= 1:
@@ -253,7 +209,7 @@ class BayesianNonparametricNMF(_SVIModel):
         reference's ``E[a] <= 1e-3``) in compat mode.
     merge_cosine : float or None, default=None
         Once annealing is over, merge two patterns whose ``E[W]`` columns have at least
-        this cosine (:func:`specufex_dask.updates.merge_patterns`; default mode only).
+        this cosine (:func:`specufex_dask.inference.updates.merge_patterns`; default mode only).
         Off by default: it removes the copies of patterns that the symmetric start of
         q(W) makes, but on spectrograms of waveforms it also merges distinct broadband
         patterns (see the README's fidelity benchmark).
@@ -310,7 +266,7 @@ class BayesianNonparametricNMF(_SVIModel):
             raise ValueError(
                 f"X_shape must be (n_events, n_frequencies, n_times), all >= 1; got {X_shape}"
             )
-        _check_positive_int("num_pat", num_pat, allow_none=False)
+        check_positive_int("num_pat", num_pat, allow_none=False)
         self._init_driver(
             compat, batch_size, max_steps, tol, step_size, random_state, dtype, verbose
         )
@@ -554,7 +510,7 @@ class BayesianHMM(_SVIModel):
     init : {"data", "random"}, optional
         Start of q(B). ``"data"`` (the default mode's default): at the first fit, each
         state starts at the mean emission of a seeded k-means group of the frames of up
-        to 256 of the sequences given (:mod:`specufex_dask.initialise`). ``"random"``
+        to 256 of the sequences given (:mod:`specufex_dask.inference.initialise`). ``"random"``
         (always so in compat mode): the reference's random draw at construction, which
         on real records leaves every frame in one state. Set it when assigning
         ``B1, B2`` by hand, or the first fit replaces them.
@@ -593,9 +549,9 @@ class BayesianHMM(_SVIModel):
         dtype: ArrayLike = np.float64,
         verbose: bool = False,
     ) -> None:
-        _check_positive_int("num_pat", num_pat, allow_none=False)
-        _check_positive_int("num_state", num_state, allow_none=False)
-        _check_positive_int("n_eff", n_eff)
+        check_positive_int("num_pat", num_pat, allow_none=False)
+        check_positive_int("num_state", num_state, allow_none=False)
+        check_positive_int("n_eff", n_eff)
         self._init_driver(
             compat, batch_size, max_steps, tol, step_size, random_state, dtype, verbose
         )

@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import compat as reference
+from specufex_dask.inference import compat as reference
 
 __all__ = ["FORMAT_VERSION", "build_model", "load_model", "model_state", "save_model"]
 

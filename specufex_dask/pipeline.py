@@ -19,10 +19,18 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from . import compat as reference
-from .archive import FREQUENCY, MODEL_GROUP
-from .convergence import MIN_STOP_STEPS, StageMonitor, auto_steps, states_in_use, window_steps
-from .engine import (
+from specufex_dask.inference import compat as reference
+from specufex_dask.inference.convergence import (
+    MIN_STOP_STEPS,
+    StageMonitor,
+    auto_steps,
+    states_in_use,
+    window_steps,
+)
+from specufex_dask.inference.seeding import minibatch, resolve_seed
+from specufex_dask.io.archive import FREQUENCY, MODEL_GROUP
+from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF, _check_compat
+from specufex_dask.parallel.engine import (
     BackgroundCheckpoints,
     EventChunks,
     emission_frames,
@@ -34,9 +42,7 @@ from .engine import (
     require_writable,
     transform_chunks,
 )
-from .models import BayesianHMM, BayesianNonparametricNMF, _check_compat
-from .runners import StepRunners
-from .seeding import minibatch, resolve_seed
+from specufex_dask.parallel.runners import StepRunners
 
 __all__ = ["SpecUFEx"]
 
@@ -64,7 +70,7 @@ class SpecUFEx:
         schedule (as its README uses it) and forward-backward.
     nmf_steps, hmm_steps : int or None, default=None
         Most SVI steps of each stage; None: three passes over the events at
-        ``batch_size``, and at least 200 (:func:`specufex_dask.convergence.auto_steps`).
+        ``batch_size``, and at least 200 (:func:`specufex_dask.inference.convergence.auto_steps`).
     batch_size : int or None, default=64
         Events per SVI step; None is full-batch variational Bayes (every event in every
         step, step size 1).
@@ -74,7 +80,7 @@ class SpecUFEx:
         ``tol`` relative, and the NMF's live patterns (the HMM's states in use: holding
         1 % of a minibatch's frames) did not change over the last window, and at least
         200 steps ran (or the whole budget, if smaller)
-        (:class:`specufex_dask.convergence.StageMonitor`). None runs every step.
+        (:class:`specufex_dask.inference.convergence.StageMonitor`). None runs every step.
     random_state : int, default=0
         Seed of the initial states and of every minibatch.
     checkpoint_every : int, default=10
@@ -156,7 +162,7 @@ class SpecUFEx:
             return None
         if self.client is None or isinstance(self.client, str):
             if self._handle is None:
-                from .clusters import connect
+                from specufex_dask.parallel.clusters import connect
 
                 self._handle = connect(self.client)
                 logger.info("Dask dashboard: %s", self._handle.dashboard_link)

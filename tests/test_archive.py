@@ -11,8 +11,8 @@ import pytest
 import xarray as xr
 import zarr
 
-from specufex_dask import archive
-from specufex_dask.archive import (
+from specufex_dask.io import archive
+from specufex_dask.io.archive import (
     ArchiveError,
     RejectedInput,
     check_spectrogram_values,
@@ -21,7 +21,7 @@ from specufex_dask.archive import (
     region_bounds,
     write_spectrograms,
 )
-from specufex_dask.h5import import import_specufex_h5
+from specufex_dask.io.h5import import import_specufex_h5
 
 FREQUENCY = np.array([1.0, 2.0, 3.0])
 TIME = np.array([0.5, 1.5, 2.5, 3.5])

@@ -9,8 +9,9 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ZstdCodec
 
-from specufex_dask import archive, engine
-from specufex_dask.chunkread import plain_chunks
+from specufex_dask.io import archive
+from specufex_dask.io.chunkread import plain_chunks
+from specufex_dask.parallel import engine
 
 SHAPE = (21, 5, 3)  # 21 rows in chunks of 4: the last chunk is partial
 CHUNKS = (4, 5, 3)

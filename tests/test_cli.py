@@ -22,9 +22,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def console_script() -> str:
-    """The installed ``specufex-dask`` entry point (next to this interpreter if not on PATH)."""
+    """The ``specufex-dask`` entry point of this interpreter's environment, else the one on
+    PATH (which may belong to another installation)."""
     beside = Path(sys.executable).with_name("specufex-dask")
-    script = shutil.which("specufex-dask") or (str(beside) if beside.exists() else None)
+    script = str(beside) if beside.exists() else shutil.which("specufex-dask")
     assert script is not None, "the specufex-dask console script is not installed"
     return script
 
@@ -377,9 +378,9 @@ def mean_transition_distance(fingerprint: np.ndarray, labels: np.ndarray) -> np.
 
 
 def test_demo_runs_the_whole_pipeline(demo_run):
-    from specufex_dask.datasets import kw1_record, record_spectrograms
-    from specufex_dask.diagnostics import states_in_use
-    from specufex_dask.preprocessing import SpectrogramParameters, waveform_to_spectrogram
+    from specufex_dask.analysis.datasets import kw1_record, record_spectrograms
+    from specufex_dask.inference.diagnostics import states_in_use
+    from specufex_dask.ingest.preprocessing import SpectrogramParameters, waveform_to_spectrogram
 
     outdir, result = ok_demo(demo_run)
     archive_path = outdir / "demo.zarr"
@@ -398,7 +399,7 @@ def test_demo_runs_the_whole_pipeline(demo_run):
     starts = archive["starttime"].values[kw1]
     assert str(starts[0]).startswith("2011-03-31T00:28:00.18")
     assert (np.diff(starts) == np.timedelta64(10, "s")).all()
-    # One spectrogram setting for both: that of the KW1 windows of specufex_dask.datasets.
+    # One spectrogram setting for both: that of the KW1 windows of specufex_dask.analysis.datasets.
     params = SpectrogramParameters(
         fs=100.0, window_s=1.0, overlap=0.5, nfft=256, fmin=1.0, fmax=45.0, n_samples=2000
     )

@@ -1,4 +1,4 @@
-"""Tests of specufex_dask.clustering: k-means (optionally after PCA) on fingerprints."""
+"""Tests of specufex_dask.analysis.clustering: k-means (optionally after PCA) on fingerprints."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import xarray as xr
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-from specufex_dask.clustering import cluster_fingerprints, fingerprint_features
+from specufex_dask.analysis.clustering import cluster_fingerprints, fingerprint_features
 
 
 def fingerprints_of_groups(rng, sizes, n_states=4, noise=0.02):
@@ -108,7 +108,7 @@ def fingerprints_from_occupancy_and_transitions(rng, n_events=12, n_states=5):
 
 
 def test_hellinger_features_are_the_square_root_of_the_joint_distribution(rng):
-    from specufex_dask.clustering import transition_distribution
+    from specufex_dask.analysis.clustering import transition_distribution
 
     fingerprint, v, Q = fingerprints_from_occupancy_and_transitions(rng)
     joint = v[:, :, None] * Q  # P(state i, then state j), computed from v and Q themselves
@@ -133,7 +133,7 @@ def test_the_library_default_stays_the_raw_fingerprints(rng):
     """Only the command line and its configuration default to hellinger."""
     import inspect
 
-    from specufex_dask.config import ClusteringConfig
+    from specufex_dask.cli.config import ClusteringConfig
 
     for function in (cluster_fingerprints, fingerprint_features):
         assert inspect.signature(function).parameters["transform"].default == "none"
@@ -155,7 +155,7 @@ def test_the_library_default_stays_the_raw_fingerprints(rng):
 
 
 def test_cluster_separation_against_shuffled_clusters(rng):
-    from specufex_dask.clustering import cluster_separation, shuffled_separation
+    from specufex_dask.analysis.clustering import cluster_separation, shuffled_separation
 
     fingerprint, v, Q = fingerprints_from_occupancy_and_transitions(rng, n_events=40)
     values = fingerprint.values.copy()
@@ -176,7 +176,7 @@ def test_cluster_separation_against_shuffled_clusters(rng):
 
 
 def test_representatives_are_nearest_to_their_cluster_mean(rng):
-    from specufex_dask.clustering import representatives
+    from specufex_dask.analysis.clustering import representatives
 
     fingerprint, truth = fingerprints_of_groups(rng, [5, 4, 6])
     fingerprint = abs(fingerprint)
@@ -201,7 +201,7 @@ def test_round_off_below_zero_is_no_nan(rng):
 
 
 def test_representatives_of_a_mixed_cluster_show_each_group(rng):
-    from specufex_dask.clustering import representatives
+    from specufex_dask.analysis.clustering import representatives
 
     fingerprint, truth = fingerprints_of_groups(rng, [9, 6])
     fingerprint = abs(fingerprint)
@@ -234,7 +234,7 @@ def fingerprints_from_joint(joint: np.ndarray) -> xr.DataArray:
 
 
 def test_idf_features_weigh_each_transition_by_its_inverse_event_frequency(rng):
-    from specufex_dask.clustering import IDF_MIN_PROBABILITY
+    from specufex_dask.analysis.clustering import IDF_MIN_PROBABILITY
 
     n_events, n_states = 9, 3
     joint = rng.dirichlet(np.ones(n_states * n_states), size=n_events)

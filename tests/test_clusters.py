@@ -1,4 +1,4 @@
-"""Tests of specufex_dask.clusters: local, existing-scheduler, SLURM/PBS and TLS clusters."""
+"""Tests of specufex_dask.parallel.clusters: local, existing-scheduler, SLURM/PBS, TLS clusters."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import numpy as np
 import psutil
 import pytest
 
-from specufex_dask import clusters
-from specufex_dask.clusters import ClusterError, ClusterHandle, connect
+from specufex_dask.parallel import clusters
+from specufex_dask.parallel.clusters import ClusterError, ClusterHandle, connect
 
 LOOPBACK_HOSTS = {"127.0.0.1", "::1"}
 
@@ -384,7 +384,7 @@ def test_config_section_becomes_connect_options():
 
 
 def test_config_dataclass_defaults_give_a_loopback_local_cluster_request():
-    from specufex_dask.config import ClusterConfig
+    from specufex_dask.cli.config import ClusterConfig
 
     options = clusters.connect_options_from_config(ClusterConfig())
     assert options == {"cluster": "local", "dashboard_address": "127.0.0.1:8787"}

@@ -1,4 +1,4 @@
-"""Tests of specufex_dask.config: YAML sections, flag overrides and validation."""
+"""Tests of specufex_dask.cli.config: YAML sections, flag overrides and validation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from specufex_dask.config import (
+from specufex_dask.cli.config import (
     ClusterConfig,
     Config,
     ConfigError,
@@ -161,7 +161,7 @@ def test_file_over_a_base_keeps_the_base_where_the_file_is_silent(tmp_path):
 
 
 def test_spectrogram_settings_are_the_preprocessing_parameters():
-    from specufex_dask.preprocessing import SpectrogramParameters
+    from specufex_dask.ingest.preprocessing import SpectrogramParameters
 
     config = merge_config(Config(), {"spectrograms": {"fs": 100, "nfft": 2000, "fmin": 8}})
     parameters = SpectrogramParameters(**config.spectrograms.parameters())

@@ -1,11 +1,16 @@
-"""The stopping rule of the pipeline's stages (specufex_dask.convergence)."""
+"""The stopping rule of the pipeline's stages (specufex_dask.inference.convergence)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from specufex_dask.convergence import StageMonitor, auto_steps, states_in_use, window_steps
+from specufex_dask.inference.convergence import (
+    StageMonitor,
+    auto_steps,
+    states_in_use,
+    window_steps,
+)
 from specufex_dask.models import ConvergenceMonitor
 
 

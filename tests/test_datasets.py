@@ -1,4 +1,4 @@
-"""Planted synthetic data sets and the loaders of real records (specufex_dask.datasets)."""
+"""Planted synthetic data sets and the real records' loaders (specufex_dask.analysis.datasets)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.signal import welch
 
-from specufex_dask import datasets
-from specufex_dask.preprocessing import SpectrogramParameters
+from specufex_dask.analysis import datasets
+from specufex_dask.ingest.preprocessing import SpectrogramParameters
 
 # --------------------------------------------------------------------------------------
 # Planted waveforms

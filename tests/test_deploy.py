@@ -30,8 +30,8 @@ import psutil
 import pytest
 import yaml
 
-from specufex_dask import clusters
-from specufex_dask.config import load_config
+from specufex_dask.cli.config import load_config
+from specufex_dask.parallel import clusters
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -387,7 +387,7 @@ def test_compose_job_runs_the_pipeline_through_the_compose_scheduler(
     import h5py
     import xarray as xr
 
-    from specufex_dask import archive
+    from specufex_dask.io import archive
     from specufex_dask.pipeline import SpecUFEx
 
     with h5py.File(golden_dir / "SpecUFEx_test1.h5", "r") as file:

@@ -26,7 +26,8 @@ import pytest
 import xarray as xr
 import zarr
 
-from specufex_dask import archive, engine
+from specufex_dask.io import archive
+from specufex_dask.parallel import engine
 from specufex_dask.pipeline import SpecUFEx
 
 
@@ -183,7 +184,7 @@ def _install_gate(client: distributed.Client, task: str, gate: Path, hold_others
         import time
         from pathlib import Path
 
-        import specufex_dask.engine as worker_engine
+        import specufex_dask.parallel.engine as worker_engine
 
         original = getattr(worker_engine, task)
 

@@ -23,14 +23,15 @@ import pytest
 import xarray as xr
 import zarr
 
-from specufex_dask import archive, engine
-from specufex_dask.archive import ArchiveError
-from specufex_dask.convergence import MIN_STOP_STEPS
+from specufex_dask.inference.convergence import MIN_STOP_STEPS
+from specufex_dask.inference.seeding import minibatch
+from specufex_dask.inference.stats import fold
+from specufex_dask.inference.steps import nmf_leaves
+from specufex_dask.io import archive
+from specufex_dask.io.archive import ArchiveError
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
+from specufex_dask.parallel import engine
 from specufex_dask.pipeline import SpecUFEx
-from specufex_dask.seeding import minibatch
-from specufex_dask.stats import fold
-from specufex_dask.steps import nmf_leaves
 
 
 @pytest.fixture(autouse=True)
@@ -494,8 +495,8 @@ def test_the_driver_keeps_no_history_of_step_parameters(pristine: str) -> None:
     which carry each step's parameters."""
     import gc
 
-    from specufex_dask.clusters import MESSAGE_LOG_LENGTH, connect
-    from specufex_dask.steps import NMFStepParameters
+    from specufex_dask.inference.steps import NMFStepParameters
+    from specufex_dask.parallel.clusters import MESSAGE_LOG_LENGTH, connect
 
     chunks = engine.EventChunks.from_data(pristine)
     # a pattern count no other test uses tells this test's parameters apart

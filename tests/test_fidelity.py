@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from specufex_dask import BayesianHMM, BayesianNonparametricNMF, SpecUFEx, datasets
-from specufex_dask.clustering import cluster_fingerprints
-from specufex_dask.diagnostics import distinct_fraction, states_in_use
+from specufex_dask import BayesianHMM, BayesianNonparametricNMF, SpecUFEx
+from specufex_dask.analysis import datasets
+from specufex_dask.analysis.clustering import cluster_fingerprints
+from specufex_dask.inference.diagnostics import distinct_fraction, states_in_use
 
 K0, S = 75, 15
 

@@ -10,15 +10,15 @@ import numpy as np
 import obspy
 import pytest
 
-from specufex_dask.archive import open_archive, read_rejected
-from specufex_dask.ingest import (
+from specufex_dask.ingest.driver import (
     IngestError,
     ingest_arrays,
     ingest_catalog,
     ingest_continuous,
     ingest_waveforms,
 )
-from specufex_dask.preprocessing import SpectrogramParameters, waveform_to_spectrogram
+from specufex_dask.ingest.preprocessing import SpectrogramParameters, waveform_to_spectrogram
+from specufex_dask.io.archive import open_archive, read_rejected
 
 GOLDEN_PARAMS = SpectrogramParameters(fs=100.0, nfft=2000, fmin=8, fmax=20, n_samples=2000)
 T0 = obspy.UTCDateTime("2020-05-01T00:00:00")

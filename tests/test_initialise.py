@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from specufex_dask import BayesianHMM, BayesianNonparametricNMF
-from specufex_dask.initialise import emission_start, init_sample, kmeans
-from specufex_dask.updates import NMFPrior, merge_patterns, prune_mask, similar_pairs
+from specufex_dask.inference.initialise import emission_start, init_sample, kmeans
+from specufex_dask.inference.updates import NMFPrior, merge_patterns, prune_mask, similar_pairs
 
 
 def _blobs(rng: np.random.Generator, centres: np.ndarray, per: int) -> tuple:

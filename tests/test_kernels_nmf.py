@@ -8,8 +8,8 @@ from numpy.testing import assert_allclose
 from scipy import integrate, stats
 from scipy.special import digamma, gammaln
 
+from specufex_dask.inference.updates import nmf_inner_iterations
 from specufex_dask.kernels.nmf import expected_log, gamma_kl, nmf_local_step, nmf_transform
-from specufex_dask.updates import nmf_inner_iterations
 
 N_EVENTS, N_FREQUENCIES, N_TIMES, N_PATTERNS = 3, 7, 5, 4
 H01, H02 = 1.0 / N_PATTERNS, 1.0

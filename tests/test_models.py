@@ -7,6 +7,8 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy.special import digamma
 
+from specufex_dask.inference.stats import HMMStatistics, NMFStatistics
+from specufex_dask.inference.updates import hmm_global_kl
 from specufex_dask.kernels.hmm import (
     dirichlet_kl,
     emission_log_likelihood,
@@ -14,8 +16,6 @@ from specufex_dask.kernels.hmm import (
     hmm_local_step,
 )
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
-from specufex_dask.stats import HMMStatistics, NMFStatistics
-from specufex_dask.updates import hmm_global_kl
 
 N_FREQUENCIES = 40
 BUMP_SD, AMPLITUDE, BACKGROUND = 3.0, 20.0, 0.5

@@ -1,4 +1,4 @@
-"""Tests of specufex_dask.plot on a synthetic dataset that follows the archive schema."""
+"""Tests of specufex_dask.analysis.plot on a synthetic dataset that follows the archive schema."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from specufex_dask import plot
+from specufex_dask.analysis import plot
 
 
 def synthetic_archive(rng, n_events=9, n_frequencies=31, n_times=12, n_patterns=6, n_states=4):
@@ -191,7 +191,7 @@ def test_select_events_defaults_to_the_first(archive):
 
 def test_cluster_summary_examples_are_typical_in_the_clustered_features(archive):
     """The examples are nearest their cluster's mean in the features k-means saw."""
-    from specufex_dask.clustering import fingerprint_features
+    from specufex_dask.analysis.clustering import fingerprint_features
 
     data, _ = archive
     data["cluster"].attrs["transform"] = "hellinger"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.signal import get_window
 
-from specufex_dask.preprocessing import (
+from specufex_dask.ingest.preprocessing import (
     InvalidWaveformError,
     SpectrogramParameters,
     spectrogram_axes,

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specufex_dask import archive, engine, runners
-from specufex_dask.engine import EventChunks, StoredRows
-from specufex_dask.runners import StepRunner, StepRunners
-from specufex_dask.stats import tree_root
-from specufex_dask.steps import NMFStepParameters
+from specufex_dask.inference.stats import tree_root
+from specufex_dask.inference.steps import NMFStepParameters
+from specufex_dask.io import archive
+from specufex_dask.parallel import engine, runners
+from specufex_dask.parallel.engine import EventChunks, StoredRows
+from specufex_dask.parallel.runners import StepRunner, StepRunners
 
 N_EVENTS, N_FREQUENCIES, N_TIMES, N_PATTERNS = 40, 12, 9, 4
 

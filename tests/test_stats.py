@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from specufex_dask.stats import HMMStatistics, NMFStatistics, fold, tree_nodes, tree_root
-from specufex_dask.steps import HMMStepParameters, NMFStepParameters, hmm_leaves, nmf_leaves
+from specufex_dask.inference.stats import HMMStatistics, NMFStatistics, fold, tree_nodes, tree_root
+from specufex_dask.inference.steps import (
+    HMMStepParameters,
+    NMFStepParameters,
+    hmm_leaves,
+    nmf_leaves,
+)
 
 
 def _random_leaves(rng: np.random.Generator, count: int) -> list[NMFStatistics]:

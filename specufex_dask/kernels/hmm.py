@@ -19,6 +19,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import gammaln
 
+from specufex_dask.common import spans
+
 from .special import digamma
 
 __all__ = [
@@ -291,10 +293,10 @@ def hmm_local_step(
         # Sequences are independent: blocks keep the recursion's arrays in cache.
         parts = [
             hmm_local_step(
-                U[start : start + LANE_BLOCK], log_rate, rate, tau_initial=tau_initial,
+                U[block], log_rate, rate, tau_initial=tau_initial,
                 tau_transition=tau_transition, n_iter=n_iter, compat=compat,
             )
-            for start in range(0, n, LANE_BLOCK)
+            for block in spans(n, LANE_BLOCK)
         ]  # fmt: skip
         return HMMLocalResult(
             *(np.concatenate([getattr(part, name) for part in parts]) for name in _RESULT_FIELDS)

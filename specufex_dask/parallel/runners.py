@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from . import engine
-from .engine import EventChunks, StoredRows, stored_task
-from .stats import tree_root
-from .steps import map_groups
+from specufex_dask.inference.stats import tree_root
+from specufex_dask.inference.steps import map_groups
+from specufex_dask.parallel import engine
+from specufex_dask.parallel.engine import EventChunks, StoredRows, stored_task
 
 __all__ = ["StepRunner", "StepRunners"]
 

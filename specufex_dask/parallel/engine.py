@@ -2,33 +2,29 @@
 
 Workers run the functions prefixed ``_task_``: they get some events of the spectrogram
 array, the small global parameters of the step, and return either nodes of the fixed
-summation tree (:func:`specufex_dask.stats.tree_nodes`) or, for the transform, write
+summation tree (:func:`specufex_dask.inference.stats.tree_nodes`) or, for the transform, write
 their own region of the output arrays. Spectrograms never travel to the driver; the
-driver folds the nodes (:func:`specufex_dask.stats.tree_root`) and applies the global
+driver folds the nodes (:func:`specufex_dask.inference.stats.tree_root`) and applies the global
 update.
 
 Data opened from an archive path is read by the tasks themselves (:class:`StoredRows`:
 the path and the rows, opened with Zarr where the task runs), so a task's graph is one
 small node whatever the archive's size; other data goes through its dask blocks. On a
 cluster, the steps of an archive's fit call the same task function on one actor per
-worker instead (:mod:`specufex_dask.runners`), falling back to tasks when that fails.
+worker instead (:mod:`specufex_dask.parallel.runners`), falling back to tasks when that fails.
 
 Minibatches are drawn from the seed and the step number only, every event's statistics
-are computed on its own (:mod:`specufex_dask.steps`) and summed in a tree fixed by the
+are computed on its own (:mod:`specufex_dask.inference.steps`) and summed in a tree fixed by the
 minibatch, so a fit gives the same bits for any chunking, any grouping of events into
 tasks and any number of workers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -42,12 +38,10 @@ import dask
 import numpy as np
 import xarray as xr
 
-from . import archive, initialise
-from .chunkread import plain_chunks
-from .models import BayesianHMM, BayesianNonparametricNMF
-from .persistence import FORMAT_VERSION, build_model, model_state
-from .stats import tree_nodes, tree_root
-from .steps import (
+from specufex_dask.common import available_cores
+from specufex_dask.inference import initialise
+from specufex_dask.inference.stats import tree_nodes, tree_root
+from specufex_dask.inference.steps import (
     HMMStepParameters,
     NMFStepParameters,
     hmm_leaves,
@@ -55,6 +49,16 @@ from .steps import (
     nmf_activations,
     nmf_leaves,
 )
+from specufex_dask.io import archive
+from specufex_dask.io.archive import (
+    MODEL_VERSION_ATTR,
+    TRANSFORM_COMPLETE_ATTR,
+    TRANSFORM_TOKEN_ATTR,
+)
+from specufex_dask.io.chunkread import plain_chunks
+from specufex_dask.io.modelgroup import read_model_dataset, stored_frequency, write_model_dataset
+from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
+from specufex_dask.persistence import FORMAT_VERSION, build_model, model_state
 
 __all__ = [
     "BackgroundCheckpoints",
@@ -85,9 +89,6 @@ STEP_TASKS = 16
 # Tasks of a pass kept submitted per worker thread: one running, one ready behind it.
 IN_FLIGHT_PER_THREAD = 2
 WINDOW_LOOKUP_S = 5.0  # how often a pass looks up the cluster's thread count
-TRANSFORM_TOKEN_ATTR = "specufex_dask_transform_model"
-TRANSFORM_COMPLETE_ATTR = "specufex_dask_transform_complete"
-MODEL_VERSION_ATTR = "specufex_dask_model_version"
 
 
 class BadValues(archive.ArchiveError):
@@ -110,7 +111,7 @@ class StoredRows:
 
     The task opens the Zarr array where it runs and reads only these rows (every
     storage chunk they touch is still decompressed whole; a plain local array is read
-    on the task's own thread, see :mod:`specufex_dask.chunkread`), so no dask-array
+    on the task's own thread, see :mod:`specufex_dask.io.chunkread`), so no dask-array
     graph of the archive is built or sent, and a task rerun after a lost worker simply
     reads them again.
 
@@ -484,7 +485,7 @@ def _in_flight(client: Any) -> int:
     """Tasks of a pass kept submitted at once: enough to keep every worker thread busy,
     few enough that memory does not grow with the number of events."""
     if client is None:
-        return IN_FLIGHT_PER_THREAD * (os.cpu_count() or 1)
+        return IN_FLIGHT_PER_THREAD * available_cores()
     return IN_FLIGHT_PER_THREAD * max(1, sum(client.nthreads().values()))
 
 
@@ -584,9 +585,9 @@ def _minibatch_statistics(
     """Statistics of the minibatch ``index`` (sorted event indices), folded in fixed order.
 
     ``leaves(X, *params)`` gives one leaf per event of ``X``; the leaves are added in the
-    fixed tree of :func:`specufex_dask.stats.tree_nodes` (lists are concatenated).
+    fixed tree of :func:`specufex_dask.inference.stats.tree_nodes` (lists are concatenated).
 
-    With ``runners`` (:class:`specufex_dask.runners.StepRunners`) an archive's steps run
+    With ``runners`` (:class:`specufex_dask.parallel.runners.StepRunners`) an archive's steps run
     on them, reading the minibatch ``following`` ahead; should that fail the step runs
     as tasks, which recover from a lost worker or raise the step's own error.
     """
@@ -740,7 +741,7 @@ def _prepare_outputs(
         dimension_names=(archive.EVENT,), overwrite=True,
     )  # fmt: skip
     group.attrs.update({TRANSFORM_TOKEN_ATTR: token, TRANSFORM_COMPLETE_ATTR: False})
-    archive._consolidate(path)
+    archive.consolidate(path)
 
 
 def _resumable(path: str, n_events: int, chunk_events: int, token: str) -> np.ndarray | None:
@@ -762,7 +763,7 @@ def _mark_complete(path: str, complete: bool) -> None:
 
     group = zarr.open_group(path, mode="r+", use_consolidated=False)
     group.attrs[TRANSFORM_COMPLETE_ATTR] = complete
-    archive._consolidate(path)
+    archive.consolidate(path)
 
 
 def transform_chunks(
@@ -864,51 +865,6 @@ def model_group_dataset(
     return xr.Dataset(variables, attrs=attrs).copy(deep=True)
 
 
-async def _write_group(folder: str, dataset: xr.Dataset) -> None:
-    """Write ``dataset`` as a new Zarr v3 group that xarray opens as the same Dataset:
-    each variable one uncompressed chunk, all written at once."""
-    import zarr.api.asynchronous as zarr_async
-
-    group = await zarr_async.open_group(
-        store=folder, mode="w", zarr_format=3, attributes=dict(dataset.attrs)
-    )
-
-    async def write(name: str, variable: xr.Variable) -> None:
-        values = np.ascontiguousarray(variable.values)
-        array = await group.create_array(
-            name, shape=values.shape, dtype=values.dtype, chunks=values.shape,
-            dimension_names=variable.dims, compressors=None, fill_value=None,
-        )  # fmt: skip
-        await array.setitem(Ellipsis, values)
-
-    await asyncio.gather(*(write(str(name), var) for name, var in dataset.variables.items()))
-
-
-def write_model_dataset(path: str, dataset: xr.Dataset) -> None:
-    """Write a :func:`model_group_dataset` into ``<archive>/model`` atomically.
-
-    The group is written beside the archive's ``model`` folder and swapped in with two
-    renames; a crash between them leaves ``.model.old-*``, which
-    :func:`read_model_group` falls back to. ``dataset`` carries the archive's
-    frequencies as its ``frequency`` coordinate (:class:`BackgroundCheckpoints` reads
-    them once per fit).
-
-    Written through Zarr's asynchronous API rather than ``Dataset.to_zarr``: a
-    checkpoint took 113 ms of CPU that way against 49 ms (15 arrays), and a fit writes
-    one every few steps on the driver, whose CPU the workers of a local cluster share.
-    """
-    root = Path(path)
-    partial = root / f".model.partial-{uuid.uuid4().hex}"
-    asyncio.run(_write_group(str(partial), dataset))
-    final = root / archive.MODEL_GROUP
-    old = root / f".model.old-{uuid.uuid4().hex}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(partial, final)
-    shutil.rmtree(old, ignore_errors=True)
-    archive._consolidate(path)
-
-
 class BackgroundCheckpoints:
     """Checkpoints of a fit written on a thread of their own, one at a time, in order.
 
@@ -943,7 +899,7 @@ class BackgroundCheckpoints:
 
     def _write(self, dataset: xr.Dataset) -> None:
         if self._frequency is None:
-            self._frequency = _frequency(self._path, dataset.sizes[archive.FREQUENCY])
+            self._frequency = stored_frequency(self._path, dataset.sizes[archive.FREQUENCY])
         dataset = dataset.assign_coords({archive.FREQUENCY: self._frequency})
         write_model_dataset(self._path, dataset)
 
@@ -967,15 +923,6 @@ class BackgroundCheckpoints:
             self._executor.shutdown(wait=True)
 
 
-def _frequency(path: str, n_frequencies: int) -> np.ndarray:
-    import zarr
-
-    group = zarr.open_group(path, mode="r", use_consolidated=False)
-    if archive.FREQUENCY in group and group[archive.FREQUENCY].shape == (n_frequencies,):
-        return group[archive.FREQUENCY][:]
-    return np.arange(n_frequencies, dtype=float)
-
-
 def _scalars_and_settings(model: Any) -> dict[str, Any]:
     _, scalars, settings = model_state(model)
     return {"scalars": scalars, "settings": settings, "elbo_": list(map(float, model.elbo_))}
@@ -983,21 +930,9 @@ def _scalars_and_settings(model: Any) -> dict[str, Any]:
 
 def read_model_group(path: str):
     """``(nmf, hmm or None, progress)`` from ``<archive>/model``, or None without one."""
-    root = Path(path)
-    folder = root / archive.MODEL_GROUP
-    if not folder.exists():
-        leftovers = sorted(root.glob(".model.old-*"))
-        if not leftovers:
-            return None
-        os.replace(leftovers[-1], folder)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
-        dataset = xr.open_zarr(str(folder), consolidated=False).load()
-    if int(dataset.attrs.get(MODEL_VERSION_ATTR, 0)) > FORMAT_VERSION:
-        raise archive.ArchiveError(
-            f"{folder}: model version {dataset.attrs[MODEL_VERSION_ATTR]} is newer than this "
-            "package reads"
-        )
+    dataset = read_model_dataset(path, FORMAT_VERSION)
+    if dataset is None:
+        return None
     nmf_state = json.loads(dataset.attrs["nmf_state"])
     nmf = build_model(
         BayesianNonparametricNMF,

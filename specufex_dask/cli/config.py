@@ -18,7 +18,7 @@ Examples
 >>> merge_config(config, {"nmf": {"num_pattern": 30}})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-specufex_dask.config.ConfigError: unknown key 'nmf.num_pattern' in overrides; ...
+specufex_dask.cli.config.ConfigError: unknown key 'nmf.num_pattern' in overrides; ...
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class ConfigError(ValueError):
 class SpectrogramConfig:
     """Waveform preprocessing (ALGORITHM.md section 4).
 
-    The keys are those of :class:`specufex_dask.preprocessing.SpectrogramParameters`,
+    The keys are those of :class:`specufex_dask.ingest.preprocessing.SpectrogramParameters`,
     which also checks them, plus ``events_per_chunk`` for the archive layout.
 
     Attributes
@@ -94,7 +94,7 @@ class SpectrogramConfig:
     events_per_chunk: int | None = None
 
     def _check(self, name: str) -> None:
-        from specufex_dask.preprocessing import SpectrogramParameters
+        from specufex_dask.ingest.preprocessing import SpectrogramParameters
 
         try:
             SpectrogramParameters(**self.parameters())
@@ -211,7 +211,7 @@ class ClusteringConfig:
         0.76.
     transform : {"hellinger", "sqrt", "none"}, default="hellinger"
         Transform of the fingerprints before PCA and k-means
-        (:data:`specufex_dask.clustering.FEATURE_TRANSFORMS`). "hellinger", the square
+        (:data:`specufex_dask.analysis.clustering.FEATURE_TRANSFORMS`). "hellinger", the square
         root of each event's joint distribution of consecutive states, separated planted
         waveform classes best in the fidelity benchmark (k-means adjusted Rand index 0.93
         against 0.55 for the raw fingerprints, "none", on the easy level).
@@ -224,7 +224,7 @@ class ClusteringConfig:
     transform: str = "hellinger"
 
     def _check(self, name: str) -> None:
-        from specufex_dask.clustering import FEATURE_TRANSFORMS
+        from specufex_dask.analysis.clustering import FEATURE_TRANSFORMS
 
         _require(
             self.transform in FEATURE_TRANSFORMS,

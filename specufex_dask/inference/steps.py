@@ -2,13 +2,12 @@
 
 A step's global quantities are packed once into a small frozen parameter object, sent to
 wherever the events are, and each event's statistics come back as one leaf of the fixed
-summation tree of :mod:`specufex_dask.stats`. The in-memory models and the Dask engine
+summation tree of :mod:`specufex_dask.inference.stats`. The in-memory models and the Dask engine
 both go through these functions, so they compute the same numbers.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,9 +16,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .kernels.hmm import fingerprints, hmm_local_step
-from .kernels.nmf import nmf_local_step, nmf_transform
-from .stats import HMMStatistics, NMFStatistics
+from specufex_dask.common import spans
+from specufex_dask.inference.stats import HMMStatistics, NMFStatistics
+from specufex_dask.kernels.hmm import fingerprints, hmm_local_step
+from specufex_dask.kernels.nmf import nmf_local_step, nmf_transform
 
 __all__ = [
     "HMMStepParameters",
@@ -67,18 +67,6 @@ class NMFStepParameters:
     transform_iterations: int = 5
     dtype: str = "float64"
     threads: int = 1
-
-
-def available_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _groups(n: int, size: int) -> list[slice]:
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 _blas_controller = None
@@ -134,7 +122,7 @@ def nmf_leaves(X: NDArray, params: NMFStepParameters) -> list[NMFStatistics]:
             for i in range(len(local.elbo))
         ]
 
-    parts = map_groups(group_leaves, _groups(len(X), NMF_GROUP), params.threads)
+    parts = map_groups(group_leaves, spans(len(X), NMF_GROUP), params.threads)
     return [leaf for part in parts for leaf in part]
 
 
@@ -153,7 +141,7 @@ def nmf_activations(X: NDArray, params: NMFStepParameters) -> NDArray:
             n_iter=params.transform_iterations,
         )
 
-    map_groups(transform_group, _groups(len(X), NMF_GROUP), params.threads)
+    map_groups(transform_group, spans(len(X), NMF_GROUP), params.threads)
     return out
 
 
@@ -189,7 +177,7 @@ class HMMStepParameters:
 
 def _hmm_groups(n: int, threads: int) -> list[slice]:
     """Groups of sequences: large (the time loop's cost is per group), one per thread."""
-    return _groups(n, max(1, min(HMM_GROUP, -(-n // max(threads, 1)))))
+    return spans(n, max(1, min(HMM_GROUP, -(-n // max(threads, 1)))))
 
 
 def _hmm_local(V: NDArray, params: HMMStepParameters):

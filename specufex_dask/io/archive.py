@@ -30,7 +30,6 @@ import json
 import logging
 import shutil
 import uuid
-import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 import xarray as xr
 
-from specufex_dask import __version__
+from specufex_dask.common import __version__, check_positive_int, quiet_zarr
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +81,13 @@ CREATED_WITH_ATTR = "created_with"
 COMPLETE_ATTR = "specufex_dask_complete"
 # Set by the engine; an append clears it since the new events have no outputs yet.
 TRANSFORM_COMPLETE_ATTR = "specufex_dask_transform_complete"
+# Set by the engine: the model a transform in progress uses, and the model group's format.
+TRANSFORM_TOKEN_ATTR = "specufex_dask_transform_model"
+MODEL_VERSION_ATTR = "specufex_dask_model_version"
 
 # An SVI step reads the whole chunk of every event in its minibatch, so small chunks
 # keep a step's reading close to what it uses; the transform merges chunks into larger
-# tasks (specufex_dask.engine). On spectrograms like the ingested ones (half zeros,
+# tasks (specufex_dask.parallel.engine). On spectrograms like the ingested ones (half zeros,
 # zstd), 16 random events cost 38 ms of CPU to read from 8-event chunks against 66 ms
 # from 16-event ones, while a 256-event range costs the same (67 / 66 ms); with 4-event
 # chunks the random read costs 29 ms but the range 89 ms (Zarr's cost per chunk).
@@ -183,9 +185,7 @@ def open_archive(path: str | Path, *, with_dask: bool = True) -> xr.Dataset:
             f"archive {path_str} is incomplete: attribute {COMPLETE_ATTR!r} is False (a write "
             "or append was interrupted); re-run the ingest"
         )
-    with warnings.catch_warnings():
-        # Stores from other writers may lack consolidated metadata; the fallback is fine.
-        warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
+    with quiet_zarr():  # stores from other writers may lack consolidated metadata
         try:
             ds = xr.open_zarr(path_str, chunks={} if with_dask else None)
         except Exception as error:
@@ -407,12 +407,11 @@ def _default_attrs(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
     return attrs
 
 
-def _consolidate(path: str | Path) -> None:
+def consolidate(path: str | Path) -> None:
+    """Rewrite the archive's consolidated metadata (which xarray reads) after a change."""
     import zarr
 
-    with warnings.catch_warnings():
-        # Zarr 3 flags consolidated metadata as outside the v3 spec; xarray relies on it.
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+    with quiet_zarr():
         zarr.consolidate_metadata(str(path))
 
 
@@ -641,7 +640,7 @@ class ArchiveWriter:
                 )
         # xarray's mode="a" replaced the group attributes: put ours back, completeness last.
         _put_attrs(self.store_path, {**self._attrs, COMPLETE_ATTR: True})
-        _consolidate(self.store_path)
+        consolidate(self.store_path)
         if not self.appending:
             _move_into_place(self.store_path, self.final_path, self.overwrite)
         logger.info(
@@ -665,7 +664,7 @@ class ArchiveWriter:
                 array.resize((self._old_rejected, *array.shape[1:]))
             logger.debug("rolled back %s", name)
         _put_attrs(self.store_path, {**self._attrs, COMPLETE_ATTR: True})
-        _consolidate(self.store_path)
+        consolidate(self.store_path)
         logger.warning("append to %s rolled back to %d events", self.final_path, self.start)
 
 
@@ -687,8 +686,7 @@ def _extend_outputs(path: str | Path, names: Sequence[str], n_events: int) -> No
 
 
 def _check_chunk_events(chunk_events: int) -> None:
-    if int(chunk_events) != chunk_events or chunk_events < 1:
-        raise ValueError(f"chunk_events must be a positive integer, got {chunk_events!r}")
+    check_positive_int("chunk_events", chunk_events, allow_none=False)
 
 
 def _check_event_ids(ids: np.ndarray, where: str) -> None:

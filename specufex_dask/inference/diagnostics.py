@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .stats import fold
-from .steps import hmm_leaves, nmf_activations, nmf_leaves
+from specufex_dask.inference.stats import fold
+from specufex_dask.inference.steps import hmm_leaves, nmf_activations, nmf_leaves
 
 __all__ = ["distinct_fraction", "heldout_elbo_per_frame", "state_occupancy", "states_in_use"]
 

@@ -14,7 +14,7 @@ continuous traces cut into fixed windows. Every input is grouped into small pick
 The recomputation costs a second pass, but nothing is ever staged or shipped back to the
 driver, and the archive holds only good events, with no placeholder rows. A new archive is
 built in a hidden sibling and renamed into place at the end; appends are marked incomplete
-until committed (see :mod:`specufex_dask.archive`).
+until committed (see :mod:`specufex_dask.io.archive`).
 
 ObsPy is an optional extra, imported only when files or traces are read.
 """
@@ -22,14 +22,12 @@ ObsPy is an optional extra, imported only when files or traces are read.
 from __future__ import annotations
 
 import csv
-import functools
-import glob
 import logging
 import math
 import re
 import time as _time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,36 +35,37 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from specufex_dask.archive import (
-    CHANNEL,
+from specufex_dask.common import check_positive_int, spans
+from specufex_dask.ingest.preprocessing import (
+    InvalidWaveformError,
+    SpectrogramParameters,
+    spectrogram_axes,
+    waveform_to_spectrogram,
+)
+from specufex_dask.ingest.readers import (
+    ArrayUnit,
+    ContinuousUnit,
+    FileUnit,
+    default_event_id,
+    expand_sources,
+    import_obspy,
+    select_tuple,
+)
+from specufex_dask.io.archive import (
     DEFAULT_CHUNK_EVENTS,
     EVENT,
-    LOCATION,
     MEDIAN,
-    NETWORK,
     SOURCE,
     SPECTROGRAM,
     STARTTIME,
-    STATION,
     ArchiveWriter,
     RejectedInput,
     open_archive,
     spectrogram_parameters,
     write_region,
 )
-from specufex_dask.preprocessing import (
-    InvalidWaveformError,
-    SpectrogramParameters,
-    spectrogram_axes,
-    waveform_to_spectrogram,
-)
 
 logger = logging.getLogger(__name__)
-
-WAVEFORM_SUFFIXES = frozenset(
-    {".mseed", ".miniseed", ".ms", ".msd", ".seed", ".sac", ".gse2", ".segy", ".sgy", ".wav"}
-)
-_METADATA_KEYS = (NETWORK, STATION, LOCATION, CHANNEL)
 
 
 class IngestError(ValueError):
@@ -131,79 +130,6 @@ class IngestReport:
         return text
 
 
-def _reason_counts(rejected: Iterable[RejectedInput]) -> str:
-    # Numbers are replaced so that e.g. all wrong sampling rates count as one kind.
-    counts = Counter(re.sub(r"\d[\d.]*", "N", r.reason.split(":", 1)[0]) for r in rejected)
-    return ", ".join(f"{n} x {kind}" for kind, n in counts.most_common())
-
-
-def _import_obspy() -> Any:
-    try:
-        import obspy
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            'reading waveforms needs ObsPy: pip install "specufex-dask[obspy]"'
-        ) from error
-    return obspy
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-@functools.cache
-def _waveform_plugin(format_name: str) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
-    """ObsPy's (isFormat, readFormat) of one format, through its public entry points.
-
-    ``obspy.read`` resolves its plugins' distribution metadata on every call, which costs
-    more than decoding a small miniSEED file; loading them once per process avoids that.
-    """
-    from importlib.metadata import entry_points
-
-    points = {ep.name: ep for ep in entry_points(group=f"obspy.plugin.waveform.{format_name}")}
-    if "isFormat" not in points or "readFormat" not in points:
-        return None
-    return points["isFormat"].load(), points["readFormat"].load()
-
-
-def _read_stream(path: str, format: str | None, hint: list[str]) -> Any:
-    """Read one file; try the format given (or of the previous file) before autodetection.
-
-    ``hint`` holds the format of the last file read in this unit. A file it does not
-    recognise goes through ``obspy.read``'s autodetection, which then becomes the hint.
-    """
-    obspy = _import_obspy()
-    candidate = format.upper() if format else (hint[0] if hint else None)
-    plugin = _waveform_plugin(candidate) if candidate else None
-    if plugin is not None and Path(path).is_file():
-        is_format, read_format = plugin
-        if format or is_format(path):
-            stream = read_format(path)
-            for trace in stream:
-                trace.stats._format = candidate
-            if len(stream):
-                return stream
-    stream = obspy.read(path, format=format)
-    if len(stream):
-        hint[:] = [str(stream[0].stats._format)]
-    return stream
-
-
-# ----------------------------------------------------------------------------- units
-
-
-@dataclass(frozen=True)
-class _Record:
-    """One input as loaded on a worker: a waveform, or the reason it has none."""
-
-    index: int
-    event: str
-    source: str
-    metadata: tuple[tuple[str, Any], ...] = ()
-    waveform: np.ndarray | None = None
-    sampling_rate: float | None = None
-    reason: str | None = None
-
-
 @dataclass(frozen=True)
 class _Inspection:
     """The small per-input report of the inspect pass."""
@@ -219,162 +145,10 @@ class _Inspection:
     reason: str | None
 
 
-def _trace_metadata(trace: Any, start_ns: int | None = None) -> tuple[tuple[str, Any], ...]:
-    stats = trace.stats
-    start = stats.starttime.ns if start_ns is None else start_ns
-    return (
-        (NETWORK, str(stats.network)),
-        (STATION, str(stats.station)),
-        (LOCATION, str(stats.location)),
-        (CHANNEL, str(stats.channel)),
-        (STARTTIME, int(start)),
-    )
-
-
-def _select(stream: Any, select: tuple[tuple[str, str], ...]) -> Any:
-    return stream.select(**dict(select)) if select else stream
-
-
-@dataclass(frozen=True)
-class _FileUnit:
-    """A group of event files, one event per file."""
-
-    paths: tuple[str, ...]
-    events: tuple[str, ...]
-    starttimes: tuple[str | None, ...]
-    stations: tuple[str | None, ...]
-    select: tuple[tuple[str, str], ...] = ()
-    format: str | None = None
-
-    def load(self, indices: Sequence[int] | None = None) -> Iterator[_Record]:
-        obspy = _import_obspy()
-        wanted = range(len(self.paths)) if indices is None else indices
-        hint: list[str] = []
-        for index in wanted:
-            path, event = self.paths[index], self.events[index]
-            try:
-                stream = _read_stream(path, self.format, hint)
-            except Exception as error:  # any reader failure means "unreadable"
-                yield _Record(index, event, path, reason=f"unreadable: {error}".strip())
-                continue
-            stream = _select(stream, self.select)
-            if self.stations[index]:
-                stream = stream.select(station=self.stations[index])
-            if self.starttimes[index]:
-                stream.trim(starttime=obspy.UTCDateTime(self.starttimes[index]))
-            yield _single_trace_record(stream, index, event, path)
-
-
-def _single_trace_record(stream: Any, index: int, event: str, source: str) -> _Record:
-    if len(stream) == 0:
-        return _Record(index, event, source, reason="no trace (after selection)")
-    ids = sorted({trace.id for trace in stream})
-    if len(ids) > 1:
-        return _Record(index, event, source, reason=f"several channels {ids}: pass select=")
-    if len(stream) > 1:
-        return _Record(index, event, source, reason=f"gaps: {len(stream)} traces for {ids[0]}")
-    trace = stream[0]
-    if np.ma.isMaskedArray(trace.data) and np.ma.getmaskarray(trace.data).any():
-        return _Record(index, event, source, reason="gaps: masked samples")
-    return _Record(
-        index,
-        event,
-        source,
-        metadata=_trace_metadata(trace),
-        waveform=np.asarray(trace.data),
-        sampling_rate=float(trace.stats.sampling_rate),
-    )
-
-
-@dataclass(frozen=True)
-class _ArrayUnit:
-    """A block of rows of a waveform array."""
-
-    data: np.ndarray
-    events: tuple[str, ...]
-    sampling_rate: float
-    first_row: int
-    starttimes: tuple[int | None, ...]
-
-    def load(self, indices: Sequence[int] | None = None) -> Iterator[_Record]:
-        wanted = range(len(self.events)) if indices is None else indices
-        for index in wanted:
-            start = self.starttimes[index]
-            metadata = () if start is None else ((STARTTIME, start),)
-            yield _Record(
-                index,
-                self.events[index],
-                f"array[{self.first_row + index}]",
-                metadata=metadata,
-                waveform=self.data[index],
-                sampling_rate=self.sampling_rate,
-            )
-
-
-@dataclass(frozen=True)
-class _ContinuousUnit:
-    """One continuous file (or in-memory stream) cut into fixed windows."""
-
-    window_length_s: float
-    step_s: float
-    path: str | None = None
-    stream: Any = None
-    select: tuple[tuple[str, str], ...] = ()
-    format: str | None = None
-
-    @property
-    def source(self) -> str:
-        return self.path if self.path is not None else "stream"
-
-    def load(self, indices: Sequence[int] | None = None) -> Iterator[_Record]:
-        if self.path is not None:
-            try:
-                stream = _read_stream(self.path, self.format, [])
-            except Exception as error:
-                yield _Record(0, "", self.path, reason=f"unreadable: {error}".strip())
-                return
-        else:
-            stream = self.stream.copy()
-        stream = _select(stream, self.select)
-        # Gaps become masked samples, so windows across a gap are found and rejected.
-        stream.merge(method=0, fill_value=None)
-        wanted = None if indices is None else set(indices)
-        index = 0
-        for trace in stream:
-            yield from self._windows(trace, index, wanted)
-            index += self._count(trace)
-
-    def _sizes(self, trace: Any) -> tuple[int, int]:
-        fs = float(trace.stats.sampling_rate)
-        return round(self.window_length_s * fs), round(self.step_s * fs)
-
-    def _count(self, trace: Any) -> int:
-        length, step = self._sizes(trace)
-        return 0 if trace.stats.npts < length else (trace.stats.npts - length) // step + 1
-
-    def _windows(self, trace: Any, first: int, wanted: set[int] | None) -> Iterator[_Record]:
-        fs = float(trace.stats.sampling_rate)
-        length, step = self._sizes(trace)
-        data = trace.data
-        for k in range(self._count(trace)):
-            if wanted is not None and first + k not in wanted:
-                continue
-            offset = k * step
-            start_ns = trace.stats.starttime.ns + round(offset * 1e9 / fs)
-            event = f"{trace.id}.{np.datetime64(start_ns, 'ns')}"
-            source = f"{self.source}#{event}"
-            window = data[offset : offset + length]
-            if np.ma.isMaskedArray(window) and np.ma.getmaskarray(window).any():
-                yield _Record(first + k, event, source, reason="gaps: masked samples in window")
-                continue
-            yield _Record(
-                first + k,
-                event,
-                source,
-                metadata=(*_trace_metadata(trace, start_ns), (SOURCE, self.source)),
-                waveform=np.asarray(window),
-                sampling_rate=fs,
-            )
+def _reason_counts(rejected: Iterable[RejectedInput]) -> str:
+    # Numbers are replaced so that e.g. all wrong sampling rates count as one kind.
+    counts = Counter(re.sub(r"\d[\d.]*", "N", r.reason.split(":", 1)[0]) for r in rejected)
+    return ", ".join(f"{n} x {kind}" for kind, n in counts.most_common())
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -460,8 +234,7 @@ def _run(
 
     started = _time.perf_counter()
     out_path = Path(out_path)
-    if int(chunk_events) != chunk_events or chunk_events < 1:
-        raise ValueError(f"chunk_events must be a positive integer, got {chunk_events!r}")
+    check_positive_int("chunk_events", chunk_events, allow_none=False)
     if not append and out_path.exists() and not overwrite:
         raise IngestError(f"{out_path} already exists; pass append=True or overwrite=True")
     existing: set[str] = set()
@@ -667,49 +440,6 @@ def _check_medians(
 # ----------------------------------------------------------------------------- public API
 
 
-def default_event_id(path: str | Path) -> str:
-    """The file name without a known waveform extension (``.mseed``, ``.sac``...).
-
-    Examples
-    --------
-    >>> default_event_id("/data/ev123.mseed"), default_event_id("BAV.NC.EHZ..D.1984.075.10633")
-    ('ev123', 'BAV.NC.EHZ..D.1984.075.10633')
-    """
-    path = Path(path)
-    return path.stem if path.suffix.lower() in WAVEFORM_SUFFIXES else path.name
-
-
-def expand_sources(sources: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Files named by a folder (its visible files, sorted), a glob, a file, or a list of them."""
-    if isinstance(sources, (str, Path)):
-        sources = [sources]
-    files: list[Path] = []
-    for source in sources:
-        text = str(source)
-        if any(char in text for char in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(text))
-            files.extend(p for p in matches if p.is_file())
-        elif Path(text).is_dir():
-            files.extend(
-                sorted(
-                    p for p in Path(text).iterdir() if p.is_file() and not p.name.startswith(".")
-                )
-            )
-        elif Path(text).is_file():
-            files.append(Path(text))
-        else:
-            raise FileNotFoundError(f"waveform source not found: {text}")
-    return files
-
-
-def _chunks(n: int, size: int) -> list[range]:
-    return [range(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def _select_tuple(select: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((select or {}).items()))
-
-
 def ingest_waveforms(
     sources: str | Path | Iterable[str | Path],
     out_path: str | Path,
@@ -793,15 +523,15 @@ def _ingest_files(
         raise IngestError(f"no waveform files given; nothing written to {out_path}")
     size = options["chunk_events"]
     units = [
-        _FileUnit(
-            tuple(paths[i] for i in block),
-            tuple(events[i] for i in block),
-            tuple(starttimes[i] for i in block),
-            tuple(stations[i] for i in block),
-            _select_tuple(select),
+        FileUnit(
+            tuple(paths[block]),
+            tuple(events[block]),
+            tuple(starttimes[block]),
+            tuple(stations[block]),
+            select_tuple(select),
             format,
         )
-        for block in _chunks(len(paths), size)
+        for block in spans(len(paths), size)
     ]
     return _run(units, out_path, params or SpectrogramParameters(), **options)
 
@@ -956,14 +686,14 @@ def ingest_arrays(
         times = np.asarray(starttime).astype("datetime64[ns]")
         starts = [None if np.isnat(t) else int(t.astype(np.int64)) for t in times]
     units = [
-        _ArrayUnit(
-            data[block.start : block.stop],
-            tuple(events[i] for i in block),
+        ArrayUnit(
+            data[block],
+            tuple(events[block]),
             float(fs),
             block.start,
-            tuple(starts[i] for i in block),
+            tuple(starts[block]),
         )
-        for block in _chunks(len(data), chunk_events)
+        for block in spans(len(data), chunk_events)
     ]
     if not units:
         raise IngestError(f"no waveforms given; nothing written to {out_path}")
@@ -1021,17 +751,17 @@ def ingest_continuous(
         raise ValueError(
             f"window_length_s and step_s must be positive, got {window_length_s}, {step_s}"
         )
-    chosen = _select_tuple(select)
+    chosen = select_tuple(select)
     if hasattr(traces, "stats") or hasattr(traces, "traces"):
-        obspy = _import_obspy()
+        obspy = import_obspy()
         stream = traces if hasattr(traces, "traces") else obspy.Stream([traces])
-        units = [_ContinuousUnit(window_length_s, step_s, stream=stream, select=chosen)]
+        units = [ContinuousUnit(window_length_s, step_s, stream=stream, select=chosen)]
     else:
         files = expand_sources(traces)
         if not files:
             raise IngestError(f"no continuous files given; nothing written to {out_path}")
         units = [
-            _ContinuousUnit(window_length_s, step_s, path=str(p), select=chosen, format=format)
+            ContinuousUnit(window_length_s, step_s, path=str(p), select=chosen, format=format)
             for p in files
         ]
     return _run(

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from specufex_dask.preprocessing import (
+from specufex_dask.ingest.preprocessing import (
     InvalidWaveformError,
     SpectrogramParameters,
     spectrogram_axes,

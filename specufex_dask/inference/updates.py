@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .kernels.nmf import expected_log, gamma_kl
+from specufex_dask.kernels.nmf import expected_log, gamma_kl
 
 __all__ = [
     "NMFPrior",

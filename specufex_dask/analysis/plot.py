@@ -122,13 +122,13 @@ def representative_events(data: xr.Dataset, count: int = 1) -> list[str]:
     count : int, default=1
         Events per cluster: those nearest the mean feature row of their cluster; when
         the archive holds several stations, a cluster that mixes them shows each
-        (:func:`specufex_dask.clustering.representatives`).
+        (:func:`specufex_dask.analysis.clustering.representatives`).
 
     Returns
     -------
     list of str
     """
-    from specufex_dask.clustering import representatives
+    from specufex_dask.analysis.clustering import representatives
 
     _require_variables(data, ["cluster", "fingerprint"], "representative_events")
     transform = data["cluster"].attrs.get("transform", "none")
@@ -262,7 +262,7 @@ def plot_emission(model: xr.Dataset, occupancy: np.ndarray | None = None) -> Fig
         The archive's ``model`` group, with ``EB`` (state, pattern).
     occupancy : array of shape (n_states,), optional
         Share of all frames whose most probable state is each state
-        (:func:`specufex_dask.diagnostics.state_occupancy`); drawn as bars beside the
+        (:func:`specufex_dask.inference.diagnostics.state_occupancy`); drawn as bars beside the
         matrix, with the 1 % line above which a state counts as in use.
 
     Returns
@@ -307,7 +307,7 @@ def plot_emission(model: xr.Dataset, occupancy: np.ndarray | None = None) -> Fig
     axes.set_title(f"HMM emissions EB: {n_states} states x {n_patterns} patterns")
     axes.invert_yaxis()
     if occupancy is not None:
-        from specufex_dask.diagnostics import MIN_STATE_SHARE
+        from specufex_dask.inference.diagnostics import MIN_STATE_SHARE
 
         share = 100.0 * np.asarray(occupancy, dtype=np.float64)
         used = share >= 100.0 * MIN_STATE_SHARE

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .archive import ArchiveError
+from specufex_dask.io.archive import ArchiveError
 
 __all__ = ["PlainChunks", "plain_chunks"]
 

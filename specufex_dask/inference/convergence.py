@@ -5,7 +5,7 @@ is still reorganising: the NMF may still be pruning patterns, the HMM still movi
 onto states it had left empty (or off states it is about to lose). A stage of
 :class:`specufex_dask.pipeline.SpecUFEx` therefore stops only when both have settled:
 
-* the ELBO rule of :class:`specufex_dask.models.ConvergenceMonitor` (the means of the
+* the ELBO rule of :class:`ConvergenceMonitor` (the means of the
   last two windows of steps differ by less than ``tol`` relative), and
 * a count that did not change over the last window of steps: the NMF's live patterns,
   or the HMM's states in use in the minibatch (:func:`states_in_use`), and
@@ -24,10 +24,11 @@ from collections.abc import Iterable
 import numpy as np
 from numpy.typing import NDArray
 
-from .diagnostics import MIN_STATE_SHARE
-from .models import MAX_WINDOW, ConvergenceMonitor
+from specufex_dask.inference.diagnostics import MIN_STATE_SHARE
 
 __all__ = [
+    "MAX_WINDOW",
+    "ConvergenceMonitor",
     "MIN_STOP_STEPS",
     "StageMonitor",
     "auto_steps",
@@ -39,6 +40,45 @@ AUTO_MIN_STEPS = 200
 AUTO_PASSES = 3
 MIN_STOP_STEPS = 200
 """Steps a stage runs at least before it may stop on convergence."""
+
+# Longest ELBO averaging window: one pass over a large archive is too long to wait for.
+MAX_WINDOW = 20
+
+
+class ConvergenceMonitor:
+    """ELBO history and the stopping rule of a fit.
+
+    The ELBO of a minibatch step is a noisy estimate, so the rule compares the means of
+    the last two windows of ``window`` steps (one pass over the data, at most 20 steps;
+    a full-batch fit compares consecutive steps): converged when they differ by less than
+    ``tol`` relative to the latest mean.
+
+    Parameters
+    ----------
+    tol : float or None
+        Relative tolerance; None never stops early.
+    window : int
+        Steps per window.
+    """
+
+    def __init__(self, tol: float | None, window: int = 1) -> None:
+        self.tol = tol
+        self.window = max(1, int(window))
+        self.history: list[float] = []
+        self.converged = False
+
+    def report(self, elbo: float, ready: bool = True) -> bool:
+        """Record a step's ELBO; return True once converged.
+
+        ``ready=False`` (annealing still on) records without testing.
+        """
+        self.history.append(float(elbo))
+        if self.tol is None or not ready or len(self.history) < 2 * self.window:
+            return False
+        latest = np.mean(self.history[-self.window :])
+        previous = np.mean(self.history[-2 * self.window : -self.window])
+        self.converged = bool(abs(latest - previous) <= self.tol * abs(latest))
+        return self.converged
 
 
 def window_steps(n_events: int, batch: int) -> int:
@@ -54,7 +94,7 @@ def auto_steps(n_events: int, batch: int) -> int:
 
 def states_in_use(state_counts: NDArray, n_frames: int, share: float = MIN_STATE_SHARE) -> int:
     """States holding at least ``share`` of a minibatch's ``n_frames`` frames (the share
-    :func:`specufex_dask.diagnostics.states_in_use` asks of all frames).
+    :func:`specufex_dask.inference.diagnostics.states_in_use` asks of all frames).
 
     ``state_counts`` are the HMM statistics' ``sum_t gam`` per state (the minibatch's
     expected frames in each state).

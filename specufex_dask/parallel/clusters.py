@@ -36,6 +36,8 @@ import distributed.utils
 from distributed.comm.addressing import parse_host_port, unparse_host_port
 from distributed.security import Security
 
+from specufex_dask.common import check_positive_int
+
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
@@ -421,8 +423,7 @@ def start_local_cluster(
     distributed.LocalCluster
     """
     for name, value in (("workers", workers), ("threads_per_worker", threads_per_worker)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ClusterError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(name, value, error=ClusterError)
     _check_dashboard_host(dashboard_address)
     kwargs: dict[str, Any] = {
         "host": LOOPBACK,
@@ -662,12 +663,10 @@ def jobqueue_job_script(
 
 def _scale_jobqueue_cluster(cluster: Any, *, jobs: Any, workers: int | None) -> None:
     if jobs is not None:
-        if not isinstance(jobs, int) or jobs < 1:
-            raise ClusterError(f"jobqueue option 'jobs' must be a positive integer, got {jobs!r}")
+        check_positive_int("jobqueue option 'jobs'", jobs, error=ClusterError)
         cluster.scale(jobs=jobs)
     elif workers is not None:
-        if not isinstance(workers, int) or workers < 1:
-            raise ClusterError(f"workers must be a positive integer, got {workers!r}")
+        check_positive_int("workers", workers, error=ClusterError)
         cluster.scale(n=workers)
     else:
         logger.info("no jobs or workers requested; submitting one job")
@@ -866,7 +865,7 @@ def connect_options_from_config(section: Any) -> dict[str, Any]:
 
     Parameters
     ----------
-    section : mapping, dataclass (``specufex_dask.config.ClusterConfig``) or None
+    section : mapping, dataclass (``specufex_dask.cli.config.ClusterConfig``) or None
         Keys (``-`` or ``_``): ``scheduler``, ``kind`` (alias ``cluster``), ``workers``,
         ``threads_per_worker``, ``memory_limit``, ``dashboard_address``, ``timeout``,
         ``jobqueue`` (mapping), ``security`` (mapping). Unset (None) values and empty

@@ -1,11 +1,11 @@
 """The ``specufex-dask`` command line.
 
 A thin layer over the package: it parses flags, layers them over a YAML configuration
-(:mod:`specufex_dask.config`), connects to a Dask cluster (:mod:`specufex_dask.clusters`)
-and calls ingest, h5import, the pipeline, clustering and plot. Results go to stdout,
-progress and the dashboard address to stderr (silenced by ``--quiet``), and every error
-becomes one line ``specufex-dask: error: ...`` with a non-zero exit code (``--debug``
-shows the traceback instead).
+(:mod:`specufex_dask.cli.config`), connects to a Dask cluster
+(:mod:`specufex_dask.parallel.clusters`) and calls ingest, h5import, the pipeline,
+clustering and plot. Results go to stdout, progress and the dashboard address to stderr
+(silenced by ``--quiet``), and every error becomes one line ``specufex-dask: error: ...``
+with a non-zero exit code (``--debug`` shows the traceback instead).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import logging
 import math
 import sys
 import textwrap
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +25,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from specufex_dask import __version__
-from specufex_dask.archive import DEFAULT_CHUNK_EVENTS
-from specufex_dask.clustering import FEATURE_TRANSFORMS
-from specufex_dask.config import Config, ConfigError, config_to_json, load_config, merge_config
-from specufex_dask.datasets import KW1_PARAMETERS, KW1_STEP_S, KW1_WINDOW_S
+from specufex_dask.analysis.clustering import FEATURE_TRANSFORMS
+from specufex_dask.analysis.datasets import KW1_PARAMETERS, KW1_STEP_S, KW1_WINDOW_S
+from specufex_dask.cli.config import Config, ConfigError, config_to_json, load_config, merge_config
+from specufex_dask.common import __version__, ignore_zarr_warnings, quiet_zarr
+from specufex_dask.io.archive import DEFAULT_CHUNK_EVENTS, MODEL_GROUP, consolidate
 
 __all__ = ["build_parser", "main"]
 
@@ -43,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 # `specufex-dask demo`: the ten bundled BAV earthquakes (20 s each) and 40 minutes of the
 # continuous BW.KW1..EHZ record cut into 20 s windows every 10 s, in one archive, all with
-# one spectrogram setting: that of the KW1 windows of specufex_dask.datasets (1 s
+# one spectrogram setting: that of the KW1 windows of specufex_dask.analysis.datasets (1 s
 # segments, half overlapping, nfft 256, 1-45 Hz: 113 frequencies x 39 times), which also
 # suits the 100 Hz BAV events. The step budgets keep the demo under a minute on two cores
 # while leaving the NMF time to prune (pruning starts once the annealing is over, about
@@ -519,7 +518,7 @@ def format_progress(stage: str, info: Mapping[str, Any], total: int | None = Non
 
 
 def _open_archive(path: str | Path):
-    from specufex_dask.archive import open_archive
+    from specufex_dask.io.archive import open_archive
 
     return open_archive(path)
 
@@ -528,21 +527,10 @@ def _open_model(path: str | Path):
     """The ``model`` group as a Dataset, or None when the archive holds no model."""
     import xarray as xr
 
-    model_path = Path(path) / "model"
-    if not model_path.exists():
+    if not (Path(path) / MODEL_GROUP).exists():
         return None
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
-        return xr.open_zarr(str(path), group="model", chunks=None)
-
-
-def _consolidate(path: str | Path) -> None:
-    import zarr
-
-    with warnings.catch_warnings():
-        # Zarr 3 flags consolidated metadata as outside the v3 spec; xarray relies on it.
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        zarr.consolidate_metadata(str(path))
+    with quiet_zarr():
+        return xr.open_zarr(str(path), group=MODEL_GROUP, chunks=None)
 
 
 def record_configuration(
@@ -563,7 +551,7 @@ def record_configuration(
         {"command": command, "sections": list(sections), "version": __version__}
     )
     group.attrs.update({CONFIG_ATTR: json.dumps(record, sort_keys=True)})
-    _consolidate(path)
+    consolidate(path)
 
 
 def write_event_variable(path: str | Path, variable) -> None:
@@ -588,7 +576,7 @@ def write_event_variable(path: str | Path, variable) -> None:
 @contextlib.contextmanager
 def dask_client(config: Config, reporter: Reporter) -> Iterator[Any]:
     """Connect to (or start) the Dask cluster of ``config.cluster``; yield the client."""
-    from specufex_dask.clusters import connect, connect_options_from_config
+    from specufex_dask.parallel.clusters import connect, connect_options_from_config
 
     settings = dataclasses.asdict(config.cluster)
     # Empty mappings mean "not set"; connect() would read an empty security as TLS on.
@@ -628,7 +616,7 @@ def _chunk_summary(variable) -> list[int] | None:
 
 def archive_summary(path: str | Path, dataset, model) -> dict[str, Any]:
     """Everything ``info`` reports, as plain data."""
-    from specufex_dask.archive import read_rejected, spectrogram_parameters
+    from specufex_dask.io.archive import read_rejected, spectrogram_parameters
 
     spectrogram = dataset["spectrogram"]
     chunks = _chunk_summary(spectrogram)
@@ -746,7 +734,7 @@ def cmd_cluster(args: argparse.Namespace, config: Config, reporter: Reporter) ->
 
 
 def run_clustering(archive: str | Path, config: Config, reporter: Reporter):
-    from specufex_dask.clustering import cluster_fingerprints
+    from specufex_dask.analysis.clustering import cluster_fingerprints
 
     dataset = _open_archive(archive)
     if "fingerprint" not in dataset.variables:
@@ -784,7 +772,7 @@ def make_figures(
     archive: str | Path, outdir: str | Path, config: Config, reporter: Reporter
 ) -> list[Path]:
     """Draw every figure the archive's contents allow; return the files written."""
-    from specufex_dask import plot
+    from specufex_dask.analysis import plot
 
     dataset = _open_archive(archive)
     model = _open_model(archive)
@@ -805,7 +793,7 @@ def make_figures(
     if model is not None and "EB" in model.data_vars:
         occupancy = None
         if "state_probability" in dataset.variables:
-            from specufex_dask.diagnostics import state_occupancy
+            from specufex_dask.inference.diagnostics import state_occupancy
 
             occupancy = state_occupancy(dataset["state_probability"].values)
         figures.append(("hmm_emission", lambda: plot.plot_emission(model, occupancy)))
@@ -850,7 +838,7 @@ def _safe_name(event: str) -> str:
 
 
 def _spectrogram_parameters(config: Config):
-    from specufex_dask.preprocessing import SpectrogramParameters
+    from specufex_dask.ingest.preprocessing import SpectrogramParameters
 
     return SpectrogramParameters(**config.spectrograms.parameters())
 
@@ -862,7 +850,7 @@ def _chunk_events(config: Config) -> dict[str, int]:
 
 def _ingest_from_args(args: argparse.Namespace, config: Config, reporter: Reporter, client: Any):
     """Run the ingest that ``spectrograms`` asks for; return its IngestReport."""
-    from specufex_dask import ingest as ingest_module
+    import specufex_dask.ingest as ingest_module
 
     options: dict[str, Any] = {
         "client": client,
@@ -922,7 +910,7 @@ def cmd_spectrograms(args: argparse.Namespace, config: Config, reporter: Reporte
 
 def cmd_import_h5(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
     """SpecUFEx workflow HDF5 file to an archive."""
-    from specufex_dask.h5import import import_specufex_h5
+    from specufex_dask.io.h5import import import_specufex_h5
 
     path = import_specufex_h5(
         args.h5file,
@@ -1062,7 +1050,7 @@ def cmd_demo(args: argparse.Namespace, config: Config, reporter: Reporter) -> in
         raise CommandError(f"{archive} already exists; pass --overwrite to replace it")
     outdir.mkdir(parents=True, exist_ok=True)
     with dask_client(config, reporter) as client:
-        from specufex_dask.ingest import ingest_catalog, ingest_continuous
+        from specufex_dask.ingest.driver import ingest_catalog, ingest_continuous
 
         data, record = demo_data_dir(), demo_continuous_file()
         params = _spectrogram_parameters(config)
@@ -1115,7 +1103,7 @@ def demo_events(dataset) -> list[str]:
     """The events the demo draws: each cluster's most typical member, and, for a station
     none of these is from, its most typical member in the cluster holding most of its
     events (the BAV earthquakes, should they share a cluster with more KW1 windows)."""
-    from specufex_dask.clustering import representatives
+    from specufex_dask.analysis.clustering import representatives
 
     stations = np.array([str(station) for station in dataset["station"].values])
     labels = np.asarray(dataset["cluster"].values)
@@ -1148,8 +1136,8 @@ def demo_summary(archive: str | Path, config: Config) -> dict[str, Any]:
         ``lines`` (the printed summary), ``representatives`` (the event ids of
         :func:`demo_events`) and the numbers themselves.
     """
-    from specufex_dask.clustering import cluster_separation, shuffled_separation
-    from specufex_dask.diagnostics import distinct_fraction, states_in_use
+    from specufex_dask.analysis.clustering import cluster_separation, shuffled_separation
+    from specufex_dask.inference.diagnostics import distinct_fraction, states_in_use
 
     dataset = _open_archive(archive)
     model = _open_model(archive)
@@ -1489,8 +1477,7 @@ def _configure_logging(debug: bool, quiet: bool) -> None:
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
     if not debug:
-        # Zarr 3 flags consolidated metadata as outside the v3 spec; xarray relies on it.
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        ignore_zarr_warnings()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1510,7 +1497,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -16,6 +16,8 @@ import numpy.typing as npt
 import xarray as xr
 from numpy.typing import NDArray
 
+from specufex_dask.io.archive import CLUSTER
+
 __all__ = [
     "ClusteringResult",
     "cluster_fingerprints",
@@ -26,7 +28,6 @@ __all__ = [
     "transition_distribution",
 ]
 
-CLUSTER = "cluster"
 FEATURE_TRANSFORMS = ("none", "sqrt", "hellinger", "idf")
 """Transforms of the fingerprints before PCA and k-means.
 

@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from specufex_dask.common import check_positive_int
+
 
 class InvalidWaveformError(ValueError):
     """A waveform that cannot give a spectrogram (the message is the rejection reason)."""
@@ -96,10 +98,9 @@ class SpectrogramParameters:
             raise ValueError(f"window_s must be positive seconds, got {self.window_s!r}")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be a fraction in [0, 1), got {self.overlap!r}")
-        if self.nfft is not None and int(self.nfft) < 1:
-            raise ValueError(f"nfft must be a positive integer, got {self.nfft!r}")
-        if self.n_samples is not None and int(self.n_samples) < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {self.n_samples!r}")
+        for name in ("nfft", "n_samples"):  # whole floats too: attributes of other writers
+            value = getattr(self, name)
+            check_positive_int(name, None if value is None else int(value))
         if self.fmin is not None and self.fmax is not None and self.fmin > self.fmax:
             raise ValueError(f"fmin {self.fmin} is above fmax {self.fmax}")
         if isinstance(self.window, list):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from specufex_dask.archive import (
+from specufex_dask.io.archive import (
     ACTIVATION,
     DEFAULT_CHUNK_EVENTS,
     EVENT,

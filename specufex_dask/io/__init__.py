@@ -1,0 +1,3 @@
+"""Storage: the Zarr archive's schema and writers (``archive``), direct reads of its chunks
+(``chunkread``), the ``model`` group's writes and reads (``modelgroup``) and the import of
+SpecUFEx workflow HDF5 files (``h5import``). Loads no estimator."""
