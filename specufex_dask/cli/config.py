@@ -3,7 +3,8 @@
 A configuration is a tree of frozen dataclasses whose sections mirror the SpecUFEx
 workflows: ``spectrograms`` (waveform preprocessing), ``nmf`` and ``hmm`` (the two fits),
 ``fit`` (settings shared by both fits), ``clustering`` (k-means on fingerprints),
-``plot`` (figures) and ``cluster`` (the Dask cluster that does the work).
+``plot`` (figures) and ``dask`` (the Dask cluster that does the work; still read under its
+old name ``cluster``, with a DeprecationWarning).
 
 Values come from the dataclass defaults, then a YAML file, then command-line flags; each
 layer overrides the one before. Every layer is checked the same way: an unknown section or
@@ -28,6 +29,7 @@ import json
 import math
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,7 +330,12 @@ class Config:
     fit: FitConfig = field(default_factory=FitConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    dask: ClusterConfig = field(default_factory=ClusterConfig)
+
+    @property
+    def cluster(self) -> ClusterConfig:
+        """The ``dask`` section under its old name."""
+        return self.dask
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict of every section (JSON and YAML serialisable)."""
@@ -343,6 +350,29 @@ def _require(condition: bool, key: str, value: Any, expected: str) -> None:
 def _check_steps(steps: int | None, key: str) -> None:
     if steps is not None:
         _require(steps >= 1, key, steps, ">= 1 or null (automatic)")
+
+
+RENAMED_SECTIONS = {"cluster": "dask"}
+"""Old section names that are still read (with a DeprecationWarning) and their new names."""
+
+
+def _section_name(name: str, overrides: Mapping[str, Any], source: str) -> str:
+    """The current name of section ``name``; an old name warns (and clashes with the new)."""
+    new = RENAMED_SECTIONS.get(name)
+    if new is None:
+        return name
+    if new in overrides:
+        raise ConfigError(
+            f"sections '{name}' and '{new}' both in {source}: '{name}' is the old name "
+            f"of '{new}'; keep one"
+        )
+    warnings.warn(
+        f"configuration section '{name}' in {source} is now called '{new}' (the Dask "
+        f"cluster; k-means settings are in 'clustering'): rename it",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return new
 
 
 def section_types() -> dict[str, type]:
@@ -477,11 +507,12 @@ def merge_config(
         )
     changes = {}
     for name, values in overrides.items():
-        if name not in sections:
+        section = _section_name(name, overrides, source)
+        if section not in sections:
             raise ConfigError(
                 f"unknown section '{name}' in {source}; known sections: {', '.join(sections)}"
             )
-        changes[name] = _updated_section(getattr(config, name), name, values, source)
+        changes[section] = _updated_section(getattr(config, section), name, values, source)
     merged = dataclasses.replace(config, **changes)
     _check_across_sections(merged, source)
     return merged
