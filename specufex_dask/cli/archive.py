@@ -1,0 +1,78 @@
+"""The archive as the commands read and write it: opening it and its model group, the
+record of the configuration each command used, and one added per-event variable."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from specufex_dask.cli.config import Config, config_to_json
+from specufex_dask.common import __version__, quiet_zarr
+from specufex_dask.io.archive import MODEL_GROUP, consolidate
+
+__all__ = [
+    "CONFIG_ATTR",
+    "OUTPUT_VARIABLES",
+    "open_archive",
+    "open_model",
+    "record_configuration",
+    "write_event_variable",
+]
+
+CONFIG_ATTR = "specufex_dask_config"
+OUTPUT_VARIABLES = ("activation", "state_probability", "transition", "fingerprint", "cluster")
+
+
+def open_archive(path: str | Path):
+    """The archive as an xarray Dataset (:func:`specufex_dask.io.archive.open_archive`)."""
+    from specufex_dask.io.archive import open_archive as open_zarr_archive
+
+    return open_zarr_archive(path)
+
+
+def open_model(path: str | Path):
+    """The ``model`` group as a Dataset, or None when the archive holds no model."""
+    import xarray as xr
+
+    if not (Path(path) / MODEL_GROUP).exists():
+        return None
+    with quiet_zarr():
+        return xr.open_zarr(str(path), group=MODEL_GROUP, chunks=None)
+
+
+def record_configuration(
+    path: str | Path, config: Config, sections: Sequence[str], command: str
+) -> None:
+    """Add the sections a command used to the archive attribute ``specufex_dask_config``.
+
+    The attribute is a JSON object: one entry per section (the last value used) and
+    ``history``, the list of commands that wrote to the archive with their sections.
+    """
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    raw = group.attrs.get(CONFIG_ATTR)
+    record = json.loads(raw) if isinstance(raw, str) else {}
+    record.update(json.loads(config_to_json(config, list(sections))))
+    record.setdefault("history", []).append(
+        {"command": command, "sections": list(sections), "version": __version__}
+    )
+    group.attrs.update({CONFIG_ATTR: json.dumps(record, sort_keys=True)})
+    consolidate(path)
+
+
+def write_event_variable(path: str | Path, variable) -> None:
+    """Add (or replace) one per-event variable of the archive, keeping the archive's
+    attributes; a replaced variable gets the new one's attributes (xarray's append mode
+    would keep the old ones: the settings of an earlier clustering)."""
+    import xarray as xr
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    attrs = dict(group.attrs)
+    if variable.name in group:
+        del group[variable.name]
+    bare = variable.drop_vars(list(variable.coords))
+    dataset = xr.Dataset({variable.name: bare}, attrs=attrs)
+    dataset.to_zarr(str(path), mode="a", consolidated=True)

@@ -1,0 +1,201 @@
+"""``specufex-dask fit``, ``transform`` and ``run`` (fit, then transform).
+
+The three commands are declared in one table, :data:`COMMANDS`: ``fit`` and ``run`` take
+the options of :data:`specufex_dask.cli.options.FIT_OPTIONS`, ``transform`` those of
+:data:`specufex_dask.cli.options.TRANSFORM_OPTIONS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from specufex_dask.cli.archive import open_archive, open_model, record_configuration
+from specufex_dask.cli.base import CommandError, Commands, Handler, dask_client, plural
+from specufex_dask.cli.config import Config
+from specufex_dask.cli.options import FIT_OPTIONS, TRANSFORM_OPTIONS, OptionGroups, add_options
+from specufex_dask.cli.progress import Reporter
+
+__all__ = [
+    "COMMANDS",
+    "cmd_fit",
+    "cmd_run",
+    "cmd_transform",
+    "fit_archive",
+    "fitted_summary",
+    "make_pipeline",
+    "register",
+    "transform_archive",
+]
+
+FIT_SECTIONS = ["nmf", "hmm", "fit", "dask"]
+"""The configuration sections a fit records in the archive."""
+
+
+def make_pipeline(config: Config, client: Any, reporter: Reporter):
+    """A :class:`specufex_dask.pipeline.SpecUFEx` configured from ``config``."""
+    from specufex_dask.pipeline import SpecUFEx
+
+    return SpecUFEx(
+        num_pat=config.nmf.num_pat,
+        num_state=config.hmm.num_state,
+        compat=config.fit.compat,
+        nmf_steps=config.nmf.steps,
+        hmm_steps=config.hmm.steps,
+        batch_size=config.nmf.batch_size,
+        tol=config.nmf.tol,
+        random_state=config.fit.random_state,
+        checkpoint_every=config.fit.checkpoint_every,
+        client=client,
+        progress=reporter.progress,
+    )
+
+
+def fit_archive(
+    archive: str | Path, config: Config, reporter: Reporter, client: Any, resume: bool
+):
+    """Fit the pipeline of ``config`` on ``archive``; record the settings; return it."""
+    model = make_pipeline(config, client, reporter)
+
+    def most(steps: int | None) -> str:
+        return "steps auto" if steps is None else f"at most {steps} steps"
+
+    tol = "no early stop" if config.nmf.tol is None else f"tol {config.nmf.tol:g}"
+    reporter.say(
+        f"fitting NMF ({config.nmf.num_pat} patterns, {most(config.nmf.steps)}) and HMM "
+        f"({config.hmm.num_state} states, {most(config.hmm.steps)}), {tol}, on {archive}"
+    )
+    model.fit(str(archive), resume=resume)
+    record_configuration(archive, config, FIT_SECTIONS, "fit")
+    return model
+
+
+def transform_archive(
+    archive: str | Path, model: Any, reporter: Reporter, config: Config, resume: bool
+) -> None:
+    """Write the outputs of every event of ``archive`` with the fitted ``model``."""
+    reporter.say(f"transforming every event of {archive}")
+    model.transform_to_zarr(str(archive), resume=resume)
+    record_configuration(archive, config, ["dask"], "transform")
+
+
+def fitted_summary(model: Any) -> str:
+    """What a fit kept, e.g. ``NMF dictionary of 31 patterns (130 steps, converged); ...``."""
+    nmf, hmm = getattr(model, "nmf_", None), getattr(model, "hmm_", None)
+    n_steps, converged = getattr(model, "n_steps_", {}), getattr(model, "converged_", {})
+
+    def steps(stage: str) -> str:
+        if stage not in n_steps:
+            return ""
+        stopped = ", converged" if converged.get(stage) else ""
+        return f" ({plural(n_steps[stage], 'step')}{stopped})"
+
+    parts = []
+    if nmf is not None:
+        parts.append(f"NMF dictionary of {plural(nmf.num_pat, 'pattern')}{steps('nmf')}")
+    if hmm is not None:
+        parts.append(f"HMM of {plural(hmm.num_state, 'state')}{steps('hmm')}")
+    return "; ".join(parts)
+
+
+def cmd_fit(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
+    """Fit the NMF dictionary and the HMM; store the model in the archive."""
+    open_archive(args.archive).close()
+    with dask_client(config, reporter) as client:
+        model = fit_archive(args.archive, config, reporter, client, args.resume)
+    print(f"fitted {args.archive}: {fitted_summary(model)}")
+    return 0
+
+
+def cmd_transform(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
+    """Write activations, state probabilities, transitions and fingerprints."""
+    from specufex_dask.pipeline import SpecUFEx
+
+    open_archive(args.archive).close()
+    if open_model(args.archive) is None:
+        raise CommandError(
+            f"{args.archive} holds no fitted model; run `specufex-dask fit {args.archive}` first"
+        )
+    with dask_client(config, reporter) as client:
+        model = SpecUFEx.from_archive(str(args.archive))
+        model.client = client
+        model.progress = reporter.progress
+        transform_archive(args.archive, model, reporter, config, args.resume)
+    print(f"transformed {args.archive}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
+    """Fit, then transform."""
+    open_archive(args.archive).close()
+    with dask_client(config, reporter) as client:
+        model = fit_archive(args.archive, config, reporter, client, args.resume)
+        transform_archive(args.archive, model, reporter, config, False)
+    print(f"fitted and transformed {args.archive}: {fitted_summary(model)}")
+    return 0
+
+
+@dataclass(frozen=True)
+class FitCommand:
+    """One of ``fit``, ``transform`` and ``run``: what its help says and which options
+    it takes."""
+
+    name: str
+    summary: str
+    description: str
+    archive: str
+    resume: str
+    options: OptionGroups
+    handler: Handler
+
+
+_WHERE = (
+    "The archive's spectrograms are read chunk by chunk on the Dask cluster; the "
+    "model (NMF dictionary EW, pattern weights EA, HMM emissions EB and the variational "
+    "parameters) and checkpoints are written into ARCHIVE/model."
+)
+
+COMMANDS = (
+    FitCommand(
+        "fit",
+        "fit the NMF dictionary and the HMM",
+        "Fit the Bayesian nonparametric NMF (patterns unused by the data are pruned) and "
+        "then the Bayesian HMM on its activations, by stochastic variational inference. " + _WHERE,
+        "archive with spectrograms",
+        "continue from the last checkpoint in ARCHIVE",
+        FIT_OPTIONS,
+        cmd_fit,
+    ),
+    FitCommand(
+        "transform",
+        "activations, state probabilities, fingerprints",
+        "With the fitted model of ARCHIVE, compute for every event the NMF activations "
+        "(activation), the HMM state probabilities (state_probability), the expected "
+        "transition matrix (transition) and the fingerprint (fingerprint), and write them "
+        "into ARCHIVE, chunk by chunk.",
+        "archive with a fitted model",
+        "skip chunks an interrupted run already wrote",
+        TRANSFORM_OPTIONS,
+        cmd_transform,
+    ),
+    FitCommand(
+        "run",
+        "fit, then transform",
+        "Fit the model (as `fit`), then transform every event (as `transform`). " + _WHERE,
+        "archive with spectrograms",
+        "continue the fit from the last checkpoint",
+        FIT_OPTIONS,
+        cmd_run,
+    ),
+)
+
+
+def register(commands: Commands) -> None:
+    """Add the ``fit``, ``transform`` and ``run`` commands."""
+    for command in COMMANDS:
+        sub = commands.add(command.name, command.summary, command.description, command.handler)
+        sub.add_argument("archive", metavar="ARCHIVE", help=command.archive)
+        sub.add_argument("--resume", action="store_true", help=command.resume)
+        add_options(sub, command.options, commands.defaults)

@@ -1,0 +1,171 @@
+"""``specufex-dask spectrograms``: waveform files to a spectrogram archive."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from specufex_dask.cli.archive import record_configuration
+from specufex_dask.cli.base import (
+    CommandError,
+    Commands,
+    chunk_events,
+    dask_client,
+    spectrogram_parameters,
+)
+from specufex_dask.cli.config import Config
+from specufex_dask.cli.options import DASK_FLAGS, SPECTROGRAM_FLAGS, add_flags
+from specufex_dask.cli.progress import Reporter
+
+__all__ = ["cmd_spectrograms", "register", "report_ingest", "resolve_archive"]
+
+
+def register(commands: Commands) -> None:
+    """Add the ``spectrograms`` command."""
+    spectrograms = commands.add(
+        "spectrograms",
+        "waveform files -> spectrogram archive",
+        "Compute the spectrogram of every waveform file (one event per file) and write "
+        "them into a new archive, in parallel on Dask. Each waveform is demeaned, "
+        "optionally divided by its peak, cut to --n-samples, turned into a magnitude "
+        "spectrogram, cut to [--fmin, --fmax], divided by its median and converted to dB "
+        "(clipped at 0). Files that cannot be read or processed are left out and listed in "
+        "the archive (see `specufex-dask info`). Needs ObsPy: "
+        'pip install "specufex-dask[obspy]".\n\n'
+        "examples:\n"
+        "  specufex-dask spectrograms waveforms/ events.zarr --fs 100 --nfft 2000 "
+        "--fmin 8 --fmax 20\n"
+        "  specufex-dask spectrograms --catalog catalog.csv events.zarr --config run.yaml",
+        cmd_spectrograms,
+    )
+    spectrograms.set_defaults(prepare=lambda args: resolve_archive(args, spectrograms))
+    spectrograms.add_argument(
+        "sources",
+        nargs="*",
+        metavar="SOURCE",
+        help="waveform files, folders (their files) or quoted glob patterns",
+    )
+    spectrograms.add_argument(
+        "archive", nargs="?", metavar="ARCHIVE", help="archive to write (the last path given)"
+    )
+    spectrograms.add_argument(
+        "-o",
+        "--output",
+        metavar="ARCHIVE",
+        help="archive to write, as an option: every path given is then a SOURCE",
+    )
+    inputs = spectrograms.add_argument_group("inputs")
+    inputs.add_argument(
+        "--catalog",
+        metavar="CSV",
+        help="CSV table of events (columns event/ev_ID and file/filename), in place of SOURCE",
+    )
+    inputs.add_argument(
+        "--waveform-dir",
+        metavar="DIR",
+        help="folder of the catalog's file names (default: the catalog's folder)",
+    )
+    inputs.add_argument("--event-column", metavar="NAME", help="catalog column of event ids")
+    inputs.add_argument("--file-column", metavar="NAME", help="catalog column of file names")
+    inputs.add_argument(
+        "--starttime-column",
+        metavar="NAME",
+        help="catalog column of start times (ISO 8601) where each waveform is cut",
+    )
+    inputs.add_argument("--station", metavar="CODE", help="read only this station's traces")
+    inputs.add_argument("--channel", metavar="CODE", help="read only this channel (e.g. EHZ)")
+    inputs.add_argument("--format", metavar="FORMAT", help="ObsPy format (default: detected)")
+    output = spectrograms.add_argument_group("archive")
+    output.add_argument(
+        "--append", action="store_true", help="add the events to an existing archive"
+    )
+    output.add_argument("--overwrite", action="store_true", help="replace an existing archive")
+    output.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="precision of the stored spectrograms (default: float64)",
+    )
+    add_flags(spectrograms, "spectrogram settings", SPECTROGRAM_FLAGS, commands.defaults)
+    add_flags(spectrograms, "Dask cluster", DASK_FLAGS, commands.defaults)
+
+
+def resolve_archive(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Set ``args.archive`` and ``args.sources`` from the paths given: the archive is
+    ``-o``/``--output`` when given (every path is then a source), else the last path."""
+    paths = [*args.sources, *([args.archive] if args.archive is not None else [])]
+    if args.output is not None:
+        args.sources, args.archive = paths, args.output
+    elif paths:
+        args.sources, args.archive = paths[:-1], paths[-1]
+    else:
+        parser.error("no archive given: name the ARCHIVE to write after the sources")
+    if Path(args.archive).is_file():
+        parser.error(
+            f"{args.archive} is a file, not an archive: name the ARCHIVE to write last "
+            "(or with -o ARCHIVE)"
+        )
+
+
+def _ingest_from_args(args: argparse.Namespace, config: Config, reporter: Reporter, client: Any):
+    """Run the ingest that ``spectrograms`` asks for; return its IngestReport."""
+    import specufex_dask.ingest as ingest_module
+
+    options: dict[str, Any] = {
+        "client": client,
+        "append": args.append,
+        "overwrite": args.overwrite,
+        "format": args.format,
+        "dtype": np.dtype(args.dtype),
+        **chunk_events(config),
+    }
+    select = {key: getattr(args, key) for key in ("station", "channel") if getattr(args, key)}
+    if select:
+        options["select"] = select
+    params = spectrogram_parameters(config)
+    if args.catalog is not None:
+        if args.sources:
+            raise CommandError(
+                "give waveform SOURCES or --catalog, not both (with --catalog, use "
+                "--waveform-dir for the folder of the files it names)"
+            )
+        reporter.say(f"ingesting the events of catalog {args.catalog}")
+        return ingest_module.ingest_catalog(
+            args.catalog,
+            args.archive,
+            params,
+            waveform_dir=args.waveform_dir,
+            event_column=args.event_column,
+            file_column=args.file_column,
+            starttime_column=args.starttime_column,
+            **options,
+        )
+    if not args.sources:
+        raise CommandError("no waveforms given: name files, folders or globs, or use --catalog")
+    if args.waveform_dir is not None:
+        raise CommandError("--waveform-dir is used with --catalog only")
+    files = ingest_module.expand_sources(args.sources)
+    reporter.say(f"ingesting {len(files)} waveform files")
+    return ingest_module.ingest_waveforms(files, args.archive, params, **options)
+
+
+def report_ingest(report, reporter: Reporter) -> None:
+    """Print an ingest's summary (stdout) and its first rejected inputs (stderr)."""
+    print(report.summary())
+    for row in report.rejected[:20]:
+        event = f" (event {row.event})" if row.event else ""
+        reporter.say(f"  rejected {row.source}{event}: {row.reason}")
+    if report.n_rejected > 20:
+        reporter.say(f"  ... {report.n_rejected - 20} more; see `specufex-dask info`")
+
+
+def cmd_spectrograms(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
+    """Waveform files to a spectrogram archive."""
+    with dask_client(config, reporter) as client:
+        report = _ingest_from_args(args, config, reporter, client)
+    record_configuration(report.path, config, ["spectrograms"], "spectrograms")
+    report_ingest(report, reporter)
+    return 0

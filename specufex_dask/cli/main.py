@@ -1,0 +1,106 @@
+"""Parsing and dispatch of ``specufex-dask``: the top-level parser, the general options,
+the commands of each module, logging, and one error line per failure."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from specufex_dask.cli import cluster, demo, fit, import_h5, info, ingest, plot
+from specufex_dask.cli.base import PROG, CommandError, Commands, wrap
+from specufex_dask.cli.config import Config, ConfigError, section_types
+from specufex_dask.cli.options import effective_config
+from specufex_dask.cli.progress import Reporter
+from specufex_dask.common import __version__, ignore_zarr_warnings
+
+__all__ = ["build_parser", "main", "parse_args"]
+
+COMMAND_MODULES = (ingest, import_h5, fit, info, cluster, plot, demo)
+"""The modules whose ``register`` adds the commands, in the order of the help."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``specufex-dask`` with all its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=wrap(
+            "SpecUFEx on Dask: unsupervised fingerprints of seismic spectrograms "
+            "(Bayesian NMF + HMM) stored in a Zarr archive. Run `specufex-dask COMMAND "
+            "--help` for the options of each command."
+        ),
+        epilog="first try: specufex-dask demo demo-output",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    general = common.add_argument_group("general options")
+    general.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"YAML file with sections {', '.join(section_types())}; flags override it",
+    )
+    general.add_argument("--quiet", action="store_true", help="print no progress")
+    general.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = Commands(subparsers, common, Config())
+    for module in COMMAND_MODULES:
+        module.register(commands)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, with what a command derives from it (``spectrograms``:
+    which path is the archive); a usage error exits with code 2."""
+    args = build_parser().parse_args(argv)
+    prepare = getattr(args, "prepare", None)
+    if prepare is not None:
+        prepare(args)
+    return args
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, (KeyError,)) and text.startswith("'"):
+        text = f"missing {text}"
+    return " ".join(text.split())
+
+
+def _configure_logging(debug: bool, quiet: bool) -> None:
+    """Warnings and errors on stderr (errors only with --quiet; everything with --debug)."""
+    threshold = logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(name)s: %(message)s"))
+    # distributed sets its loggers to INFO when imported (after this runs), so the level
+    # is enforced by the handler, not by the loggers.
+    handler.addFilter(lambda record: record.levelno >= threshold)
+    handler.set_name(f"{PROG} stderr")
+    root = logging.getLogger()
+    # main() may run several times in one process (tests, notebooks): one handler only.
+    for old in [h for h in root.handlers if h.get_name() == handler.get_name()]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not debug:
+        ignore_zarr_warnings()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 success, 1 error, 2 usage, 130 ^C)."""
+    args = parse_args(argv)
+    _configure_logging(args.debug, args.quiet)
+    reporter = Reporter(quiet=args.quiet)
+    try:
+        config = effective_config(args)
+        return int(args.handler(args, config, reporter) or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, CommandError, Exception) as error:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        return 1
