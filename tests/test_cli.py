@@ -109,7 +109,7 @@ def test_help_of_every_command(capsys):
     demo_help = " ".join(capsys.readouterr().out.split())
     assert "(default: 15; config: hmm.num_state)" in demo_help
     assert "(default: 5; config: clustering.n_clusters)" in demo_help  # the demo's own default
-    assert "(default: hellinger; config: clustering.transform)" in demo_help
+    assert "(default: idf; config: clustering.transform)" in demo_help
 
 
 def test_import_h5_and_info(golden_archive, golden_dir, capsys):
@@ -190,20 +190,37 @@ def hellinger_features(fingerprint: np.ndarray) -> np.ndarray:
     return features.reshape(n_events, -1)
 
 
-def test_cluster_defaults_to_the_hellinger_transform(golden_archive, tmp_path, capsys):
+def idf_features(fingerprint: np.ndarray) -> np.ndarray:
+    """hellinger_features with each column times sqrt(log((1 + n) / (1 + n_j))), n_j the
+    events whose joint probability there is >= 1e-3 (the others' entries 0), then rows at
+    unit length."""
+    features = hellinger_features(fingerprint)
+    n_events = len(features)
+    for column in range(features.shape[1]):
+        made = [value**2 >= 1e-3 for value in features[:, column]]
+        weight = np.sqrt(np.log((1 + n_events) / (1 + sum(made))))
+        features[:, column] = [
+            v * weight if m else 0.0 for v, m in zip(features[:, column], made, strict=True)
+        ]
+    for row in features:
+        norm = np.sqrt(np.sum(row**2))
+        if norm > 0:
+            row /= norm
+    return features
+
+
+def test_cluster_defaults_to_the_idf_transform(golden_archive, tmp_path, capsys):
     archive = tmp_path / "clustered.zarr"
     shutil.copytree(golden_archive, archive)
     code, out, err = call_main(capsys, "cluster", archive, "--n-clusters", "3", "--quiet")
     assert code == 0, err
     stored = xr.open_zarr(archive)
-    assert stored["cluster"].attrs["transform"] == "hellinger"
-    assert "(hellinger fingerprints" in out
-    features = hellinger_features(stored["fingerprint"].values)
+    assert stored["cluster"].attrs["transform"] == "idf"
+    assert "(idf fingerprints" in out
+    features = idf_features(stored["fingerprint"].values)
     expected = KMeans(n_clusters=3, n_init=30, random_state=0).fit_predict(features)
     np.testing.assert_array_equal(stored["cluster"].values, expected)
-    assert json.loads(stored.attrs["specufex_dask_config"])["clustering"]["transform"] == (
-        "hellinger"
-    )
+    assert json.loads(stored.attrs["specufex_dask_config"])["clustering"]["transform"] == ("idf")
     # a configuration file's value reaches the clustering too
     config = tmp_path / "run.yaml"
     config.write_text("clustering: {n_clusters: 2, transform: sqrt}\n")
@@ -219,15 +236,15 @@ def test_cluster_defaults_to_the_hellinger_transform(golden_archive, tmp_path, c
     with pytest.raises(SystemExit):
         main(["cluster", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--transform {none,sqrt,hellinger}" in text
-    assert "(default: hellinger; config: clustering.transform)" in text
-    assert "The default transform, hellinger" in text and "0.93 against 0.55" in text
+    assert "--transform {none,sqrt,hellinger,idf}" in text
+    assert "(default: idf; config: clustering.transform)" in text
+    assert "The default transform, idf" in text and "0.95 / 0.75 / 0.51" in text
 
 
 def test_a_bad_transform_is_one_error_line(golden_archive, tmp_path, capsys):
     expected = (
         "specufex-dask: error: invalid value 'cosine' for 'clustering.transform': expected "
-        "one of 'none', 'sqrt', 'hellinger'"
+        "one of 'none', 'sqrt', 'hellinger', 'idf'"
     )
     line = error_line(run_cli("cluster", golden_archive, "--transform", "cosine"))
     assert line == expected + " (in command-line flags)"
@@ -429,12 +446,12 @@ def test_demo_runs_the_whole_pipeline(demo_run):
     assert f"HMM states in use (>= 1 % of all frames): {n_states} of 15" in result.stdout
     assert "distinct fingerprints: " in result.stdout
     # Labels: k-means with the demo's settings (5 clusters, no PCA, seed 0) on the
-    # hellinger features of the fingerprints.
+    # idf features of the fingerprints.
     fingerprint = archive["fingerprint"].values
     labels = archive["cluster"].values
-    assert archive["cluster"].attrs["transform"] == "hellinger"
+    assert archive["cluster"].attrs["transform"] == "idf"
     expected = KMeans(n_clusters=5, n_init=30, random_state=0).fit_predict(
-        hellinger_features(fingerprint)
+        idf_features(fingerprint)
     )
     np.testing.assert_array_equal(labels, expected)
     for cluster, count in enumerate(np.bincount(labels, minlength=5)):
@@ -454,7 +471,7 @@ def test_demo_runs_the_whole_pipeline(demo_run):
     record = json.loads(archive.attrs["specufex_dask_config"])
     assert record["spectrograms"]["nfft"] == 256 and record["nmf"]["steps"] == 150
     assert record["hmm"]["num_state"] == 15 and record["clustering"]["n_clusters"] == 5
-    assert record["clustering"]["transform"] == "hellinger"
+    assert record["clustering"]["transform"] == "idf"
     # Event figures: each cluster's member nearest its mean, and a BAV earthquake.
     from specufex_dask.cli import demo_events
 

@@ -130,14 +130,14 @@ def test_hellinger_features_are_the_square_root_of_the_joint_distribution(rng):
 
 
 def test_the_library_default_stays_the_raw_fingerprints(rng):
-    """Only the command line and its configuration default to hellinger."""
+    """Only the command line and its configuration default to idf."""
     import inspect
 
     from specufex_dask.cli.config import ClusteringConfig
 
     for function in (cluster_fingerprints, fingerprint_features):
         assert inspect.signature(function).parameters["transform"].default == "none"
-    assert ClusteringConfig().transform == "hellinger"
+    assert ClusteringConfig().transform == "idf"
     fingerprint, _ = fingerprints_of_groups(rng, [6, 6, 6])
     fingerprint = abs(fingerprint)
     result = cluster_fingerprints(fingerprint, 3, random_state=2, n_init=3)
@@ -242,16 +242,18 @@ def test_idf_features_weigh_each_transition_by_its_inverse_event_frequency(rng):
     joint[:4, 5] = 0.0
     joint[4:, 5] = 0.02  # one that 5 of the 9 events make
     joint[:, 7] = np.maximum(joint[:, 7], 0.05)  # one that every event makes
+    joint[0, 2] = 1e-5  # not made: counts as 0
     joint /= joint.sum(axis=1, keepdims=True)
     features = fingerprint_features(fingerprints_from_joint(joint.reshape(-1, 3, 3)), "idf")
     expected = np.empty_like(joint)
     for column in range(joint.shape[1]):
-        making = sum(1 for row in joint if row[column] >= IDF_MIN_PROBABILITY)
-        expected[:, column] = np.sqrt(joint[:, column] * np.log((1 + n_events) / (1 + making)))
+        made = joint[:, column] >= IDF_MIN_PROBABILITY
+        weight = np.log((1 + n_events) / (1 + made.sum()))
+        expected[:, column] = np.where(made, np.sqrt(joint[:, column] * weight), 0.0)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(features, expected, rtol=1e-12, atol=1e-15)
     assert (features[:, 7] == 0).all()
-    assert (features[4:, 5] > 0).all()
+    assert (features[4:, 5] > 0).all() and features[0, 2] == 0
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0)
 
 

@@ -41,10 +41,11 @@ states an event spends most time in and hide the rarer ones that tell events apa
 ``"sqrt"`` (``v**0.5 Q**0.25``) lifts the rare transitions but also the noise in them.
 ``"idf"`` weighs each transition's Hellinger entry by its inverse event frequency
 ``log((1 + n) / (1 + n_ij))``, where ``n_ij`` of the ``n`` events make the transition
-``i -> j`` with a probability of at least :data:`IDF_MIN_PROBABILITY`, and scales every
-row to unit length. Transitions that every event makes (background noise staying in its
-state) get weight 0, so k-means groups events by the transitions that set them apart;
-the weights depend on the collection clustered."""
+``i -> j`` with a joint probability of at least :data:`IDF_MIN_PROBABILITY` (smaller
+entries count as 0), and scales every row to unit length. Transitions that every event
+makes (background noise staying in its state) get weight 0, so k-means groups events by
+the transitions that set them apart; the weights depend on the collection clustered, and
+an event whose transitions every event makes has a row of zeros."""
 
 IDF_MIN_PROBABILITY = 1e-3
 """A transition counts as made by an event from this joint probability on ("idf")."""
@@ -145,11 +146,14 @@ def _hellinger(fingerprint: NDArray[np.float64]) -> NDArray[np.float64]:
 def _inverse_frequency_weighted(hellinger: NDArray[np.float64]) -> NDArray[np.float64]:
     """Rows of Hellinger features times ``sqrt(idf)`` of each column, at unit length.
 
-    Rows that end at zero (every transition of the event is shared by all events) stay 0.
+    Entries of transitions an event does not make (below :data:`IDF_MIN_PROBABILITY`) are
+    0: at unit length their round-off would otherwise be all that is left of an event
+    whose transitions every event makes. Such an event's row stays 0.
     """
     n_events = hellinger.shape[0]
-    making = (hellinger**2 >= IDF_MIN_PROBABILITY).sum(axis=0)
-    weighted = hellinger * np.sqrt(np.log((1.0 + n_events) / (1.0 + making)))
+    made = hellinger**2 >= IDF_MIN_PROBABILITY
+    weight = np.log((1.0 + n_events) / (1.0 + made.sum(axis=0)))
+    weighted = np.where(made, hellinger, 0.0) * np.sqrt(weight)
     norm = np.linalg.norm(weighted, axis=1, keepdims=True)
     return np.divide(weighted, norm, out=np.zeros_like(weighted), where=norm > 0)
 

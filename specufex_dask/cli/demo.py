@@ -63,7 +63,7 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     },
     "nmf": {"num_pat": 75, "steps": 150, "batch_size": 32},
     "hmm": {"num_state": 15, "steps": 100},
-    "clustering": {"n_clusters": 5, "pca_components": None, "transform": "hellinger"},
+    "clustering": {"n_clusters": 5, "pca_components": None, "transform": "idf"},
 }
 
 

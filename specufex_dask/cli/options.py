@@ -255,9 +255,10 @@ CLUSTERING_FLAGS = (
         ("--transform",),
         "clustering",
         "transform",
-        "transform of the fingerprints before PCA and k-means: 'hellinger' (the square root "
-        "of each event's joint distribution of consecutive states), 'sqrt' (of every entry) "
-        "or 'none' (the raw fingerprints)",
+        "transform of the fingerprints before PCA and k-means: 'idf' (the 'hellinger' rows "
+        "with each transition weighted by its inverse event frequency, at unit length), "
+        "'hellinger' (the square root of each event's joint distribution of consecutive "
+        "states), 'sqrt' (of every entry) or 'none' (the raw fingerprints)",
         str,
         "{" + ",".join(FEATURE_TRANSFORMS) + "}",
     ),
