@@ -23,13 +23,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from numpy.typing import NDArray
 
 from specufex_dask.inference.convergence import StageMonitor
 from specufex_dask.inference.seeding import minibatch
 
-__all__ = ["COUNT_NAMES", "InOrder", "SVIProgress", "SeededMinibatches", "StepResult", "run_svi"]
+__all__ = [
+    "COUNT_NAMES",
+    "Everything",
+    "InOrder",
+    "SVIProgress",
+    "SeededMinibatches",
+    "StepResult",
+    "run_svi",
+]
 
 COUNT_NAMES = {"nmf": "n_patterns", "hmm": "n_states"}
 """What each stage counts: live NMF patterns, HMM states in use."""
@@ -179,10 +186,3 @@ def run_svi(
         )
         if converged:
             return
-
-
-def as_indices(selection: Selection, n_items: int) -> np.ndarray:
-    """The indices a selection of :func:`run_svi`'s ``batches`` stands for."""
-    if isinstance(selection, slice):
-        return np.arange(n_items)[selection]
-    return np.asarray(selection)
