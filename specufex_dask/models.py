@@ -25,16 +25,31 @@ import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from specufex_dask import persistence
-from specufex_dask.common import available_cores, check_positive_int
+from specufex_dask.common import available_cores
 from specufex_dask.inference import compat as reference
-from specufex_dask.inference.convergence import MAX_WINDOW, ConvergenceMonitor
+from specufex_dask.inference.convergence import (
+    MAX_WINDOW,
+    ConvergenceMonitor,
+    StageMonitor,
+    states_in_use,
+)
 from specufex_dask.inference.initialise import emission_frames, emission_start, init_sample
-from specufex_dask.inference.seeding import generator, minibatch, resolve_seed
+from specufex_dask.inference.params import (
+    COMPAT_MODES,
+    HMM_INITS,
+    HMM_PARAMETERS,
+    MIN_PATTERN_SHARE,
+    NMF_PARAMETERS,
+    ParameterContract,
+    check_reference_mode,
+)
+from specufex_dask.inference.seeding import generator, resolve_seed
 from specufex_dask.inference.stats import HMMStatistics, NMFStatistics, fold
 from specufex_dask.inference.steps import (
     HMMStepParameters,
@@ -43,6 +58,14 @@ from specufex_dask.inference.steps import (
     hmm_outputs,
     nmf_activations,
     nmf_leaves,
+)
+from specufex_dask.inference.svi import (
+    Everything,
+    InOrder,
+    SeededMinibatches,
+    StepResult,
+    SVIProgress,
+    run_svi,
 )
 from specufex_dask.inference.updates import (
     NMFPrior,
@@ -64,26 +87,24 @@ from specufex_dask.inference.updates import (
 from specufex_dask.inference.validation import check_stack
 from specufex_dask.kernels.nmf import expected_log
 
-__all__ = ["BayesianHMM", "BayesianNonparametricNMF", "ConvergenceMonitor", "ConvergenceWarning"]
+__all__ = [
+    "COMPAT_MODES",
+    "HMM_INITS",
+    "MIN_PATTERN_SHARE",
+    "BayesianHMM",
+    "BayesianNonparametricNMF",
+    "ConvergenceMonitor",
+    "ConvergenceWarning",
+]
 
 logger = logging.getLogger("specufex_dask")
 
-COMPAT_MODES = ("default", "specufex")
-HMM_INITS = ("data", "random")
 # Temperature above 1 below which annealing counts as over.
 ANNEALED = 1e-4
-# Default share of the data's counts below which the default mode prunes a pattern.
-MIN_PATTERN_SHARE = 1e-3
 
 
 class ConvergenceWarning(UserWarning):
     """The step budget ran out before the ELBO settled."""
-
-
-def _check_compat(compat: str) -> str:
-    if compat not in COMPAT_MODES:
-        raise ValueError(f"compat must be one of {COMPAT_MODES}, got {compat!r}")
-    return compat
 
 
 class PatternGain(np.ndarray):
@@ -100,45 +121,45 @@ class PatternGain(np.ndarray):
         self.n_events = getattr(obj, "n_events", None)
 
 
-class _SVIModel:
-    """The SVI driver shared by both models: minibatches, stopping, logging."""
+class _SVIModel(ParameterContract):
+    """What both models share: the parameter contract, the SVI loop's set-up, files.
+
+    The constructor stores its arguments unchanged and draws the reference's initial
+    state from the few it needs (:meth:`_draw_state`, which checks those); every
+    argument is checked when a fit starts (:mod:`specufex_dask.inference.params`).
+    ``set_params`` of an argument the state is drawn from draws it again, as a new
+    model would.
+    """
 
     _batch_purpose: str
-    _unit: str
+    _stage: str
+    # arguments the initial state is drawn from
+    _state_inputs: frozenset[str] = frozenset()
+    # arguments compat="specufex" fixes (inference.params.REFERENCE_FIXED)
+    _reference_fixed: tuple[str, ...] = ()
 
-    def _init_driver(
-        self,
-        compat: str,
-        batch_size: int,
-        max_steps: int | None,
-        tol: float | None,
-        step_size: float | None,
-        random_state: int | None,
-        dtype: ArrayLike,
-        verbose: bool,
-    ) -> None:
-        self.compat = _check_compat(compat)
-        check_positive_int("batch_size", batch_size, allow_none=False)
-        check_positive_int("max_steps", max_steps)
-        if tol is not None and not tol > 0:
-            raise ValueError(f"tol must be positive or None, got {tol!r}")
-        if step_size is not None and not 0 < step_size <= 1:
-            raise ValueError(f"step_size must be in (0, 1] or None, got {step_size!r}")
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
-        if compat == "specufex" and (batch_size != 1 or max_steps is not None or tol):
-            raise ValueError(
-                "compat='specufex' steps through the data one event at a time as the "
-                "reference does; batch_size, max_steps and tol need compat='default'"
-            )
-        self.batch_size = int(batch_size)
-        self.max_steps = max_steps
-        self.tol = tol
-        self.step_size = step_size
-        self.random_state = resolve_seed(random_state)
-        self.verbose = verbose
-        self.elbo_: list[float] = []
+    def _draw_state(self) -> None:
+        raise NotImplementedError
+
+    def _parameters_set(self, names: set[str]) -> None:
+        if names & self._state_inputs:
+            self._draw_state()
+
+    def _check_parameters(self) -> None:
+        super()._check_parameters()
+        check_reference_mode(self.compat, self.get_params(), self._reference_fixed)
+
+    @property
+    def _dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    def _saved_settings(self) -> dict[str, Any]:
+        """Settings as files store them: resolved (the seed drawn, "auto" decided)."""
+        return {"random_state": self._seed}
+
+    def _restored(self) -> None:
+        """Set what the constructor derives, on a model built from a file's settings."""
+        self._seed = resolve_seed(self.random_state)
 
     def save(self, filename: str | Path) -> None:
         """Write the model to an HDF5 file (no pickle; see :mod:`specufex_dask.persistence`)."""
@@ -155,29 +176,55 @@ class _SVIModel:
     def _log(self, message: str, *args: object) -> None:
         logger.log(logging.INFO if self.verbose else logging.DEBUG, message, *args)
 
-    def _run_svi(
-        self, data: NDArray, take_step: Callable[[NDArray], float], ready: Callable[[], bool]
-    ) -> None:
-        """Steps over ``data`` with seeded minibatches until the budget or convergence."""
+    def _svi_update(self, stats: Any, step: int, data: NDArray) -> StepResult:
+        raise NotImplementedError
+
+    def _statistics(self, data: NDArray) -> Any:
+        raise NotImplementedError
+
+    def _run_svi(self, data: NDArray, batches: str) -> SVIProgress | None:
+        """SVI steps over ``data`` by :func:`~specufex_dask.inference.svi.run_svi`.
+
+        ``batches``: "seeded" (``max_steps`` steps, default one pass, of seeded
+        minibatches of ``batch_size``, stopping early when ``tol`` is met), "in order"
+        (the reference: every item of ``data``, in order, is one step) or "all" (one
+        step with all of ``data``).
+        """
         n = len(data)
-        per_pass = math.ceil(n / self.batch_size)
-        n_steps = self.max_steps if self.max_steps is not None else per_pass
-        monitor = ConvergenceMonitor(self.tol, min(per_pass, MAX_WINDOW))
-        for _ in range(n_steps):
-            index = minibatch(
-                self.random_state, self._batch_purpose, self.step, n, self.batch_size
+        if batches == "seeded":
+            per_pass = math.ceil(n / self.batch_size)
+            budget = self.max_steps if self.max_steps is not None else per_pass
+            monitor = StageMonitor(self.tol, min(per_pass, MAX_WINDOW), steady_count=False)
+            source = SeededMinibatches(
+                self._seed, self._batch_purpose, n, self.batch_size, first=self.step
             )
-            elbo = take_step(data[index])
-            if monitor.report(elbo, ready()):
-                self._log("%s converged after %d steps", type(self).__name__, len(monitor.history))
-                return
-        if self.tol is not None and self.max_steps is not None:
+        else:
+            budget = n if batches == "in order" else 1
+            monitor = StageMonitor(None, 1, steady_count=False)
+            source = InOrder() if batches == "in order" else Everything()
+        last = None
+        for last in run_svi(  # noqa: B007 - the last record is what the loop leaves
+            self._stage,
+            source,
+            lambda index, _: self._statistics(data[index]),
+            lambda stats, step: self._svi_update(stats, step, data),
+            budget=budget,
+            monitor=monitor,
+        ):
+            pass
+        self.progress_ = last
+        if batches != "seeded":
+            return last
+        if last is not None and last.converged:
+            self._log("%s converged after %d steps", type(self).__name__, last.step)
+        elif self.tol is not None and self.max_steps is not None:
             warnings.warn(
                 f"{type(self).__name__}: ELBO not converged to tol={self.tol} in "
-                f"{n_steps} steps; raise max_steps",
+                f"{budget} steps; raise max_steps",
                 ConvergenceWarning,
                 stacklevel=3,
             )
+        return last
 
 
 class BayesianNonparametricNMF(_SVIModel):
@@ -234,13 +281,26 @@ class BayesianNonparametricNMF(_SVIModel):
         ``W1/W2``, ``A1/A2``, ``E[ln W] + E[ln a]`` and ``sum_d EW``.
     elbo_ : list of float
         ELBO estimate of every step (without the data constant).
+    progress_ : SVIProgress
+        The last step's :class:`~specufex_dask.inference.svi.SVIProgress` (after a fit).
 
     Notes
     -----
+    The constructor stores its arguments unchanged (``get_params``, ``set_params`` and
+    ``sklearn.base.clone`` see them as given) and draws the reference's initial state
+    from ``X_shape``, ``num_pat`` and ``random_state``; the other arguments are checked
+    when a fit starts. The attribute ``num_pat`` is the reference's: the current number
+    of patterns, which pruning lowers; ``get_params()["num_pat"]`` stays the argument.
+
     Holtzman et al. (2018), Science Advances 4(5), eaao2929.
     """
 
+    _parameter_table = NMF_PARAMETERS
+    _state_names = ("num_pat",)
+    _state_inputs = frozenset({"X_shape", "num_pat", "random_state"})
+    _reference_fixed = ("batch_size", "max_steps", "tol", "min_pattern_share", "merge_cosine")
     _batch_purpose = "nmf_batch"
+    _stage = "nmf"
     # what model files written before share pruning and merging (and the reference's) did
     min_pattern_share = None
     merge_cosine = None
@@ -262,47 +322,46 @@ class BayesianNonparametricNMF(_SVIModel):
         dtype: ArrayLike = np.float64,
         verbose: bool = False,
     ) -> None:
-        if len(X_shape) != 3 or min(X_shape) < 1:
-            raise ValueError(
-                f"X_shape must be (n_events, n_frequencies, n_times), all >= 1; got {X_shape}"
-            )
-        check_positive_int("num_pat", num_pat, allow_none=False)
-        self._init_driver(
-            compat, batch_size, max_steps, tol, step_size, random_state, dtype, verbose
-        )
-        self.anneal = anneal
-        if isinstance(min_pattern_share, str) and min_pattern_share == "auto":
-            min_pattern_share = None if compat == "specufex" else MIN_PATTERN_SHARE
-        if min_pattern_share is not None and (
-            compat == "specufex" or not 0 < min_pattern_share < 1
-        ):
-            raise ValueError(
-                "min_pattern_share must be in (0, 1) or None (None with compat='specufex'), "
-                f"got {min_pattern_share!r}"
-            )
-        self.min_pattern_share = min_pattern_share
-        if merge_cosine is not None and (compat == "specufex" or not 0 < merge_cosine <= 1):
-            raise ValueError(
-                "merge_cosine must be in (0, 1] or None (None with compat='specufex'), "
-                f"got {merge_cosine!r}"
-            )
-        self.merge_cosine = merge_cosine
-        n_events, n_frequencies, _ = (int(v) for v in X_shape)
-        self.input_dims = (n_events, n_frequencies, int(X_shape[2]))
+        self._store_arguments(locals())
+        self._draw_state()
+
+    def _draw_state(self) -> None:
+        """The reference's random initial state (ALGORITHM.md 1), step -1."""
+        for name in ("X_shape", "num_pat", "random_state"):
+            self._parameter_table[name].check(self.get_params()[name])
+        self._seed = resolve_seed(self.random_state)
+        n_events, n_frequencies, n_times = (int(v) for v in self.X_shape)
+        self.input_dims = (n_events, n_frequencies, n_times)
         self.N_eff = n_events
         self.dim = n_frequencies
-        self.num_pat = int(num_pat)
+        self.num_pat = int(self._num_pat_argument)
         prior = NMFPrior.default(n_frequencies, self.num_pat)
         self.h01, self.h02 = prior.h01, prior.h02
         self.a01, self.a02 = prior.a01, prior.a02
         self.w01, self.w02 = prior.w01, prior.w02
         strength = n_events / 1000
-        rng = generator(self.random_state, "nmf_init")
+        rng = generator(self._seed, "nmf_init")
         self.W1 = strength * 100 * rng.gamma(10.0, 1 / 10, size=(n_frequencies, self.num_pat))
         self.W2 = np.full((n_frequencies, self.num_pat), strength * 100)
         self.A1 = np.full((1, self.num_pat), strength * 10)
         self.A2 = np.full((1, self.num_pat), strength * 10)
         self.step = -1
+        self.elbo_: list[float] = []
+
+    def _min_pattern_share(self) -> float | None:
+        """``min_pattern_share`` with "auto" decided: None in compat mode, else 1e-3."""
+        share = self.min_pattern_share
+        if isinstance(share, str):
+            return None if self.compat == "specufex" else MIN_PATTERN_SHARE
+        return share
+
+    def _saved_settings(self) -> dict[str, Any]:
+        return {**super()._saved_settings(), "min_pattern_share": self._min_pattern_share()}
+
+    def _restored(self) -> None:
+        super()._restored()
+        self._num_pat_argument = self.num_pat
+        self.X_shape = tuple(self.input_dims)
 
     # --- derived state -------------------------------------------------------------
     @property
@@ -348,7 +407,7 @@ class BayesianNonparametricNMF(_SVIModel):
             h02=self.h02,
             temperature=temperature,
             n_inner=nmf_inner_iterations(temperature),
-            dtype=self.dtype.name,
+            dtype=self._dtype.name,
             threads=available_cores(),
         )
 
@@ -360,7 +419,7 @@ class BayesianNonparametricNMF(_SVIModel):
             basis_weight=(self.EW * self.EA).sum(axis=0),
             h01=self.h01,
             h02=self.h02,
-            dtype=self.dtype.name,
+            dtype=self._dtype.name,
             threads=available_cores(),
         )
 
@@ -408,7 +467,8 @@ class BayesianNonparametricNMF(_SVIModel):
             W1, W2, A1, A2, merged = merge_patterns(W1, W2, A1, A2, pairs, self.prior)
             if pairs:
                 self._log("NMF step %d: merged patterns %s", self.step + 1, pairs)
-        keep = merged & prune_mask(A1, A2, min_share=self.min_pattern_share if annealed else None)
+        share = self._min_pattern_share() if annealed else None
+        keep = merged & prune_mask(A1, A2, min_share=share)
         if not keep.any():
             raise ValueError(f"NMF: every pattern was pruned at step {self.step + 1}")
         # C order after column selection: products round by memory layout, and a model
@@ -431,8 +491,17 @@ class BayesianNonparametricNMF(_SVIModel):
         )
         return float(elbo)
 
-    def _take_step(self, X: NDArray) -> float:
-        return self.apply_statistics(fold(nmf_leaves(X, self.step_parameters())))
+    def _statistics(self, X: NDArray) -> NMFStatistics:
+        return fold(nmf_leaves(X, self.step_parameters()))
+
+    def _svi_update(self, stats: NMFStatistics, step: int, data: NDArray) -> StepResult:
+        return self.svi_update(stats)
+
+    def svi_update(self, stats: NMFStatistics) -> StepResult:
+        """The global update of one SVI step, as :func:`~specufex_dask.inference.svi.run_svi`
+        asks it: the step's ELBO, the live patterns, whether annealing is over."""
+        elbo = self.apply_statistics(stats)
+        return StepResult(elbo, self.num_pat, self._annealed())
 
     def _annealed(self) -> bool:
         return nmf_temperature(self.step, self.anneal) - 1.0 < ANNEALED
@@ -445,16 +514,14 @@ class BayesianNonparametricNMF(_SVIModel):
         )
 
     def _check_X(self, X: ArrayLike) -> NDArray:
-        return check_stack(X, what="spectrograms", dtype=self.dtype, expected_rows=self.dim)
+        return check_stack(X, what="spectrograms", dtype=self._dtype, expected_rows=self.dim)
 
     def partial_fit(self, X: ArrayLike) -> BayesianNonparametricNMF:
-        """One SVI step with all of ``X`` (n, D, M) as the minibatch (no sorting)."""
+        """One SVI step with all of ``X`` (n, D, M) as the minibatch (no sorting); in
+        compat mode one step per spectrogram, in order."""
+        self._check_parameters()
         X = self._check_X(X)
-        if self.compat == "specufex":
-            for x in X:
-                self._take_step(x[None])
-        else:
-            self._take_step(X)
+        self._run_svi(X, "in order" if self.compat == "specufex" else "all")
         return self
 
     def fit(self, X: ArrayLike) -> BayesianNonparametricNMF:
@@ -465,12 +532,9 @@ class BayesianNonparametricNMF(_SVIModel):
         minibatches of ``batch_size``, stopping early when ``tol`` is met. Patterns are
         sorted by peak frequency at the end.
         """
+        self._check_parameters()
         X = self._check_X(X)
-        if self.compat == "specufex":
-            for x in X:
-                self._take_step(x[None])
-        else:
-            self._run_svi(X, self._take_step, self._annealed)
+        self._run_svi(X, "in order" if self.compat == "specufex" else "seeded")
         self.sort_patterns()
         return self
 
@@ -524,10 +588,27 @@ class BayesianHMM(_SVIModel):
         Shape and rate of q(B).
     step : int
     EB, ElnB : ndarray of shape (num_state, num_pat)
+    gain : ndarray of shape (num_pat,)
+        The gains as float64 (``get_params()["gain"]`` stays the argument).
     elbo_ : list of float
+    progress_ : SVIProgress
+        The last step's :class:`~specufex_dask.inference.svi.SVIProgress` (after a fit).
+
+    Notes
+    -----
+    The constructor stores its arguments unchanged and draws the reference's initial
+    state from ``num_pat``, ``gain``, ``num_state`` and ``random_state``; the other
+    arguments are checked when a fit starts.
     """
 
+    _parameter_table = HMM_PARAMETERS
+    _state_names = ("gain",)
+    _state_inputs = frozenset(
+        {"num_pat", "gain", "num_state", "compat", "n_eff", "init", "random_state"}
+    )
+    _reference_fixed = ("batch_size", "max_steps", "tol", "init")
     _batch_purpose = "hmm_batch"
+    _stage = "hmm"
     # what model files written before data starts (and the reference's) were
     init = "random"
     initialised = True
@@ -549,42 +630,56 @@ class BayesianHMM(_SVIModel):
         dtype: ArrayLike = np.float64,
         verbose: bool = False,
     ) -> None:
-        check_positive_int("num_pat", num_pat, allow_none=False)
-        check_positive_int("num_state", num_state, allow_none=False)
-        check_positive_int("n_eff", n_eff)
-        self._init_driver(
-            compat, batch_size, max_steps, tol, step_size, random_state, dtype, verbose
-        )
-        if init is None:
-            init = "random" if compat == "specufex" else "data"
-        if init not in HMM_INITS or (compat == "specufex" and init != "random"):
-            raise ValueError(
-                f"init must be one of {HMM_INITS} ('random' with compat='specufex'), got {init!r}"
-            )
-        if n_eff is None and compat != "specufex":
-            n_eff = getattr(gain, "n_events", None)
-        gain = np.asarray(gain, dtype=np.float64).ravel()
+        self._store_arguments(locals())
+        self._draw_state()
+
+    def _draw_state(self) -> None:
+        """The reference's random initial state (ALGORITHM.md 2), step 0."""
+        for name in ("num_pat", "num_state", "random_state"):
+            self._parameter_table[name].check(self.get_params()[name])
+        num_pat, num_state = self.num_pat, self.num_state
+        gain = np.asarray(self._gain_argument, dtype=np.float64).ravel()
         if gain.shape != (num_pat,) or not np.all(np.isfinite(gain)) or np.any(gain < 0):
             raise ValueError(
                 f"gain must be {num_pat} finite nonnegative numbers, got shape {gain.shape}"
             )
-        self.num_pat = int(num_pat)
-        self.num_state = int(num_state)
+        self._seed = resolve_seed(self.random_state)
         self.gain = gain
-        self.n_eff = n_eff
-        self.Neff = reference.HMM_NEFF if compat == "specufex" else n_eff
+        self.Neff = reference.HMM_NEFF if self.compat == "specufex" else self._data_size()
         self.tau1 = 0.1
         self.tau2 = 0.1
         self.tauA = 0.1 / num_state
         self.tauPpi = 0.01 / num_state
         self._max_inner_ite = 20
-        rng = generator(self.random_state, "hmm_init")
+        rng = generator(self._seed, "hmm_init")
         strength = reference.HMM_NEFF * 1000
         self.B1 = strength * rng.gamma(1.0, 1.0, size=(num_state, num_pat))
         self.B2 = np.full((num_state, num_pat), strength * 0.03)
         self.step = 0
-        self.init = init
-        self.initialised = init == "random"
+        self.initialised = self._init() == "random"
+        self.elbo_: list[float] = []
+
+    @staticmethod
+    def default_init(compat: str) -> str:
+        """What ``init=None`` means: "random" in compat mode, else "data"."""
+        return "random" if compat == "specufex" else "data"
+
+    def _init(self) -> str:
+        return self.default_init(self.compat) if self.init is None else self.init
+
+    def _data_size(self) -> int | None:
+        """``n_eff`` decided: the NMF's data size its ``gain`` carries when None (default
+        mode; the reference's fixed ``Neff`` applies in compat mode)."""
+        if self.n_eff is not None or self.compat == "specufex":
+            return self.n_eff
+        return getattr(self._gain_argument, "n_events", None)
+
+    def _saved_settings(self) -> dict[str, Any]:
+        return {**super()._saved_settings(), "n_eff": self._data_size(), "init": self._init()}
+
+    def _restored(self) -> None:
+        super()._restored()
+        self._gain_argument = self.gain
 
     def start_from_frames(self, frames: NDArray, n_frames: float) -> None:
         """Start q(B) from emission frames (n_frames_sampled, num_pat) of a data sample.
@@ -592,7 +687,7 @@ class BayesianHMM(_SVIModel):
         ``n_frames`` is the number of frames in the whole data set. Marks the model as
         initialised, so later fits go on from here.
         """
-        rng = generator(self.random_state, "hmm_init_data")
+        rng = generator(self._seed, "hmm_init_data")
         self.B1, self.B2 = emission_start(
             frames, self.num_state, n_frames, rng, tau1=self.tau1, tau2=self.tau2
         )
@@ -600,14 +695,14 @@ class BayesianHMM(_SVIModel):
 
     def init_sample(self, n_sequences: int) -> NDArray:
         """Indices of the sequences whose frames :meth:`start_from_frames` uses."""
-        return init_sample(generator(self.random_state, "hmm_init_sample"), n_sequences)
+        return init_sample(generator(self._seed, "hmm_init_sample"), n_sequences)
 
     def _start_from_data(self, V: NDArray) -> None:
         if self.initialised:
             return
         frames = emission_frames(V[self.init_sample(len(V))], self.gain)
         self.start_from_frames(
-            frames.reshape(-1, self.num_pat), (self.n_eff or len(V)) * V.shape[2]
+            frames.reshape(-1, self.num_pat), (self._data_size() or len(V)) * V.shape[2]
         )
 
     @property
@@ -631,7 +726,7 @@ class BayesianHMM(_SVIModel):
             tau_transition=self.tauA,
             n_iter=self._max_inner_ite,
             compat=self.compat == "specufex",
-            dtype=self.dtype.name,
+            dtype=self._dtype.name,
             threads=available_cores(),
         )
 
@@ -660,7 +755,7 @@ class BayesianHMM(_SVIModel):
             state_counts=stats.state_counts[:, None],
         )
         if scale is None:
-            size = self.n_eff or n_data or stats.n_sequences
+            size = self._data_size() or n_data or stats.n_sequences
             scale = size / stats.n_sequences
         rho = step_size or self.step_size or hmm_step_size(self.step, stats.n_sequences)
         elbo = scale * stats.elbo - hmm_global_kl(self.B1, self.B2, self.tau1, self.tau2)
@@ -683,20 +778,44 @@ class BayesianHMM(_SVIModel):
 
     def _check_V(self, V: ArrayLike) -> NDArray:
         return check_stack(
-            V, what="activations", dtype=self.dtype, expected_rows=self.num_pat, row_name="pattern"
-        )
+            V, what="activations", dtype=self._dtype, expected_rows=self.num_pat,
+            row_name="pattern",
+        )  # fmt: skip
 
-    def _take_step(self, V: NDArray, n_data: int | None = None) -> float:
-        leaves = hmm_leaves(V, self.step_parameters())
-        return self.apply_statistics(fold(leaves), n_data=n_data)
+    def _statistics(self, V: NDArray) -> HMMStatistics:
+        return fold(hmm_leaves(V, self.step_parameters()))
 
-    def _fit_reference(self, V: NDArray) -> None:
-        for index, sequence in enumerate(V):
-            step, batch, rho = reference.hmm_schedule(self.step, index)
+    def _svi_update(self, stats: HMMStatistics, step: int, data: NDArray) -> StepResult:
+        # in order (compat): the reference's counter grows by the index in the fit call
+        return self.svi_update(stats, n_times=data.shape[2], n_data=len(data), index=step)
+
+    def svi_update(
+        self,
+        stats: HMMStatistics,
+        *,
+        n_times: int,
+        n_data: int | None = None,
+        index: int = 0,
+        count: Callable[[NDArray, int], int] = states_in_use,
+    ) -> StepResult:
+        """The global update of one SVI step, as :func:`~specufex_dask.inference.svi.run_svi`
+        asks it: the step's ELBO and the states in use in its minibatch.
+
+        In compat mode the reference's schedule
+        (:func:`specufex_dask.inference.compat.hmm_schedule`) with ``index``, the
+        sequence's index in the reference's ``fit`` call (0 for one sequence per call, as
+        its README uses it); otherwise :meth:`apply_statistics` (``n_data`` stands in
+        for an unset ``n_eff``). ``count(state_counts, n_frames)`` counts the states in
+        use of the minibatch's ``n_frames``.
+        """
+        if self.compat == "specufex":
+            step, n, rho = reference.hmm_schedule(self.step, index)
             self.step = step
-            stats = fold(hmm_leaves(sequence[None], self.step_parameters()))
-            self.apply_statistics(stats, scale=self.Neff / batch, step_size=rho)
+            elbo = self.apply_statistics(stats, scale=self.Neff / n, step_size=rho)
             self.step = step  # the reference's counter only moves by the index
+        else:
+            elbo = self.apply_statistics(stats, n_data=n_data)
+        return StepResult(elbo, count(stats.state_counts, stats.n_sequences * n_times))
 
     def sort_states(self) -> None:
         """Order states by decreasing energy (done at the end of fit)."""
@@ -708,12 +827,13 @@ class BayesianHMM(_SVIModel):
 
     def partial_fit(self, V: ArrayLike) -> BayesianHMM:
         """One SVI step with all of ``V`` (n, num_pat, M) as the minibatch (no sorting)."""
+        self._check_parameters()
         V = self._check_V(V)
         if self.compat == "specufex":
-            self._fit_reference(V)
+            self._run_svi(V, "in order")
         else:
             self._start_from_data(V)
-            self._take_step(V)
+            self._run_svi(V, "all")
         return self
 
     def fit(self, V: ArrayLike) -> BayesianHMM:
@@ -721,13 +841,13 @@ class BayesianHMM(_SVIModel):
 
         States are sorted by decreasing energy at the end.
         """
+        self._check_parameters()
         V = self._check_V(V)
         if self.compat == "specufex":
-            self._fit_reference(V)
+            self._run_svi(V, "in order")
         else:
             self._start_from_data(V)
-            n_data = len(V)
-            self._run_svi(V, lambda batch: self._take_step(batch, n_data), lambda: True)
+            self._run_svi(V, "seeded")
         self.sort_states()
         return self
 

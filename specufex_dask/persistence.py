@@ -53,8 +53,13 @@ def model_state(model: Any) -> tuple[dict[str, np.ndarray], dict[str, Any], dict
     layout = _STATE[type(model).__name__]
     arrays = {name: np.asarray(getattr(model, name)) for name in layout["arrays"]}
     scalars = {name: _jsonable(getattr(model, name)) for name in layout["scalars"]}
-    settings = {name: _jsonable(getattr(model, name)) for name in layout["settings"]}
-    settings["dtype"] = model.dtype.name
+    # as resolved: the seed drawn for random_state=None, "auto" decided
+    resolved = model._saved_settings()
+    settings = {
+        name: _jsonable(resolved[name] if name in resolved else getattr(model, name))
+        for name in layout["settings"]
+    }
+    settings["dtype"] = np.dtype(model.dtype).name
     return arrays, scalars, settings
 
 
@@ -158,20 +163,12 @@ def build_model(cls: type, values: dict[str, Any], settings: dict[str, Any]) -> 
     """A model of class ``cls`` from the state of :func:`model_state` (plus ``elbo_``)."""
     model = cls.__new__(cls)
     settings = dict(settings)
-    compat = settings.pop("compat")
-    # the reference fitted one event per step; our driver checks only ask that of new fits
-    model._init_driver(
-        compat,
-        settings.pop("batch_size") if compat == "default" else 1,
-        settings.pop("max_steps") if compat == "default" else None,
-        settings.pop("tol") if compat == "default" else None,
-        settings.pop("step_size"),
-        settings.pop("random_state"),
-        settings.pop("dtype"),
-        settings.pop("verbose"),
-    )
-    for name in ("batch_size", "max_steps", "tol"):
-        settings.pop(name, None)
+    compat = settings["compat"]
+    cls._parameter_table["compat"].check(compat)
+    if compat != "default":
+        # the reference fitted one event per step; the checks only ask that of new fits
+        settings.update(batch_size=1, max_steps=None, tol=None)
+    settings["dtype"] = np.dtype(settings["dtype"])
     for name, value in settings.items():
         setattr(model, name, tuple(value) if name == "input_dims" else value)
     for name, value in values.items():
@@ -184,4 +181,5 @@ def build_model(cls: type, values: dict[str, Any], settings: dict[str, Any]) -> 
         setattr(model, name, value)
     if cls.__name__ == "BayesianHMM":
         model.gain = np.asarray(model.gain, dtype=np.float64).ravel()
+    model._restored()
     return model

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from specufex_dask.inference import compat as reference
 from specufex_dask.inference.convergence import (
     MIN_STOP_STEPS,
     StageMonitor,
@@ -27,9 +26,16 @@ from specufex_dask.inference.convergence import (
     states_in_use,
     window_steps,
 )
-from specufex_dask.inference.seeding import minibatch, resolve_seed
+from specufex_dask.inference.params import (
+    AUTO_BATCH_SIZE,
+    PIPELINE_PARAMETERS,
+    ParameterContract,
+    check_reference_mode,
+)
+from specufex_dask.inference.seeding import resolve_seed
+from specufex_dask.inference.svi import SeededMinibatches, SVIProgress, run_svi
 from specufex_dask.io.archive import FREQUENCY, MODEL_GROUP
-from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF, _check_compat
+from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
 from specufex_dask.parallel.engine import (
     BackgroundCheckpoints,
     EventChunks,
@@ -49,14 +55,10 @@ __all__ = ["SpecUFEx"]
 logger = logging.getLogger("specufex_dask")
 
 Progress = Callable[[str, dict], None]
-# An SVI step of the fit: its ELBO, whether convergence may be tested, more to report
-# (with the stage's count under COUNTS[stage]).
-Step = Callable[[], tuple[float, bool, dict]]
-# What must hold still over a window for a stage to stop: live patterns, states in use.
-COUNTS = {"nmf": "n_patterns", "hmm": "n_states"}
+STAGES = ("nmf", "hmm")
 
 
-class SpecUFEx:
+class SpecUFEx(ParameterContract):
     """SpecUFEx (NMF then HMM) on spectrogram archives, computed on a Dask cluster.
 
     Parameters
@@ -71,9 +73,10 @@ class SpecUFEx:
     nmf_steps, hmm_steps : int or None, default=None
         Most SVI steps of each stage; None: three passes over the events at
         ``batch_size``, and at least 200 (:func:`specufex_dask.inference.convergence.auto_steps`).
-    batch_size : int or None, default=64
+    batch_size : int, None or "auto", default="auto"
         Events per SVI step; None is full-batch variational Bayes (every event in every
-        step, step size 1).
+        step, step size 1); "auto" is 64, and 1 with ``compat="specufex"`` (which
+        refuses any other value).
     tol : float or None, default=1e-4
         A stage stops before its budget once the mean ELBO of the last window of steps
         (one pass, at most 20 steps) differs from the window's before by less than
@@ -93,7 +96,8 @@ class SpecUFEx:
     dtype : {"float64", "float32"}, default="float64"
         Precision of the kernels.
     progress : callable, optional
-        ``progress(stage, info)`` after every step (stage "nmf" or "hmm"; info has
+        ``progress(stage, info)`` after every step (stage "nmf" or "hmm"; info is
+        :meth:`SVIProgress.info() <specufex_dask.inference.svi.SVIProgress.info>`:
         ``step``, ``total`` (the budget), ``elbo``, ``converged``, and ``n_patterns``
         for the NMF, ``n_states`` (states in use in the step's minibatch) for the HMM)
         and every transformed chunk (stage "transform"; ``chunk``, ``n_chunks``).
@@ -102,11 +106,25 @@ class SpecUFEx:
     ----------
     nmf_ : BayesianNonparametricNMF
     hmm_ : BayesianHMM
+    frequency_ : ndarray or None
+        The frequency axis of the data fitted (None when the data had none).
+    progress_ : dict of str to SVIProgress
+        The last step of each stage run (a resumed fit's earlier steps included).
     n_steps_ : dict
         Steps the fit ran per stage (``{"nmf": 130, "hmm": 64}``).
     converged_ : dict
         Per stage, whether it stopped on convergence before its budget.
+
+    Notes
+    -----
+    The constructor stores its arguments unchanged (``get_params``, ``set_params``,
+    ``sklearn.base.clone``); they are checked by
+    :data:`~specufex_dask.inference.params.PIPELINE_PARAMETERS` when a fit or a
+    transform starts. Both stages run :func:`~specufex_dask.inference.svi.run_svi`, the
+    loop of the in-memory estimators, with the workers computing the statistics.
     """
+
+    _parameter_table = PIPELINE_PARAMETERS
 
     def __init__(
         self,
@@ -116,7 +134,7 @@ class SpecUFEx:
         compat: str = "default",
         nmf_steps: int | None = None,
         hmm_steps: int | None = None,
-        batch_size: int | None = 64,
+        batch_size: int | str | None = "auto",
         tol: float | None = 1e-4,
         random_state: int | None = 0,
         checkpoint_every: int = 10,
@@ -125,36 +143,22 @@ class SpecUFEx:
         dtype: str = "float64",
         progress: Progress | None = None,
     ) -> None:
-        self.num_pat = num_pat
-        self.num_state = num_state
-        self.compat = _check_compat(compat)
-        if compat == "specufex" and batch_size != 1:
-            batch_size = 1  # the reference takes one event per step
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
-        for name, value in (("nmf_steps", nmf_steps), ("hmm_steps", hmm_steps)):
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {value}")
-        if int(checkpoint_every) < 1:
-            raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-        if tol is not None and not tol >= 0:
-            raise ValueError(f"tol must be >= 0 or None, got {tol!r}")
-        self.nmf_steps = None if nmf_steps is None else int(nmf_steps)
-        self.hmm_steps = None if hmm_steps is None else int(hmm_steps)
-        self.batch_size = batch_size
-        self.tol = tol
-        self.random_state = resolve_seed(random_state)
-        self.checkpoint_every = int(checkpoint_every)
-        self.client = client
-        self.chunk_events = chunk_events
-        self.dtype = np.dtype(dtype).name
-        self.progress = progress
+        self._store_arguments(locals())
         self._handle = None
-        self.nmf_: BayesianNonparametricNMF | None = None
-        self.hmm_: BayesianHMM | None = None
-        self.frequency_: np.ndarray | None = None
-        self.n_steps_: dict[str, int] = {}
-        self.converged_: dict[str, bool] = {}
+
+    def _check_parameters(self) -> None:
+        super()._check_parameters()
+        check_reference_mode(self.compat, self.get_params(), ("batch_size",))
+
+    def _batch_size(self) -> int | None:
+        """``batch_size`` with "auto" decided."""
+        if isinstance(self.batch_size, str):
+            return 1 if self.compat == "specufex" else AUTO_BATCH_SIZE
+        return self.batch_size
+
+    @property
+    def _dtype(self) -> str:
+        return np.dtype(self.dtype).name
 
     # --- cluster -------------------------------------------------------------------
     def _client(self) -> Any:
@@ -181,31 +185,32 @@ class SpecUFEx:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _report(self, stage: str, info: dict) -> None:
-        if self.progress is not None:
-            self.progress(stage, info)
-
     # --- fitting -------------------------------------------------------------------
-    def _new_nmf(self, shape: tuple[int, int, int]) -> BayesianNonparametricNMF:
+    def _new_nmf(
+        self, shape: tuple[int, int, int], seed: int | None = None
+    ) -> BayesianNonparametricNMF:
+        seed = resolve_seed(self.random_state) if seed is None else seed
         return BayesianNonparametricNMF(
             shape,
             self.num_pat,
             compat=self.compat,
-            step_size=1.0 if self.batch_size is None else None,
-            random_state=self.random_state,
-            dtype=self.dtype,
+            step_size=1.0 if self._batch_size() is None else None,
+            random_state=seed,
+            dtype=self._dtype,
         )
 
-    def _new_hmm(self, n_events: int) -> BayesianHMM:
+    def _new_hmm(self, n_events: int, seed: int | None = None) -> BayesianHMM:
+        seed = self.nmf_._seed if seed is None else seed
         return BayesianHMM(
             self.nmf_.num_pat,
             self.nmf_.gain,
             self.num_state,
             compat=self.compat,
             n_eff=n_events,
-            step_size=1.0 if self.batch_size is None else None,
-            random_state=self.random_state,
-            dtype=self.dtype,
+            init=BayesianHMM.default_init(self.compat),
+            step_size=1.0 if self._batch_size() is None else None,
+            random_state=seed,
+            dtype=self._dtype,
         )
 
     def fit(self, data: Any, *, resume: bool = False) -> SpecUFEx:
@@ -228,6 +233,7 @@ class SpecUFEx:
             all events names every such event (checkpoints written before stay
             resumable, and an event no minibatch draws is caught by the transform).
         """
+        self._check_parameters()
         chunks = EventChunks.from_data(data, self.chunk_events)
         self.frequency_ = (
             np.array(chunks.frequency, dtype=float) if chunks.frequency_known else None
@@ -236,16 +242,22 @@ class SpecUFEx:
             require_writable(chunks.path, "model and its checkpoints")
         client = self._client()
         n_events = chunks.shape[0]
-        batch = n_events if self.batch_size is None else min(self.batch_size, n_events)
+        batch_size = self._batch_size()
+        batch = n_events if batch_size is None else min(batch_size, n_events)
         state = read_model_group(chunks.path) if resume and chunks.path else None
         if state is None:
             if resume:
                 logger.info("no checkpoint in %s: fitting from the start", chunks.path)
-            self.nmf_, self.hmm_ = self._new_nmf(chunks.shape), None
-            done = {"stage": "nmf", "nmf_steps": 0, "hmm_steps": 0}
+            seed = resolve_seed(self.random_state)
+            self.nmf_, self.hmm_ = self._new_nmf(chunks.shape, seed), None
+            stage, self.progress_ = "nmf", {}
         else:
-            self.nmf_, self.hmm_, done = state
-            logger.info("resuming %s at %s", chunks.path, done)
+            self.nmf_, self.hmm_, saved = state
+            # random_state=None: the checkpoint's seed, so the resumed draws are the same
+            given = self.random_state
+            seed = resolve_seed(self.nmf_._seed if given is None else given)
+            stage, self.progress_ = _from_checkpoint(saved, self.nmf_, self.hmm_)
+            logger.info("resuming %s at %s", chunks.path, saved)
         # No pass over the values first: every task checks the events it reads.
         window = window_steps(n_events, batch)
         budgets = {
@@ -257,28 +269,29 @@ class SpecUFEx:
             BackgroundCheckpoints(chunks.path) as checkpoints,
             _step_runners(client, chunks) as runners,
         ):
-            if done["stage"] == "nmf":
-                step = self._nmf_step(chunks, batch, client, runners)
-                self._run_steps("nmf", step, budgets["nmf"], window, done, checkpoints)
+            lookahead = runners is not None
+            if stage == "nmf":
+                arguments = self._nmf_stage(chunks, batch, client, runners, seed)
+                self._run_stage("nmf", arguments, budgets["nmf"], window, checkpoints, lookahead)
                 self.nmf_.sort_patterns()
-                done["stage"] = "hmm"
-                self.hmm_ = self._new_hmm(n_events)
+                stage = "hmm"
+                self.hmm_ = self._new_hmm(n_events, seed)
                 # before the checkpoint: a resumed fit starts from the same q(B)
                 self._start_hmm_from_data(chunks, client, runners)
-                checkpoints.write(self.nmf_, self.hmm_, done)
-            if done["stage"] == "hmm":
+                checkpoints.write(self.nmf_, self.hmm_, _checkpoint(stage, self.progress_))
+            if stage == "hmm":
                 self._start_hmm_from_data(chunks, client, runners)
-                step = self._hmm_step(chunks, batch, client, runners, done)
-                self._run_steps("hmm", step, budgets["hmm"], window, done, checkpoints)
+                arguments = self._hmm_stage(chunks, batch, client, runners, seed)
+                self._run_stage("hmm", arguments, budgets["hmm"], window, checkpoints, lookahead)
                 self.hmm_.sort_states()
-                done["stage"] = "done"
-                checkpoints.write(self.nmf_, self.hmm_, done)
-        self._record_steps(done)
+                stage = "done"
+                checkpoints.write(self.nmf_, self.hmm_, _checkpoint(stage, self.progress_))
+        self._record_steps()
         return self
 
-    def _record_steps(self, done: dict) -> None:
-        self.n_steps_ = {stage: int(done.get(f"{stage}_steps", 0)) for stage in COUNTS}
-        self.converged_ = {stage: bool(done.get(f"{stage}_converged")) for stage in COUNTS}
+    def _record_steps(self) -> None:
+        self.n_steps_ = {s: self.progress_[s].step if s in self.progress_ else 0 for s in STAGES}
+        self.converged_ = {s: s in self.progress_ and self.progress_[s].converged for s in STAGES}
 
     def _start_hmm_from_data(
         self, chunks: EventChunks, client: Any, runners: StepRunners | None
@@ -295,95 +308,96 @@ class SpecUFEx:
         )  # fmt: skip
         hmm.start_from_frames(frames, n_events * n_times)
 
-    def _nmf_step(
-        self, chunks: EventChunks, batch: int, client: Any, runners: StepRunners | None
-    ) -> Step:
-        """One NMF step on a seeded minibatch, as :meth:`_run_steps` calls it."""
-        nmf = self.nmf_
-
-        def draw(number: int) -> np.ndarray:
-            return minibatch(self.random_state, "nmf_batch", number, chunks.shape[0], batch)
-
-        def step() -> tuple[float, bool, dict]:
-            stats = nmf_statistics(
-                chunks, draw(nmf.step), nmf.step_parameters(), client,
-                runners=runners, following=draw(nmf.step + 1) if runners is not None else None,
-            )  # fmt: skip
-            elbo = nmf.apply_statistics(stats)
-            return elbo, nmf._annealed(), {"n_patterns": nmf.num_pat}
-
-        return step
-
-    def _hmm_step(
+    def _nmf_stage(
         self, chunks: EventChunks, batch: int, client: Any, runners: StepRunners | None,
-        done: dict,
-    ) -> Step:  # fmt: skip
-        """One HMM step on a seeded minibatch (drawn by the count of steps ``done``)."""
+        seed: int,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The NMF's arguments of :func:`run_svi`: minibatches drawn by the model's step
+        counter, statistics from the workers, the model's global update."""
+        nmf = self.nmf_
+        done = self.progress_["nmf"].step if "nmf" in self.progress_ else 0
+        n_events = chunks.shape[0]
+
+        def statistics(index: np.ndarray, following: np.ndarray | None):
+            return nmf_statistics(
+                chunks, index, nmf.step_parameters(), client, runners=runners,
+                following=following,
+            )  # fmt: skip
+
+        return {
+            # draw by the model's counter: -1 at the stage's first step
+            "batches": SeededMinibatches(seed, "nmf_batch", n_events, batch, nmf.step - done),
+            "statistics": statistics,
+            "update": lambda stats, step: nmf.svi_update(stats),
+        }
+
+    def _hmm_stage(
+        self, chunks: EventChunks, batch: int, client: Any, runners: StepRunners | None,
+        seed: int,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The HMM's arguments of :func:`run_svi`: minibatches drawn by the count of
+        the stage's steps, activations and statistics from the workers, the model's
+        update (in compat mode the reference used as its README shows: one sequence
+        per fit call)."""
         hmm, nmf_params = self.hmm_, self.nmf_.transform_parameters()
         n_times = chunks.shape[2]
 
-        def draw(number: int) -> np.ndarray:
-            return minibatch(self.random_state, "hmm_batch", number, chunks.shape[0], batch)
-
-        def step() -> tuple[float, bool, dict]:
-            number = done["hmm_steps"]
-            stats = hmm_statistics(
-                chunks, draw(number), nmf_params, hmm.step_parameters(), client,
-                runners=runners, following=draw(number + 1) if runners is not None else None,
+        def statistics(index: np.ndarray, following: np.ndarray | None):
+            return hmm_statistics(
+                chunks, index, nmf_params, hmm.step_parameters(), client, runners=runners,
+                following=following,
             )  # fmt: skip
-            in_use = {"n_states": states_in_use(stats.state_counts, stats.n_sequences * n_times)}
-            if self.compat != "specufex":
-                return hmm.apply_statistics(stats), True, in_use
-            # the reference used as its README shows: one sequence per fit call
-            next_step, n, rho = reference.hmm_schedule(hmm.step, 0)
-            elbo = hmm.apply_statistics(stats, scale=hmm.Neff / n, step_size=rho)
-            hmm.step = next_step
-            return elbo, True, in_use
 
-        return step
+        def update(stats, step: int):
+            return hmm.svi_update(stats, n_times=n_times, count=states_in_use)
 
-    def _run_steps(
+        return {
+            "batches": SeededMinibatches(seed, "hmm_batch", chunks.shape[0], batch),
+            "statistics": statistics,
+            "update": update,
+        }
+
+    def _run_stage(
         self,
         stage: str,
-        step: Step,
+        arguments: dict[str, Any],
         budget: int,
         window: int,
-        done: dict,
         checkpoints: BackgroundCheckpoints,
+        lookahead: bool,
     ) -> None:
-        """Call ``step`` until ``done`` counts ``budget`` steps of the stage or it has
-        converged (:class:`StageMonitor`), reporting each and checkpointing every
+        """Run a stage's SVI loop until it has ``budget`` steps or has converged
+        (:class:`StageMonitor`), reporting each step and checkpointing every
         ``checkpoint_every``.
 
-        ``step`` returns the step's ELBO, whether convergence may be tested yet (not
-        while the NMF anneals) and more to report, with the stage's count. The last
-        ``window + 1`` counts go into ``done`` (so into checkpoints): a resumed fit
-        stops where an uninterrupted one does.
+        A resumed stage goes on from its last :class:`SVIProgress`, whose window of
+        counts went into the checkpoint: it stops where an uninterrupted one does.
         """
         model = self.nmf_ if stage == "nmf" else self.hmm_
-        steps, converged, counts = f"{stage}_steps", f"{stage}_converged", f"{stage}_counts"
-        monitor = StageMonitor(
-            self.tol, window, model.elbo_, done.get(counts, ()), min(MIN_STOP_STEPS, budget)
-        )
-        while done[steps] < budget and not done.get(converged):
-            elbo, ready, extra = step()
-            done[steps] += 1
-            done[converged] = monitor.report(elbo, extra[COUNTS[stage]], ready)
-            done[counts] = list(monitor.counts)
-            self._report(stage, {
-                "step": done[steps], "total": budget, "elbo": elbo,
-                "converged": done[converged], **extra,
-            })  # fmt: skip
-            if done[steps] % self.checkpoint_every == 0:
-                checkpoints.write(self.nmf_, self.hmm_, done)
-        if done.get(converged):
-            logger.info("%s converged after %d steps", stage, done[steps])
+        last = self.progress_.get(stage)
+        if last is None or not last.converged:
+            monitor = StageMonitor(
+                self.tol, window, model.elbo_, last.counts if last else (),
+                min(MIN_STOP_STEPS, budget),
+            )  # fmt: skip
+            records = run_svi(
+                stage, **arguments, budget=budget, monitor=monitor,
+                start=last.step if last else 0, lookahead=lookahead,
+            )  # fmt: skip
+            for record in records:
+                self.progress_[stage] = last = record
+                if self.progress is not None:
+                    self.progress(stage, record.info())
+                if record.step % self.checkpoint_every == 0:
+                    checkpoints.write(self.nmf_, self.hmm_, _checkpoint(stage, self.progress_))
+        if last is not None and last.converged:
+            logger.info("%s converged after %d steps", stage, last.step)
         elif self.tol is not None:
             logger.info("%s: the budget of %d steps ran out before convergence", stage, budget)
 
     # --- transforming --------------------------------------------------------------
     def _fitted(self) -> tuple[BayesianNonparametricNMF, BayesianHMM]:
-        if self.nmf_ is None or self.hmm_ is None:
+        if getattr(self, "nmf_", None) is None or getattr(self, "hmm_", None) is None:
             raise ValueError("SpecUFEx is not fitted: call fit() or from_archive() first")
         return self.nmf_, self.hmm_
 
@@ -393,12 +407,12 @@ class SpecUFEx:
         digest = hashlib.sha256()
         for array in (nmf.W1, nmf.W2, nmf.A1, nmf.A2, hmm.B1, hmm.B2, hmm.gain):
             digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
-        digest.update(f"{self.compat}{self.dtype}".encode())
+        digest.update(f"{self.compat}{self._dtype}".encode())
         return digest.hexdigest()
 
     def _parameters(self):
         nmf, hmm = self._fitted()
-        nmf.dtype = hmm.dtype = np.dtype(self.dtype)
+        nmf.dtype = hmm.dtype = np.dtype(self._dtype)
         return nmf.transform_parameters(), hmm.step_parameters()
 
     def transform(self, data: Any) -> xr.Dataset:
@@ -406,6 +420,7 @@ class SpecUFEx:
 
         Writing the result with ``to_zarr`` computes chunk by chunk on the cluster.
         """
+        self._check_parameters()
         chunks = EventChunks.from_data(data, self.chunk_events)
         self._check_frequencies(chunks)
         return lazy_transform(chunks, *self._parameters())
@@ -418,6 +433,7 @@ class SpecUFEx:
         all four outputs are). An event with bad values stops the transform, which then
         stays marked incomplete, with an ``ArchiveError`` naming every such event.
         """
+        self._check_parameters()
         chunks = EventChunks.from_data(path, self.chunk_events)
         self._check_frequencies(chunks)
         client = self._client()
@@ -455,20 +471,57 @@ class SpecUFEx:
         state = read_model_group(str(path))
         if state is None or state[1] is None or state[2].get("stage") != "done":
             raise ValueError(f"{path} holds no completely fitted model; run fit first")
-        nmf, hmm, done = state
+        nmf, hmm, saved = state
         model = cls(
             nmf.num_pat,
             hmm.num_state,
             compat=nmf.compat,
             random_state=nmf.random_state,
             client=client,
-            dtype=nmf.dtype.name,
+            dtype=np.dtype(nmf.dtype).name,
             progress=progress,
         )
         model.nmf_, model.hmm_ = nmf, hmm
         model.frequency_ = _model_frequency(str(path))
-        model._record_steps(done)
+        _, model.progress_ = _from_checkpoint(saved, nmf, hmm)
+        model._record_steps()
         return model
+
+
+def _checkpoint(stage: str, progress: dict[str, SVIProgress]) -> dict[str, Any]:
+    """The ``progress`` a checkpoint stores: the stage the fit is in and, per stage, the
+    steps done, whether it converged, the budget and the stopping rule's window of
+    counts (the layout of the model group's ``progress`` attribute)."""
+    saved: dict[str, Any] = {"stage": stage}
+    saved.update({f"{s}_steps": progress[s].step if s in progress else 0 for s in STAGES})
+    for s, record in progress.items():
+        saved[f"{s}_converged"] = record.converged
+        saved[f"{s}_counts"] = list(record.counts)
+        saved[f"{s}_total"] = record.total
+    return saved
+
+
+def _from_checkpoint(
+    saved: dict[str, Any], nmf: BayesianNonparametricNMF, hmm: BayesianHMM | None
+) -> tuple[str, dict[str, SVIProgress]]:
+    """The stage and the last :class:`SVIProgress` of each stage of a checkpoint's
+    ``progress`` (its budget is the steps done when the checkpoint has none)."""
+    progress = {}
+    for stage, model in (("nmf", nmf), ("hmm", hmm)):
+        steps = int(saved.get(f"{stage}_steps", 0))
+        if steps == 0 and f"{stage}_converged" not in saved:
+            continue
+        counts = tuple(int(count) for count in saved.get(f"{stage}_counts", ()))
+        progress[stage] = SVIProgress(
+            stage,
+            steps,
+            int(saved.get(f"{stage}_total", steps)),
+            model.elbo_[-1] if model is not None and model.elbo_ else float("nan"),
+            counts[-1] if counts else 0,
+            bool(saved.get(f"{stage}_converged")),
+            counts,
+        )
+    return saved["stage"], progress
 
 
 def _step_runners(client: Any, chunks: EventChunks) -> AbstractContextManager:

@@ -78,7 +78,8 @@ def test_hmm_starts_from_data_once_and_remembers_it(tmp_path, rng) -> None:
     V = _two_regime_sequences(rng, 40)
     gain = np.ones(3)
     hmm = BayesianHMM(3, gain, 4, batch_size=8, max_steps=5, random_state=0)
-    assert hmm.init == "data" and not hmm.initialised
+    # the argument is kept as given; None means "data" in the default mode
+    assert hmm.init is None and hmm._init() == "data" and not hmm.initialised
     drawn = hmm.B1.copy()
     hmm.fit(V)
     assert hmm.initialised and not np.allclose(hmm.B1, drawn)
@@ -94,12 +95,16 @@ def test_hmm_starts_from_data_once_and_remembers_it(tmp_path, rng) -> None:
 
 
 def test_hmm_init_settings_are_checked_and_compat_keeps_the_draw() -> None:
-    gain = np.ones(3)
+    gain, V = np.ones(3), np.ones((5, 3, 4))
     with pytest.raises(ValueError, match="init must be one of"):
-        BayesianHMM(3, gain, 4, init="kmeans")
-    with pytest.raises(ValueError, match="'random' with compat='specufex'"):
-        BayesianHMM(3, gain, 4, compat="specufex", init="data")
-    assert BayesianHMM(3, gain, 4, compat="specufex").init == "random"
+        BayesianHMM(3, gain, 4, init="kmeans").fit(V)
+    with pytest.raises(ValueError, match="init='data' needs compat='default'"):
+        BayesianHMM(3, gain, 4, compat="specufex", init="data").fit(V)
+    hmm = BayesianHMM(3, gain, 4, compat="specufex")
+    drawn = hmm.B1.copy()
+    assert hmm._init() == "random" and hmm.initialised
+    hmm.fit(V[:1])
+    assert hmm.B1.shape == drawn.shape and hmm.initialised
 
 
 def test_hmm_takes_the_data_size_from_the_nmf_gain(rng) -> None:
@@ -107,9 +112,10 @@ def test_hmm_takes_the_data_size_from_the_nmf_gain(rng) -> None:
     the NMF's data size, not by the one sequence each fit call gets."""
     X = rng.gamma(2.0, 2.0, size=(37, 6, 5))
     nmf = BayesianNonparametricNMF(X.shape, 4, random_state=0).fit(X[:3])
-    assert BayesianHMM(nmf.num_pat, nmf.gain, 3).n_eff == 37
-    assert BayesianHMM(nmf.num_pat, nmf.gain, 3, n_eff=5).n_eff == 5
-    assert BayesianHMM(nmf.num_pat, np.asarray(nmf.gain), 3).n_eff is None
+    # n_eff=None (the argument, kept as given) means the data size the gain carries
+    assert BayesianHMM(nmf.num_pat, nmf.gain, 3)._data_size() == 37
+    assert BayesianHMM(nmf.num_pat, nmf.gain, 3, n_eff=5)._data_size() == 5
+    assert BayesianHMM(nmf.num_pat, np.asarray(nmf.gain), 3)._data_size() is None
     assert BayesianHMM(nmf.num_pat, nmf.gain, 3, compat="specufex").Neff == 100000
 
 

@@ -373,16 +373,18 @@ def test_numeric_strings_and_ints_are_accepted(three_patterns, fitted_nmf) -> No
         ({"compat": "specufex", "max_steps": 4}, "compat='specufex' steps through the data"),
         ({"max_steps": 0}, "max_steps must be a positive integer"),
         ({"step_size": 1.5}, r"step_size must be in \(0, 1\]"),
-        ({"tol": -1.0}, "tol must be positive"),
+        ({"tol": -1.0}, "tol must be a nonnegative number or None, got -1.0"),
         ({"dtype": np.int32}, "dtype must be float32 or float64"),
         ({"random_state": -3}, "random_state must be a nonnegative int"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, message) -> None:
+    # checked when a fit starts (the initial state's own arguments at construction)
+    X = np.ones((5, N_FREQUENCIES, 7))
     with pytest.raises(ValueError, match=message):
-        BayesianNonparametricNMF((5, N_FREQUENCIES, 7), 4, **kwargs)
+        BayesianNonparametricNMF(X.shape, 4, **kwargs).fit(X)
     with pytest.raises(ValueError, match=message):
-        BayesianHMM(4, np.ones(4), 3, **kwargs)
+        BayesianHMM(4, np.ones(4), 3, **kwargs).fit(np.ones((5, 4, 7)))
 
 
 def test_bad_model_sizes_are_refused() -> None:

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from specufex_dask.inference.params import PIPELINE_PARAMETERS, check_reference_mode
+
 __all__ = [
     "ClusterConfig",
     "ClusteringConfig",
@@ -54,6 +56,33 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A configuration file or flag names an unknown key or holds an invalid value."""
+
+
+# The fit's keys are SpecUFEx's parameters: defaults and rules come from its table.
+_FIT = PIPELINE_PARAMETERS
+FIT_KEYS = {
+    "nmf.num_pat": "num_pat",
+    "nmf.steps": "nmf_steps",
+    "nmf.batch_size": "batch_size",
+    "nmf.tol": "tol",
+    "hmm.num_state": "num_state",
+    "hmm.steps": "hmm_steps",
+    "fit.compat": "compat",
+    "fit.random_state": "random_state",
+    "fit.checkpoint_every": "checkpoint_every",
+}
+"""Configuration keys that are :class:`~specufex_dask.pipeline.SpecUFEx` parameters."""
+
+
+def _check_fit_keys(section: Any, name: str) -> None:
+    """Check the keys of a section that are SpecUFEx parameters by its table's rules."""
+    for key, parameter in FIT_KEYS.items():
+        section_name, field_name = key.split(".")
+        if section_name == name:
+            try:
+                _FIT[parameter].check(getattr(section, field_name))
+            except ValueError as error:
+                raise ConfigError(f"invalid value for '{name}.{field_name}': {error}") from None
 
 
 @dataclass(frozen=True)
@@ -128,25 +157,22 @@ class NMFConfig:
     steps : int or None, default=None
         Most stochastic variational inference (SVI) steps; None: three passes over the
         events at ``batch_size``, and at least 200.
-    batch_size : int, default=64
-        Spectrograms per SVI step.
+    batch_size : int or "auto", default="auto"
+        Spectrograms per SVI step; "auto" is 64, and 1 with ``fit.compat: specufex``
+        (which refuses any other value).
     tol : float or None, default=1e-4
         Stop a fit (NMF and HMM) before its step budget once the relative change of the
         window-mean ELBO falls below this and the patterns (states in use) stay the same
         over the window; None runs every step.
     """
 
-    num_pat: int = 75
-    steps: int | None = None
-    batch_size: int = 64
-    tol: float | None = 1e-4
+    num_pat: int = _FIT["num_pat"].default
+    steps: int | None = _FIT["nmf_steps"].default
+    batch_size: int | Literal["auto"] = _FIT["batch_size"].default
+    tol: float | None = _FIT["tol"].default
 
     def _check(self, name: str) -> None:
-        _require(self.num_pat >= 1, f"{name}.num_pat", self.num_pat, ">= 1")
-        _check_steps(self.steps, f"{name}.steps")
-        _require(self.batch_size >= 1, f"{name}.batch_size", self.batch_size, ">= 1")
-        if self.tol is not None:
-            _require(self.tol >= 0, f"{name}.tol", self.tol, ">= 0")
+        _check_fit_keys(self, name)
 
 
 @dataclass(frozen=True)
@@ -161,12 +187,11 @@ class HMMConfig:
         Most SVI steps (stopped earlier by ``nmf.tol``); None as for ``nmf.steps``.
     """
 
-    num_state: int = 15
-    steps: int | None = None
+    num_state: int = _FIT["num_state"].default
+    steps: int | None = _FIT["hmm_steps"].default
 
     def _check(self, name: str) -> None:
-        _require(self.num_state >= 1, f"{name}.num_state", self.num_state, ">= 1")
-        _check_steps(self.steps, f"{name}.steps")
+        _check_fit_keys(self, name)
 
 
 @dataclass(frozen=True)
@@ -183,15 +208,12 @@ class FitConfig:
         SVI steps between checkpoints written into the archive.
     """
 
-    compat: Literal["default", "specufex"] = "default"
-    random_state: int = 0
-    checkpoint_every: int = 10
+    compat: Literal["default", "specufex"] = _FIT["compat"].default
+    random_state: int = _FIT["random_state"].default
+    checkpoint_every: int = _FIT["checkpoint_every"].default
 
     def _check(self, name: str) -> None:
-        _require(self.random_state >= 0, f"{name}.random_state", self.random_state, ">= 0")
-        _require(
-            self.checkpoint_every >= 1, f"{name}.checkpoint_every", self.checkpoint_every, ">= 1"
-        )
+        _check_fit_keys(self, name)
 
 
 @dataclass(frozen=True)
@@ -347,11 +369,6 @@ class Config:
 def _require(condition: bool, key: str, value: Any, expected: str) -> None:
     if not condition:
         raise ConfigError(f"invalid value {value!r} for '{key}': expected {expected}")
-
-
-def _check_steps(steps: int | None, key: str) -> None:
-    if steps is not None:
-        _require(steps >= 1, key, steps, ">= 1 or null (automatic)")
 
 
 RENAMED_SECTIONS = {"cluster": "dask"}
@@ -521,6 +538,12 @@ def merge_config(
 
 
 def _check_across_sections(config: Config, source: str) -> None:
+    try:
+        check_reference_mode(
+            config.fit.compat, {"batch_size": config.nmf.batch_size}, ["batch_size"]
+        )
+    except ValueError as error:
+        raise ConfigError(f"'fit.compat' and 'nmf.batch_size' in {source}: {error}") from None
     if config.cluster.scheduler is not None and config.cluster.kind != "local":
         raise ConfigError(
             f"'cluster.scheduler' ({config.cluster.scheduler!r}) and 'cluster.kind' "

@@ -117,6 +117,9 @@ class StageMonitor:
         Counts of the steps already done; only the last ``window + 1`` are kept.
     min_steps : int, default=0
         Steps (those of ``history`` included) before the stage may stop.
+    steady_count : bool, default=True
+        Whether the count must hold still; False is the ELBO rule alone (the in-memory
+        estimators' :class:`ConvergenceMonitor`).
 
     Attributes
     ----------
@@ -133,8 +136,11 @@ class StageMonitor:
         history: Iterable[float] = (),
         counts: Iterable[int] = (),
         min_steps: int = 0,
+        *,
+        steady_count: bool = True,
     ) -> None:
         self.min_steps = int(min_steps)
+        self.steady_count = steady_count
         self._elbo = ConvergenceMonitor(tol, window)
         self._elbo.history = [float(value) for value in history]
         self.window = self._elbo.window
@@ -153,5 +159,6 @@ class StageMonitor:
         elbo_settled = self._elbo.report(elbo, ready)
         self.counts = (self.counts + [int(count)])[-(self.window + 1) :]
         enough = len(self._elbo.history) >= self.min_steps
-        self.converged = elbo_settled and self.count_steady() and enough
+        steady = self.count_steady() or not self.steady_count
+        self.converged = elbo_settled and steady and enough
         return self.converged
