@@ -48,7 +48,7 @@ from specufex_dask.parallel.engine import (
     require_writable,
     transform_chunks,
 )
-from specufex_dask.parallel.runners import StepRunners
+from specufex_dask.parallel.runners import ActorExecutor, StepRunners
 
 __all__ = ["SpecUFEx"]
 
@@ -525,10 +525,11 @@ def _from_checkpoint(
 
 
 def _step_runners(client: Any, chunks: EventChunks) -> AbstractContextManager:
-    """Step runners for a fit of an archive on a cluster; None (as a context) otherwise."""
+    """The executor of a fit's steps on step runners (:class:`ActorExecutor`) for an
+    archive on a cluster; None (as a context: steps run as tasks on ``client``) otherwise."""
     if client is None or not chunks.stored:
         return nullcontext()
-    return StepRunners(client)
+    return ActorExecutor(client)
 
 
 def _model_frequency(path: str) -> np.ndarray | None:

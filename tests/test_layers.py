@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "specufex_dask"
 
 LAYERS = (
-    "common", "kernels", "inference", "io", "models", "ingest", "parallel", "pipeline",
+    "common", "kernels", "inference", "io", "models", "parallel", "ingest", "pipeline",
     "analysis", "cli",
 )  # fmt: skip
 """Lowest first: a module may import from its own layer and the ones before it."""

@@ -13,9 +13,9 @@ import pytest
 from specufex_dask.inference.stats import tree_root
 from specufex_dask.inference.steps import NMFStepParameters
 from specufex_dask.io import archive
-from specufex_dask.parallel import engine, runners
+from specufex_dask.parallel import engine, executor, runners
 from specufex_dask.parallel.engine import EventChunks, StoredRows
-from specufex_dask.parallel.runners import StepRunner, StepRunners
+from specufex_dask.parallel.runners import ActorExecutor, StepRunner, StepRunners
 
 N_EVENTS, N_FREQUENCIES, N_TIMES, N_PATTERNS = 40, 12, 9, 4
 
@@ -64,10 +64,10 @@ def test_rows_read_ahead_are_used_once(tmp_path: Path, rng: np.random.Generator)
     assert not np.array_equal(before.basis_counts, after.basis_counts)
 
     # the step reads nothing: it gets the rows as they were when read ahead
-    first = tree_root(runner.run([_task(path, rows, 0, 4, params)]), 4)
+    first = tree_root(runner.run(engine.task_nodes, [_task(path, rows, 0, 4, params)]), 4)
     np.testing.assert_array_equal(first.basis_counts, before.basis_counts)
     # once only: the next step reads the archive again
-    second = tree_root(runner.run([_task(path, rows, 0, 4, params)]), 4)
+    second = tree_root(runner.run(engine.task_nodes, [_task(path, rows, 0, 4, params)]), 4)
     np.testing.assert_array_equal(second.basis_counts, after.basis_counts)
 
 
@@ -78,13 +78,13 @@ def test_a_call_reads_the_next_calls_rows_after_its_own(tmp_path: Path, rng) -> 
     before = _expected(path, rows, params)
     runner = StepRunner()
     other = _task(path, np.array([0, 1]), 0, 2, params)
-    first = runner.run([other], ahead=[StoredRows(path, rows)])
+    first = runner.run(engine.task_nodes, [other], ahead=[StoredRows(path, rows)])
     np.testing.assert_array_equal(
         tree_root(first, 2).basis_counts, _expected(path, np.array([0, 1]), params).basis_counts
     )
     runner._reading.result()  # the read on the runner's reader thread has finished
     _overwrite(path, np.full((N_EVENTS, N_FREQUENCIES, N_TIMES), 3.0, np.float32))
-    got = tree_root(runner.run([_task(path, rows, 0, 3, params)]), 3)
+    got = tree_root(runner.run(engine.task_nodes, [_task(path, rows, 0, 3, params)]), 3)
     np.testing.assert_array_equal(got.basis_counts, before.basis_counts)
 
 
@@ -95,7 +95,7 @@ def test_rows_read_ahead_are_not_taken_for_other_rows(tmp_path: Path, rng) -> No
     runner.read_ahead([StoredRows(path, np.array([1, 2, 3]))])
     _overwrite(path, np.full((N_EVENTS, N_FREQUENCIES, N_TIMES), 3.0, np.float32))
     rows = np.array([1, 2, 4])
-    got = tree_root(runner.run([_task(path, rows, 0, 3, params)]), 3)
+    got = tree_root(runner.run(engine.task_nodes, [_task(path, rows, 0, 3, params)]), 3)
     np.testing.assert_array_equal(got.basis_counts, _expected(path, rows, params).basis_counts)
 
 
@@ -107,7 +107,7 @@ def test_a_failed_read_ahead_is_left_to_the_step(tmp_path: Path, rng) -> None:
     runner = StepRunner()
     assert runner.read_ahead([StoredRows(path, rows)]) == 0
     with pytest.raises(archive.ArchiveError, match=str(chunk)):
-        runner.run([_task(path, rows, 0, 2, _params(rng))])
+        runner.run(engine.task_nodes, [_task(path, rows, 0, 2, _params(rng))])
 
 
 def test_threads_give_the_same_nodes(tmp_path: Path, rng) -> None:
@@ -115,8 +115,8 @@ def test_threads_give_the_same_nodes(tmp_path: Path, rng) -> None:
     params = _params(rng)
     index = np.sort(rng.choice(N_EVENTS, 12, replace=False))
     tasks = [_task(path, index[a : a + 4], a, 12, params) for a in (0, 4, 8)]
-    one = StepRunner().run(tasks, threads=1)
-    three = StepRunner().run(tasks, threads=3)
+    one = StepRunner().run(engine.task_nodes, tasks, threads=1)
+    three = StepRunner().run(engine.task_nodes, tasks, threads=3)
     assert one.keys() == three.keys()
     for key in one:
         np.testing.assert_array_equal(one[key].basis_counts, three[key].basis_counts)
@@ -150,9 +150,9 @@ def test_groups_are_dealt_one_per_worker_thread(tmp_path: Path, rng, monkeypatch
     chunks = EventChunks.from_data(_archive(tmp_path / "a.zarr", rng, chunk_events=4))
     pool = StepRunners(client=None)
     pool._runners, pool._threads = ["a", "b"], [1, 2]  # three threads: a, b, b
-    assert pool._groups(chunks, PLANTED) == [[(0, 5)], [(5, 10), (10, 15)]]
-    monkeypatch.setattr(engine, "TASK_EVENTS", 4)  # at most about 4 events a group: 6 groups
-    assert pool._groups(chunks, PLANTED) == [
+    assert pool._groups(chunks, PLANTED, engine.TASK_EVENTS) == [[(0, 5)], [(5, 10), (10, 15)]]
+    # at most about 4 events a group: 6 groups
+    assert pool._groups(chunks, PLANTED, 4) == [
         [(0, 4), (7, 10)],
         [(4, 5), (5, 7), (10, 11), (11, 15)],
     ]
@@ -196,21 +196,22 @@ def test_runners_follow_the_workers_and_match_the_tasks(
 ) -> None:
     cluster, client = local_cluster
     caplog.set_level(logging.INFO, logger="specufex_dask")
-    monkeypatch.setattr(engine, "WINDOW_LOOKUP_S", 0.0)  # look the workers up every step
+    monkeypatch.setattr(executor, "WINDOW_LOOKUP_S", 0.0)  # look the workers up every step
     path = _archive(tmp_path / "a.zarr", rng)
     chunks = EventChunks.from_data(path)
     params = _params(rng)
     index = np.sort(rng.choice(N_EVENTS, 32, replace=False))
     following = np.sort(rng.choice(N_EVENTS, 32, replace=False))
     by_tasks = engine.nmf_statistics(chunks, index, params, client)
-    with StepRunners(client) as pool:
-        first = engine.nmf_statistics(chunks, index, params, client, pool, following)
+    with ActorExecutor(client) as on_actors:
+        pool = on_actors.runners
+        first = engine.nmf_statistics(chunks, index, params, client, on_actors, following)
         assert pool._addresses == sorted(client.nthreads())
         np.testing.assert_array_equal(first.basis_counts, by_tasks.basis_counts)
 
         cluster.scale(2)
         client.wait_for_workers(2)
-        second = engine.nmf_statistics(chunks, following, params, client, pool, None)
+        second = engine.nmf_statistics(chunks, following, params, client, on_actors, None)
         assert len(pool._addresses) == 2
         assert pool._addresses == sorted(client.nthreads())
         expected = engine.nmf_statistics(chunks, following, params, client)
@@ -267,15 +268,16 @@ def test_after_a_failure_steps_run_as_tasks_for_a_while(
         tries.append(1)
         raise OSError("Unable to contact Actor's worker")
 
-    monkeypatch.setattr(StepRunners, "statistics", broken)
-    with StepRunners(client) as pool:
+    monkeypatch.setattr(StepRunners, "nodes", broken)
+    with ActorExecutor(client) as on_actors:
+        pool = on_actors.runners
         for _ in range(3):
-            got = engine.nmf_statistics(chunks, index, params, client, pool, index)
+            got = engine.nmf_statistics(chunks, index, params, client, on_actors, index)
             np.testing.assert_array_equal(got.basis_counts, expected.basis_counts)
         assert len(tries) == 1 and not pool.ready()
         monkeypatch.setattr(runners, "RETRY_AFTER_S", 0.0)
         pool.failed()
-        engine.nmf_statistics(chunks, index, params, client, pool, index)
+        engine.nmf_statistics(chunks, index, params, client, on_actors, index)
         assert len(tries) == 2
 
 
@@ -286,10 +288,10 @@ def test_large_minibatches_are_not_read_ahead(tmp_path: Path, rng, monkeypatch) 
     following = np.sort(rng.choice(N_EVENTS, 16, replace=False))
     # 16 rows of 12 x 9 float64 are 13824 bytes
     monkeypatch.setattr(runners, "READ_AHEAD_MAX_BYTES", 16 * 12 * 9 * 8)
-    ahead = pool._ahead(chunks, following)
+    ahead = pool._ahead(chunks, following, engine.TASK_EVENTS)
     read = np.concatenate([source.rows for sources in ahead for source in sources])
     np.testing.assert_array_equal(np.sort(read), following)
     assert all(ahead)  # both runners read some
     monkeypatch.setattr(runners, "READ_AHEAD_MAX_BYTES", 16 * 12 * 9 * 8 - 1)
-    assert pool._ahead(chunks, following) == [[], []]
-    assert pool._ahead(chunks, None) == [[], []]
+    assert pool._ahead(chunks, following, engine.TASK_EVENTS) == [[], []]
+    assert pool._ahead(chunks, None, engine.TASK_EVENTS) == [[], []]

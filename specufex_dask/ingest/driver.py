@@ -64,6 +64,7 @@ from specufex_dask.io.archive import (
     spectrogram_parameters,
     write_region,
 )
+from specufex_dask.parallel.executor import executor_for
 
 logger = logging.getLogger(__name__)
 
@@ -207,12 +208,12 @@ def _write_unit_region(
     return start, medians
 
 
-def _compute(tasks: list[Any], client: Any) -> list[Any]:
-    if client is not None:
-        return list(client.gather(client.compute(tasks)))
-    import dask
-
-    return list(dask.compute(*tasks))
+def _map(function: Any, arguments: Iterable[tuple], client: Any) -> list[Any]:
+    """``function(*args)`` for every tuple of ``arguments`` on the executor of ``client``
+    (a bounded number of tasks at a time), results in the order of ``arguments``."""
+    results: dict[int, Any] = {}
+    executor_for(client).map_events(function, arguments, results.__setitem__)
+    return [results[number] for number in range(len(results))]
 
 
 # ----------------------------------------------------------------------------- driver
@@ -230,8 +231,6 @@ def _run(
     dtype: npt.DTypeLike,
     pre_rejected: Sequence[RejectedInput] = (),
 ) -> IngestReport:
-    import dask
-
     started = _time.perf_counter()
     out_path = Path(out_path)
     check_positive_int("chunk_events", chunk_events, allow_none=False)
@@ -252,8 +251,10 @@ def _run(
         expected = replace(params.resolved(fs), n_samples=n_samples)
         _check_same_parameters(out_path, archive_parameters, expected)
 
-    tasks = [dask.delayed(_inspect_unit)(i, unit, params) for i, unit in enumerate(units)]
-    inspections = [report for reports in _compute(tasks, client) for report in reports]
+    arguments = ((i, unit, params) for i, unit in enumerate(units))
+    inspections = [
+        report for reports in _map(_inspect_unit, arguments, client) for report in reports
+    ]
     n_inputs = len(inspections) + len(pre_rejected)
 
     rejected = list(pre_rejected)
@@ -304,16 +305,15 @@ def _run(
             overwrite=overwrite,
         )
     try:
-        write_tasks = []
-        for start, stop in writer.regions:
-            chosen = good[start - writer.start : stop - writer.start]
-            pieces = _group_by_unit(chosen, units)
-            write_tasks.append(
-                dask.delayed(_write_unit_region)(
-                    str(writer.store_path), start, pieces, resolved, np.dtype(dtype).str
-                )
+        write_arguments = (
+            (
+                str(writer.store_path), start,
+                _group_by_unit(good[start - writer.start : stop - writer.start], units),
+                resolved, np.dtype(dtype).str,
             )
-        results = _compute(write_tasks, client)
+            for start, stop in writer.regions
+        )  # fmt: skip
+        results = _map(_write_unit_region, write_arguments, client)
         _check_medians(results, good, writer.start)
         writer.commit(rejected)
     except BaseException:

@@ -784,6 +784,7 @@ def write_spectrograms(
     chunk_events: int = DEFAULT_CHUNK_EVENTS,
     mode: str = "w",
     rejected: Sequence[RejectedInput] = (),
+    executor: Any = None,
 ) -> Path:
     """Write spectrograms held in memory (NumPy) or lazily (dask) as an archive.
 
@@ -809,6 +810,10 @@ def write_spectrograms(
         time must equal the archive's).
     rejected : sequence of RejectedInput, optional
         Rows for the rejected table.
+    executor : specufex_dask.parallel.executor.Executor, optional
+        Where the regions of dask input are computed and written, a bounded number at a
+        time (e.g. ``TaskExecutor(client)``); without one they are computed and written
+        here one region (``chunk_events`` events) after another.
 
     Returns
     -------
@@ -868,23 +873,21 @@ def write_spectrograms(
             overwrite=mode == "w",
         )
     try:
-        if is_dask:
-            import dask
-
+        if is_dask and executor is not None:
             offset = writer.start
-            tasks = [
-                dask.delayed(write_region)(
-                    str(writer.store_path),
-                    SPECTROGRAM,
-                    start,
-                    values[start - offset : stop - offset],
-                )
-                for start, stop in writer.regions
-            ]
-            dask.compute(*tasks)
+            store = str(writer.store_path)
+            executor.write_outputs(
+                write_region,
+                (
+                    (store, SPECTROGRAM, start, values[start - offset : stop - offset])
+                    for start, stop in writer.regions
+                ),
+            )
         else:
+            # Without an executor a dask array is read one region at a time (each
+            # computed by dask's current scheduler as a lazy read) and written here.
             for start, stop in writer.regions:
-                block = values[start - writer.start : stop - writer.start]
+                block = np.asarray(values[start - writer.start : stop - writer.start])
                 write_region(writer.store_path, SPECTROGRAM, start, block)
         return writer.commit(rejected)
     except BaseException:

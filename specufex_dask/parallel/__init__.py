@@ -1,3 +1,4 @@
-"""Dask: the fit's and transform's tasks over an archive (``engine``), the long-lived step
-runners on the workers (``runners``) and the Dask clusters: local, job queues, TLS
-(``clusters``)."""
+"""Dask, behind one interface: the executors (``executor``: the protocol and its task
+implementation; ``runners``: the actor implementation with its step runners), what the
+engine hands them for a step (``tasks``), the fit's and transform's passes and steps over
+an archive (``engine``) and the Dask clusters: local, job queues, TLS (``clusters``)."""

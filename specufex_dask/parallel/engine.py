@@ -7,11 +7,16 @@ their own region of the output arrays. Spectrograms never travel to the driver; 
 driver folds the nodes (:func:`specufex_dask.inference.stats.tree_root`) and applies the global
 update.
 
+Tasks run on an executor (:mod:`specufex_dask.parallel.executor`), the module's one way
+to the workers: passes over all events a bounded number of tasks at a time, SVI steps as
+a few tasks or as calls on step runners.
+
 Data opened from an archive path is read by the tasks themselves (:class:`StoredRows`:
 the path and the rows, opened with Zarr where the task runs), so a task's graph is one
 small node whatever the archive's size; other data goes through its dask blocks. On a
 cluster, the steps of an archive's fit call the same task function on one actor per
-worker instead (:mod:`specufex_dask.parallel.runners`), falling back to tasks when that fails.
+worker instead (:class:`specufex_dask.parallel.runners.ActorExecutor`), falling back to
+tasks when that fails.
 
 Minibatches are drawn from the seed and the step number only, every event's statistics
 are computed on its own (:mod:`specufex_dask.inference.steps`) and summed in a tree fixed by the
@@ -24,13 +29,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +41,8 @@ import dask
 import numpy as np
 import xarray as xr
 
-from specufex_dask.common import available_cores
 from specufex_dask.inference import initialise
-from specufex_dask.inference.stats import tree_nodes, tree_root
+from specufex_dask.inference.stats import tree_nodes
 from specufex_dask.inference.steps import (
     HMMStepParameters,
     NMFStepParameters,
@@ -55,9 +57,19 @@ from specufex_dask.io.archive import (
     TRANSFORM_COMPLETE_ATTR,
     TRANSFORM_TOKEN_ATTR,
 )
-from specufex_dask.io.chunkread import plain_chunks
 from specufex_dask.io.modelgroup import read_model_dataset, stored_frequency, write_model_dataset
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
+from specufex_dask.parallel import tasks
+from specufex_dask.parallel.executor import (
+    IN_FLIGHT_PER_THREAD as IN_FLIGHT_PER_THREAD,  # re-exported: the tasks per thread of a pass
+)
+from specufex_dask.parallel.executor import (
+    WINDOW_LOOKUP_S,
+    Executor,
+    TaskExecutor,
+    executor_for,
+)
+from specufex_dask.parallel.tasks import StoredRows
 from specufex_dask.persistence import FORMAT_VERSION, build_model, model_state
 
 __all__ = [
@@ -86,9 +98,6 @@ TASK_EVENTS = 256
 # workers (a minibatch of 64 makes 4 tasks: 2 per worker on 2 workers).
 STEP_TASK_EVENTS = 16
 STEP_TASKS = 16
-# Tasks of a pass kept submitted per worker thread: one running, one ready behind it.
-IN_FLIGHT_PER_THREAD = 2
-WINDOW_LOOKUP_S = 5.0  # how often a pass looks up the cluster's thread count
 
 
 class BadValues(archive.ArchiveError):
@@ -103,44 +112,6 @@ def _bad_values_message(problems: Sequence[tuple[str, str]], where: str = "") ->
 
 
 # ----------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True, eq=False)
-class StoredRows:
-    """Events of an archive's ``spectrogram`` that a task reads itself, by path.
-
-    The task opens the Zarr array where it runs and reads only these rows (every
-    storage chunk they touch is still decompressed whole; a plain local array is read
-    on the task's own thread, see :mod:`specufex_dask.io.chunkread`), so no dask-array
-    graph of the archive is built or sent, and a task rerun after a lost worker simply
-    reads them again.
-
-    Attributes
-    ----------
-    path : str
-        The archive.
-    rows : slice or ndarray of int
-        A range of events, or sorted event indices.
-    """
-
-    path: str
-    rows: slice | np.ndarray
-
-    def read(self) -> np.ndarray:
-        """The rows as an (n, D, M) float array (other dtypes become float64, as in
-        :meth:`EventChunks.from_data`)."""
-        import zarr
-
-        array = zarr.open_array(self.path, path=archive.SPECTROGRAM, mode="r")
-        plain = plain_chunks(array)
-        if plain is not None:
-            values = plain.read(self.rows)
-        elif isinstance(self.rows, slice):
-            values = np.asarray(array[self.rows])
-        else:
-            selection = (np.asarray(self.rows), slice(None), slice(None))
-            values = np.asarray(array.get_orthogonal_selection(selection))
-        return values if values.dtype.kind == "f" else values.astype(np.float64)
 
 
 def _merge_runs(sizes: Sequence[int], minimum: int) -> list[int]:
@@ -383,13 +354,6 @@ def _on_workers(params):
     return dask.delayed(replace(params, threads=1), pure=True)
 
 
-def _compute(client: Any, tasks: Sequence) -> list:
-    """Run delayed tasks on the client (or dask's current scheduler without one)."""
-    if client is None:
-        return list(dask.compute(*tasks))
-    return client.gather(client.compute(list(tasks)))
-
-
 # ----------------------------------------------------------------------------- worker tasks
 
 
@@ -435,10 +399,8 @@ def _frame_leaves(X: np.ndarray, nmf: NMFStepParameters, hmm: HMMStepParameters)
 def stored_task(chunks: EventChunks, index: np.ndarray, first: int, stop: int, leaves,
                 params: tuple) -> tuple:  # fmt: skip
     """Arguments of :func:`task_nodes` for minibatch positions ``first:stop`` of an
-    archive's sorted event indices ``index``."""
-    rows = index[first:stop]
-    return (StoredRows(chunks.path, rows), None, chunks.event[rows], first, len(index),
-            leaves, *params)  # fmt: skip
+    archive's sorted event indices ``index`` (:func:`specufex_dask.parallel.tasks.stored_task`)."""
+    return tasks.stored_task(chunks, index, first, stop, (leaves, *params))
 
 
 def task_nodes(source, local, ids, position, total, leaves, *params, values=None) -> dict:
@@ -482,83 +444,28 @@ def require_writable(path: str, what: str) -> None:
 
 
 def _in_flight(client: Any) -> int:
-    """Tasks of a pass kept submitted at once: enough to keep every worker thread busy,
-    few enough that memory does not grow with the number of events."""
-    if client is None:
-        return IN_FLIGHT_PER_THREAD * available_cores()
-    return IN_FLIGHT_PER_THREAD * max(1, sum(client.nthreads().values()))
+    """Tasks of a pass kept submitted at once (:meth:`TaskExecutor.window`)."""
+    return TaskExecutor(client).window()
 
 
-def _shared(client: Any, *params) -> tuple:
-    """Step parameters as keys that every task of a pass shares.
-
-    On a cluster they are futures, sent to the workers once for the whole pass (and
-    recomputed from the scheduler's copy should the worker holding them die).
-    """
-    shared = tuple(_on_workers(p) for p in params)
-    return shared if client is None else tuple(client.compute(list(shared)))
-
-
-def _run_bounded(client: Any, tasks: Iterable, on_result: Callable[[int, Any], None]) -> int:
-    """Compute delayed ``tasks``, a bounded number at a time (see :func:`_in_flight`).
-
-    ``tasks`` is consumed lazily: a task is built and submitted when an earlier one
-    finishes, so neither the driver nor the workers hold more than a window of them.
-    The window follows the cluster's size, looked up at most every
-    ``WINDOW_LOOKUP_S`` (job-queue workers may join late). ``on_result(number, value)``
-    sees every result, in completion order. The first failure is raised after the
-    pending tasks are cancelled. Returns the task count.
-    """
-    window = _in_flight(client)
-    numbered = enumerate(tasks)
-    count = 0
-    if client is None:
-        while wave := list(islice(numbered, window)):
-            values = dask.compute(*(task for _, task in wave))
-            for (number, _), value in zip(wave, values, strict=True):
-                on_result(number, value)
-            count += len(wave)
-        return count
-    from distributed import as_completed
-
-    pending: dict[str, tuple[int, Any]] = {}
-
-    def submit(n_tasks: int) -> list:
-        futures = []
-        for number, task in islice(numbered, max(0, n_tasks)):
-            future = client.compute(task)
-            pending[future.key] = (number, future)
-            futures.append(future)
-        return futures
-
-    queue = as_completed(submit(window), loop=client.loop)
-    next_lookup = time.monotonic() + WINDOW_LOOKUP_S
-    try:
-        for future in queue:
-            number, _ = pending.pop(future.key)
-            value = future.result()
-            if time.monotonic() >= next_lookup:
-                window = _in_flight(client)
-                next_lookup = time.monotonic() + WINDOW_LOOKUP_S
-            for new in submit(window - len(pending)):
-                queue.add(new)
-            on_result(number, value)
-            count += 1
-    finally:
-        if pending:
-            client.cancel([future for _, future in pending.values()])
-    return count
+def _pass_executor(client: Any) -> Executor:
+    """The executor of a pass over all events: ``client`` when it is one, else tasks on
+    it, the window given by :func:`_in_flight` and looked up every ``WINDOW_LOOKUP_S``
+    of this module (both read when the pass starts)."""
+    if isinstance(client, Executor):
+        return client
+    return TaskExecutor(client, window=lambda: _in_flight(client), lookup_s=WINDOW_LOOKUP_S)
 
 
 def bad_values(chunks: EventChunks, client: Any) -> BadValues | None:
-    """One parallel pass over every event: an error naming those with bad values, or None."""
+    """One parallel pass over every event: an error naming those with bad values, or None.
+
+    ``client``: a Dask client, None for dask's current scheduler, or an :class:`Executor`.
+    """
     chunks = chunks.merged()
     found: dict[int, list[tuple[str, str]]] = {}
-    tasks = (
-        dask.delayed(_task_check)(source, chunks.event[start:stop])
-        for start, stop, source in chunks.sources()
-    )
-    _run_bounded(client, tasks, found.__setitem__)
+    arguments = ((source, chunks.event[start:stop]) for start, stop, source in chunks.sources())
+    _pass_executor(client).map_events(_task_check, arguments, found.__setitem__)
     problems = [problem for number in sorted(found) for problem in found[number]]
     return BadValues(_bad_values_message(problems, chunks.path or "")) if problems else None
 
@@ -579,6 +486,12 @@ def naming_every_bad_event(chunks: EventChunks, client: Any) -> Iterator[None]:
         raise (every or met) from None
 
 
+def _step_executor(client: Any, runners: Executor | None) -> Executor:
+    """The executor of a step: ``runners`` (e.g. an
+    :class:`specufex_dask.parallel.runners.ActorExecutor`), else tasks on ``client``."""
+    return runners if runners is not None else executor_for(client)
+
+
 def _minibatch_statistics(
     chunks: EventChunks, index: np.ndarray, client, leaves, *params, runners=None, following=None
 ):
@@ -587,38 +500,20 @@ def _minibatch_statistics(
     ``leaves(X, *params)`` gives one leaf per event of ``X``; the leaves are added in the
     fixed tree of :func:`specufex_dask.inference.stats.tree_nodes` (lists are concatenated).
 
-    With ``runners`` (:class:`specufex_dask.parallel.runners.StepRunners`) an archive's steps run
-    on them, reading the minibatch ``following`` ahead; should that fail the step runs
-    as tasks, which recover from a lost worker or raise the step's own error.
+    The step runs on the executor ``runners`` when given (the step runners of
+    :class:`specufex_dask.parallel.runners.ActorExecutor` read the minibatch
+    ``following`` ahead, and fall back to tasks themselves), else as tasks on ``client``.
+    Each task carries the parameters itself (a few hundred kB): a shared key would be a
+    dependency, and the scheduler would place every task of the step on the one worker
+    holding it.
     """
     params = tuple(replace(p, threads=1) for p in params)
-    if runners is not None and chunks.stored and runners.ready():
-        try:
-            return runners.statistics(chunks, index, following, leaves, *params)
-        except Exception as error:  # noqa: BLE001 - the tasks below raise a real error again
-            logger.info("a step on the step runners failed (%r); running steps as tasks", error)
-            runners.failed()
-    # Each task carries the parameters itself (a few hundred kB): a shared key would be a
-    # dependency, and the scheduler would place every task of the step on the one worker
-    # holding it.
-    total = len(index)
-    if chunks.stored:
-        tasks = [
-            dask.delayed(task_nodes)(*stored_task(chunks, index, first, stop, leaves, params))
-            for first, stop in chunks.step_groups(index)
-        ]
-    else:
-        tasks = [
-            dask.delayed(task_nodes)(
-                chunks.blocks[chunk], local, chunks.event[index[position : position + len(local)]],
-                position, total, leaves, *params,
-            )
-            for chunk, local, position in chunks.split(index)
-        ]  # fmt: skip
-    nodes: dict = {}
-    for part in _compute(client, tasks):
-        nodes.update(part)
-    return tree_root(nodes, total)
+    executor = _step_executor(client, runners)
+    nodes = executor.step(
+        task_nodes, chunks, index, (leaves, *params), following=following,
+        group_events=TASK_EVENTS,
+    )  # fmt: skip
+    return executor.fold(nodes, len(index))
 
 
 def nmf_statistics(
@@ -778,7 +673,7 @@ def transform_chunks(
 ) -> int:
     """Write the outputs of every chunk into the archive from the workers.
 
-    Tasks are submitted a few at a time (see :func:`_run_bounded`), so memory stays
+    Tasks are submitted a few at a time (:meth:`Executor.write_outputs`), so memory stays
     flat in the number of events. Returns the number of tasks computed (ranges already
     done are skipped on resume).
     """
@@ -802,11 +697,12 @@ def transform_chunks(
     ]
     if todo and resume:
         _mark_complete(path, False)  # whatever an earlier run left, this one is not done
-    nmf_params, hmm_params = _shared(client, nmf_params, hmm_params)
-    tasks = (
-        dask.delayed(_task_transform_to_zarr)(
-            source, chunks.event[start:stop], start, path, nmf_params, hmm_params
-        )
+    executor = _pass_executor(client)
+    nmf_params, hmm_params = executor.share(
+        replace(nmf_params, threads=1), replace(hmm_params, threads=1)
+    )
+    arguments = (
+        (source, chunks.event[start:stop], start, path, nmf_params, hmm_params)
         for start, stop, source in todo
     )
     finished = 0
@@ -817,7 +713,7 @@ def transform_chunks(
         if progress is not None:
             progress("transform", {"chunk": finished, "n_chunks": len(todo)})
 
-    _run_bounded(client, tasks, report)
+    executor.write_outputs(_task_transform_to_zarr, arguments, report)
     _mark_complete(path, True)
     return len(todo)
 

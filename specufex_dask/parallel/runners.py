@@ -15,13 +15,19 @@ get in the next step (the minibatches are drawn from the seed and the step numbe
 so they are known a step ahead), and the runner reads them on a thread of its own once
 it has returned the step's statistics, in the gap it would otherwise wait through.
 
-Actors are not fault tolerant by themselves. Any failure of a call (a worker lost, or
-an error in the step itself) makes the driver drop its runners and run that step as
-ordinary tasks, which the scheduler reruns on a lost worker and which raise the step's
-own error; steps go on as tasks for ``RETRY_AFTER_S``, then new runners start on the
-workers present. The runners also follow the cluster's workers as they come and go
-(looked up every ``engine.WINDOW_LOOKUP_S``). The statistics are the same bits on
-either path.
+The driver reaches the runners through :class:`ActorExecutor`, the actor implementation
+of :class:`specufex_dask.parallel.executor.Executor`. Actors are not fault tolerant by
+themselves. Any failure of a call (a worker lost, or an error in the step itself) makes
+the executor drop its runners and run that step as ordinary tasks
+(:class:`specufex_dask.parallel.executor.TaskExecutor`), which the scheduler reruns on a
+lost worker and which raise the step's own error; steps go on as tasks for
+``RETRY_AFTER_S``, then new runners start on the workers present. The runners also
+follow the cluster's workers as they come and go (looked up every
+``executor.WINDOW_LOOKUP_S``). The statistics are the same bits on either path.
+
+What the runners get from the engine is the step task contract of
+:mod:`specufex_dask.parallel.tasks` (the task function travels with every call); they use
+none of the engine's own names.
 
 On the 10k benchmark archive (40 + 40 steps of 64 events, medians of three alternating
 runs) a fit took 36.9 s with one worker and 25.2 s with two as tasks, 34.2 and 22.1 s on
@@ -33,18 +39,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from specufex_dask.inference.stats import tree_root
 from specufex_dask.inference.steps import map_groups
-from specufex_dask.parallel import engine
-from specufex_dask.parallel.engine import EventChunks, StoredRows, stored_task
+from specufex_dask.parallel import executor
+from specufex_dask.parallel.executor import TaskExecutor
+from specufex_dask.parallel.tasks import StoredRows, stored_task
 
-__all__ = ["StepRunner", "StepRunners"]
+__all__ = ["ActorExecutor", "StepRunner", "StepRunners"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ def _rows_key(source: StoredRows) -> tuple:
     return source.path, np.asarray(rows, dtype=np.int64).tobytes()
 
 
-def _row_bytes(chunks: EventChunks) -> int:
+def _row_bytes(chunks: Any) -> int:
     """Bytes of one event's spectrogram as a task holds it (float64 at most)."""
     return 8 * int(np.prod(chunks.shape[1:]))
 
@@ -98,9 +104,16 @@ class StepRunner:
                 logger.debug("reading %s ahead failed; the step will read it", source.path)
         return len(self._ahead)
 
-    def run(self, tasks: list[tuple], threads: int = 1, ahead: Sequence[StoredRows] = ()) -> dict:
-        """Tree nodes of ``tasks`` (the arguments of :func:`engine.task_nodes`), merged;
-        then :meth:`read_ahead` of ``ahead`` starts on the runner's reader thread.
+    def run(
+        self,
+        function: Callable,
+        tasks: list[tuple],
+        threads: int = 1,
+        ahead: Sequence[StoredRows] = (),
+    ) -> dict:
+        """Tree nodes of ``function(*task, values=...)`` for every step task of ``tasks``
+        (see :mod:`specufex_dask.parallel.tasks`), merged; then :meth:`read_ahead` of
+        ``ahead`` starts on the runner's reader thread.
 
         Rows read ahead are used once, for the task with the same path and rows (rows
         left unused are dropped by the next read ahead); a read ahead still running is
@@ -113,8 +126,7 @@ class StepRunner:
         def nodes_of(task: tuple) -> dict:
             source, *rest = task
             values = self._ahead.pop(_rows_key(source), None)
-            # looked up at each call, so that a wrapper installed on the module applies
-            return engine.task_nodes(source, *rest, values=values)
+            return function(source, *rest, values=values)
 
         merged: dict = {}
         for part in map_groups(nodes_of, tasks, threads):
@@ -165,7 +177,7 @@ class StepRunners:
         now = time.monotonic()
         if self._runners and now < self._next_lookup:
             return
-        self._next_lookup = now + engine.WINDOW_LOOKUP_S
+        self._next_lookup = now + executor.WINDOW_LOOKUP_S
         nthreads = self._client.nthreads()
         addresses = sorted(nthreads)
         if addresses == self._addresses and self._runners:
@@ -194,25 +206,27 @@ class StepRunners:
             if threads > turn
         ]
 
-    def _groups(self, chunks: EventChunks, index: np.ndarray) -> list[list[tuple[int, int]]]:
+    def _groups(
+        self, chunks: Any, index: np.ndarray, group_events: int
+    ) -> list[list[tuple[int, int]]]:
         """The minibatch positions each runner takes: for each worker thread, about the
         same number of events, in groups of whole chunks of at most about
-        ``engine.TASK_EVENTS``."""
+        ``group_events``."""
         slots = self._slots()
-        rounds = -(-len(index) // (engine.TASK_EVENTS * len(slots)))
+        rounds = -(-len(index) // (group_events * len(slots)))
         assigned: list[list[tuple[int, int]]] = [[] for _ in self._runners]
         for number, group in enumerate(chunks.balanced_groups(index, rounds * len(slots))):
             assigned[slots[number % len(slots)]].append(group)
         return assigned
 
-    def _ahead(self, chunks: EventChunks, following: np.ndarray | None) -> list[list]:
+    def _ahead(self, chunks: Any, following: np.ndarray | None, group_events: int) -> list[list]:
         """Per runner, the rows of the step ``following`` it will get (none for a
         minibatch of more than ``READ_AHEAD_MAX_BYTES``)."""
         if following is None or _row_bytes(chunks) * len(following) > READ_AHEAD_MAX_BYTES:
             return [[] for _ in self._runners]
         return [
             [StoredRows(chunks.path, following[first:stop]) for first, stop in groups]
-            for groups in self._groups(chunks, following)
+            for groups in self._groups(chunks, following, group_events)
         ]
 
     def _result(self, call: Any, address: str) -> dict:
@@ -223,30 +237,79 @@ class StepRunners:
                 if address not in self._client.nthreads():
                     raise OSError(f"worker {address} left the cluster") from None
 
-    def statistics(
+    def nodes(
         self,
-        chunks: EventChunks,
+        function: Callable,
+        chunks: Any,
         index: np.ndarray,
+        arguments: tuple,
         following: np.ndarray | None,
-        leaves: Any,
-        *params: Any,
-    ):
-        """Statistics of the minibatch ``index`` of an archive's events, folded in fixed
-        order; the rows of the minibatch ``following`` are read ahead for the next step.
-        """
+        group_events: int,
+    ) -> dict:
+        """Tree nodes of the step tasks ``function`` over the minibatch ``index`` of an
+        archive's events, merged; the rows of the minibatch ``following`` are read ahead
+        for the next step. Raises on any failure of a call."""
         self._follow_cluster()
-        total = len(index)
         calls = []
         for runner, address, threads, groups, ahead in zip(
             self._runners, self._addresses, self._threads,
-            self._groups(chunks, index), self._ahead(chunks, following), strict=True,
+            self._groups(chunks, index, group_events),
+            self._ahead(chunks, following, group_events), strict=True,
         ):  # fmt: skip
-            tasks = [
-                stored_task(chunks, index, first, stop, leaves, params) for first, stop in groups
-            ]
+            tasks = [stored_task(chunks, index, first, stop, arguments) for first, stop in groups]
             if tasks or ahead:
-                calls.append((runner.run(tasks, threads, ahead), address))
+                calls.append((runner.run(function, tasks, threads, ahead), address))
         nodes: dict = {}
         for call, address in calls:
             nodes.update(self._result(call, address))
-        return tree_root(nodes, total)
+        return nodes
+
+
+class ActorExecutor(TaskExecutor):
+    """An :class:`specufex_dask.parallel.executor.Executor` whose SVI steps of an archive
+    run on :class:`StepRunners` (one actor per worker, reading the next step ahead).
+
+    Everything else (passes over all events, steps over in-memory data, the steps after
+    a failed call for ``RETRY_AFTER_S``) runs as tasks, as :class:`TaskExecutor` does.
+    Use as a context manager; leaving it releases the actors.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    runners : StepRunners, optional
+        The runners to use (new ones on ``client`` by default).
+    """
+
+    def __init__(self, client: Any, runners: StepRunners | None = None) -> None:
+        super().__init__(client)
+        self.runners = StepRunners(client) if runners is None else runners
+
+    def __enter__(self) -> ActorExecutor:
+        return self
+
+    def close(self) -> None:
+        self.runners.release()
+
+    def step(
+        self,
+        function: Callable,
+        chunks: Any,
+        index: Sequence[int],
+        arguments: tuple,
+        *,
+        following: Sequence[int] | None = None,
+        group_events: int,
+    ) -> dict:
+        if chunks.stored and self.runners.ready():
+            try:
+                return self.runners.nodes(
+                    function, chunks, index, arguments, following, group_events
+                )
+            except Exception as error:  # noqa: BLE001 - the tasks below raise a real error again
+                logger.info(
+                    "a step on the step runners failed (%r); running steps as tasks", error
+                )
+                self.runners.failed()
+        return super().step(
+            function, chunks, index, arguments, following=following, group_events=group_events
+        )

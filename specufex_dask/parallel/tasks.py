@@ -1,0 +1,75 @@
+"""What the engine hands its executors for an SVI step: the rows a task reads and the
+arguments of a step task.
+
+The engine (:mod:`specufex_dask.parallel.engine`) owns the task functions; the executors
+(:mod:`specufex_dask.parallel.executor`, :mod:`specufex_dask.parallel.runners`) decide where
+and how they run. Between the two, a step task is a call
+
+    function(source, local, ids, position, total, *arguments) -> dict of tree nodes
+
+with ``source`` a :class:`StoredRows` (the task reads its events from the archive itself,
+``local`` None) or a block of in-memory data with ``local`` selecting the events;
+``ids`` the event ids; ``position`` the minibatch position of its first event and
+``total`` the minibatch's size, which fix the nodes of the summation tree it returns;
+``arguments`` the leaf function and the step's parameters. :func:`stored_task` builds
+those arguments for a run of an archive's minibatch; an executor may pass ``values=``
+(the rows already read, see :class:`specufex_dask.parallel.runners.StepRunner`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from specufex_dask.io import archive
+from specufex_dask.io.chunkread import plain_chunks
+
+__all__ = ["StoredRows", "stored_task"]
+
+
+@dataclass(frozen=True, eq=False)
+class StoredRows:
+    """Events of an archive's ``spectrogram`` that a task reads itself, by path.
+
+    The task opens the Zarr array where it runs and reads only these rows (every
+    storage chunk they touch is still decompressed whole; a plain local array is read
+    on the task's own thread, see :mod:`specufex_dask.io.chunkread`), so no dask-array
+    graph of the archive is built or sent, and a task rerun after a lost worker simply
+    reads them again.
+
+    Attributes
+    ----------
+    path : str
+        The archive.
+    rows : slice or ndarray of int
+        A range of events, or sorted event indices.
+    """
+
+    path: str
+    rows: slice | np.ndarray
+
+    def read(self) -> np.ndarray:
+        """The rows as an (n, D, M) float array (other dtypes become float64, as in
+        :meth:`specufex_dask.parallel.engine.EventChunks.from_data`)."""
+        import zarr
+
+        array = zarr.open_array(self.path, path=archive.SPECTROGRAM, mode="r")
+        plain = plain_chunks(array)
+        if plain is not None:
+            values = plain.read(self.rows)
+        elif isinstance(self.rows, slice):
+            values = np.asarray(array[self.rows])
+        else:
+            selection = (np.asarray(self.rows), slice(None), slice(None))
+            values = np.asarray(array.get_orthogonal_selection(selection))
+        return values if values.dtype.kind == "f" else values.astype(np.float64)
+
+
+def stored_task(chunks: Any, index: np.ndarray, first: int, stop: int, arguments: tuple) -> tuple:
+    """Arguments of a step task for minibatch positions ``first:stop`` of an archive's
+    sorted event indices ``index`` (``chunks``: its ``EventChunks``, read by path)."""
+    rows = index[first:stop]
+    return (StoredRows(chunks.path, rows), None, chunks.event[rows], first, len(index),
+            *arguments)  # fmt: skip
