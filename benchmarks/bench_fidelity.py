@@ -103,7 +103,8 @@ def fit_loop(X: np.ndarray, seed: int, compat: str, **options) -> tuple:
     from specufex_dask import BayesianHMM, BayesianNonparametricNMF
 
     rng = np.random.default_rng(seed)
-    nmf_options = {k: v for k, v in options.items() if k in ("min_pattern_share",)}
+    nmf_keys = ("min_pattern_share", "likelihood_scale")
+    nmf_options = {k: v for k, v in options.items() if k in nmf_keys}
     hmm_options = {k: v for k, v in options.items() if k in ("init",)}
     nmf = BayesianNonparametricNMF(
         X.shape, N_PATTERNS, compat=compat, random_state=seed, **nmf_options
@@ -182,7 +183,13 @@ METHODS: dict[str, Callable[[np.ndarray, int], tuple]] = {
 # One default setting changed at a time (fewer seeds: --ablation-seeds).
 ABLATIONS: dict[str, Callable[[np.ndarray, int], tuple]] = {
     "loop: random q(B)": lambda X, s: fit_loop(X, s, "default", init="random"),
+    "loop: scale per spectrogram": lambda X, s: fit_loop(
+        X, s, "default", likelihood_scale="spectrograms"
+    ),
     "minibatch default": lambda X, s: fit_minibatch(X, s),
+    "minibatch: scale per spectrogram": lambda X, s: fit_minibatch(
+        X, s, {"likelihood_scale": "spectrograms"}
+    ),
     "minibatch: random q(B)": lambda X, s: fit_minibatch(X, s, None, {"init": "random"}),
     "minibatch: no share pruning": lambda X, s: fit_minibatch(X, s, {"min_pattern_share": None}),
     "minibatch: share 1e-2": lambda X, s: fit_minibatch(X, s, {"min_pattern_share": 1e-2}),

@@ -450,10 +450,15 @@ def test_demo_runs_the_whole_pipeline(demo_run):
     fingerprint = archive["fingerprint"].values
     labels = archive["cluster"].values
     assert archive["cluster"].attrs["transform"] == "idf"
-    expected = KMeans(n_clusters=5, n_init=30, random_state=0).fit_predict(
-        idf_features(fingerprint)
-    )
-    np.testing.assert_array_equal(labels, expected)
+    # k-means on these features has near-equal optima, and which one the same seed finds
+    # depends on the process's thread count: the labels must be an optimum as good as
+    # an independent k-means finds, with the inertia they store.
+    features = idf_features(fingerprint)
+    means = np.array([features[labels == c].mean(axis=0) for c in range(5)])
+    inertia = float(((features - means[labels]) ** 2).sum())
+    assert inertia == pytest.approx(archive["cluster"].attrs["inertia"], rel=1e-9)
+    independent = KMeans(n_clusters=5, n_init=30, random_state=0).fit(features)
+    assert inertia <= independent.inertia_ * 1.01
     for cluster, count in enumerate(np.bincount(labels, minlength=5)):
         assert f"  cluster {cluster}: {count} event" in result.stdout
     # The clusters' mean fingerprints differ, well beyond what clusters of the same sizes

@@ -46,6 +46,18 @@ def _outputs(nmf, hmm, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return prints, gam
 
 
+def _assert_distinct_but_for_one_state_windows(prints: np.ndarray, gam: np.ndarray) -> None:
+    """>= 98 % distinct fingerprints, and every window that shares its fingerprint with
+    another spends all its frames in one state (with no transition, nothing tells such
+    windows apart: that is not a collapse)."""
+    assert distinct_fraction(prints) >= 0.98
+    cells = np.round(prints.reshape(len(prints), -1) / 1e-6)
+    _, inverse, counts = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
+    shared = counts[inverse.ravel()] > 1
+    states_per_window = np.array([len(np.unique(w)) for w in gam.argmax(axis=1)])
+    assert (states_per_window[shared] == 1).all(), states_per_window[shared]
+
+
 def _as_dataarray(X: np.ndarray) -> xr.DataArray:
     return xr.DataArray(
         X, dims=("event", "frequency", "time"), coords={"event": [str(i) for i in range(len(X))]}
@@ -57,7 +69,7 @@ def test_real_record_loop_protocol_uses_states(kw1_half_hour) -> None:
     X = kw1_half_hour
     prints, gam = _outputs(*_loop(X, 0, 200, 100), X)
     assert states_in_use(gam) >= 4
-    assert distinct_fraction(prints) >= 0.99
+    _assert_distinct_but_for_one_state_windows(prints, gam)
 
 
 def test_real_record_pipeline_uses_states_and_prunes(kw1_half_hour) -> None:
@@ -67,7 +79,7 @@ def test_real_record_pipeline_uses_states_and_prunes(kw1_half_hour) -> None:
     model.fit(_as_dataarray(X))
     prints, gam = _outputs(model.nmf_, model.hmm_, X)
     assert states_in_use(gam) >= 4
-    assert distinct_fraction(prints) >= 0.99
+    _assert_distinct_but_for_one_state_windows(prints, gam)
     assert model.nmf_.num_pat <= 0.6 * K0  # 40 of 75 measured
 
 
@@ -93,10 +105,11 @@ def test_on_the_same_activations_the_random_start_collapses(kw1_half_hour) -> No
 
 
 def test_planted_waveform_classes_are_told_apart() -> None:
-    """Four planted seismic-like classes (easy level, 200 events): k-means on the
-    fingerprints with the `cluster` command's default transform finds them; on the raw
-    fingerprints it does markedly worse."""
-    planted = datasets.planted_waveforms(200, difficulty="easy", seed=3)
+    """Four planted seismic-like classes (medium level, 200 events): k-means on the
+    fingerprints with the `cluster` command's default transform (idf) tells them apart;
+    on the Hellinger and the raw fingerprints it does markedly worse (measured: 0.706,
+    0.484, 0.378; fit seed 1: 0.647, 0.340, 0.442)."""
+    planted = datasets.planted_waveforms(200, difficulty="medium", seed=3)
     X = datasets.planted_spectrograms(planted)
     model = SpecUFEx(K0, S, nmf_steps=100, hmm_steps=100, random_state=0, client=False)
     model.fit(_as_dataarray(X))
@@ -109,14 +122,16 @@ def test_planted_waveform_classes_are_told_apart() -> None:
         labels = cluster_fingerprints(fingerprint, 4, transform=transform, n_init=30).labels
         return adjusted_rand_score(planted.labels, labels.values)
 
-    assert ari("hellinger") >= 0.8
-    assert ari("hellinger") >= ari("none") + 0.2
+    idf = ari("idf")
+    assert idf >= 0.6
+    assert idf >= ari("hellinger") + 0.15 and idf >= ari("none") + 0.2
 
 
 def test_nmf_recovers_planted_patterns_and_prunes_the_rest() -> None:
-    """5 planted patterns, K0 = 75. The default mode prunes to fewer than K0 / 4 and
-    matches each planted pattern with cosine >= 0.95; merging twins (``merge_cosine``)
-    ends with 5 to 10; without share pruning and merging no pattern is pruned at all."""
+    """5 planted patterns, K0 = 75. The default mode ends with P to 2P patterns (5
+    measured) and matches each planted one with cosine >= 0.95. Scaled to the data's
+    spectrograms instead of its frames it keeps copies of them (14 measured), and without
+    share pruning no pattern is pruned at all."""
     planted = datasets.planted_patterns(seed=0)
     X, W = planted.spectrograms, planted.patterns
     P = W.shape[1]
@@ -132,9 +147,7 @@ def test_nmf_recovers_planted_patterns_and_prunes_the_rest() -> None:
         return float(((W / np.linalg.norm(W, axis=0)).T @ unit).max(axis=1).min())
 
     default = fit()
-    assert P <= default.num_pat < K0 // 4
+    assert P <= default.num_pat <= 2 * P
     assert worst_match(default) >= 0.95
-    merged = fit(merge_cosine=0.95)
-    assert P <= merged.num_pat <= 2 * P
-    assert worst_match(merged) >= 0.95
-    assert fit(min_pattern_share=None).num_pat == K0
+    assert fit(likelihood_scale="spectrograms").num_pat > 2 * P
+    assert fit(min_pattern_share=None, likelihood_scale="spectrograms").num_pat == K0

@@ -544,10 +544,10 @@ def _check_across_sections(config: Config, source: str) -> None:
         )
     except ValueError as error:
         raise ConfigError(f"'fit.compat' and 'nmf.batch_size' in {source}: {error}") from None
-    if config.cluster.scheduler is not None and config.cluster.kind != "local":
+    if config.dask.scheduler is not None and config.dask.kind != "local":
         raise ConfigError(
-            f"'cluster.scheduler' ({config.cluster.scheduler!r}) and 'cluster.kind' "
-            f"({config.cluster.kind!r}) both set in {source}: give one of them"
+            f"'dask.scheduler' ({config.dask.scheduler!r}) and 'dask.kind' "
+            f"({config.dask.kind!r}) both set in {source}: give one of them"
         )
 
 

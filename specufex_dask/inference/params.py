@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 COMPAT_MODES = ("default", "specufex")
+LIKELIHOOD_SCALES = ("frames", "spectrograms")
 HMM_INITS = ("data", "random")
 MIN_PATTERN_SHARE = 1e-3
 """Default share of the data's counts below which the default mode prunes a pattern."""
@@ -136,6 +137,9 @@ SHARE = Rule(
 COSINE = Rule("in (0, 1] or None", _or_none(lambda v: _real(v) and 0 < v <= 1), (0.0, 1.01))
 COMPAT = Rule(f"one of {COMPAT_MODES}", lambda v: v in COMPAT_MODES, ("matlab",))
 INIT = Rule(f"one of {HMM_INITS} or None", lambda v: v is None or v in HMM_INITS, ("kmeans",))
+LIKELIHOOD_SCALE = Rule(
+    f"one of {LIKELIHOOD_SCALES}", lambda v: v in LIKELIHOOD_SCALES, ("columns",)
+)
 DTYPE = Rule("float32 or float64", _float_dtype, (np.int32, "float16"))
 BOOLEAN = Rule("True or False", lambda v: isinstance(v, (bool, np.bool_)), ("yes",))
 SHAPE = Rule(
@@ -195,6 +199,7 @@ NMF_PARAMETERS = _table(
     Parameter("anneal", BOOLEAN, True),
     Parameter("min_pattern_share", SHARE, "auto"),
     Parameter("merge_cosine", COSINE, None),
+    Parameter("likelihood_scale", LIKELIHOOD_SCALE, "frames"),
     _RANDOM_STATE,
     _DTYPE,
     _VERBOSE,
@@ -242,6 +247,7 @@ REFERENCE_FIXED: dict[str, tuple[tuple, str]] = {
     "tol": ((None,), _ONE_AT_A_TIME),
     "min_pattern_share": (("auto", None), "prunes patterns only by E[a] as the reference does"),
     "merge_cosine": ((None,), "never merges patterns, as the reference"),
+    "likelihood_scale": (("frames",), "scales the statistics by the frames, as the reference"),
     "init": ((None, "random"), "starts q(B) from the reference's random draw"),
 }
 """Settings ``compat="specufex"`` fixes: the values it accepts, and why."""
