@@ -2,10 +2,17 @@
 
 Example
 -------
->>> from specufex_dask import SpecUFEx                      # doctest: +SKIP
->>> model = SpecUFEx(num_pat=75, num_state=15, random_state=0).fit("events.zarr")
->>> model.transform_to_zarr("events.zarr")                  # outputs written by workers
->>> ds = model.transform("events.zarr")                     # or a lazy xarray Dataset
+The fit and the transforms are skipped by the doctests (they need an archive, and the fit
+starts a cluster):
+
+>>> from specufex_dask import SpecUFEx
+>>> model = SpecUFEx(num_pat=75, num_state=15, random_state=0)
+>>> model = model.fit("events.zarr")                        # doctest: +SKIP
+>>> model.transform_to_zarr("events.zarr")                  # doctest: +SKIP
+>>> ds = model.transform("events.zarr")                     # doctest: +SKIP
+
+``transform_to_zarr`` writes the outputs into the archive from the workers; ``transform``
+gives them as a lazy xarray Dataset.
 """
 
 from __future__ import annotations

@@ -169,9 +169,11 @@ def open_archive(path: str | Path, *, with_dask: bool = True) -> xr.Dataset:
 
     Examples
     --------
-    >>> ds = open_archive("events.zarr")  # doctest: +SKIP
-    >>> ds.spectrogram.dims  # doctest: +SKIP
-    ('event', 'frequency', 'time')
+    >>> path = write_spectrograms("events.zarr", np.ones((2, 3, 4)), ["a", "b"],
+    ...                           [1.0, 2, 3], [0.0, 1, 2, 3])
+    >>> ds = open_archive(path)
+    >>> ds.spectrogram.dims, ds.spectrogram.shape
+    (('event', 'frequency', 'time'), (2, 3, 4))
     """
     path_str = str(path)
     if _is_local(path) and not Path(path).exists():
@@ -822,8 +824,10 @@ def write_spectrograms(
 
     Examples
     --------
-    >>> write_spectrograms("s.zarr", np.ones((2, 3, 4)), ["a", "b"], [1.0, 2, 3],
-    ...                    [0.0, 1, 2, 3])  # doctest: +SKIP
+    >>> path = write_spectrograms("s.zarr", np.ones((2, 3, 4)), ["a", "b"], [1.0, 2, 3],
+    ...                           [0.0, 1, 2, 3])
+    >>> path.name, open_archive(path).event.values.tolist()
+    ('s.zarr', ['a', 'b'])
     """
     import dask.array as da
 
