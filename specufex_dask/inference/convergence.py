@@ -20,6 +20,7 @@ The step budget is an upper bound; :func:`auto_steps` is the default one.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -92,7 +93,9 @@ def auto_steps(n_events: int, batch: int) -> int:
     return max(AUTO_MIN_STEPS, AUTO_PASSES * -(-n_events // batch))
 
 
-def states_in_use(state_counts: NDArray, n_frames: int, share: float = MIN_STATE_SHARE) -> int:
+def states_in_use(
+    state_counts: NDArray[Any], n_frames: int, share: float = MIN_STATE_SHARE
+) -> int:
     """States holding at least ``share`` of a minibatch's ``n_frames`` frames (the share
     :func:`specufex_dask.inference.diagnostics.states_in_use` asks of all frames).
 

@@ -24,7 +24,7 @@ MIN_STATE_SHARE = 0.01
 """A state is in use when it is the most probable state of at least 1 % of all frames."""
 
 
-def state_occupancy(state_probability: ArrayLike) -> NDArray:
+def state_occupancy(state_probability: ArrayLike) -> NDArray[Any]:
     """Share of all frames whose most probable state is each state: (n_states,).
 
     Parameters

@@ -14,6 +14,8 @@ the pipeline) and only the frames reach this module.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -25,29 +27,31 @@ INIT_EVENTS = 256
 KMEANS_ITERATIONS = 30
 
 
-def init_sample(rng: np.random.Generator, n_items: int, size: int = INIT_EVENTS) -> NDArray:
+def init_sample(rng: np.random.Generator, n_items: int, size: int = INIT_EVENTS) -> NDArray[Any]:
     """Sorted indices of the sequences whose frames seed q(B) (all when there are few)."""
     if n_items <= size:
         return np.arange(n_items)
     return np.sort(rng.choice(n_items, size=size, replace=False))
 
 
-def emission_frames(activation: NDArray, gain: NDArray) -> NDArray:
+def emission_frames(activation: NDArray[Any], gain: NDArray[Any]) -> NDArray[Any]:
     """The HMM's emission frames ``U[:, t] = gain * V[:, t]`` of activations (n, K, M),
     as (n, M, K): each sequence's frames in time order, in the activations' dtype."""
     U = activation * np.asarray(gain).astype(activation.dtype)[None, :, None]
     return U.transpose(0, 2, 1)
 
 
-def _squared_distances(points: NDArray, norms: NDArray, centres: NDArray) -> NDArray:
+def _squared_distances(
+    points: NDArray[Any], norms: NDArray[Any], centres: NDArray[Any]
+) -> NDArray[Any]:
     """``|x - c|^2`` of every point and centre, from the points' squared norms ``norms``."""
     squared = norms[:, None] - 2.0 * (points @ centres.T) + (centres**2).sum(axis=1)[None]
     return np.maximum(squared, 0.0)  # rounding can make a zero distance negative
 
 
 def _plus_plus(
-    points: NDArray, norms: NDArray, n_clusters: int, rng: np.random.Generator
-) -> NDArray:
+    points: NDArray[Any], norms: NDArray[Any], n_clusters: int, rng: np.random.Generator
+) -> NDArray[Any]:
     """k-means++ seeding: each new centre drawn with probability ~ squared distance."""
     n = len(points)
     chosen = [int(rng.integers(n))]
@@ -62,8 +66,11 @@ def _plus_plus(
 
 
 def kmeans(
-    points: NDArray, n_clusters: int, rng: np.random.Generator, iterations: int = KMEANS_ITERATIONS
-) -> NDArray:
+    points: NDArray[Any],
+    n_clusters: int,
+    rng: np.random.Generator,
+    iterations: int = KMEANS_ITERATIONS,
+) -> NDArray[Any]:
     """Seeded Lloyd's k-means; returns the label of every point.
 
     An empty cluster is restarted at the point farthest from its centre, so every
@@ -92,14 +99,14 @@ def kmeans(
 
 
 def emission_start(
-    frames: NDArray,
+    frames: NDArray[Any],
     n_states: int,
     n_frames: float,
     rng: np.random.Generator,
     *,
     tau1: float,
     tau2: float,
-) -> tuple[NDArray, NDArray]:
+) -> tuple[NDArray[Any], NDArray[Any]]:
     """q(B) that starts each state at the mean emission of a k-means group of frames.
 
     Parameters

@@ -75,7 +75,7 @@ class Rule:
 
     text: str
     test: Callable[[Any], bool] = field(repr=False)
-    invalid: tuple = ()
+    invalid: tuple[Any, ...] = ()
 
     def message(self, name: str, value: Any) -> str:
         """``"{name} must be {text}, got {value!r}"``."""
@@ -302,7 +302,7 @@ class ParameterContract:
         """The constructor arguments, as given (``deep`` is accepted for scikit-learn)."""
         return {name: getattr(self, self._stored_name(name)) for name in self._parameter_table}
 
-    def set_params(self, **params: Any):
+    def set_params(self, **params: Any) -> Any:
         """Replace constructor arguments; returns the estimator."""
         for name, value in params.items():
             if name not in self._parameter_table:

@@ -8,7 +8,10 @@ on the order tasks finished, or on any global state.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ["PURPOSES", "generator", "minibatch", "resolve_seed"]
 
@@ -25,9 +28,10 @@ PURPOSES = {
 def resolve_seed(random_state: int | np.random.SeedSequence | None) -> int:
     """An integer seed: the one given, or fresh OS entropy when None."""
     if random_state is None:
-        return int(np.random.SeedSequence().entropy)
+        # a SeedSequence made without entropy draws an int
+        return int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
     if isinstance(random_state, np.random.SeedSequence):
-        return int(random_state.entropy)
+        return int(random_state.entropy)  # type: ignore[arg-type]  # an int entropy only
     if isinstance(random_state, (int, np.integer)) and random_state >= 0:
         return int(random_state)
     raise ValueError(f"random_state must be a nonnegative int or None, got {random_state!r}")
@@ -39,7 +43,7 @@ def generator(seed: int, purpose: str, step: int = 0) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
-def minibatch(seed: int, purpose: str, step: int, n_items: int, batch_size: int) -> np.ndarray:
+def minibatch(seed: int, purpose: str, step: int, n_items: int, batch_size: int) -> NDArray[Any]:
     """Sorted indices of the minibatch of one step, drawn without replacement.
 
     ``batch_size >= n_items`` gives every item (a full-batch step).

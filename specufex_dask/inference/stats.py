@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,8 +47,8 @@ class NMFStatistics:
         Sum of the local ELBO terms (see :func:`specufex_dask.kernels.nmf.nmf_local_step`).
     """
 
-    basis_counts: NDArray
-    activation_sum: NDArray
+    basis_counts: NDArray[Any]
+    activation_sum: NDArray[Any]
     n_columns: int
     n_spectrograms: int
     elbo: float
@@ -83,8 +84,8 @@ class HMMStatistics:
         Sum of the local ELBO terms.
     """
 
-    emission_counts: NDArray
-    state_counts: NDArray
+    emission_counts: NDArray[Any]
+    state_counts: NDArray[Any]
     n_sequences: int
     elbo: float
 
@@ -107,7 +108,7 @@ def _tree_height(total: int) -> int:
     return max(0, (total - 1).bit_length())
 
 
-def _subtree_value(level: int, low: int, leaves: Sequence, offset: int, total: int):
+def _subtree_value(level: int, low: int, leaves: Sequence[Any], offset: int, total: int) -> Any:
     """Value of the node at ``level`` whose first leaf is ``low``: left + right, in order."""
     if level == 0:
         return leaves[low - offset]
@@ -118,7 +119,7 @@ def _subtree_value(level: int, low: int, leaves: Sequence, offset: int, total: i
     return left + _subtree_value(level - 1, middle, leaves, offset, total)
 
 
-def tree_nodes(leaves: Sequence, start: int, total: int) -> dict[tuple[int, int], object]:
+def tree_nodes(leaves: Sequence[Any], start: int, total: int) -> dict[tuple[int, int], Any]:
     """Fold a contiguous run of leaves into the nodes of the fixed summation tree.
 
     The tree is the balanced binary tree over ``total`` leaf positions (node
@@ -132,7 +133,7 @@ def tree_nodes(leaves: Sequence, start: int, total: int) -> dict[tuple[int, int]
     stop = start + len(leaves)
     if not 0 <= start < stop <= total:
         raise ValueError(f"leaves {start}..{stop} do not fit in a tree of {total}")
-    nodes: dict[tuple[int, int], object] = {}
+    nodes: dict[tuple[int, int], Any] = {}
 
     def collect(level: int, index: int) -> None:
         low = index << level
@@ -149,10 +150,10 @@ def tree_nodes(leaves: Sequence, start: int, total: int) -> dict[tuple[int, int]
     return nodes
 
 
-def tree_root(nodes: dict[tuple[int, int], object], total: int):
+def tree_root(nodes: dict[tuple[int, int], Any], total: int) -> Any:
     """Sum of all leaves from the nodes of :func:`tree_nodes` of runs that cover them."""
 
-    def value(level: int, index: int):
+    def value(level: int, index: int) -> Any:
         if (level, index) in nodes:
             return nodes[(level, index)]
         if level == 0:
@@ -164,7 +165,7 @@ def tree_root(nodes: dict[tuple[int, int], object], total: int):
     return value(_tree_height(total), 0)
 
 
-def fold(leaves: Sequence):
+def fold(leaves: Sequence[Any]) -> Any:
     """Sum leaves in the fixed tree of :func:`tree_nodes` (same bits as any split)."""
     if not leaves:
         raise ValueError("nothing to fold")

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from specufex_dask.common import spans
 from specufex_dask.inference.stats import HMMStatistics, NMFStatistics
-from specufex_dask.kernels.hmm import fingerprints, hmm_local_step
+from specufex_dask.kernels.hmm import HMMLocalResult, fingerprints, hmm_local_step
 from specufex_dask.kernels.nmf import nmf_local_step, nmf_transform
 
 __all__ = [
@@ -58,8 +58,8 @@ class NMFStepParameters:
         Threads over groups of events (1 on Dask workers, which parallelise by task).
     """
 
-    log_basis: NDArray
-    basis_weight: NDArray
+    log_basis: NDArray[Any]
+    basis_weight: NDArray[Any]
     h01: float
     h02: float
     temperature: float = 1.0
@@ -72,7 +72,7 @@ class NMFStepParameters:
 _blas_controller = None
 
 
-def _single_threaded_blas():
+def _single_threaded_blas() -> Any:
     """BLAS limited to one thread for the duration of a ``with`` block.
 
     The matrix products here are small (one spectrogram each); a multi-threaded BLAS
@@ -88,7 +88,7 @@ def _single_threaded_blas():
     return _blas_controller.limit(limits=1, user_api="blas")
 
 
-def map_groups(function: Callable[[Any], Any], groups: list, threads: int) -> list:
+def map_groups(function: Callable[[Any], Any], groups: list[Any], threads: int) -> list[Any]:
     """``function`` over groups of events, on up to ``threads`` threads, in order."""
     with _single_threaded_blas():
         if threads <= 1 or len(groups) <= 1:
@@ -97,7 +97,7 @@ def map_groups(function: Callable[[Any], Any], groups: list, threads: int) -> li
             return list(pool.map(function, groups))
 
 
-def nmf_leaves(X: NDArray, params: NMFStepParameters) -> list[NMFStatistics]:
+def nmf_leaves(X: NDArray[Any], params: NMFStepParameters) -> list[NMFStatistics]:
     """Statistics of every spectrogram of ``X`` (n, D, M), one leaf each."""
     X = np.asarray(X, dtype=params.dtype)
 
@@ -126,7 +126,7 @@ def nmf_leaves(X: NDArray, params: NMFStepParameters) -> list[NMFStatistics]:
     return [leaf for part in parts for leaf in part]
 
 
-def nmf_activations(X: NDArray, params: NMFStepParameters) -> NDArray:
+def nmf_activations(X: NDArray[Any], params: NMFStepParameters) -> NDArray[Any]:
     """Activations (n, K, M) of spectrograms ``X`` (n, D, M)."""
     X = np.asarray(X, dtype=params.dtype)
     out = np.empty((X.shape[0], params.log_basis.shape[1], X.shape[2]), dtype=X.dtype)
@@ -164,9 +164,9 @@ class HMMStepParameters:
         Threads over groups of sequences.
     """
 
-    log_rate: NDArray
-    rate: NDArray
-    gain: NDArray
+    log_rate: NDArray[Any]
+    rate: NDArray[Any]
+    gain: NDArray[Any]
     tau_initial: float
     tau_transition: float
     n_iter: int = 20
@@ -180,7 +180,7 @@ def _hmm_groups(n: int, threads: int) -> list[slice]:
     return spans(n, max(1, min(HMM_GROUP, -(-n // max(threads, 1)))))
 
 
-def _hmm_local(V: NDArray, params: HMMStepParameters):
+def _hmm_local(V: NDArray[Any], params: HMMStepParameters) -> HMMLocalResult:
     U = np.asarray(V, dtype=params.dtype) * params.gain.astype(params.dtype)[:, None]
     return hmm_local_step(
         U,
@@ -193,7 +193,7 @@ def _hmm_local(V: NDArray, params: HMMStepParameters):
     )
 
 
-def hmm_leaves(V: NDArray, params: HMMStepParameters) -> list[HMMStatistics]:
+def hmm_leaves(V: NDArray[Any], params: HMMStepParameters) -> list[HMMStatistics]:
     """Statistics of every activation sequence of ``V`` (n, K, M), one leaf each."""
 
     def group_leaves(group: slice) -> list[HMMStatistics]:
@@ -212,7 +212,9 @@ def hmm_leaves(V: NDArray, params: HMMStepParameters) -> list[HMMStatistics]:
     return [leaf for part in parts for leaf in part]
 
 
-def hmm_outputs(V: NDArray, params: HMMStepParameters) -> tuple[NDArray, NDArray, NDArray]:
+def hmm_outputs(
+    V: NDArray[Any], params: HMMStepParameters
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     """``(fingerprints, As, gams)`` of activation sequences ``V`` (n, K, M)."""
     n, _, M = V.shape
     S = params.rate.shape[0]

@@ -41,7 +41,7 @@ __all__ = [
 COUNT_NAMES = {"nmf": "n_patterns", "hmm": "n_states"}
 """What each stage counts: live NMF patterns, HMM states in use."""
 
-Selection = NDArray | slice
+Selection = NDArray[Any] | slice
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class SeededMinibatches:
     batch_size: int
     first: int = 0
 
-    def __call__(self, step: int) -> NDArray:
+    def __call__(self, step: int) -> NDArray[Any]:
         return minibatch(self.seed, self.purpose, self.first + step, self.n_items, self.batch_size)
 
 

@@ -6,6 +6,7 @@ ALGORITHM.md 1a (NMF) and 2b (HMM). Nothing here changes its inputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -69,18 +70,18 @@ def nmf_step_size(step: int, temperature: float) -> float:
 
 
 def nmf_global_update(
-    W1: NDArray,
-    W2: NDArray,
-    A1: NDArray,
-    A2: NDArray,
-    basis_counts: NDArray,
-    activation_sum: NDArray,
+    W1: NDArray[Any],
+    W2: NDArray[Any],
+    A1: NDArray[Any],
+    A2: NDArray[Any],
+    basis_counts: NDArray[Any],
+    activation_sum: NDArray[Any],
     *,
     scale: float,
     step_size: float,
     temperature: float,
     prior: NMFPrior,
-) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
     """Blend q(W), q(a) toward their minibatch optimum (ALGORITHM.md 1a).
 
     ``scale`` multiplies the statistics (number of data units over units in the batch);
@@ -98,7 +99,9 @@ def nmf_global_update(
     return W1_new, W2_new, A1_new, A2_new
 
 
-def nmf_global_kl(W1: NDArray, W2: NDArray, A1: NDArray, A2: NDArray, prior: NMFPrior) -> float:
+def nmf_global_kl(
+    W1: NDArray[Any], W2: NDArray[Any], A1: NDArray[Any], A2: NDArray[Any], prior: NMFPrior
+) -> float:
     """KL(q(W) || p(W)) + KL(q(a) || p(a))."""
     return float(
         gamma_kl(W1, W2, prior.w01, prior.w02).sum() + gamma_kl(A1, A2, prior.a01, prior.a02).sum()
@@ -106,8 +109,11 @@ def nmf_global_kl(W1: NDArray, W2: NDArray, A1: NDArray, A2: NDArray, prior: NMF
 
 
 def prune_mask(
-    A1: NDArray, A2: NDArray, threshold: float = PRUNE_THRESHOLD, min_share: float | None = None
-) -> NDArray:
+    A1: NDArray[Any],
+    A2: NDArray[Any],
+    threshold: float = PRUNE_THRESHOLD,
+    min_share: float | None = None,
+) -> NDArray[Any]:
     """Patterns to keep: ``E[a] = A1 / A2 > threshold`` and, with ``min_share``, a share
     ``A1[k] / sum(A1)`` of the data's counts of at least ``min_share``.
 
@@ -123,7 +129,7 @@ def prune_mask(
     return keep
 
 
-def similar_pairs(EW: NDArray, min_cosine: float) -> list[tuple[int, int]]:
+def similar_pairs(EW: NDArray[Any], min_cosine: float) -> list[tuple[int, int]]:
     """Disjoint pairs of patterns whose ``E[W]`` columns have a cosine >= ``min_cosine``.
 
     Most similar first; a pattern is in at most one pair, so one call merges each
@@ -145,13 +151,13 @@ def similar_pairs(EW: NDArray, min_cosine: float) -> list[tuple[int, int]]:
 
 
 def merge_patterns(
-    W1: NDArray,
-    W2: NDArray,
-    A1: NDArray,
-    A2: NDArray,
+    W1: NDArray[Any],
+    W2: NDArray[Any],
+    A1: NDArray[Any],
+    A2: NDArray[Any],
     pairs: list[tuple[int, int]],
     prior: NMFPrior,
-) -> tuple[NDArray, NDArray, NDArray, NDArray, NDArray]:
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
     """Fold the second pattern of each pair into the first; returns the state and the
     mask of patterns kept.
 
@@ -173,7 +179,7 @@ def merge_patterns(
     return W1, W2, A1, A2, keep
 
 
-def pattern_order(EW: NDArray, stable: bool = True) -> NDArray:
+def pattern_order(EW: NDArray[Any], stable: bool = True) -> NDArray[Any]:
     """Patterns sorted by the frequency bin of each EW column's maximum.
 
     ``stable=False`` is numpy's default sort, whose order among ties the reference's
@@ -189,16 +195,16 @@ def hmm_step_size(step: int, batch_size: int) -> float:
 
 
 def hmm_global_update(
-    B1: NDArray,
-    B2: NDArray,
-    emission_counts: NDArray,
-    state_counts: NDArray,
+    B1: NDArray[Any],
+    B2: NDArray[Any],
+    emission_counts: NDArray[Any],
+    state_counts: NDArray[Any],
     *,
     scale: float,
     step_size: float,
     tau1: float,
     tau2: float,
-) -> tuple[NDArray, NDArray]:
+) -> tuple[NDArray[Any], NDArray[Any]]:
     """Blend q(B) toward its minibatch optimum (ALGORITHM.md 2b)."""
     rho = step_size
     B1_new = (1 - rho) * B1 + rho * (tau1 + scale * emission_counts)
@@ -206,18 +212,18 @@ def hmm_global_update(
     return B1_new, B2_new
 
 
-def hmm_global_kl(B1: NDArray, B2: NDArray, tau1: float, tau2: float) -> float:
+def hmm_global_kl(B1: NDArray[Any], B2: NDArray[Any], tau1: float, tau2: float) -> float:
     """KL(q(B) || p(B))."""
     return float(gamma_kl(B1, B2, tau1, tau2).sum())
 
 
-def state_order(EB: NDArray, stable: bool = True) -> NDArray:
+def state_order(EB: NDArray[Any], stable: bool = True) -> NDArray[Any]:
     """States by decreasing energy ``sum_k EB[j, k]``."""
     energy = EB.sum(axis=1)
     return np.argsort(-energy, kind="stable") if stable else np.argsort(-energy)
 
 
-def check_finite(model: str, step: int, **arrays: NDArray) -> None:
+def check_finite(model: str, step: int, **arrays: NDArray[Any]) -> None:
     """Raise :class:`NonFiniteError` naming the step, array and columns that went bad."""
     for name, array in arrays.items():
         bad = ~np.isfinite(array)

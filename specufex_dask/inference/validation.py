@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = ["check_stack", "describe_indices"]
 
 
-def describe_indices(indices: NDArray, labels: NDArray | None = None, limit: int = 10) -> str:
+def describe_indices(
+    indices: NDArray[Any], labels: NDArray[Any] | None = None, limit: int = 10
+) -> str:
     """``"0, 3, 7"`` or ``"0, 3, ... (25 in all)"``, using labels (event ids) when given."""
     names = [str(labels[i]) if labels is not None else str(int(i)) for i in indices[:limit]]
     text = ", ".join(names)
@@ -24,8 +28,8 @@ def check_stack(
     dtype: np.dtype | type,
     expected_rows: int | None = None,
     row_name: str = "frequency",
-    labels: NDArray | None = None,
-) -> NDArray:
+    labels: NDArray[Any] | None = None,
+) -> NDArray[Any]:
     """Validate a stack of nonnegative matrices and return it as a C-contiguous array.
 
     Parameters

@@ -13,6 +13,7 @@ Dirichlet parameters, ``gam`` (n, S, M) the state probabilities. No Dask, xarray
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numba
 import numpy as np
@@ -33,7 +34,9 @@ __all__ = [
 ]
 
 
-def emission_log_likelihood(U: NDArray, log_rate: NDArray, rate: NDArray) -> NDArray:
+def emission_log_likelihood(
+    U: NDArray[Any], log_rate: NDArray[Any], rate: NDArray[Any]
+) -> NDArray[Any]:
     """``sum_k ElnB[j, k] U[k, t] - sum_k EB[j, k]`` for every sequence: (n, S, M).
 
     The term ``-ln Gamma(U + 1)`` is the same for every state and is left out.
@@ -41,7 +44,7 @@ def emission_log_likelihood(U: NDArray, log_rate: NDArray, rate: NDArray) -> NDA
     return np.matmul(log_rate, U) - rate.sum(axis=1)[None, :, None]
 
 
-def _expected_transition(A: NDArray, compat: bool) -> NDArray:
+def _expected_transition(A: NDArray[Any], compat: bool) -> NDArray[Any]:
     """``exp(E[ln a])`` of Dirichlet rows, sequences last: A is (S, S, n), rows ``A[i]``.
 
     ``compat=True`` reproduces the reference, which subtracts the digamma of the row
@@ -53,7 +56,7 @@ def _expected_transition(A: NDArray, compat: bool) -> NDArray:
     return np.exp(digamma(A) - row_total[:, None, :])
 
 
-def _expected_initial(Ppi: NDArray) -> NDArray:
+def _expected_initial(Ppi: NDArray[Any]) -> NDArray[Any]:
     """``exp(E[ln pi])``, sequences last: Ppi is (S, n)."""
     return np.exp(digamma(Ppi) - digamma(Ppi.sum(axis=0)))
 
@@ -72,9 +75,9 @@ class ForwardBackward:
         (relative to the per-column maximum removed from the emissions).
     """
 
-    state_probability: NDArray
-    transition_counts: NDArray
-    log_evidence: NDArray
+    state_probability: NDArray[Any]
+    transition_counts: NDArray[Any]
+    log_evidence: NDArray[Any]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -177,13 +180,17 @@ def _forward_backward_lanes(emission, transition, initial, compat):  # pragma: n
     return state_probability, pair_sum, log_evidence
 
 
-def _lanes(array: NDArray, axes: tuple[int, ...]) -> NDArray:
+def _lanes(array: NDArray[Any], axes: tuple[int, ...]) -> NDArray[Any]:
     """``array`` transposed to ``axes`` and made contiguous (sequences last)."""
     return np.ascontiguousarray(array.transpose(axes))
 
 
 def forward_backward(
-    emission: NDArray, transition: NDArray, initial: NDArray, *, compat: bool = False
+    emission: NDArray[Any],
+    transition: NDArray[Any],
+    initial: NDArray[Any],
+    *,
+    compat: bool = False,
 ) -> ForwardBackward:
     """Scaled forward-backward pass of many sequences (ALGORITHM.md 2a).
 
@@ -212,7 +219,7 @@ def forward_backward(
     return ForwardBackward(_lanes(gam, (2, 1, 0)), _lanes(pair_sum, (2, 0, 1)), log_evidence)
 
 
-def dirichlet_kl(concentration: NDArray, prior: float) -> NDArray:
+def dirichlet_kl(concentration: NDArray[Any], prior: float) -> NDArray[Any]:
     """KL( Dir(concentration) || Dir(prior, ..., prior) ) over the last axis."""
     total = concentration.sum(axis=-1)
     size = concentration.shape[-1]
@@ -248,12 +255,12 @@ class HMMLocalResult:
         data constant): log evidence minus the Dirichlet KL terms.
     """
 
-    state_probability: NDArray
-    transition: NDArray
-    initial: NDArray
-    emission_counts: NDArray
-    state_counts: NDArray
-    elbo_per_sequence: NDArray
+    state_probability: NDArray[Any]
+    transition: NDArray[Any]
+    initial: NDArray[Any]
+    emission_counts: NDArray[Any]
+    state_counts: NDArray[Any]
+    elbo_per_sequence: NDArray[Any]
 
 
 _RESULT_FIELDS = tuple(field.name for field in fields(HMMLocalResult))
@@ -261,9 +268,9 @@ LANE_BLOCK = 64  # sequences per compiled pass: its (M, S, n) arrays stay in the
 
 
 def hmm_local_step(
-    U: NDArray,
-    log_rate: NDArray,
-    rate: NDArray,
+    U: NDArray[Any],
+    log_rate: NDArray[Any],
+    rate: NDArray[Any],
     *,
     tau_initial: float,
     tau_transition: float,
@@ -335,13 +342,13 @@ def hmm_local_step(
 
 
 def fingerprints(
-    transition: NDArray,
-    initial: NDArray,
+    transition: NDArray[Any],
+    initial: NDArray[Any],
     *,
     tau_initial: float,
     tau_transition: float,
     horizon: int = 100,
-) -> NDArray:
+) -> NDArray[Any]:
     """S x S fingerprints from final Dirichlet parameters (ALGORITHM.md section 3).
 
     Parameters

@@ -22,6 +22,7 @@ Plain NumPy/SciPy only: no Dask, xarray or I/O here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
@@ -41,18 +42,18 @@ __all__ = [
 ]
 
 
-def expected_log(shape: NDArray, rate: NDArray) -> NDArray:
+def expected_log(shape: NDArray[Any], rate: NDArray[Any]) -> NDArray[Any]:
     """E[ln x] for x ~ Gamma(shape, rate): ``psi(shape) - ln(rate)``."""
     return digamma(shape) - np.log(rate)
 
 
 def gamma_kl(
-    shape: NDArray,
-    rate: NDArray,
+    shape: NDArray[Any],
+    rate: NDArray[Any],
     prior_shape: float,
     prior_rate: float,
-    digamma_shape: NDArray | None = None,
-) -> NDArray:
+    digamma_shape: NDArray[Any] | None = None,
+) -> NDArray[Any]:
     """Elementwise KL( Gamma(shape, rate) || Gamma(prior_shape, prior_rate) ).
 
     ``digamma_shape``, when the caller already has it, saves its evaluation.
@@ -69,8 +70,8 @@ def gamma_kl(
 
 
 def _row_softmax_factor(
-    log_values: NDArray, temperature: float, axis: int, in_place: bool = False
-) -> NDArray:
+    log_values: NDArray[Any], temperature: float, axis: int, in_place: bool = False
+) -> NDArray[Any]:
     """``exp(log_values / T)`` rescaled by its maximum along ``axis``.
 
     The scale cancels in the normalisation over patterns, and keeps ``exp`` finite.
@@ -86,7 +87,7 @@ def _row_softmax_factor(
     return np.exp(shifted, out=shifted)
 
 
-def _normaliser(E: NDArray, F: NDArray) -> NDArray:
+def _normaliser(E: NDArray[Any], F: NDArray[Any]) -> NDArray[Any]:
     """``Z = E @ F`` per spectrogram, guarded against underflow."""
     Z = np.matmul(E, F)
     return np.maximum(Z, np.finfo(Z.dtype).tiny, out=Z)
@@ -110,16 +111,16 @@ def _divide_by_normaliser(X, Z):  # pragma: no cover - compiled
 
 
 def _activation_iterations(
-    X: NDArray,
-    E: NDArray,
-    E_transposed: NDArray,
-    log_rate: NDArray,
+    X: NDArray[Any],
+    E: NDArray[Any],
+    E_transposed: NDArray[Any],
+    log_rate: NDArray[Any],
     initial_shape: float,
     n_iter: int,
     temperature: float,
     h01: float,
     rate_in_first: bool,
-) -> NDArray:
+) -> NDArray[Any]:
     """Fixed-point iterations of q(H)'s shape for fixed globals (ALGORITHM.md 1a/1b).
 
     The iterations start from the same shape everywhere, so the first one's activation
@@ -158,7 +159,7 @@ def _activation_iterations(
     return np.ascontiguousarray(shape.transpose(0, 2, 1))
 
 
-def _shape_update(counts: NDArray, temperature: float, h01: float) -> NDArray:
+def _shape_update(counts: NDArray[Any], temperature: float, h01: float) -> NDArray[Any]:
     """Overwrite ``counts`` with ``1 + (h01 + counts - 1) / T`` (``h01 + counts`` at T = 1)."""
     counts += h01
     if temperature != 1.0:
@@ -188,17 +189,17 @@ class NMFLocalResult:
         NaN when not computed.
     """
 
-    shape: NDArray
-    rate: NDArray
-    basis_counts: NDArray
-    activation_sum: NDArray
-    elbo: NDArray
+    shape: NDArray[Any]
+    rate: NDArray[Any]
+    basis_counts: NDArray[Any]
+    activation_sum: NDArray[Any]
+    elbo: NDArray[Any]
 
 
 def nmf_local_step(
-    X: NDArray,
-    log_basis: NDArray,
-    basis_weight: NDArray,
+    X: NDArray[Any],
+    log_basis: NDArray[Any],
+    basis_weight: NDArray[Any],
     *,
     h01: float,
     h02: float,
@@ -259,12 +260,14 @@ class _BasisFactors:
     """``E = exp((L - max) / T)``, its transpose and, for the ELBO, ``E`` at T = 1:
     computed once per call, shared by all blocks."""
 
-    E: NDArray
-    E_transposed: NDArray
-    E_at_unit_temperature: NDArray | None = None
+    E: NDArray[Any]
+    E_transposed: NDArray[Any]
+    E_at_unit_temperature: NDArray[Any] | None = None
 
     @classmethod
-    def of(cls, log_basis: NDArray, temperature: float, with_elbo: bool = False) -> _BasisFactors:
+    def of(
+        cls, log_basis: NDArray[Any], temperature: float, with_elbo: bool = False
+    ) -> _BasisFactors:
         E = _row_softmax_factor(log_basis, temperature, axis=1)
         E_at_unit_temperature = None
         if with_elbo:
@@ -276,17 +279,17 @@ class _BasisFactors:
 
 
 def _local_step_block(
-    X: NDArray,
+    X: NDArray[Any],
     factors: _BasisFactors,
-    log_basis: NDArray,
-    rate: NDArray,
-    basis_weight: NDArray,
+    log_basis: NDArray[Any],
+    rate: NDArray[Any],
+    basis_weight: NDArray[Any],
     h01: float,
     h02: float,
     temperature: float,
     n_inner: int,
     with_elbo: bool,
-) -> tuple[NDArray, NDArray, NDArray]:
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     """Shape of q(H), basis counts and ELBO terms of one block of spectrograms."""
     K = log_basis.shape[1]
     E = factors.E
@@ -315,7 +318,9 @@ def _local_step_block(
     return shape, basis_counts, elbo
 
 
-def _log_normaliser(Z: NDArray, log_basis: NDArray, log_activation: NDArray) -> NDArray:
+def _log_normaliser(
+    Z: NDArray[Any], log_basis: NDArray[Any], log_activation: NDArray[Any]
+) -> NDArray[Any]:
     """``ln sum_k exp(L[d, k] + E[ln H[k, t]])`` from ``Z = exp(L - max) @ exp(E[ln H] - max)``."""
     log_normaliser = np.log(Z)
     log_normaliser += log_basis.max(axis=1, keepdims=True)
@@ -324,15 +329,15 @@ def _log_normaliser(Z: NDArray, log_basis: NDArray, log_activation: NDArray) -> 
 
 
 def _local_elbo(
-    X: NDArray,
-    log_normaliser: NDArray,
-    shape: NDArray,
-    digamma_shape: NDArray,
-    rate: NDArray,
-    basis_weight: NDArray,
+    X: NDArray[Any],
+    log_normaliser: NDArray[Any],
+    shape: NDArray[Any],
+    digamma_shape: NDArray[Any],
+    rate: NDArray[Any],
+    basis_weight: NDArray[Any],
     h01: float,
     h02: float,
-) -> NDArray:
+) -> NDArray[Any]:
     """ELBO terms of every spectrogram at T = 1 with the optimal responsibilities.
 
     With P optimal, ``sum_k P X (L + E[ln H] - ln P) = X ln sum_k exp(L + E[ln H])``.
@@ -346,14 +351,14 @@ def _local_elbo(
 
 
 def nmf_transform(
-    X: NDArray,
-    log_basis: NDArray,
-    basis_weight: NDArray,
+    X: NDArray[Any],
+    log_basis: NDArray[Any],
+    basis_weight: NDArray[Any],
     *,
     h01: float,
     h02: float,
     n_iter: int = 5,
-) -> NDArray:
+) -> NDArray[Any]:
     """Activations E[H] of a stack of spectrograms for fixed globals (ALGORITHM.md 1b).
 
     Parameters

@@ -14,6 +14,8 @@ the variational parameters live in, and is 3-4x faster.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -63,7 +65,7 @@ def _digamma_from_log(x, log_shifted):  # pragma: no cover - compiled
         log_shifted[index] = log_shifted[index] - 0.5 * inverse - series - correction
 
 
-def digamma(x: ArrayLike, out: NDArray | None = None) -> NDArray:
+def digamma(x: ArrayLike, out: NDArray[Any] | None = None) -> NDArray[Any]:
     """Elementwise digamma of positive values, computed in float64, returned in x's dtype.
 
     Parameters
