@@ -112,7 +112,7 @@ def test_empty_file_gives_defaults(tmp_path):
         ("fit:\n  compat: matlab\n", r"'fit\.compat'.*'default', 'specufex'"),
         ("cluster:\n  kind: sge\n", r"'cluster\.kind'"),
         ("cluster:\n  jobqueue: [1, 2]\n", r"wrong type for 'cluster\.jobqueue'.*mapping"),
-        ("cluster:\n  scheduler: tcp://h:8786\n  kind: pbs\n", r"'cluster\.scheduler'.*kind"),
+        ("cluster:\n  scheduler: tcp://h:8786\n  kind: pbs\n", r"'dask\.scheduler'.*kind"),
         ("nmf: 3\n", r"section 'nmf'.*must be a mapping"),
         ("- a\n- b\n", r"must be a mapping of sections"),
         ("nmf: [\n", r"not valid YAML"),
