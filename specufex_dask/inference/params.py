@@ -248,7 +248,8 @@ REFERENCE_FIXED: dict[str, tuple[tuple, str]] = {
     "min_pattern_share": (("auto", None), "prunes patterns only by E[a] as the reference does"),
     "merge_cosine": ((None,), "never merges patterns, as the reference"),
     "likelihood_scale": (
-        ("spectrograms", "frames"), "scales the statistics by the frames, as the reference"
+        ("spectrograms", "frames"),
+        "scales the statistics by the frames, as the reference",
     ),
     "init": ((None, "random"), "starts q(B) from the reference's random draw"),
 }
