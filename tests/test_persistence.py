@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -195,3 +196,28 @@ def test_reference_files_load_in_compat_mode_unless_overridden(golden_dir: Path)
     overridden = BayesianHMM.load(golden_dir / "hmm.h5", compat="default")
     assert overridden.compat == "default"
     assert_array_equal(overridden.B1, hmm.B1)
+
+
+def test_the_likelihood_scale_is_saved_and_a_loaded_model_goes_on_with_it(tmp_path):
+    """A model fitted with the frames scale goes on after a save and a load exactly as
+    without them; a file without the setting (written before it) is read as the old
+    default, the spectrograms' scale."""
+    X = np.random.default_rng(3).gamma(1.0, 3.0, size=(6, 8, 5))
+    options = {"likelihood_scale": "frames", "batch_size": 2, "max_steps": 3, "random_state": 0}
+    kept = BayesianNonparametricNMF(X.shape, 4, **options).fit(X)
+    path = tmp_path / "nmf.h5"
+    kept.save(path)
+    loaded = BayesianNonparametricNMF.load(path)
+    assert loaded.likelihood_scale == "frames"
+    kept.fit(X)
+    loaded.fit(X)
+    assert_array_equal(loaded.W1, kept.W1)
+    spectrograms = BayesianNonparametricNMF(
+        X.shape, 4, **{**options, "likelihood_scale": "spectrograms"}
+    )
+    assert not np.array_equal(spectrograms.fit(X).fit(X).W1, kept.W1)
+    with h5py.File(path, "r+") as file:
+        settings = json.loads(file.attrs["settings"])
+        del settings["likelihood_scale"]
+        file.attrs["settings"] = json.dumps(settings)
+    assert BayesianNonparametricNMF.load(path).likelihood_scale == "spectrograms"
