@@ -466,7 +466,7 @@ def ingest_waveforms(
         Preprocessing; defaults to ``SpectrogramParameters()``.
     client : distributed.Client, optional
         Where to run; None uses dask's current default scheduler.
-    chunk_events : int, default=256
+    chunk_events : int, default=8
         Events per Zarr chunk (and per write task).
     append : bool, default=False
         Add events to an existing archive (same parameters; duplicate ids are rejected).

@@ -489,7 +489,7 @@ class ArchiveWriter:
             Stored as JSON in ``spectrogram_parameters``.
         attrs : mapping, optional
             Further attributes.
-        chunk_events : int, default=256
+        chunk_events : int, default=8
             Events per Zarr chunk.
         dtype : dtype, default=float64
             Of ``spectrogram`` and the extra variables.
@@ -805,7 +805,7 @@ def write_spectrograms(
         More per-event coordinates (``starttime``, ``station``, ``median``...).
     attrs : mapping, optional
         Attributes; ``spectrogram_parameters`` may be given as a dict or a JSON string.
-    chunk_events : int, default=256
+    chunk_events : int, default=8
         Events per Zarr chunk.
     mode : {"w", "w-", "a"}, default="w"
         Overwrite, create only, or append along ``event`` (ids must be new; frequency and

@@ -115,7 +115,7 @@ def import_specufex_h5(
         The workflow file.
     out_path : str or Path
         The archive to create.
-    chunk_events : int, default=256
+    chunk_events : int, default=8
         Events per Zarr chunk; also how many events are held in memory at once.
     overwrite : bool, default=False
         Replace an existing archive.
