@@ -31,3 +31,15 @@ def rng(request) -> np.random.Generator:
     seed = 20181
     print(f"rng seed {seed} for {request.node.name}")
     return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def local_cluster():
+    """An in-process Dask cluster on 127.0.0.1 (one worker, one thread) and its client."""
+    import distributed
+
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
+        host="127.0.0.1", dashboard_address="127.0.0.1:0",
+    ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
+        yield cluster, client

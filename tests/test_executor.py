@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from specufex_dask import pipeline
 from specufex_dask.ingest import ingest_arrays
@@ -33,17 +32,6 @@ def _archive(path: Path, rng: np.random.Generator) -> str:
         np.linspace(1.0, 20.0, N_FREQUENCIES), np.arange(N_TIMES) * 0.5, chunk_events=4,
     )  # fmt: skip
     return str(path)
-
-
-@pytest.fixture
-def local_cluster():
-    import distributed
-
-    with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
-        host="127.0.0.1", dashboard_address="127.0.0.1:0",
-    ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
-        yield cluster, client
 
 
 def _slow_square(number: int) -> int:

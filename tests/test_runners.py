@@ -180,17 +180,6 @@ def test_a_call_to_a_worker_that_left_fails(monkeypatch) -> None:
         pool._result(_Silent(), "tcp://127.0.0.1:1")
 
 
-@pytest.fixture
-def local_cluster():
-    import distributed
-
-    with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
-        host="127.0.0.1", dashboard_address="127.0.0.1:0",
-    ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
-        yield cluster, client
-
-
 def test_runners_follow_the_workers_and_match_the_tasks(
     local_cluster, tmp_path: Path, rng: np.random.Generator, monkeypatch, caplog
 ) -> None:
