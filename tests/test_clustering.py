@@ -285,3 +285,124 @@ def test_idf_sees_groups_that_background_states_hide_from_the_other_transforms()
     assert min(scores["idf"]) == 1.0
     for transform in ("none", "sqrt", "hellinger"):
         assert np.mean(scores[transform]) < 0.3, (transform, scores[transform])
+
+
+# ----------------------------------------------------------------------------- choosing K
+
+
+def test_sampled_silhouette_is_exact_when_every_event_is_a_reference(rng):
+    from sklearn.metrics import silhouette_samples
+
+    from specufex_dask.analysis.clustering import sampled_silhouette
+
+    features = rng.standard_normal((60, 3))
+    labels = np.repeat([0, 1, 2], 20)
+    features[labels == 1] += 3.0
+    labels[0] = 3  # a cluster of one event: silhouette 0 by convention
+    exact = silhouette_samples(features, labels)
+    np.testing.assert_allclose(sampled_silhouette(features, labels), exact, atol=1e-12)
+    np.testing.assert_array_equal(sampled_silhouette(features, np.zeros(60, int)), 0.0)
+
+
+def test_sampled_silhouette_is_close_to_the_exact_one(rng):
+    from sklearn.metrics import silhouette_samples
+
+    from specufex_dask.analysis.clustering import sampled_silhouette
+
+    sizes = [1500, 900, 100]
+    labels = np.repeat(np.arange(3), sizes)
+    features = rng.standard_normal((labels.size, 4)) + 2.5 * labels[:, None]
+    exact = silhouette_samples(features, labels)
+    estimate = sampled_silhouette(features, labels, n_reference=400, random_state=1)
+    error = np.abs(estimate - exact)
+    assert error.mean() < 0.02 and error.max() < 0.1
+    assert np.array_equal(
+        estimate, sampled_silhouette(features, labels, n_reference=400, random_state=1)
+    )
+    assert not np.array_equal(estimate, exact)  # it did sample
+
+
+@pytest.mark.parametrize("method", ["kmeans", "ward"])
+def test_a_sweep_finds_the_planted_number_of_clusters(rng, method):
+    fingerprint, truth = fingerprints_of_groups(rng, [40, 25, 60, 15, 30], noise=0.015)
+    result = cluster_fingerprints(
+        fingerprint, range(2, 9), method=method, random_state=4, silhouette_sample=120
+    )
+    assert result.sweep.chosen == 5 == result.labels.attrs["n_clusters"]
+    assert result.sweep.n_clusters == tuple(range(2, 9))
+    assert result.sweep.sample_size == 120
+    assert same_partition(result.labels.values, truth)
+    again = cluster_fingerprints(
+        fingerprint, range(2, 9), method=method, random_state=4, silhouette_sample=120
+    )
+    np.testing.assert_array_equal(again.labels.values, result.labels.values)
+
+
+def test_ward_beyond_its_sample_assigns_the_rest_to_the_nearest_centroid(rng, monkeypatch):
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    import specufex_dask.analysis.clustering as clustering
+
+    monkeypatch.setattr(clustering, "WARD_SAMPLE", 30)
+    fingerprint, truth = fingerprints_of_groups(rng, [50, 40, 30], noise=0.02)
+    result = cluster_fingerprints(fingerprint, 3, method="ward", random_state=2)
+    features = fingerprint.values.reshape(120, -1)
+    members = np.sort(np.random.default_rng(2).choice(120, 30, replace=False))
+    cut = fcluster(linkage(features[members], method="ward"), 3, "maxclust") - 1
+    np.testing.assert_array_equal(result.labels.values[members], cut)
+    centroids = np.stack([features[members][cut == c].mean(axis=0) for c in range(3)])
+    others = np.setdiff1d(np.arange(120), members)
+    nearest = np.linalg.norm(features[others, None] - centroids, axis=2).argmin(axis=1)
+    np.testing.assert_array_equal(result.labels.values[others], nearest)
+    assert same_partition(result.labels.values, truth)
+
+
+def test_pca_by_explained_variance_and_scaling(rng):
+    from sklearn.cluster import KMeans
+    from sklearn.preprocessing import StandardScaler
+
+    fingerprint, truth = fingerprints_of_groups(rng, [20, 30, 25], n_states=5, noise=0.03)
+    flat = fingerprint.values.reshape(75, -1)
+    centred = flat - flat.mean(axis=0)
+    variance = np.linalg.svd(centred, compute_uv=False) ** 2
+    cumulative = np.cumsum(variance) / variance.sum()
+    expected = int(np.searchsorted(cumulative, 0.8) + 1)  # fewest components reaching 80 %
+    result = cluster_fingerprints(fingerprint, 3, pca_variance=0.8, random_state=1)
+    assert result.labels.attrs["pca_components"] == expected == result.centers.shape[1]
+    assert result.explained_variance_ratio.sum() >= 0.8
+    assert result.explained_variance_ratio[:-1].sum() < 0.8
+    assert same_partition(result.labels.values, truth)
+    scaled = cluster_fingerprints(fingerprint, 3, scale=True, random_state=1, n_init=5)
+    reference = KMeans(3, n_init=5, random_state=1).fit_predict(
+        StandardScaler().fit_transform(flat)
+    )
+    np.testing.assert_array_equal(scaled.labels.values, reference)
+
+
+def test_distances_and_silhouettes_per_event(rng):
+    from sklearn.metrics import silhouette_samples
+
+    fingerprint, _ = fingerprints_of_groups(rng, [10, 12, 8], noise=0.05)
+    result = cluster_fingerprints(fingerprint, 3, transform="hellinger", random_state=0)
+    features = fingerprint_features(fingerprint, "hellinger")
+    labels = result.labels.values
+    centroid = np.stack([features[labels == c].mean(axis=0) for c in range(3)])
+    np.testing.assert_allclose(
+        result.distance.values, np.linalg.norm(features - centroid[labels], axis=1)
+    )
+    np.testing.assert_allclose(result.inertia, (result.distance.values**2).sum())
+    np.testing.assert_allclose(result.silhouette.values, silhouette_samples(features, labels))
+    assert result.labels.attrs["labels"] == "0 to 2"
+
+
+def test_bad_sweeps_and_settings_are_named(rng):
+    fingerprint, _ = fingerprints_of_groups(rng, [5, 5])
+    sweep_range = r"between 2 and the number of events - 1 \(9\), got 2-10"
+    with pytest.raises(ValueError, match=sweep_range):
+        cluster_fingerprints(fingerprint, range(2, 11))
+    with pytest.raises(ValueError, match="pca_components or pca_variance, not both"):
+        cluster_fingerprints(fingerprint, 2, pca_components=2, pca_variance=0.5)
+    with pytest.raises(ValueError, match=r"pca_variance .* got 1.5"):
+        cluster_fingerprints(fingerprint, 2, pca_variance=1.5)
+    with pytest.raises(ValueError, match=r"method must be one of .*got 'dbscan'"):
+        cluster_fingerprints(fingerprint, 2, method="dbscan")

@@ -9,6 +9,7 @@ and settings always give the same labels. scikit-learn is an optional extra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,11 +20,16 @@ from numpy.typing import NDArray
 from specufex_dask.io.archive import CLUSTER
 
 __all__ = [
+    "CLUSTER_METHODS",
+    "CENTROID_DISTANCE",
+    "SILHOUETTE",
+    "ClusterSweep",
     "ClusteringResult",
     "cluster_fingerprints",
     "cluster_separation",
     "fingerprint_features",
     "representatives",
+    "sampled_silhouette",
     "shuffled_separation",
     "transition_distribution",
 ]
@@ -47,6 +53,12 @@ makes (background noise staying in its state) get weight 0, so k-means groups ev
 the transitions that set them apart; the weights depend on the collection clustered, and
 an event whose transitions every event makes has a row of zeros."""
 
+SILHOUETTE = "silhouette"
+"""Name of the per-event silhouette variable the ``cluster`` command stores."""
+
+CENTROID_DISTANCE = "centroid_distance"
+"""Name of the per-event distance to the cluster's centroid that ``cluster`` stores."""
+
 IDF_MIN_PROBABILITY = 1e-3
 """A transition counts as made by an event from this joint probability on ("idf")."""
 
@@ -65,12 +77,22 @@ class ClusteringResult:
         Sum of squared distances of the events to their centre.
     explained_variance_ratio : ndarray of shape (pca_components,) or None
         Variance fraction of each principal component kept; None without PCA.
+    silhouette : xarray.DataArray of float64, dims (event,), or None
+        Every event's silhouette (:func:`sampled_silhouette`), named ``silhouette``.
+    distance : xarray.DataArray of float64, dims (event,), or None
+        Every event's distance to its cluster's centroid in the clustered space, named
+        ``centroid_distance``.
+    sweep : ClusterSweep or None
+        The numbers of clusters tried and their mean silhouettes; None for a fixed number.
     """
 
     labels: xr.DataArray
     centers: NDArray[np.float64]
     inertia: float
     explained_variance_ratio: NDArray[np.float64] | None
+    silhouette: xr.DataArray | None = None
+    distance: xr.DataArray | None = None
+    sweep: ClusterSweep | None = None
 
 
 def _import_sklearn():
@@ -284,43 +306,299 @@ def representatives(
     return chosen
 
 
+CLUSTER_METHODS = ("kmeans", "ward")
+"""Clustering algorithms of :func:`cluster_fingerprints`."""
+
+SILHOUETTE_SAMPLE = 5000
+"""Events whose silhouette is averaged to score a number of clusters, and reference
+events per-event silhouettes are measured against, by default (exact at or below it)."""
+
+WARD_SAMPLE = 5000
+"""Events Ward's tree is built on at most; the others join the nearest Ward centroid.
+The tree needs ``n**2 / 2`` distances: 100 MB at 5000 events."""
+
+
+@dataclass(frozen=True)
+class ClusterSweep:
+    """The mean silhouette of each number of clusters tried, and the one chosen.
+
+    Attributes
+    ----------
+    n_clusters : tuple of int
+        The numbers of clusters tried, in increasing order.
+    mean_silhouette : tuple of float
+        Mean silhouette of each, over the same seeded sample of ``sample_size`` events.
+    chosen : int
+        The number with the largest mean silhouette (the smallest such number on ties).
+    sample_size : int
+        Events the silhouettes were averaged over (all when there are fewer).
+    """
+
+    n_clusters: tuple[int, ...]
+    mean_silhouette: tuple[float, ...]
+    chosen: int
+    sample_size: int
+
+
+def _scale_and_project(
+    features: NDArray[np.float64],
+    *,
+    scale: bool,
+    pca_components: int | None,
+    pca_variance: float | None,
+    random_state: int,
+) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+    """Standardise the columns (optional), then keep principal components (optional)."""
+    import sklearn.decomposition
+    import sklearn.preprocessing
+
+    n_events, n_features = features.shape
+    if pca_components is not None and pca_variance is not None:
+        raise ValueError("give pca_components or pca_variance, not both")
+    if scale:
+        features = sklearn.preprocessing.StandardScaler().fit_transform(features)
+    if pca_components is None and pca_variance is None:
+        return features, None
+    if pca_components is not None:
+        largest = min(n_events, n_features)
+        if not 1 <= pca_components <= largest:
+            raise ValueError(
+                f"pca_components must be between 1 and min(n_events, n_states**2) = "
+                f"{largest}, got {pca_components}"
+            )
+        pca = sklearn.decomposition.PCA(n_components=pca_components, random_state=random_state)
+    else:
+        if not 0.0 < float(pca_variance) < 1.0:  # type: ignore[arg-type]
+            raise ValueError(
+                f"pca_variance must be a fraction of variance between 0 and 1 (exclusive), "
+                f"got {pca_variance}"
+            )
+        # "full" is the solver that accepts a fraction; it is deterministic.
+        pca = sklearn.decomposition.PCA(n_components=float(pca_variance), svd_solver="full")  # type: ignore[arg-type]
+    projected = pca.fit_transform(features)
+    return projected, np.asarray(pca.explained_variance_ratio_, dtype=np.float64)
+
+
+def _kmeans(
+    features: NDArray[np.float64], n_clusters: int, random_state: int, n_init: int
+) -> NDArray[np.int64]:
+    import sklearn.cluster
+
+    kmeans = sklearn.cluster.KMeans(
+        n_clusters=n_clusters, n_init=n_init, random_state=random_state
+    )
+    return kmeans.fit_predict(features).astype(np.int64)
+
+
+def _ward_tree(features: NDArray[np.float64], random_state: int, sample: int):
+    """Ward's linkage of at most ``sample`` seeded events, and which events they are."""
+    from scipy.cluster.hierarchy import linkage
+
+    n_events = features.shape[0]
+    if n_events <= sample:
+        members = np.arange(n_events)
+    else:
+        members = np.sort(
+            np.random.default_rng(random_state).choice(n_events, sample, replace=False)
+        )
+    return linkage(features[members], method="ward"), members
+
+
+def _ward(
+    features: NDArray[np.float64], n_clusters: int, tree, members: NDArray[np.intp]
+) -> NDArray[np.int64]:
+    """Cut Ward's tree into ``n_clusters``; every event joins the nearest cut's centroid."""
+    from scipy.cluster.hierarchy import fcluster
+
+    sample_labels = fcluster(tree, n_clusters, criterion="maxclust") - 1
+    centroids = np.stack(
+        [features[members][sample_labels == c].mean(axis=0) for c in np.unique(sample_labels)]
+    )
+    labels = _nearest(features, centroids)
+    labels[members] = sample_labels  # the tree's own events keep the tree's cut
+    return labels
+
+
+def _nearest(features: NDArray[np.float64], centroids: NDArray[np.float64]) -> NDArray[np.int64]:
+    squared = (
+        (features**2).sum(axis=1)[:, None]
+        - 2.0 * features @ centroids.T
+        + (centroids**2).sum(axis=1)
+    )
+    return np.argmin(squared, axis=1).astype(np.int64)
+
+
+def _centroids(
+    features: NDArray[np.float64], labels: NDArray[np.int64], n_clusters: int
+) -> NDArray[np.float64]:
+    counts = np.bincount(labels, minlength=n_clusters).astype(np.float64)
+    sums = np.zeros((n_clusters, features.shape[1]))
+    np.add.at(sums, labels, features)
+    return sums / np.maximum(counts, 1.0)[:, None]
+
+
+def sampled_silhouette(
+    features: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    *,
+    n_reference: int = SILHOUETTE_SAMPLE,
+    random_state: int = 0,
+    block: int = 4096,
+) -> NDArray[np.float64]:
+    """The silhouette of every event, measured against a seeded sample of events.
+
+    The exact silhouette needs every pairwise distance, ``n**2`` of them. Here the mean
+    distance of an event to a cluster is the mean over that cluster's members in a sample
+    of ``n_reference`` events, stratified by cluster (each cluster gets its share, and at
+    least ``min(size, 50)``); the event itself is left out of its own cluster's mean. With
+    ``n_events <= n_reference`` every event is a reference and the result is the exact
+    silhouette (scikit-learn's ``silhouette_samples``). Otherwise the error of each mean
+    distance is about ``sd / sqrt(m)`` for ``m`` references, which the clustering
+    benchmark measures.
+
+    Parameters
+    ----------
+    features : array_like of shape (n_events, n_features)
+    labels : array_like of shape (n_events,)
+        Cluster labels, 0 to ``n_clusters - 1``.
+    n_reference : int, default=SILHOUETTE_SAMPLE
+    random_state : int, default=0
+    block : int, default=4096
+        Events per block of distances (memory ``block * n_reference`` floats).
+
+    Returns
+    -------
+    ndarray of shape (n_events,)
+        Silhouettes in [-1, 1]; 0 for an event alone in its cluster, and for every event
+        when there is one cluster (scikit-learn's convention).
+
+    Examples
+    --------
+    >>> x = np.array([[0.0], [0.1], [5.0], [5.1]])
+    >>> sampled_silhouette(x, [0, 0, 1, 1]).round(3).tolist()
+    [0.98, 0.98, 0.98, 0.98]
+    """
+    features = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    n_events = labels.size
+    clusters, sizes = np.unique(labels, return_counts=True)
+    if clusters.size < 2:
+        return np.zeros(n_events)
+    rng = np.random.default_rng(random_state)
+    if n_events <= n_reference:
+        references = np.arange(n_events)
+    else:
+        chosen = []
+        for cluster, size in zip(clusters, sizes, strict=True):
+            share = max(int(round(n_reference * size / n_events)), min(int(size), 50))
+            members = np.flatnonzero(labels == cluster)
+            chosen.append(rng.choice(members, min(share, int(size)), replace=False))
+        references = np.sort(np.concatenate(chosen))
+    position = np.full(n_events, -1)
+    position[references] = np.arange(references.size)
+    reference_features = features[references]
+    reference_labels = labels[references]
+    # Dense cluster index 0..C-1 so that sums per cluster are one matmul.
+    index = np.searchsorted(clusters, reference_labels)
+    membership = np.zeros((references.size, clusters.size))
+    membership[np.arange(references.size), index] = 1.0
+    reference_counts = membership.sum(axis=0)
+    reference_norms = (reference_features**2).sum(axis=1)
+    own = np.searchsorted(clusters, labels)
+    silhouette = np.zeros(n_events)
+    for start in range(0, n_events, block):
+        stop = min(start + block, n_events)
+        rows = features[start:stop]
+        squared = (rows**2).sum(axis=1)[:, None] - 2.0 * rows @ reference_features.T
+        distance = np.sqrt(np.maximum(squared + reference_norms, 0.0))
+        is_reference = position[start:stop] >= 0
+        distance[np.flatnonzero(is_reference), position[start:stop][is_reference]] = 0.0
+        sums = distance @ membership
+        counts = np.broadcast_to(reference_counts, sums.shape).copy()
+        block_own = own[start:stop]
+        counts[np.flatnonzero(is_reference), block_own[is_reference]] -= 1.0
+        means = np.divide(sums, counts, out=np.full_like(sums, np.inf), where=counts > 0)
+        inside = means[np.arange(stop - start), block_own]
+        means[np.arange(stop - start), block_own] = np.inf
+        nearest_other = means.min(axis=1)
+        alone = counts[np.arange(stop - start), block_own] <= 0
+        denominator = np.maximum(inside, nearest_other)
+        value = np.divide(
+            nearest_other - inside,
+            denominator,
+            out=np.zeros(stop - start),
+            where=(denominator > 0) & ~alone,
+        )
+        silhouette[start:stop] = value
+    return silhouette
+
+
+def _mean_silhouette(
+    features: NDArray[np.float64], labels: NDArray[np.int64], sample: NDArray[np.intp]
+) -> float:
+    """Exact mean silhouette of the events in ``sample`` among themselves."""
+    import sklearn.metrics
+
+    if np.unique(labels[sample]).size < 2:
+        return -1.0
+    return float(sklearn.metrics.silhouette_score(features[sample], labels[sample]))
+
+
 def cluster_fingerprints(
     fingerprint: xr.DataArray,
-    n_clusters: int,
+    n_clusters: int | Sequence[int],
     *,
     pca_components: int | None = None,
+    pca_variance: float | None = None,
+    scale: bool = False,
+    method: str = "kmeans",
     transform: str = "none",
     random_state: int = 0,
     n_init: int = 10,
+    silhouette_sample: int = SILHOUETTE_SAMPLE,
 ) -> ClusteringResult:
-    """Group events by k-means on their fingerprints.
+    """Group events by k-means (or Ward) on their fingerprints.
 
     Parameters
     ----------
     fingerprint : xarray.DataArray, dims (event, state, next_state)
         Fingerprints, e.g. ``xarray.open_zarr(archive)["fingerprint"]``.
-    n_clusters : int
-        Number of clusters, at most the number of events.
+    n_clusters : int or sequence of int
+        Number of clusters, at most the number of events; or the numbers to try, each
+        between 2 and ``n_events - 1``: the one with the largest mean silhouette over a
+        seeded sample of ``silhouette_sample`` events is kept (:class:`ClusterSweep`).
     pca_components : int, optional
-        When given, k-means runs on this many principal components of the flattened
-        fingerprints (at most ``min(n_events, n_states**2)``).
+        Cluster on this many principal components of the features (at most
+        ``min(n_events, n_states**2)``).
+    pca_variance : float, optional
+        Cluster on the fewest principal components that explain this fraction of the
+        features' variance (0 to 1). Not with ``pca_components``.
+    scale : bool, default=False
+        Standardise every feature to mean 0 and variance 1 before PCA and clustering.
+    method : {"kmeans", "ward"}, default="kmeans"
+        k-means with ``n_init`` restarts, or Ward's hierarchical clustering, built on at
+        most :data:`WARD_SAMPLE` seeded events, the others joining the nearest centroid.
     transform : {"none", "sqrt", "hellinger", "idf"}, default="none"
-        Applied to the fingerprints before PCA and k-means (:data:`FEATURE_TRANSFORMS`).
+        Applied to the fingerprints first (:data:`FEATURE_TRANSFORMS`).
     random_state : int, default=0
-        Seed of the PCA solver and of the k-means initialisation.
+        Seed of the PCA solver, the k-means initialisation and every sample.
     n_init : int, default=10
         k-means restarts; the run with the lowest inertia is kept.
+    silhouette_sample : int, default=SILHOUETTE_SAMPLE
+        Events the mean silhouette of a sweep is computed over, and references of the
+        per-event silhouettes (:func:`sampled_silhouette`); exact up to this many events.
 
     Returns
     -------
     ClusteringResult
-        Labels named ``cluster`` on the ``event`` coordinate, with the settings in their
-        attributes, plus centres, inertia and PCA explained variance.
+        Labels named ``cluster`` on the ``event`` coordinate (0 to ``n_clusters - 1``),
+        with the settings in their attributes, per-event silhouettes and distances to the
+        centroid, the centres, inertia, PCA explained variance and the sweep.
 
     Raises
     ------
     ValueError
-        For impossible sizes or non-finite fingerprints.
+        For impossible sizes or settings, or non-finite fingerprints.
 
     Examples
     --------
@@ -333,45 +611,113 @@ def cluster_fingerprints(
     >>> bool(labels[0] == labels[1]) and bool(labels[0] != labels[2])
     True
     """
-    cluster_module, decomposition_module = _import_sklearn()
+    _import_sklearn()
+    if method not in CLUSTER_METHODS:
+        raise ValueError(f"method must be one of {CLUSTER_METHODS}, got {method!r}")
+    if silhouette_sample < 2:
+        raise ValueError(f"silhouette_sample must be at least 2, got {silhouette_sample}")
     features = fingerprint_features(fingerprint, transform)
-    n_events, n_features = features.shape
-    if not 1 <= n_clusters <= n_events:
-        raise ValueError(
-            f"n_clusters must be between 1 and the number of events ({n_events}), got {n_clusters}"
-        )
-    explained_variance_ratio = None
-    if pca_components is not None:
-        largest = min(n_events, n_features)
-        if not 1 <= pca_components <= largest:
-            raise ValueError(
-                f"pca_components must be between 1 and min(n_events, n_states**2) = "
-                f"{largest}, got {pca_components}"
-            )
-        pca = decomposition_module.PCA(n_components=pca_components, random_state=random_state)
-        features = pca.fit_transform(features)
-        explained_variance_ratio = np.asarray(pca.explained_variance_ratio_, dtype=np.float64)
-    kmeans = cluster_module.KMeans(n_clusters=n_clusters, n_init=n_init, random_state=random_state)
-    labels = kmeans.fit_predict(features).astype(np.int64)
-    label_array = xr.DataArray(
-        labels,
-        dims=("event",),
-        coords={"event": fingerprint["event"].values},
-        name=CLUSTER,
-        attrs={
-            "long_name": "k-means cluster of the fingerprint",
-            "n_clusters": int(n_clusters),
-            "random_state": int(random_state),
-            "n_init": int(n_init),
-            "inertia": float(kmeans.inertia_),
-        },
+    n_events = features.shape[0]
+    candidates = _candidates(n_clusters, n_events)
+    features, explained_variance_ratio = _scale_and_project(
+        features,
+        scale=scale,
+        pca_components=pca_components,
+        pca_variance=pca_variance,
+        random_state=random_state,
     )
-    label_array.attrs["transform"] = transform
+    tree = _ward_tree(features, random_state, WARD_SAMPLE) if method == "ward" else None
+
+    def fit(k: int) -> NDArray[np.int64]:
+        if tree is not None:
+            return _ward(features, k, *tree)
+        return _kmeans(features, k, random_state, n_init)
+
+    sweep = None
+    if len(candidates) == 1:
+        chosen = candidates[0]
+        labels = fit(chosen)
+    else:
+        rng = np.random.default_rng(random_state)
+        size = min(silhouette_sample, n_events)
+        sample = np.sort(rng.choice(n_events, size, replace=False))
+        fits = {k: fit(k) for k in candidates}
+        scores = tuple(_mean_silhouette(features, fits[k], sample) for k in candidates)
+        chosen = candidates[int(np.argmax(scores))]
+        labels = fits[chosen]
+        sweep = ClusterSweep(candidates, scores, chosen, size)
+    centers = _centroids(features, labels, chosen)
+    distance = np.linalg.norm(features - centers[labels], axis=1)
+    silhouette = sampled_silhouette(
+        features, labels, n_reference=silhouette_sample, random_state=random_state
+    )
+    inertia = float((distance**2).sum())
+    events = fingerprint["event"].values
+    attrs: dict[str, object] = {
+        "long_name": f"{'k-means' if method == 'kmeans' else 'Ward'} cluster of the fingerprint",
+        "labels": f"0 to {chosen - 1}",
+        "method": method,
+        "n_clusters": int(chosen),
+        "random_state": int(random_state),
+        "inertia": inertia,
+        "transform": transform,
+        "scale": int(scale),
+        "mean_silhouette": float(silhouette.mean()),
+    }
+    if method == "kmeans":
+        attrs["n_init"] = int(n_init)
     if pca_components is not None:
-        label_array.attrs["pca_components"] = int(pca_components)
+        attrs["pca_components"] = int(pca_components)
+    if pca_variance is not None:
+        attrs["pca_variance"] = float(pca_variance)
+        attrs["pca_components"] = int(explained_variance_ratio.size)  # type: ignore[union-attr]
+    if sweep is not None:
+        attrs["swept_n_clusters"] = list(sweep.n_clusters)
+        attrs["swept_mean_silhouette"] = list(sweep.mean_silhouette)
+        attrs["silhouette_sample"] = int(sweep.sample_size)
+    label_array = xr.DataArray(
+        labels, dims=("event",), coords={"event": events}, name=CLUSTER, attrs=attrs
+    )
     return ClusteringResult(
         labels=label_array,
-        centers=np.asarray(kmeans.cluster_centers_, dtype=np.float64),
-        inertia=float(kmeans.inertia_),
+        centers=centers,
+        inertia=inertia,
         explained_variance_ratio=explained_variance_ratio,
+        silhouette=xr.DataArray(
+            silhouette,
+            dims=("event",),
+            coords={"event": events},
+            name=SILHOUETTE,
+            attrs={"long_name": "silhouette of the event in its cluster", "units": "1"},
+        ),
+        distance=xr.DataArray(
+            distance,
+            dims=("event",),
+            coords={"event": events},
+            name=CENTROID_DISTANCE,
+            attrs={"long_name": "distance of the event to its cluster's centroid"},
+        ),
+        sweep=sweep,
     )
+
+
+def _candidates(n_clusters: int | Sequence[int], n_events: int) -> tuple[int, ...]:
+    """The numbers of clusters to try, checked against the number of events."""
+    if isinstance(n_clusters, (int, np.integer)):
+        if not 1 <= n_clusters <= n_events:
+            raise ValueError(
+                f"n_clusters must be between 1 and the number of events ({n_events}), "
+                f"got {n_clusters}"
+            )
+        return (int(n_clusters),)
+    candidates = tuple(sorted({int(k) for k in n_clusters}))
+    if not candidates:
+        raise ValueError("n_clusters: give a number of clusters or a non-empty range")
+    if len(candidates) == 1:
+        return _candidates(candidates[0], n_events)
+    if candidates[0] < 2 or candidates[-1] > n_events - 1:
+        raise ValueError(
+            f"a sweep of n_clusters must stay between 2 and the number of events - 1 "
+            f"({n_events - 1}), got {candidates[0]}-{candidates[-1]}"
+        )
+    return candidates
