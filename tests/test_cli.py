@@ -157,7 +157,7 @@ def test_cluster_labels_equal_sklearn(golden_archive, tmp_path):
     np.testing.assert_array_equal(stored["cluster"].values, expected)
     assert stored["cluster"].attrs["transform"] == "none"  # the flag overrides the file
     counts = np.bincount(expected, minlength=3)
-    assert "10 events in 3 clusters (none fingerprints" in result.stdout
+    assert "10 events in 3 clusters (kmeans on the none fingerprints" in result.stdout
     for label, count in enumerate(counts):
         noun = "event" if count == 1 else "events"
         assert f"cluster {label}: {count} {noun}" in result.stdout
@@ -173,9 +173,50 @@ def test_cluster_labels_equal_sklearn(golden_archive, tmp_path):
         "random_state": 5,
         "n_init": 3,
         "transform": "none",
+        "method": "kmeans",
+        "pca_variance": None,
+        "scale": False,
+        "silhouette_sample": 5000,
     }
     assert [entry["command"] for entry in record["history"]] == ["import-h5", "cluster"]
     assert "cluster sizes" in ok(run_cli("info", archive)).stdout
+
+
+def test_cluster_sweeps_k_with_ward_and_stores_silhouettes(golden_archive, tmp_path, capsys):
+    from sklearn.metrics import silhouette_samples, silhouette_score
+
+    archive = tmp_path / "swept.zarr"
+    shutil.copytree(golden_archive, archive)
+    code, out, err = call_main(
+        capsys, "cluster", archive, "--n-clusters", "2-5", "--method", "ward",
+        "--transform", "none", "--pca-variance", "0.9", "--scale", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    stored = xr.open_zarr(archive)
+    # Independently: scale, PCA to 90 %, Ward's tree cut at each K, silhouettes of all 10.
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    features = StandardScaler().fit_transform(stored["fingerprint"].values.reshape(10, -1))
+    scores = PCA(n_components=0.9, svd_solver="full").fit_transform(features)
+    tree = linkage(scores, method="ward")
+    cuts = {k: fcluster(tree, k, "maxclust") - 1 for k in range(2, 6)}
+    means = {k: silhouette_score(scores, cuts[k]) for k in cuts}
+    best = max(means, key=lambda k: (means[k], -k))
+    np.testing.assert_array_equal(stored["cluster"].values, cuts[best])
+    np.testing.assert_allclose(
+        stored["silhouette"].values, silhouette_samples(scores, cuts[best]), atol=1e-10
+    )
+    assert stored["cluster"].attrs["method"] == "ward"
+    assert stored["cluster"].attrs["swept_n_clusters"] == [2, 3, 4, 5]
+    assert f"chose {best}" in out and f"10 events in {best} clusters (ward" in out
+    assert "centroid_distance" in stored
+    record = json.loads(stored.attrs["specufex_dask_config"])["clustering"]
+    assert record["n_clusters"] == [2, 3, 4, 5] and record["scale"] is True
+    with pytest.raises(SystemExit) as usage:
+        main(["cluster", str(archive), "--n-clusters", "5-4"])
+    assert usage.value.code == 2 and "fewer than two values" in capsys.readouterr().err
 
 
 def hellinger_features(fingerprint: np.ndarray) -> np.ndarray:
@@ -216,7 +257,7 @@ def test_cluster_defaults_to_the_idf_transform(golden_archive, tmp_path, capsys)
     assert code == 0, err
     stored = xr.open_zarr(archive)
     assert stored["cluster"].attrs["transform"] == "idf"
-    assert "(idf fingerprints" in out
+    assert "(kmeans on the idf fingerprints" in out
     features = idf_features(stored["fingerprint"].values)
     expected = KMeans(n_clusters=3, n_init=30, random_state=0).fit_predict(features)
     np.testing.assert_array_equal(stored["cluster"].values, expected)

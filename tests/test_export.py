@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -183,3 +185,26 @@ def test_catalog_table_without_outputs(tmp_path, golden_dir):
     table = catalog_table(open_archive(archive))
     assert "cluster" not in table and "dominant_state" not in table
     assert len(table) == 10 and table["event"].is_unique
+
+
+def test_export_command(tmp_path, catalog_archive, golden_dir, capsys):
+    from specufex_dask.cli import main
+
+    path, order, golden, result = catalog_archive
+    assert main(["export", str(path), str(tmp_path / "out"), "--quiet"]) == 0
+    written = capsys.readouterr().out.split()
+    assert [Path(p).name for p in written] == ["catalog.csv", "catalog.xml", "SpecUFEx_bav.h5"]
+    table = pd.read_csv(written[0])
+    np.testing.assert_array_equal(table["cluster"], result.labels.values)
+    assert main(["import-h5", written[2], str(tmp_path / "back.zarr"), "--quiet"]) == 0
+    back = open_archive(tmp_path / "back.zarr")
+    np.testing.assert_array_equal(back["fingerprint"].values, golden["fingerprints"][order])
+    # Without origin times: QuakeML is left out by default, refused when asked for.
+    plain = import_specufex_h5(golden_dir / GOLDEN_H5, tmp_path / "plain.zarr")
+    assert main(["export", str(plain), str(tmp_path / "plain"), "--formats", "csv,quakeml"]) == 1
+    assert "no 'source_origin_time' coordinate" in capsys.readouterr().err
+    assert main(["export", str(plain), str(tmp_path / "plain")]) == 0
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == [
+        "SpecUFEx_plain.h5",
+        "catalog.csv",
+    ]

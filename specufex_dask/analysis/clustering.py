@@ -574,7 +574,9 @@ def cluster_fingerprints(
         Cluster on the fewest principal components that explain this fraction of the
         features' variance (0 to 1). Not with ``pca_components``.
     scale : bool, default=False
-        Standardise every feature to mean 0 and variance 1 before PCA and clustering.
+        Standardise every feature to mean 0 and variance 1 before PCA and clustering. A
+        feature that hardly varies (a transition almost no event makes) then weighs as
+        much as any other, its round-off included.
     method : {"kmeans", "ward"}, default="kmeans"
         k-means with ``n_init`` restarts, or Ward's hierarchical clustering, built on at
         most :data:`WARD_SAMPLE` seeded events, the others joining the nearest centroid.

@@ -21,10 +21,13 @@ def register(commands: Commands) -> None:
     """Add the ``cluster`` command."""
     cluster = commands.add(
         "cluster",
-        "k-means on the fingerprints",
-        "Group the events by k-means on their fingerprints (transformed, optionally after "
-        "PCA) and store the labels in the archive as the variable `cluster` (event), with "
-        "the settings, the transform included, in its attributes. The default transform, "
+        "k-means or Ward on the fingerprints",
+        "Group the events by k-means (or Ward) on their fingerprints (transformed, "
+        "optionally scaled and projected on principal components) and store the labels in "
+        "the archive as the variable `cluster` (event; labels 0 to K-1), with the settings "
+        "in its attributes, and every event's `silhouette` and `centroid_distance`. With a "
+        "range of K (--n-clusters 2-10) every K is fitted and the one with the largest "
+        "mean silhouette is kept. The default transform, "
         "idf (the Hellinger rows sqrt(v[i] Q[i,j]) weighted by each transition's inverse "
         "event frequency, at unit length: a transition that every event makes, such as "
         "background noise staying in its state, gets weight 0), is the one that separated "
@@ -44,13 +47,25 @@ def cmd_cluster(args: argparse.Namespace, config: Config, reporter: Reporter) ->
     result = run_clustering(args.archive, config, reporter)
     labels = np.asarray(result.labels.values)
     clusters, counts = np.unique(labels, return_counts=True)
-    transform = result.labels.attrs["transform"]
+    attrs = result.labels.attrs
+    if result.sweep is not None:
+        scores = ", ".join(
+            f"{k}: {score:.3f}"
+            for k, score in zip(result.sweep.n_clusters, result.sweep.mean_silhouette, strict=True)
+        )
+        print(
+            f"mean silhouette by number of clusters ({result.sweep.sample_size} events): "
+            f"{scores}; chose {result.sweep.chosen}"
+        )
     print(
-        f"{labels.size} events in {clusters.size} clusters ({transform} fingerprints, "
-        f"inertia {result.inertia:.6g})"
+        f"{labels.size} events in {clusters.size} clusters ({attrs['method']} on the "
+        f"{attrs['transform']} fingerprints, labels {attrs['labels']}, inertia "
+        f"{result.inertia:.6g}, mean silhouette {attrs['mean_silhouette']:.3f})"
     )
+    silhouette = np.asarray(result.silhouette.values)
     for cluster, count in zip(clusters, counts, strict=True):
-        print(f"  cluster {cluster}: {plural(count, 'event')}")
+        mean = silhouette[labels == cluster].mean()
+        print(f"  cluster {cluster}: {plural(count, 'event')}, mean silhouette {mean:.3f}")
     return 0
 
 
@@ -65,20 +80,33 @@ def run_clustering(archive: str | Path, config: Config, reporter: Reporter):
             f"{archive} has no fingerprints yet; run `specufex-dask transform {archive}` first"
         )
     settings = config.clustering
+    counts = settings.n_clusters
     reporter.say(
-        f"k-means: {settings.n_clusters} clusters on the {settings.transform} fingerprints"
+        f"{settings.method}: "
+        + (f"{min(counts)}-{max(counts)}" if isinstance(counts, list) else f"{counts}")
+        + f" clusters on the {settings.transform} fingerprints"
         + (f" ({settings.pca_components} principal components)" if settings.pca_components else "")
+        + (
+            f" (PCA to {settings.pca_variance:.0%} of the variance)"
+            if settings.pca_variance
+            else ""
+        )
         + f", seed {settings.random_state}"
     )
     result = cluster_fingerprints(
         dataset["fingerprint"],
         settings.n_clusters,
         pca_components=settings.pca_components,
+        pca_variance=settings.pca_variance,
+        scale=settings.scale,
+        method=settings.method,
         transform=settings.transform,
         random_state=settings.random_state,
         n_init=settings.n_init,
+        silhouette_sample=settings.silhouette_sample,
     )
     dataset.close()
-    write_event_variable(archive, result.labels)
+    for variable in (result.labels, result.silhouette, result.distance):
+        write_event_variable(archive, variable)
     record_configuration(archive, config, ["clustering"], "cluster")
     return result

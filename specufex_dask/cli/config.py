@@ -218,14 +218,15 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class ClusteringConfig:
-    """k-means on the fingerprints, optionally after PCA.
+    """Clustering of the fingerprints (k-means or Ward), optionally after PCA.
 
     Attributes
     ----------
-    n_clusters : int, default=3
-        Number of k-means clusters.
+    n_clusters : int or list of int, default=3
+        Number of clusters, or the numbers to sweep: each is fitted and the one with the
+        largest mean silhouette over ``silhouette_sample`` seeded events is kept.
     pca_components : int or None, default=None
-        Principal components kept before k-means; None clusters the raw fingerprints.
+        Principal components kept before clustering; None clusters the features.
     random_state : int, default=0
         Seed of the PCA solver and of the k-means initialisation.
     n_init : int, default=30
@@ -241,13 +242,27 @@ class ClusteringConfig:
         classes best in the fidelity benchmark (k-means adjusted Rand index 0.95 / 0.75 /
         0.51 at the easy / medium / hard levels, against 0.93 / 0.62 / 0.34 for
         "hellinger" and 0.52 / 0.36 / 0.22 for the raw fingerprints, "none").
+    method : {"kmeans", "ward"}, default="kmeans"
+        k-means, or Ward's hierarchical clustering (tree on at most 5000 seeded events,
+        the others joining the nearest Ward centroid).
+    pca_variance : float or None, default=None
+        Keep the fewest principal components that explain this fraction of the variance.
+    scale : bool, default=False
+        Standardise every feature before PCA and clustering.
+    silhouette_sample : int, default=5000
+        Events a sweep's mean silhouettes are computed on, and the reference events of the
+        per-event silhouettes (exact up to this many events).
     """
 
-    n_clusters: int = 3
+    n_clusters: int | list[int] = 3
     pca_components: int | None = None
     random_state: int = 0
     n_init: int = 30
     transform: str = "idf"
+    method: str = "kmeans"
+    pca_variance: float | None = None
+    scale: bool = False
+    silhouette_sample: int = 5000
 
     def _check(self, name: str) -> None:
         from specufex_dask.analysis.clustering import FEATURE_TRANSFORMS
@@ -258,7 +273,39 @@ class ClusteringConfig:
             self.transform,
             "one of " + ", ".join(repr(t) for t in FEATURE_TRANSFORMS),
         )
-        _require(self.n_clusters >= 1, f"{name}.n_clusters", self.n_clusters, ">= 1")
+        from specufex_dask.analysis.clustering import CLUSTER_METHODS
+
+        counts = self.n_clusters if isinstance(self.n_clusters, list) else [self.n_clusters]
+        _require(bool(counts), f"{name}.n_clusters", self.n_clusters, "a number or a list")
+        if len(counts) == 1:
+            _require(counts[0] >= 1, f"{name}.n_clusters", self.n_clusters, ">= 1")
+        else:
+            _require(min(counts) >= 2, f"{name}.n_clusters", self.n_clusters, "all >= 2")
+        _require(
+            self.method in CLUSTER_METHODS,
+            f"{name}.method",
+            self.method,
+            "one of " + ", ".join(repr(m) for m in CLUSTER_METHODS),
+        )
+        if self.pca_variance is not None:
+            _require(
+                0 < self.pca_variance < 1,
+                f"{name}.pca_variance",
+                self.pca_variance,
+                "a fraction between 0 and 1",
+            )
+            _require(
+                self.pca_components is None,
+                f"{name}.pca_variance",
+                self.pca_variance,
+                "not given with pca_components",
+            )
+        _require(
+            self.silhouette_sample >= 2,
+            f"{name}.silhouette_sample",
+            self.silhouette_sample,
+            ">= 2",
+        )
         if self.pca_components is not None:
             _require(
                 self.pca_components >= 1, f"{name}.pca_components", self.pca_components, ">= 1"

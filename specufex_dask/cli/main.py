@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from specufex_dask.cli import cluster, demo, fit, import_h5, info, ingest, plot
+from specufex_dask.cli import cluster, demo, export, fit, import_h5, info, ingest, plot
 from specufex_dask.cli.base import PROG, CommandError, Commands, wrap
 from specufex_dask.cli.config import Config, ConfigError, section_types
 from specufex_dask.cli.options import effective_config
@@ -17,7 +17,7 @@ from specufex_dask.common import __version__, ignore_zarr_warnings
 
 __all__ = ["build_parser", "main", "parse_args"]
 
-COMMAND_MODULES = (ingest, import_h5, fit, info, cluster, plot, demo)
+COMMAND_MODULES = (ingest, import_h5, fit, info, cluster, export, plot, demo)
 """The modules whose ``register`` adds the commands, in the order of the help."""
 
 
