@@ -25,6 +25,7 @@ COMMANDS_WITH_ARCHIVE = {
     "fit": [],
     "transform": [],
     "run": [],
+    "export": [],
     "info": [],
     "cluster": [],
     "plot": [],  # plot ARCHIVE OUTDIR
@@ -100,7 +101,7 @@ def test_the_help_shows_each_options_default_and_key_from_the_configuration():
 @pytest.mark.parametrize("command", sorted(COMMANDS_WITH_ARCHIVE))
 def test_every_command_takes_the_archive_as_a_positional_argument(command):
     before = COMMANDS_WITH_ARCHIVE[command]
-    after = ["figures"] if command == "plot" else []
+    after = ["out"] if command in ("plot", "export") else []
     args = parse_args([command, *before, "x.zarr", *after])
     assert args.archive == "x.zarr"
     positionals = [a for a in subcommands()[command]._actions if not a.option_strings]
