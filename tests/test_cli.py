@@ -304,8 +304,12 @@ def test_plot_writes_the_figures_the_archive_allows(golden_archive, tmp_path):
     outdir = tmp_path / "figures"
     result = ok(run_cli("plot", archive, outdir, "--events", "13436,24966", "--dpi", "50"))
     names = sorted(path.name for path in outdir.iterdir())
-    # The imported file has no model: no dictionary or emission figure.
-    assert names == ["clusters.png", "event_13436.png", "event_24966.png", "fingerprints.png"]
+    # The imported file has no model (no dictionary or emission figure), no event times
+    # and no coordinates (no occurrence or map); the clustering stored silhouettes.
+    assert names == [
+        "cluster_examples.png", "clusters.png", "event_13436.png", "event_24966.png",
+        "fingerprints.png",
+    ]  # fmt: skip
     for path in outdir.iterdir():
         assert path.read_bytes()[:8] == PNG_MAGIC
     assert result.stdout.split() == [str(outdir / name) for name in sorted(names, key=_plot_order)]
@@ -313,7 +317,10 @@ def test_plot_writes_the_figures_the_archive_allows(golden_archive, tmp_path):
 
 
 def _plot_order(name: str) -> int:
-    order = ["event_13436.png", "event_24966.png", "fingerprints.png", "clusters.png"]
+    order = [
+        "event_13436.png", "event_24966.png", "fingerprints.png", "clusters.png",
+        "cluster_examples.png",
+    ]  # fmt: skip
     return order.index(name)
 
 
@@ -529,7 +536,7 @@ def test_demo_runs_the_whole_pipeline(demo_run):
     figures = sorted(path.name for path in (outdir / "figures").iterdir())
     assert figures == sorted(
         ["nmf_dictionary.png", "hmm_emission.png", "fingerprints.png", "clusters.png"]
-        + ["cluster_timeline.png"]
+        + ["cluster_timeline.png", "cluster_examples.png"]
         + [f"event_{event.replace(':', '_')}.png" for event in shown]
     )
     for name in figures:

@@ -24,14 +24,40 @@ def register(commands: Commands) -> None:
         "PNG figures of an archive",
         "Write PNG figures into OUTDIR: the NMF dictionary EW against frequency with the "
         "pattern weights EA, the HMM emission matrix EB, for each chosen event its "
-        "spectrogram, activations and state sequence over time, fingerprint matrices, and "
-        "a cluster summary. Figures whose data the archive lacks are skipped. Needs "
+        "spectrogram, activations and state sequence over time, fingerprint matrices, "
+        "a cluster summary, cluster occurrence over time (lines and a heat map of clusters "
+        "x time, the bin chosen from the span), a map and depth section of the events "
+        "coloured by cluster (when they have coordinates), and each cluster's events with "
+        "the largest silhouettes (spectrogram and waveform, re-read and band-passed to the "
+        "spectrogram band when the input file is still there). Figures whose data the "
+        "archive lacks are skipped. Needs "
         'matplotlib: pip install "specufex-dask[plot]".',
         cmd_plot,
     )
     plot.add_argument("archive", metavar="ARCHIVE", help="archive (Zarr directory)")
     plot.add_argument("outdir", metavar="OUTDIR", help="folder for the PNG files (created)")
     add_flags(plot, "figures", PLOT_FLAGS, commands.defaults)
+
+
+def _time_and_space_figures(dataset: Any) -> list[tuple[str, Callable[[], Any]]]:
+    """Clusters over time, on a map and by example, as far as the archive allows."""
+    from specufex_dask.analysis import timespace
+
+    if "cluster" not in dataset.variables:
+        return []
+    figures: list[tuple[str, Callable[[], Any]]] = []
+    # Windows of continuous records have their own timeline; occurrence counts are for
+    # catalogs of events (with origin times, or one waveform file each).
+    from specufex_dask.analysis.plot import continuous_windows
+
+    by_event = timespace.ORIGIN_TIME in dataset.coords or not continuous_windows(dataset)
+    if by_event and timespace.event_times(dataset) is not None:
+        figures.append(("cluster_occurrence", lambda: timespace.plot_cluster_occurrence(dataset)))
+    if timespace.has_locations(dataset):
+        figures.append(("cluster_map", lambda: timespace.plot_cluster_map(dataset)))
+    if "silhouette" in dataset.variables:
+        figures.append(("cluster_examples", lambda: timespace.plot_cluster_examples(dataset)))
+    return figures
 
 
 def _safe_name(event: str) -> str:
@@ -85,6 +111,7 @@ def make_figures(
         figures.append(("clusters", lambda: plot.plot_cluster_summary(dataset)))
     if "cluster" in dataset.variables and plot.continuous_windows(dataset):
         figures.append(("cluster_timeline", lambda: plot.plot_cluster_timeline(dataset)))
+    figures.extend(_time_and_space_figures(dataset))
     written = []
     for name, draw in figures:
         path = outdir / f"{name}.png"
