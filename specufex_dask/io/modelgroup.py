@@ -8,19 +8,33 @@ the recovery from a write interrupted between its two renames.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import xarray as xr
 
 from specufex_dask.common import quiet_zarr
 from specufex_dask.io import archive
 from specufex_dask.io.archive import MODEL_VERSION_ATTR
 
-__all__ = ["read_model_dataset", "stored_frequency", "write_model_dataset"]
+__all__ = [
+    "TOKEN_ARRAYS",
+    "model_token",
+    "read_model_dataset",
+    "stored_frequency",
+    "stored_model_token",
+    "write_model_dataset",
+]
+
+TOKEN_ARRAYS = ("W1", "W2", "A1", "A2", "B1", "B2", "hmm_gain")
+"""The model group's variables that :func:`model_token` digests, in order."""
 
 
 async def _write_group(folder: str, dataset: xr.Dataset) -> None:
@@ -101,3 +115,37 @@ def stored_frequency(path: str, n_frequencies: int) -> np.ndarray:
     if archive.FREQUENCY in group and group[archive.FREQUENCY].shape == (n_frequencies,):
         return group[archive.FREQUENCY][:]
     return np.arange(n_frequencies, dtype=float)
+
+
+def model_token(arrays: Sequence[npt.ArrayLike], compat: str, dtype: str) -> str:
+    """A digest of a fitted state: the :data:`TOKEN_ARRAYS` (NMF ``W1 W2 A1 A2``, HMM
+    ``B1 B2 gain``) as float64, and the settings that change the outputs.
+
+    The transform records it with its outputs; outputs whose token differs from the
+    stored model's were written with another model.
+    """
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    digest.update(f"{compat}{np.dtype(dtype).name}".encode())
+    return digest.hexdigest()
+
+
+def stored_model_token(path: str) -> str | None:
+    """:func:`model_token` of ``<archive>/model``; None when the archive holds no model.
+
+    A group of a fit still in its NMF stage has no HMM arrays: its token is that of the
+    arrays it has, which no transform's token equals.
+    """
+    import zarr
+
+    folder = Path(path) / archive.MODEL_GROUP if archive._is_local(path) else None
+    if folder is not None and not folder.exists():
+        return None
+    try:
+        group = zarr.open_group(str(path), mode="r", use_consolidated=False)[archive.MODEL_GROUP]
+    except (KeyError, FileNotFoundError):
+        return None
+    settings = json.loads(group.attrs.get("nmf_state", "{}")).get("settings", {})
+    arrays = [group[name][...] for name in TOKEN_ARRAYS if name in group]
+    return model_token(arrays, settings.get("compat", ""), settings.get("dtype", "float64"))
