@@ -17,7 +17,6 @@ gives them as a lazy xarray Dataset.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -42,6 +41,8 @@ from specufex_dask.inference.params import (
 from specufex_dask.inference.seeding import resolve_seed
 from specufex_dask.inference.svi import SeededMinibatches, SVIProgress, run_svi
 from specufex_dask.io.archive import FREQUENCY, MODEL_GROUP
+from specufex_dask.io.lease import archive_lease
+from specufex_dask.io.modelgroup import model_token
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
 from specufex_dask.parallel.engine import (
     BackgroundCheckpoints,
@@ -247,6 +248,11 @@ class SpecUFEx(ParameterContract):
         )
         if chunks.path is not None:
             require_writable(chunks.path, "model and its checkpoints")
+        with _leased(chunks.path, "fit"):
+            return self._fit(chunks, resume)
+
+    def _fit(self, chunks: EventChunks, resume: bool) -> SpecUFEx:
+        """:meth:`fit` of checked data, holding the archive's lease."""
         client = self._client()
         n_events = chunks.shape[0]
         batch_size = self._batch_size()
@@ -411,11 +417,8 @@ class SpecUFEx(ParameterContract):
     def model_token(self) -> str:
         """A digest of the fitted state: outputs written with another model are stale."""
         nmf, hmm = self._fitted()
-        digest = hashlib.sha256()
-        for array in (nmf.W1, nmf.W2, nmf.A1, nmf.A2, hmm.B1, hmm.B2, hmm.gain):
-            digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
-        digest.update(f"{self.compat}{self._dtype}".encode())
-        return digest.hexdigest()
+        arrays = (nmf.W1, nmf.W2, nmf.A1, nmf.A2, hmm.B1, hmm.B2, hmm.gain)
+        return model_token(arrays, self.compat, self._dtype)
 
     def _parameters(self):
         nmf, hmm = self._fitted()
@@ -444,7 +447,7 @@ class SpecUFEx(ParameterContract):
         chunks = EventChunks.from_data(path, self.chunk_events)
         self._check_frequencies(chunks)
         client = self._client()
-        with naming_every_bad_event(chunks, client):
+        with _leased(chunks.path, "transform"), naming_every_bad_event(chunks, client):
             computed = transform_chunks(
                 chunks, *self._parameters(), self.model_token(), client,
                 resume=resume, progress=self.progress,
@@ -529,6 +532,12 @@ def _from_checkpoint(
             counts,
         )
     return saved["stage"], progress
+
+
+def _leased(path: str | None, command: str) -> AbstractContextManager:
+    """The lease of the archive at ``path`` (:func:`archive_lease`): one writer at a
+    time; nothing for spectrograms given in memory."""
+    return nullcontext() if path is None else archive_lease(path, command)
 
 
 def _step_runners(client: Any, chunks: EventChunks) -> AbstractContextManager:
