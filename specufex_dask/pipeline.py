@@ -240,6 +240,9 @@ class SpecUFEx(ParameterContract):
             minibatch draws an event with negative or non-finite values, one pass over
             all events names every such event (checkpoints written before stay
             resumable, and an event no minibatch draws is caught by the transform).
+        ArchiveBusy
+            When another process writes to the archive (holds its lease,
+            :func:`specufex_dask.io.lease.archive_lease`); this fit then writes nothing.
         """
         self._check_parameters()
         chunks = EventChunks.from_data(data, self.chunk_events)
@@ -442,6 +445,8 @@ class SpecUFEx(ParameterContract):
         written with the same model are skipped (a chunk counts as written only after
         all four outputs are). An event with bad values stops the transform, which then
         stays marked incomplete, with an ``ArchiveError`` naming every such event.
+        Holds the archive's lease (:func:`specufex_dask.io.lease.archive_lease`): while
+        another process writes to the archive it raises ``ArchiveBusy``.
         """
         self._check_parameters()
         chunks = EventChunks.from_data(path, self.chunk_events)

@@ -498,6 +498,8 @@ def ingest_waveforms(
     ------
     IngestError
         If no input is valid (nothing is written), or appended inputs do not fit the archive.
+    ArchiveBusy
+        If another process writes to the archive (holds its lease); nothing is written.
     """
     files = expand_sources(sources)
     events = [event_id(p) for p in files]

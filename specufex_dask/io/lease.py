@@ -218,12 +218,16 @@ def _host() -> str:
     return socket.gethostname()
 
 
-def _stale(holder: LeaseHolder, now: float, timeout: float) -> bool:
-    """Whether ``holder`` may be broken: no heartbeat for ``timeout`` seconds and, on this
-    host, no such process (another host's processes cannot be looked at)."""
+def _stale(holder: LeaseHolder, now: float, timeout: float) -> str | None:
+    """Why ``holder`` may be broken, or None: no heartbeat for ``timeout`` seconds and, on
+    this host, no such process (another host's processes cannot be looked at)."""
     if now - holder.heartbeat <= timeout:
-        return False
-    return holder.host != _host() or not _process_running(holder.pid, holder.pid_start)
+        return None
+    if holder.host != _host():
+        return f"host {holder.host} has not refreshed it for over {timeout:g} s"
+    if _process_running(holder.pid, holder.pid_start):
+        return None
+    return "its process is not running"
 
 
 # ----------------------------------------------------------------------------- the lease
@@ -254,8 +258,13 @@ class _Lease:
                     self.holder.command,
                 )
                 return
-            self.holder = _with_heartbeat(self.holder, time.time())
-            self.file.replace(self.holder.to_bytes())
+            holder = _with_heartbeat(self.holder, time.time())
+            try:
+                self.file.replace(holder.to_bytes())
+            except OSError as error:  # a full disk, say: the next beat may get through
+                logger.warning("cannot refresh the lease %s: %s", self.file.path, error)
+                continue
+            self.holder = holder
 
     def _still_ours(self) -> bool:
         data = self.file.read()
@@ -338,8 +347,14 @@ def _take(archive: str | os.PathLike, file: LeaseFile, command: str,
     unreadable = 0
     while True:
         holder = _new_holder(command)
-        if file.create(holder.to_bytes()):
-            return holder
+        try:
+            if file.create(holder.to_bytes()):
+                return holder
+        except OSError as error:
+            raise ArchiveError(
+                f"cannot create the lease file {file.path} of archive {archive}: {error}; "
+                "the folder holding the archive must be writable"
+            ) from error
         data = file.read()
         if data is None:
             continue  # released this instant
@@ -356,12 +371,11 @@ def _take(archive: str | os.PathLike, file: LeaseFile, command: str,
                 raise _refusal(archive, file, None, timeout)
             time.sleep(_RETRY_S)
             continue
-        if not _stale(current, now, timeout):
+        reason = _stale(current, now, timeout)
+        if reason is None:
             raise _refusal(archive, file, current, timeout)
         logger.warning(
-            "broke the stale lease of %s held by %s: its process is not running",
-            archive,
-            current.describe(now),
+            "broke the stale lease of %s held by %s: %s", archive, current.describe(now), reason
         )
         _break_stale(file, current, timeout)
 
@@ -421,7 +435,11 @@ def archive_lease(
         path.parent.mkdir(parents=True, exist_ok=True)
         file = LeaseFile(path)
         holder = _take(archive, file, command, timeout)
-        lease = _Lease(file, holder, timeout / 4 if heartbeat_s is None else heartbeat_s)
+        try:
+            lease = _Lease(file, holder, timeout / 4 if heartbeat_s is None else heartbeat_s)
+        except BaseException:
+            file.remove()
+            raise
         with _held_lock:
             _held[path] = lease
     try:
