@@ -139,13 +139,16 @@ def stored_model_token(path: str) -> str | None:
     """
     import zarr
 
-    folder = Path(path) / archive.MODEL_GROUP if archive._is_local(path) else None
-    if folder is not None and not folder.exists():
-        return None
-    try:
-        group = zarr.open_group(str(path), mode="r", use_consolidated=False)[archive.MODEL_GROUP]
-    except (KeyError, FileNotFoundError):
-        return None
-    settings = json.loads(group.attrs.get("nmf_state", "{}")).get("settings", {})
-    arrays = [group[name][...] for name in TOKEN_ARRAYS if name in group]
-    return model_token(arrays, settings.get("compat", ""), settings.get("dtype", "float64"))
+    # A reader may meet a fit's checkpoint between its two renames: look again.
+    for _ in range(3):
+        try:
+            root = zarr.open_group(str(path), mode="r", use_consolidated=False)
+            if archive.MODEL_GROUP not in root:
+                return None
+            group = root[archive.MODEL_GROUP]
+            settings = json.loads(group.attrs.get("nmf_state", "{}")).get("settings", {})
+            arrays = [group[name][...] for name in TOKEN_ARRAYS if name in group]
+        except (KeyError, OSError, zarr.errors.NodeNotFoundError):
+            continue
+        return model_token(arrays, settings.get("compat", ""), settings.get("dtype", "float64"))
+    return None
