@@ -17,6 +17,7 @@ import pytest
 from specufex_dask.cli.main import main
 from specufex_dask.io import archive
 from specufex_dask.io.lease import lease_path, read_lease
+from specufex_dask.io.modelgroup import MODEL_TOKEN_ATTR, stored_model_token
 from specufex_dask.io.status import OUTPUTS
 from specufex_dask.pipeline import SpecUFEx
 
@@ -179,3 +180,17 @@ def test_outputs_without_a_transform_record_are_unknown_not_refused(
     )[...] = np.full((N_EVENTS, 3, 3), 1 / 9)
     archive.consolidate(path)
     assert _status(archive.open_archive(path), name) == (None, None, None)
+
+
+def test_the_stored_token_is_the_fitted_models_with_or_without_its_attribute(
+    tmp_path: Path,
+) -> None:
+    import zarr
+
+    path = _archive(tmp_path / "events.zarr")
+    fitted = _fit(path, 7).model_token()  # of the arrays in memory
+    assert stored_model_token(path) == fitted
+    group = zarr.open_group(f"{path}/model", mode="r+", use_consolidated=False)
+    del group.attrs[MODEL_TOKEN_ATTR]  # as a group written before the attribute existed
+    assert stored_model_token(path) == fitted
+    assert stored_model_token(str(tmp_path / "nothing.zarr")) is None

@@ -13,8 +13,9 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +26,7 @@ from specufex_dask.io import archive
 from specufex_dask.io.archive import MODEL_VERSION_ATTR
 
 __all__ = [
+    "MODEL_TOKEN_ATTR",
     "TOKEN_ARRAYS",
     "model_token",
     "read_model_dataset",
@@ -35,6 +37,8 @@ __all__ = [
 
 TOKEN_ARRAYS = ("W1", "W2", "A1", "A2", "B1", "B2", "hmm_gain")
 """The model group's variables that :func:`model_token` digests, in order."""
+MODEL_TOKEN_ATTR = "specufex_dask_model_token"
+"""The model group's attribute holding its :func:`model_token`, written with it."""
 
 
 async def _write_group(folder: str, dataset: xr.Dataset) -> None:
@@ -73,6 +77,10 @@ def write_model_dataset(path: str, dataset: xr.Dataset) -> None:
     """
     root = Path(path)
     partial = root / f".model.partial-{uuid.uuid4().hex}"
+    # the token as an attribute: readers of the outputs' status need not read the arrays
+    dataset = dataset.assign_attrs(
+        {MODEL_TOKEN_ATTR: _group_token(dataset.variables, dataset.attrs)}
+    )
     asyncio.run(_write_group(str(partial), dataset))
     final = root / archive.MODEL_GROUP
     old = root / f".model.old-{uuid.uuid4().hex}"
@@ -146,9 +154,19 @@ def stored_model_token(path: str) -> str | None:
             if archive.MODEL_GROUP not in root:
                 return None
             group = root[archive.MODEL_GROUP]
-            settings = json.loads(group.attrs.get("nmf_state", "{}")).get("settings", {})
-            arrays = [group[name][...] for name in TOKEN_ARRAYS if name in group]
+            attrs = dict(group.attrs)
+            if MODEL_TOKEN_ATTR in attrs:
+                return str(attrs[MODEL_TOKEN_ATTR])
+            # a group written before the token was stored with it
+            arrays = {name: group[name][...] for name in TOKEN_ARRAYS if name in group}
         except (KeyError, OSError, zarr.errors.NodeNotFoundError):
             continue
-        return model_token(arrays, settings.get("compat", ""), settings.get("dtype", "float64"))
+        return _group_token(arrays, attrs)
     return None
+
+
+def _group_token(arrays: Mapping[Hashable, Any], attrs: Mapping[Hashable, Any]) -> str:
+    """:func:`model_token` of a model group's arrays and attributes."""
+    settings = json.loads(attrs.get("nmf_state", "{}")).get("settings", {})
+    values = [np.asarray(arrays[name]) for name in TOKEN_ARRAYS if name in arrays]
+    return model_token(values, settings.get("compat", ""), settings.get("dtype", "float64"))
