@@ -17,7 +17,6 @@ gives them as a lazy xarray Dataset.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -42,6 +41,8 @@ from specufex_dask.inference.params import (
 from specufex_dask.inference.seeding import resolve_seed
 from specufex_dask.inference.svi import SeededMinibatches, SVIProgress, run_svi
 from specufex_dask.io.archive import FREQUENCY, MODEL_GROUP
+from specufex_dask.io.lease import archive_lease
+from specufex_dask.io.modelgroup import model_token
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
 from specufex_dask.parallel.engine import (
     BackgroundCheckpoints,
@@ -239,6 +240,9 @@ class SpecUFEx(ParameterContract):
             minibatch draws an event with negative or non-finite values, one pass over
             all events names every such event (checkpoints written before stay
             resumable, and an event no minibatch draws is caught by the transform).
+        ArchiveBusy
+            When another process writes to the archive (holds its lease,
+            :func:`specufex_dask.io.lease.archive_lease`); this fit then writes nothing.
         """
         self._check_parameters()
         chunks = EventChunks.from_data(data, self.chunk_events)
@@ -247,6 +251,11 @@ class SpecUFEx(ParameterContract):
         )
         if chunks.path is not None:
             require_writable(chunks.path, "model and its checkpoints")
+        with _leased(chunks.path, "fit"):
+            return self._fit(chunks, resume)
+
+    def _fit(self, chunks: EventChunks, resume: bool) -> SpecUFEx:
+        """:meth:`fit` of checked data, holding the archive's lease."""
         client = self._client()
         n_events = chunks.shape[0]
         batch_size = self._batch_size()
@@ -411,11 +420,8 @@ class SpecUFEx(ParameterContract):
     def model_token(self) -> str:
         """A digest of the fitted state: outputs written with another model are stale."""
         nmf, hmm = self._fitted()
-        digest = hashlib.sha256()
-        for array in (nmf.W1, nmf.W2, nmf.A1, nmf.A2, hmm.B1, hmm.B2, hmm.gain):
-            digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
-        digest.update(f"{self.compat}{self._dtype}".encode())
-        return digest.hexdigest()
+        arrays = (nmf.W1, nmf.W2, nmf.A1, nmf.A2, hmm.B1, hmm.B2, hmm.gain)
+        return model_token(arrays, self.compat, self._dtype)
 
     def _parameters(self):
         nmf, hmm = self._fitted()
@@ -439,12 +445,14 @@ class SpecUFEx(ParameterContract):
         written with the same model are skipped (a chunk counts as written only after
         all four outputs are). An event with bad values stops the transform, which then
         stays marked incomplete, with an ``ArchiveError`` naming every such event.
+        Holds the archive's lease (:func:`specufex_dask.io.lease.archive_lease`): while
+        another process writes to the archive it raises ``ArchiveBusy``.
         """
         self._check_parameters()
         chunks = EventChunks.from_data(path, self.chunk_events)
         self._check_frequencies(chunks)
         client = self._client()
-        with naming_every_bad_event(chunks, client):
+        with _leased(chunks.path, "transform"), naming_every_bad_event(chunks, client):
             computed = transform_chunks(
                 chunks, *self._parameters(), self.model_token(), client,
                 resume=resume, progress=self.progress,
@@ -529,6 +537,12 @@ def _from_checkpoint(
             counts,
         )
     return saved["stage"], progress
+
+
+def _leased(path: str | None, command: str) -> AbstractContextManager:
+    """The lease of the archive at ``path`` (:func:`archive_lease`): one writer at a
+    time; nothing for spectrograms given in memory."""
+    return nullcontext() if path is None else archive_lease(path, command)
 
 
 def _step_runners(client: Any, chunks: EventChunks) -> AbstractContextManager:

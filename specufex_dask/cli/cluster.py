@@ -71,14 +71,28 @@ def cmd_cluster(args: argparse.Namespace, config: Config, reporter: Reporter) ->
 
 def run_clustering(archive: str | Path, config: Config, reporter: Reporter):
     """k-means with ``config.clustering`` on the fingerprints of ``archive``; store the
-    labels as ``cluster`` and return the ClusteringResult."""
+    labels as ``cluster`` and return the ClusteringResult.
+
+    Holds the archive's lease throughout; refuses fingerprints that an unfinished
+    transform or another model than the stored one wrote."""
+    from specufex_dask.io.lease import archive_lease
+
+    with archive_lease(archive, "cluster"):
+        return _cluster_and_store(archive, config, reporter)
+
+
+def _cluster_and_store(archive: str | Path, config: Config, reporter: Reporter):
     from specufex_dask.analysis.clustering import cluster_fingerprints
+    from specufex_dask.io.status import output_problem
 
     dataset = open_archive(archive)
     if "fingerprint" not in dataset.variables:
         raise CommandError(
             f"{archive} has no fingerprints yet; run `specufex-dask transform {archive}` first"
         )
+    problem = output_problem(dataset, "fingerprint", str(archive))
+    if problem is not None:
+        raise CommandError(problem)
     settings = config.clustering
     counts = settings.n_clusters
     reporter.say(

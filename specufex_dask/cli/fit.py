@@ -100,10 +100,18 @@ def fitted_summary(model: Any) -> str:
     return "; ".join(parts)
 
 
+def _lease(archive: str | Path, command: str):
+    """The archive's lease for the whole command: the fit or transform and the record of
+    the configuration after it (a ``run``'s fit and transform take it again inside)."""
+    from specufex_dask.io.lease import archive_lease
+
+    return archive_lease(archive, command)
+
+
 def cmd_fit(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
     """Fit the NMF dictionary and the HMM; store the model in the archive."""
     open_archive(args.archive).close()
-    with dask_client(config, reporter) as client:
+    with _lease(args.archive, "fit"), dask_client(config, reporter) as client:
         model = fit_archive(args.archive, config, reporter, client, args.resume)
     print(f"fitted {args.archive}: {fitted_summary(model)}")
     return 0
@@ -118,7 +126,7 @@ def cmd_transform(args: argparse.Namespace, config: Config, reporter: Reporter) 
         raise CommandError(
             f"{args.archive} holds no fitted model; run `specufex-dask fit {args.archive}` first"
         )
-    with dask_client(config, reporter) as client:
+    with _lease(args.archive, "transform"), dask_client(config, reporter) as client:
         model = SpecUFEx.from_archive(str(args.archive))
         model.client = client
         model.progress = reporter.progress
@@ -130,7 +138,7 @@ def cmd_transform(args: argparse.Namespace, config: Config, reporter: Reporter) 
 def cmd_run(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
     """Fit, then transform."""
     open_archive(args.archive).close()
-    with dask_client(config, reporter) as client:
+    with _lease(args.archive, "run"), dask_client(config, reporter) as client:
         model = fit_archive(args.archive, config, reporter, client, args.resume)
         transform_archive(args.archive, model, reporter, config, False)
     print(f"fitted and transformed {args.archive}: {fitted_summary(model)}")

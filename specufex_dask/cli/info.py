@@ -52,6 +52,56 @@ def _chunk_summary(variable) -> list[int] | None:
     return None if chunks is None else [int(c) for c in chunks]
 
 
+def _output_summary(variable) -> dict[str, Any]:
+    """Dims and shape of an output; for the transform's outputs also how many events are
+    done, whether the transform is complete and whether the stored model made them."""
+    from specufex_dask.io.status import OUTPUTS, STATUS_ATTRS
+
+    summary: dict[str, Any] = {"dims": list(variable.dims), "shape": list(variable.shape)}
+    if variable.name in OUTPUTS:
+        summary.update({key: variable.attrs.get(key) for key in STATUS_ATTRS})
+    return summary
+
+
+def _lease_summary(path: str | Path) -> dict[str, Any] | None:
+    """Who holds the archive's lease (a writer at work, or one that died), or None."""
+    import time
+
+    from specufex_dask.io.lease import lease_path, read_lease
+
+    holder = read_lease(path)
+    if holder is None:
+        return None
+    return {
+        "command": holder.command,
+        "pid": holder.pid,
+        "host": holder.host,
+        "owner": holder.owner,
+        "started": holder.started,
+        "heartbeat_age_s": round(time.time() - holder.heartbeat, 1),
+        "file": str(lease_path(path)),
+        "description": holder.describe(time.time()),
+    }
+
+
+def _status_text(path: str | Path, output: dict[str, Any]) -> str:
+    """``; 8 of 16 events done, transform incomplete (run ...)`` for an output."""
+    if output.get("events_done") is None and output.get("complete") is None:
+        return "" if "complete" not in output else "; no transform record"
+    parts = [f"{output['events_done']} of {output['shape'][0]} events done"]
+    if output["complete"] is False:
+        parts.append(f"transform incomplete (run `specufex-dask transform --resume {path}`)")
+    elif output["complete"]:
+        parts.append("complete")
+    if output["model_match"] is False:
+        parts.append(
+            f"written by another model than the stored one (run `specufex-dask transform {path}`)"
+        )
+    elif output["model_match"]:
+        parts.append("made by the stored model")
+    return "; " + ", ".join(parts)
+
+
 def archive_summary(path: str | Path, dataset, model) -> dict[str, Any]:
     """Everything ``info`` reports, as plain data."""
     from specufex_dask.io.archive import read_rejected, spectrogram_parameters
@@ -76,13 +126,10 @@ def archive_summary(path: str | Path, dataset, model) -> dict[str, Any]:
         "n_chunks": None if not chunks else math.ceil(n_events / chunks[0]),
         "spectrogram_parameters": spectrogram_parameters(dataset),
         "outputs": {
-            name: (
-                {"dims": list(dataset[name].dims), "shape": list(dataset[name].shape)}
-                if name in dataset.variables
-                else None
-            )
+            name: _output_summary(dataset[name]) if name in dataset.variables else None
             for name in OUTPUT_VARIABLES
         },
+        "lease": _lease_summary(path),
         "rejected": [r._asdict() for r in read_rejected(dataset)],
         "model": None,
         "configuration": json.loads(dataset.attrs[CONFIG_ATTR])
@@ -132,7 +179,7 @@ def describe_archive(path: str | Path, dataset, model) -> list[str]:
             dims = " x ".join(
                 f"{n} {d}" for n, d in zip(output["shape"], output["dims"], strict=True)
             )
-            lines.append(f"  {name}: {dims}")
+            lines.append(f"  {name}: {dims}{_status_text(path, output)}")
     if "cluster_sizes" in s:
         sizes = ", ".join(f"{k}: {v}" for k, v in s["cluster_sizes"].items())
         lines.append(f"  cluster sizes: {sizes}")
@@ -144,6 +191,8 @@ def describe_archive(path: str | Path, dataset, model) -> list[str]:
         for key, value in sorted(m["attributes"].items()):
             text = str(value)
             lines.append(f"  {key}: {text if len(text) <= 100 else text[:97] + '...'}")
+    if s["lease"] is not None:
+        lines.append(f"lease: held by {s['lease']['description']} in {s['lease']['file']}")
     lines.append(f"rejected inputs: {len(s['rejected'])}")
     for row in s["rejected"][:20]:
         event = f" (event {row['event']})" if row["event"] else ""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from specufex_dask.cli.archive import CONFIG_ATTR, open_archive, open_model
-from specufex_dask.cli.base import Commands
+from specufex_dask.cli.base import CommandError, Commands
 from specufex_dask.cli.config import Config
 from specufex_dask.cli.options import PLOT_FLAGS, add_flags
 from specufex_dask.cli.progress import Reporter
@@ -76,8 +76,13 @@ def make_figures(
 ) -> list[Path]:
     """Draw every figure the archive's contents allow; return the files written."""
     from specufex_dask.analysis import plot
+    from specufex_dask.io.status import OUTPUTS, output_problem
 
     dataset = open_archive(archive)
+    for name in OUTPUTS:
+        problem = output_problem(dataset, name, str(archive)) if name in dataset else None
+        if problem is not None:
+            raise CommandError(problem)
     model = open_model(archive)
     events = plot.select_events(dataset, config.plot.events, config.plot.n_events)
     outdir = Path(outdir)

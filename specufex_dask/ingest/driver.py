@@ -64,6 +64,7 @@ from specufex_dask.io.archive import (
     spectrogram_parameters,
     write_region,
 )
+from specufex_dask.io.lease import archive_lease
 from specufex_dask.parallel.executor import executor_for
 
 logger = logging.getLogger(__name__)
@@ -220,6 +221,14 @@ def _map(function: Any, arguments: Iterable[tuple], client: Any) -> list[Any]:
 
 
 def _run(
+    units: Sequence[Any], out_path: str | Path, params: SpectrogramParameters, **options: Any
+) -> IngestReport:
+    """:func:`_write_archive` holding the lease of ``out_path``: one writer at a time."""
+    with archive_lease(out_path, "ingest"):
+        return _write_archive(units, out_path, params, **options)
+
+
+def _write_archive(
     units: Sequence[Any],
     out_path: str | Path,
     params: SpectrogramParameters,
@@ -489,6 +498,8 @@ def ingest_waveforms(
     ------
     IngestError
         If no input is valid (nothing is written), or appended inputs do not fit the archive.
+    ArchiveBusy
+        If another process writes to the archive (holds its lease); nothing is written.
     """
     files = expand_sources(sources)
     events = [event_id(p) for p in files]

@@ -165,7 +165,9 @@ def open_archive(path: str | Path, *, with_dask: bool = True) -> xr.Dataset:
     Notes
     -----
     The values of the spectrograms (negative, non-finite) are not checked here because that
-    needs a full pass; see :func:`check_spectrogram_values`.
+    needs a full pass; see :func:`check_spectrogram_values`. The transform's outputs
+    carry how far they are in their attributes ``events_done``, ``complete`` and
+    ``model_match`` (:mod:`specufex_dask.io.status`).
 
     Examples
     --------
@@ -195,6 +197,11 @@ def open_archive(path: str | Path, *, with_dask: bool = True) -> xr.Dataset:
                 f"cannot open {path_str} as an xarray Zarr store: {error}"
             ) from error
     validate_archive(ds, where=path_str)
+    # imported here: the module reads the model group, whose module imports this one
+    from specufex_dask.io.status import output_status
+
+    for name, status in output_status(path_str, ds.sizes[EVENT]).items():
+        ds[name].attrs.update(status.attrs())
     return ds
 
 

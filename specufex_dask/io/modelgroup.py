@@ -8,19 +8,37 @@ the recovery from a write interrupted between its two renames.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import shutil
 import uuid
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import xarray as xr
 
 from specufex_dask.common import quiet_zarr
 from specufex_dask.io import archive
 from specufex_dask.io.archive import MODEL_VERSION_ATTR
 
-__all__ = ["read_model_dataset", "stored_frequency", "write_model_dataset"]
+__all__ = [
+    "MODEL_TOKEN_ATTR",
+    "TOKEN_ARRAYS",
+    "model_token",
+    "read_model_dataset",
+    "stored_frequency",
+    "stored_model_token",
+    "write_model_dataset",
+]
+
+TOKEN_ARRAYS = ("W1", "W2", "A1", "A2", "B1", "B2", "hmm_gain")
+"""The model group's variables that :func:`model_token` digests, in order."""
+MODEL_TOKEN_ATTR = "specufex_dask_model_token"
+"""The model group's attribute holding its :func:`model_token`, written with it."""
 
 
 async def _write_group(folder: str, dataset: xr.Dataset) -> None:
@@ -59,6 +77,10 @@ def write_model_dataset(path: str, dataset: xr.Dataset) -> None:
     """
     root = Path(path)
     partial = root / f".model.partial-{uuid.uuid4().hex}"
+    # the token as an attribute: readers of the outputs' status need not read the arrays
+    dataset = dataset.assign_attrs(
+        {MODEL_TOKEN_ATTR: _group_token(dataset.variables, dataset.attrs)}
+    )
     asyncio.run(_write_group(str(partial), dataset))
     final = root / archive.MODEL_GROUP
     old = root / f".model.old-{uuid.uuid4().hex}"
@@ -101,3 +123,50 @@ def stored_frequency(path: str, n_frequencies: int) -> np.ndarray:
     if archive.FREQUENCY in group and group[archive.FREQUENCY].shape == (n_frequencies,):
         return group[archive.FREQUENCY][:]
     return np.arange(n_frequencies, dtype=float)
+
+
+def model_token(arrays: Sequence[npt.ArrayLike], compat: str, dtype: str) -> str:
+    """A digest of a fitted state: the :data:`TOKEN_ARRAYS` (NMF ``W1 W2 A1 A2``, HMM
+    ``B1 B2 gain``) as float64, and the settings that change the outputs.
+
+    The transform records it with its outputs; outputs whose token differs from the
+    stored model's were written with another model.
+    """
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    digest.update(f"{compat}{np.dtype(dtype).name}".encode())
+    return digest.hexdigest()
+
+
+def stored_model_token(path: str) -> str | None:
+    """:func:`model_token` of ``<archive>/model``; None when the archive holds no model.
+
+    A group of a fit still in its NMF stage has no HMM arrays: its token is that of the
+    arrays it has, which no transform's token equals.
+    """
+    import zarr
+
+    # A reader may meet a fit's checkpoint between its two renames: look again.
+    for _ in range(3):
+        try:
+            root = zarr.open_group(str(path), mode="r", use_consolidated=False)
+            if archive.MODEL_GROUP not in root:
+                return None
+            group = root[archive.MODEL_GROUP]
+            attrs = dict(group.attrs)
+            if MODEL_TOKEN_ATTR in attrs:
+                return str(attrs[MODEL_TOKEN_ATTR])
+            # a group written before the token was stored with it
+            arrays = {name: group[name][...] for name in TOKEN_ARRAYS if name in group}
+        except (KeyError, OSError, zarr.errors.NodeNotFoundError):
+            continue
+        return _group_token(arrays, attrs)
+    return None
+
+
+def _group_token(arrays: Mapping[Hashable, Any], attrs: Mapping[Hashable, Any]) -> str:
+    """:func:`model_token` of a model group's arrays and attributes."""
+    settings = json.loads(attrs.get("nmf_state", "{}")).get("settings", {})
+    values = [np.asarray(arrays[name]) for name in TOKEN_ARRAYS if name in arrays]
+    return model_token(values, settings.get("compat", ""), settings.get("dtype", "float64"))

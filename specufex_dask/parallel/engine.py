@@ -58,6 +58,7 @@ from specufex_dask.io.archive import (
     TRANSFORM_TOKEN_ATTR,
 )
 from specufex_dask.io.modelgroup import read_model_dataset, stored_frequency, write_model_dataset
+from specufex_dask.io.status import TRANSFORMED as TRANSFORMED  # re-exported: the done markers
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
 from specufex_dask.parallel import tasks
 from specufex_dask.parallel.executor import (
@@ -88,7 +89,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TRANSFORMED = "transformed"
 # Events per task of a pass over all events (at least) and of an SVI step (at most).
 TASK_EVENTS = 256
 # An SVI step's tasks hold at least this many events, so a task's fixed cost (scheduling,
@@ -627,9 +627,11 @@ def _prepare_outputs(
         archive.FINGERPRINT: (N, S, S),
     }
     for name, shape in shapes.items():
+        # each output names its model: open_archive flags outputs of another model
         group.create_array(
             name, shape=shape, chunks=(chunk_events,) + shape[1:], dtype=dtype,
             fill_value=np.nan, dimension_names=output_dims()[name], overwrite=True,
+            attributes={TRANSFORM_TOKEN_ATTR: token},
         )  # fmt: skip
     group.create_array(
         TRANSFORMED, shape=(N,), chunks=(chunk_events,), dtype=bool, fill_value=False,
@@ -653,11 +655,13 @@ def _resumable(path: str, n_events: int, chunk_events: int, token: str) -> np.nd
     return markers[:]
 
 
-def _mark_complete(path: str, complete: bool) -> None:
+def _mark_complete(path: str, complete: bool, token: str) -> None:
+    """Set the transform's completeness, with the token of the model it used (which an
+    attribute write of another program may have dropped since the outputs were made)."""
     import zarr
 
     group = zarr.open_group(path, mode="r+", use_consolidated=False)
-    group.attrs[TRANSFORM_COMPLETE_ATTR] = complete
+    group.attrs.update({TRANSFORM_COMPLETE_ATTR: complete, TRANSFORM_TOKEN_ATTR: token})
     archive.consolidate(path)
 
 
@@ -696,7 +700,7 @@ def transform_chunks(
         if not done[start:stop].all()
     ]
     if todo and resume:
-        _mark_complete(path, False)  # whatever an earlier run left, this one is not done
+        _mark_complete(path, False, token)  # whatever an earlier run left, this one is not done
     executor = _pass_executor(client)
     nmf_params, hmm_params = executor.share(
         replace(nmf_params, threads=1), replace(hmm_params, threads=1)
@@ -714,7 +718,7 @@ def transform_chunks(
             progress("transform", {"chunk": finished, "n_chunks": len(todo)})
 
     executor.write_outputs(_task_transform_to_zarr, arguments, report)
-    _mark_complete(path, True)
+    _mark_complete(path, True, token)
     return len(todo)
 
 

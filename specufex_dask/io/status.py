@@ -1,0 +1,138 @@
+"""How far the transform's outputs are: events done, complete, made by the stored model.
+
+The engine's transform (:func:`specufex_dask.parallel.engine.transform_chunks`) leaves
+three records in the archive:
+
+- the boolean array ``transformed`` (event): set for a task's events once all four of
+  their outputs are written;
+- the attribute ``specufex_dask_transform_complete``: True only after every event is done
+  (an append sets it back to False);
+- the token of the model that made the outputs (``specufex_dask_transform_model``) on the
+  archive and on each output array, which must equal the stored model's token
+  (:func:`specufex_dask.io.modelgroup.stored_model_token`).
+
+:func:`output_status` reads them into one :class:`OutputStatus` per output;
+:func:`specufex_dask.io.archive.open_archive` puts them in each output's attributes
+(``events_done``, ``complete``, ``model_match``), where :func:`output_problem` reads them.
+Outputs without these records (imported from SpecUFEx HDF5 files, or written by other
+tools) have ``None`` for what is unknown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from specufex_dask.io import archive
+from specufex_dask.io.archive import TRANSFORM_COMPLETE_ATTR, TRANSFORM_TOKEN_ATTR
+from specufex_dask.io.modelgroup import stored_model_token
+
+__all__ = [
+    "OUTPUTS",
+    "STATUS_ATTRS",
+    "TRANSFORMED",
+    "OutputStatus",
+    "output_problem",
+    "output_status",
+]
+
+OUTPUTS = (archive.ACTIVATION, archive.STATE_PROBABILITY, archive.TRANSITION, archive.FINGERPRINT)
+"""The transform's outputs."""
+TRANSFORMED = "transformed"
+"""The per-event done markers of the transform."""
+STATUS_ATTRS = ("events_done", "complete", "model_match")
+"""The attributes :func:`specufex_dask.io.archive.open_archive` sets on each output."""
+
+
+@dataclass(frozen=True)
+class OutputStatus:
+    """How far one output is.
+
+    Attributes
+    ----------
+    events_done : int or None
+        Events whose outputs are written (None: not recorded).
+    n_events : int
+        Events of the archive.
+    complete : bool or None
+        Whether the transform finished for every event (None: not recorded).
+    model_match : bool or None
+        Whether the output was made by the archive's stored model (None: the archive
+        holds no model, or the output records none).
+    """
+
+    events_done: int | None
+    n_events: int
+    complete: bool | None
+    model_match: bool | None
+
+    def attrs(self) -> dict[str, Any]:
+        """The :data:`STATUS_ATTRS` of an output variable."""
+        return {
+            "events_done": self.events_done,
+            "complete": self.complete,
+            "model_match": self.model_match,
+        }
+
+
+def _events_done(group: Any, n_events: int, complete_attr: Any) -> int | None:
+    if TRANSFORMED in group and group[TRANSFORMED].shape == (n_events,):
+        if complete_attr is True:
+            return n_events  # set only once every marker was: no need to read them
+        return int(np.count_nonzero(group[TRANSFORMED][...]))
+    return n_events if complete_attr is True else None
+
+
+def output_status(path: str, n_events: int) -> dict[str, OutputStatus]:
+    """The :class:`OutputStatus` of each of the :data:`OUTPUTS` the archive holds.
+
+    Reads the archive's attributes, the done markers only while the transform is not
+    complete, and the model group's arrays only when an output records a token.
+    """
+    import zarr
+
+    group = zarr.open_group(path, mode="r", use_consolidated=False)
+    attrs = dict(group.attrs)
+    present = [name for name in OUTPUTS if name in group]
+    if not present:
+        return {}
+    complete_attr = attrs.get(TRANSFORM_COMPLETE_ATTR)
+    done = _events_done(group, n_events, complete_attr)
+    recorded = TRANSFORM_COMPLETE_ATTR in attrs or TRANSFORMED in group
+    tokens = {
+        name: group[name].attrs.get(TRANSFORM_TOKEN_ATTR, attrs.get(TRANSFORM_TOKEN_ATTR))
+        for name in present
+    }
+    stored = stored_model_token(path) if any(tokens.values()) else None
+    statuses = {}
+    for name in present:
+        complete = (
+            complete_attr is True and done == n_events and group[name].shape[0] == n_events
+            if recorded
+            else None
+        )
+        match = None if stored is None or tokens[name] is None else tokens[name] == stored
+        statuses[name] = OutputStatus(done, n_events, complete, match)
+    return statuses
+
+
+def output_problem(dataset: Any, name: str, path: str) -> str | None:
+    """Why output ``name`` of an archive opened by ``open_archive`` cannot be used, as
+    a one-line message telling how to fix it; None when it can (or nothing is known)."""
+    variable = dataset[name]
+    if variable.attrs.get("model_match") is False:
+        return (
+            f"{path}: {name} was written by another model than the one stored in "
+            f"{path}/model (a fit ran after the transform); run `specufex-dask transform "
+            f"{path}` first"
+        )
+    if variable.attrs.get("complete") is False:
+        done = variable.attrs.get("events_done")
+        n = dataset.sizes[archive.EVENT]
+        return (
+            f"{path}: the transform is incomplete ({done} of {n} events have {name} values); "
+            f"run `specufex-dask transform --resume {path}` first"
+        )
+    return None
