@@ -142,11 +142,16 @@ def test_a_refit_after_the_transform_is_flagged_and_cluster_and_plot_refuse(
     assert summary["lease"] is None
     text = [line for line in _text_info(capsys, path) if line.startswith("  fingerprint:")]
     assert "written by another model than the stored one" in text[0]
-    for argv in (["cluster", path], ["plot", path, str(tmp_path / "figures")]):
+    for argv in (
+        ["cluster", path],
+        ["plot", path, str(tmp_path / "figures")],
+        ["export", path, str(tmp_path / "catalog")],
+    ):
         error = _failing(capsys, *argv)
         assert "another model than the one stored" in error
         assert f"run `specufex-dask transform {path}` first" in error
     assert "cluster" not in archive.open_archive(path)
+    assert not (tmp_path / "catalog").exists()
     # transformed again with the stored model, the outputs match it and cluster works
     SpecUFEx.from_archive(path, client=False).transform_to_zarr(path)
     assert _status(archive.open_archive(path), "fingerprint") == (N_EVENTS, True, True)

@@ -55,12 +55,23 @@ def cmd_export(args: argparse.Namespace, config: Config, reporter: Reporter) -> 
     """Write the chosen formats of an archive into OUTDIR."""
     from specufex_dask.analysis import export
     from specufex_dask.io.archive import open_archive
+    from specufex_dask.io.status import output_problem
 
     formats = _formats(args.formats)
     outdir = Path(args.outdir)
     dataset = open_archive(args.archive)
     has_origins = export.ORIGIN_TIME in dataset.coords
+    # A catalog mixing outputs of two models, or with events not transformed, would
+    # hand on labels that mean nothing: refuse, as cluster and plot do.
+    problems = [
+        output_problem(dataset, name, str(args.archive))
+        for name in ("activation", "state_probability", "transition", "fingerprint")
+        if name in dataset.variables
+    ]
     dataset.close()
+    problem = next((p for p in problems if p is not None), None)
+    if problem is not None:
+        raise CommandError(problem)
     written = []
     if "csv" in formats:
         written.append(export.write_catalog_csv(args.archive, outdir / "catalog.csv"))
