@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from specufex_dask.cli.config import Config
 from specufex_dask.cli.options import CLUSTERING_FLAGS, add_flags
 from specufex_dask.cli.progress import Reporter
 
-__all__ = ["cmd_cluster", "register", "run_clustering"]
+__all__ = ["clustering_arguments", "cmd_cluster", "register", "run_clustering"]
 
 
 def register(commands: Commands) -> None:
@@ -54,30 +55,41 @@ def cmd_cluster(args: argparse.Namespace, config: Config, reporter: Reporter) ->
     return 0
 
 
+def clustering_arguments(config: Config) -> dict[str, Any]:
+    """The keyword arguments of ``cluster_fingerprints`` (but the fingerprints) that
+    ``config.clustering`` sets."""
+    settings = config.clustering
+    return {
+        "n_clusters": settings.n_clusters,
+        "pca_components": settings.pca_components,
+        "transform": settings.transform,
+        "random_state": settings.random_state,
+        "n_init": settings.n_init,
+    }
+
+
 def run_clustering(archive: str | Path, config: Config, reporter: Reporter):
     """k-means with ``config.clustering`` on the fingerprints of ``archive``; store the
-    labels as ``cluster`` and return the ClusteringResult."""
+    labels as ``cluster`` and return the ClusteringResult.
+
+    A read-only archive is refused before any work, as ``fit`` refuses it.
+    """
     from specufex_dask.analysis.clustering import cluster_fingerprints
+    from specufex_dask.parallel.engine import require_writable
 
     dataset = open_archive(archive)
     if "fingerprint" not in dataset.variables:
         raise CommandError(
             f"{archive} has no fingerprints yet; run `specufex-dask transform {archive}` first"
         )
+    require_writable(str(archive), "cluster labels")
     settings = config.clustering
     reporter.say(
         f"k-means: {settings.n_clusters} clusters on the {settings.transform} fingerprints"
         + (f" ({settings.pca_components} principal components)" if settings.pca_components else "")
         + f", seed {settings.random_state}"
     )
-    result = cluster_fingerprints(
-        dataset["fingerprint"],
-        settings.n_clusters,
-        pca_components=settings.pca_components,
-        transform=settings.transform,
-        random_state=settings.random_state,
-        n_init=settings.n_init,
-    )
+    result = cluster_fingerprints(dataset["fingerprint"], **clustering_arguments(config))
     dataset.close()
     write_event_variable(archive, result.labels)
     record_configuration(archive, config, ["clustering"], "cluster")
