@@ -238,7 +238,9 @@ class SpecUFEx(ParameterContract):
             ``model`` group), or spectrograms with dims (event, frequency, time).
         resume : bool, default=False
             Continue from the archive's last checkpoint; the result equals an
-            uninterrupted fit.
+            uninterrupted fit. Only the resumable settings (step budgets, ``tol``,
+            checkpoints, the cluster, chunking, progress) may differ from the
+            checkpoint's.
 
         Raises
         ------
