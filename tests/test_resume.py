@@ -134,9 +134,7 @@ def test_a_changed_setting_is_refused_with_each_difference(interrupted: str, nam
     assert "fit without resume" in message[-1]
 
 
-def test_a_batch_beyond_the_events_resumes(
-    interrupted: str, tmp_path: Path
-) -> None:
+def test_a_batch_beyond_the_events_resumes(interrupted: str, tmp_path: Path) -> None:
     """The stored batch size is the one the fit used: min(batch_size, n_events)."""
     path = _copy(interrupted, tmp_path)
     wide = {**SETTINGS, "batch_size": N_EVENTS}
