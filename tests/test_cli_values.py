@@ -1,7 +1,7 @@
 """Every command-line value means what it says, and the guards of issue 19.5 and 19.10.
 
-* Each flag of ``fit``, ``run``, ``transform``, ``cluster`` and ``spectrograms`` (the
-  ingest) reaches what the command builds (the pipeline's parameters, the Dask
+* Each flag of ``fit``, ``run``, ``transform``, ``cluster``, ``spectrograms`` and
+  ``import-h5`` (the ingests) reaches what the command builds (the pipeline's parameters, the Dask
   cluster's connect options, k-means' arguments, the spectrogram parameters), and a
   ``none`` overrides a value of the ``--config`` file with None.
 * A value of a SpecUFEx parameter that the command line refuses is refused by
@@ -45,6 +45,10 @@ COMMANDS = {
     "transform": (["x.zarr"], [flag for _, group in TRANSFORM_OPTIONS for flag in group]),
     "cluster": (["x.zarr"], list(CLUSTERING_FLAGS)),
     "spectrograms": (["w.mseed", "out.zarr"], [*SPECTROGRAM_FLAGS, *DASK_FLAGS]),
+    "import-h5": (
+        ["in.h5", "out.zarr"],
+        [flag for flag in SPECTROGRAM_FLAGS if flag.key == "events_per_chunk"],
+    ),
 }
 """Each command: its positional arguments and the configuration flags it takes."""
 
@@ -129,7 +133,7 @@ def _dask_options(config, monkeypatch) -> dict:
 def built(command: str, config, monkeypatch) -> dict:
     """What ``command`` passes on, by configuration key (None: left to the default)."""
     values: dict = {}
-    dask = _dask_options(config, monkeypatch) if command != "cluster" else {}
+    dask = _dask_options(config, monkeypatch) if command not in ("cluster", "import-h5") else {}
     for flag in DASK_FLAGS:
         values[flag.dest] = dask.get("cluster" if flag.key == "kind" else flag.key)
     if command in ("fit", "run"):
@@ -141,6 +145,7 @@ def built(command: str, config, monkeypatch) -> dict:
     if command == "spectrograms":
         parameters = dataclasses.asdict(spectrogram_parameters(config))
         values.update({f"spectrograms.{key}": value for key, value in parameters.items()})
+    if command in ("spectrograms", "import-h5"):
         values["spectrograms.events_per_chunk"] = chunk_events(config).get("chunk_events")
     return values
 
