@@ -560,20 +560,19 @@ class SpecUFEx(ParameterContract):
     def from_archive(
         cls, path: str, *, client: Any = None, progress: Progress | None = None
     ) -> SpecUFEx:
-        """The fitted model stored in ``<path>/model``."""
+        """The fitted model stored in ``<path>/model``, with the settings of its fit
+        (those a checkpoint stores; for older ones, those its models tell, and the
+        patterns kept as ``num_pat``)."""
         state = read_model_group(str(path))
         if state is None or state[1] is None or state[2].get("stage") != "done":
             raise ValueError(f"{path} holds no completely fitted model; run fit first")
         nmf, hmm, saved = state
-        model = cls(
-            nmf.num_pat,
-            hmm.num_state,
-            compat=nmf.compat,
-            random_state=nmf.random_state,
-            client=client,
-            dtype=np.dtype(nmf.dtype).name,
-            progress=progress,
-        )
+        stored = {
+            "num_pat": nmf.num_pat,
+            **_settings_of_models(nmf, hmm),
+            **saved.get("settings", {}),
+        }
+        model = cls(**stored, client=client, progress=progress)
         model.nmf_, model.hmm_ = nmf, hmm
         model.frequency_ = _model_frequency(str(path))
         _, model.progress_ = _from_checkpoint(saved, nmf, hmm)

@@ -169,6 +169,17 @@ def test_the_resumable_settings_may_change_and_resume_as_a_fit_with_them(
         assert np.array_equal(getattr(resumed.hmm_, name), getattr(whole.hmm_, name)), name
 
 
+def test_a_stored_model_has_the_settings_of_its_fit_and_resumes_as_done(
+    interrupted: str, tmp_path: Path
+) -> None:
+    path = _copy(interrupted, tmp_path)
+    fitted = SpecUFEx(**SETTINGS, client=False).fit(path, resume=True)
+    loaded = SpecUFEx.from_archive(path, client=False)
+    shaping = {name: fitted.get_params()[name] for name in shaping_names(PIPELINE_PARAMETERS)}
+    assert {name: loaded.get_params()[name] for name in shaping} == shaping
+    assert loaded.fit(path, resume=True).n_steps_ == fitted.n_steps_
+
+
 def test_a_checkpoint_of_the_hmm_stage_refuses_another_number_of_states(
     tmp_path: Path,
 ) -> None:
