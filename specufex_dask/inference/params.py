@@ -317,6 +317,10 @@ class ResumeMismatch(ValueError):
     The message is a first line, one indented line per difference and how to proceed.
     """
 
+    advice: ClassVar[str] = (
+        "to resume, give the checkpoint's values; to start afresh, fit without resume"
+    )
+
     def __init__(self, where: str, differences: list[str]) -> None:
         self.where = where
         self.differences = list(differences)
@@ -326,14 +330,10 @@ class ResumeMismatch(ValueError):
 
     @property
     def headline(self) -> str:
+        """The first line: where, and how many settings differ."""
         count = len(self.differences)
         settings = "setting differs" if count == 1 else "settings differ"
         return f"cannot resume the fit in {self.where}: {count} {settings} from its checkpoint's"
-
-    advice = (
-        "to resume, give the checkpoint's values (or leave those settings out); "
-        "to start afresh, fit without resume"
-    )
 
 
 def check_parameters(table: Mapping[str, Parameter], values: Mapping[str, Any]) -> None:
