@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -628,7 +628,7 @@ def _worker_memory(client: Any) -> list[tuple[str, int, int]]:
 
 
 def format_bytes(n: int) -> str:
-    """``n`` bytes as ``"1.6 GB (1600000000 bytes)"``."""
+    """``n`` bytes as ``"1.49 GiB (1600000000 bytes)"``."""
     from dask.utils import format_bytes as short
 
     return f"{short(n)} ({n} bytes)"
@@ -648,7 +648,7 @@ _PRIORS = {
 _PIPELINE_DECIDED = frozenset(PIPELINE_PARAMETERS) | {"gain"}
 
 
-def _model_settings(model: Any, stage: str, table: dict) -> dict[str, Any]:
+def _model_settings(model: Any, stage: str, table: Mapping[str, Any]) -> dict[str, Any]:
     """The settings of ``model`` that shape a fit and the pipeline does not set itself,
     as its files store them (resolved), and its priors; named ``stage.name``."""
     _, scalars, settings = model_state(model)
