@@ -18,7 +18,8 @@ gives them as a lazy xarray Dataset.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -34,9 +35,14 @@ from specufex_dask.inference.convergence import (
 )
 from specufex_dask.inference.params import (
     AUTO_BATCH_SIZE,
+    HMM_PARAMETERS,
+    NMF_PARAMETERS,
     PIPELINE_PARAMETERS,
     ParameterContract,
+    ResumeMismatch,
     check_reference_mode,
+    setting_differences,
+    shaping_names,
 )
 from specufex_dask.inference.seeding import resolve_seed
 from specufex_dask.inference.svi import SeededMinibatches, SVIProgress, run_svi
@@ -45,6 +51,7 @@ from specufex_dask.io.lease import archive_lease
 from specufex_dask.io.modelgroup import model_token
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
 from specufex_dask.parallel.engine import (
+    STEP_TASK_EVENTS,
     BackgroundCheckpoints,
     EventChunks,
     emission_frames,
@@ -57,6 +64,7 @@ from specufex_dask.parallel.engine import (
     transform_chunks,
 )
 from specufex_dask.parallel.runners import ActorExecutor, StepRunners
+from specufex_dask.persistence import model_state
 
 __all__ = ["SpecUFEx"]
 
@@ -231,10 +239,19 @@ class SpecUFEx(ParameterContract):
             ``model`` group), or spectrograms with dims (event, frequency, time).
         resume : bool, default=False
             Continue from the archive's last checkpoint; the result equals an
-            uninterrupted fit.
+            uninterrupted fit. Only the resumable settings (step budgets, ``tol``,
+            checkpoints, the cluster, chunking, progress) may differ from the
+            checkpoint's.
 
         Raises
         ------
+        ResumeMismatch
+            With ``resume=True``, when the checkpoint was written with other settings
+            that shape the fit (those of the parameter table that are not resumable,
+            and the models' own, priors included); it lists every difference.
+        ValueError
+            Before any work, when the model and a step's task need more memory than the
+            smallest worker's limit (or, without a cluster, than is available).
         ArchiveError
             For a bad archive. Values are checked by the tasks that read them: when a
             minibatch draws an event with negative or non-finite values, one pass over
@@ -260,6 +277,7 @@ class SpecUFEx(ParameterContract):
         n_events = chunks.shape[0]
         batch_size = self._batch_size()
         batch = n_events if batch_size is None else min(batch_size, n_events)
+        self._refuse_too_large(chunks.shape, batch, client)
         state = read_model_group(chunks.path) if resume and chunks.path else None
         if state is None:
             if resume:
@@ -272,8 +290,10 @@ class SpecUFEx(ParameterContract):
             # random_state=None: the checkpoint's seed, so the resumed draws are the same
             given = self.random_state
             seed = resolve_seed(self.nmf_._seed if given is None else given)
+            self._refuse_other_settings(chunks, saved, seed)
             stage, self.progress_ = _from_checkpoint(saved, self.nmf_, self.hmm_)
             logger.info("resuming %s at %s", chunks.path, saved)
+        self._fit_settings = self._shaping_settings(n_events, seed)
         # No pass over the values first: every task checks the events it reads.
         window = window_steps(n_events, batch)
         budgets = {
@@ -294,16 +314,82 @@ class SpecUFEx(ParameterContract):
                 self.hmm_ = self._new_hmm(n_events, seed)
                 # before the checkpoint: a resumed fit starts from the same q(B)
                 self._start_hmm_from_data(chunks, client, runners)
-                checkpoints.write(self.nmf_, self.hmm_, _checkpoint(stage, self.progress_))
+                self._write_checkpoint(checkpoints, stage)
             if stage == "hmm":
                 self._start_hmm_from_data(chunks, client, runners)
                 arguments = self._hmm_stage(chunks, batch, client, runners, seed)
                 self._run_stage("hmm", arguments, budgets["hmm"], window, checkpoints, lookahead)
                 self.hmm_.sort_states()
                 stage = "done"
-                checkpoints.write(self.nmf_, self.hmm_, _checkpoint(stage, self.progress_))
+                self._write_checkpoint(checkpoints, stage)
         self._record_steps()
         return self
+
+    def _write_checkpoint(self, checkpoints: BackgroundCheckpoints, stage: str) -> None:
+        checkpoints.write(
+            self.nmf_, self.hmm_, _checkpoint(stage, self.progress_, self._fit_settings)
+        )
+
+    def _shaping_settings(self, n_events: int, seed: int) -> dict[str, Any]:
+        """The settings that shape the fit (the table's rows that are not resumable) as
+        the fit uses them: the seed drawn, the batch size decided and bounded by the
+        events (a larger one draws the same minibatches)."""
+        batch = self._batch_size()
+        resolved = {
+            "batch_size": batch if batch is None else min(batch, n_events),
+            "random_state": seed,
+            "dtype": self._dtype,
+        }
+        given = self.get_params()
+        return {
+            name: _plain(resolved.get(name, given[name]))
+            for name in shaping_names(PIPELINE_PARAMETERS)
+        }
+
+    def _refuse_other_settings(self, chunks: EventChunks, saved: dict, seed: int) -> None:
+        """Raise :class:`ResumeMismatch` unless the checkpoint's fit had this fit's
+        settings: those of the table, then (when they agree) those of the models it
+        would start, priors included, against the checkpoint's models."""
+        nmf, hmm = self.nmf_, self.hmm_
+        stored = {**_settings_of_models(nmf, hmm), **saved.get("settings", {})}
+        differences = setting_differences(stored, self._shaping_settings(chunks.shape[0], seed))
+        if not differences:
+            now = _model_settings(self._new_nmf(chunks.shape, seed), "nmf", NMF_PARAMETERS)
+            differences = setting_differences(_model_settings(nmf, "nmf", NMF_PARAMETERS), now)
+        if not differences and hmm is not None:
+            now = _model_settings(self._new_hmm(chunks.shape[0], seed), "hmm", HMM_PARAMETERS)
+            differences = setting_differences(_model_settings(hmm, "hmm", HMM_PARAMETERS), now)
+        if differences:
+            raise ResumeMismatch(str(chunks.path), differences)
+
+    def _refuse_too_large(self, shape: tuple[int, int, int], batch: int, client: Any) -> None:
+        """Raise a ValueError with the numbers, before any work, when the model and a
+        step's task would not fit in the smallest worker's memory limit (or, fitting in
+        this process, in the memory available)."""
+        driver, task = fit_memory(shape, self.num_pat, self.num_state, batch, self._dtype)
+        what = (
+            f"num_pat={self.num_pat} and num_state={self.num_state} on {shape[1]} "
+            f"frequencies x {shape[2]} times, in steps of {batch} events ({self._dtype})"
+        )
+        advice = "lower num_pat or the batch size"
+        workers = _worker_memory(client) if client is not None else []
+        if client is None:
+            driver += task
+        available = available_memory()
+        if driver > available:
+            raise ValueError(
+                f"{what} need at least {format_bytes(driver)} in this process (the model, "
+                f"its updates and checkpoint copy), and {format_bytes(available)} are "
+                f"available: {advice}"
+            )
+        for address, limit, threads in workers:
+            if task * threads > limit:
+                raise ValueError(
+                    f"{what} need at least {format_bytes(task)} per task of a step, and "
+                    f"worker {address} has a memory limit of {format_bytes(limit)} for "
+                    f"{threads} thread{'s' * (threads != 1)}: {advice}, or give the workers "
+                    "more memory (or fewer threads)"
+                )
 
     def _record_steps(self) -> None:
         self.n_steps_ = {s: self.progress_[s].step if s in self.progress_ else 0 for s in STAGES}
@@ -405,7 +491,7 @@ class SpecUFEx(ParameterContract):
                 if self.progress is not None:
                     self.progress(stage, record.info())
                 if record.step % self.checkpoint_every == 0:
-                    checkpoints.write(self.nmf_, self.hmm_, _checkpoint(stage, self.progress_))
+                    self._write_checkpoint(checkpoints, stage)
         if last is not None and last.converged:
             logger.info("%s converged after %d steps", stage, last.step)
         elif self.tol is not None:
@@ -482,20 +568,19 @@ class SpecUFEx(ParameterContract):
     def from_archive(
         cls, path: str, *, client: Any = None, progress: Progress | None = None
     ) -> SpecUFEx:
-        """The fitted model stored in ``<path>/model``."""
+        """The fitted model stored in ``<path>/model``, with the settings of its fit
+        (those a checkpoint stores; for older ones, those its models tell, and the
+        patterns kept as ``num_pat``)."""
         state = read_model_group(str(path))
         if state is None or state[1] is None or state[2].get("stage") != "done":
             raise ValueError(f"{path} holds no completely fitted model; run fit first")
         nmf, hmm, saved = state
-        model = cls(
-            nmf.num_pat,
-            hmm.num_state,
-            compat=nmf.compat,
-            random_state=nmf.random_state,
-            client=client,
-            dtype=np.dtype(nmf.dtype).name,
-            progress=progress,
-        )
+        stored = {
+            "num_pat": nmf.num_pat,
+            **_settings_of_models(nmf, hmm),
+            **saved.get("settings", {}),
+        }
+        model = cls(**stored, client=client, progress=progress)
         model.nmf_, model.hmm_ = nmf, hmm
         model.frequency_ = _model_frequency(str(path))
         _, model.progress_ = _from_checkpoint(saved, nmf, hmm)
@@ -503,11 +588,102 @@ class SpecUFEx(ParameterContract):
         return model
 
 
-def _checkpoint(stage: str, progress: dict[str, SVIProgress]) -> dict[str, Any]:
+# K x D float64 arrays the driver holds at once, at least: q(W) (W1, W2), the two of its
+# update, the folded statistics and the checkpoint's copy of q(W)
+DRIVER_BASIS_ARRAYS = 7
+
+
+def fit_memory(
+    shape: tuple[int, int, int], num_pat: int, num_state: int, batch: int, dtype: str
+) -> tuple[int, int]:
+    """Bytes a fit needs at least: ``(driver, task)``.
+
+    ``driver``: :data:`DRIVER_BASIS_ARRAYS` K x D arrays and the HMM's four S x K ones,
+    in float64. ``task``: one task of an NMF step, over its least events (those of the
+    step up to ``STEP_TASK_EVENTS``): the step's parameters (L in float64 and in
+    ``dtype``, ``exp(L)`` and its transpose), each event's D x K counts, the folded
+    float64 statistics, and the events' spectrograms and activations.
+    """
+    _, n_frequencies, n_times = (int(v) for v in shape)
+    item = np.dtype(dtype).itemsize
+    basis = n_frequencies * int(num_pat)
+    events = min(int(batch), STEP_TASK_EVENTS)
+    driver = 8 * (DRIVER_BASIS_ARRAYS * basis + 4 * int(num_state) * int(num_pat))
+    per_event = item * (basis + (n_frequencies + int(num_pat)) * n_times)
+    task = basis * (8 + 3 * item + 8) + events * per_event
+    return driver, task
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process now (psutil, else ``os.sysconf``)."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - distributed installs psutil
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(psutil.virtual_memory().available)
+
+
+def _worker_memory(client: Any) -> list[tuple[str, int, int]]:
+    """``(address, memory limit, threads)`` of every worker with a memory limit, the
+    smallest limit per thread first."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    limits = [
+        (address, int(info["memory_limit"]), max(1, int(info.get("nthreads", 1))))
+        for address, info in workers.items()
+        if info.get("memory_limit")
+    ]
+    return sorted(limits, key=lambda worker: worker[1] / worker[2])
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes as ``"1.49 GiB (1600000000 bytes)"``."""
+    from dask.utils import format_bytes as short
+
+    return f"{short(n)} ({n} bytes)"
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy scalar as the Python one (JSON and comparisons with stored values)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# what a model's priors are (derived from its shape, stored with its state)
+_PRIORS = {
+    "nmf": ("h01", "h02", "a01", "a02", "w01", "w02"),
+    "hmm": ("tau1", "tau2", "tauA", "tauPpi"),
+}
+# model parameters the pipeline's settings decide (compared as those) or the NMF's state
+_PIPELINE_DECIDED = frozenset(PIPELINE_PARAMETERS) | {"gain"}
+
+
+def _model_settings(model: Any, stage: str, table: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of ``model`` that shape a fit and the pipeline does not set itself,
+    as its files store them (resolved), and its priors; named ``stage.name``."""
+    _, scalars, settings = model_state(model)
+    settings["X_shape"] = settings.get("input_dims")
+    names = [n for n in shaping_names(table) if n not in _PIPELINE_DECIDED]
+    values = {name: settings[name] for name in names if name in settings}
+    values.update({name: scalars[name] for name in _PRIORS[stage]})
+    return {f"{stage}.{name}": value for name, value in values.items()}
+
+
+def _settings_of_models(nmf: BayesianNonparametricNMF, hmm: BayesianHMM | None) -> dict[str, Any]:
+    """The pipeline's settings a checkpoint's models tell (checkpoints written before
+    the settings were stored with them)."""
+    settings = {"compat": nmf.compat, "random_state": nmf._seed, "dtype": np.dtype(nmf.dtype).name}
+    if hmm is not None:
+        settings["num_state"] = hmm.num_state
+    return {name: _plain(value) for name, value in settings.items()}
+
+
+def _checkpoint(
+    stage: str, progress: dict[str, SVIProgress], settings: dict[str, Any]
+) -> dict[str, Any]:
     """The ``progress`` a checkpoint stores: the stage the fit is in and, per stage, the
     steps done, whether it converged, the budget and the stopping rule's window of
-    counts (the layout of the model group's ``progress`` attribute)."""
-    saved: dict[str, Any] = {"stage": stage}
+    counts (the layout of the model group's ``progress`` attribute), and the settings
+    that shaped the fit (a resumed fit must have the same)."""
+    saved: dict[str, Any] = {"stage": stage, "settings": settings}
     saved.update({f"{s}_steps": progress[s].step if s in progress else 0 for s in STAGES})
     for s, record in progress.items():
         saved[f"{s}_converged"] = record.converged

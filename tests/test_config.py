@@ -102,9 +102,17 @@ def test_empty_file_gives_defaults(tmp_path):
     [
         ("nmf:\n  num_pattern: 3\n", r"unknown key 'nmf\.num_pattern' in .*config\.yaml"),
         ("hmmm:\n  num_state: 3\n", r"unknown section 'hmmm'"),
-        ("nmf:\n  num_pat: many\n", r"wrong type for 'nmf\.num_pat'.*expected an integer"),
-        ("nmf:\n  num_pat: 7.5\n", r"wrong type for 'nmf\.num_pat'"),
-        ("nmf:\n  num_pat: true\n", r"wrong type for 'nmf\.num_pat'"),
+        # SpecUFEx's parameters: the rule of the parameter table, SpecUFEx's message
+        (
+            "nmf:\n  num_pat: many\n",
+            r"'nmf\.num_pat': num_pat must be a positive integer, got 'many'",
+        ),
+        ("nmf:\n  num_pat: 7.5\n", r"'nmf\.num_pat': num_pat must be a positive integer, got 7.5"),
+        (
+            "nmf:\n  num_pat: true\n",
+            r"'nmf\.num_pat': num_pat must be a positive integer, got True",
+        ),
+        ("nmf:\n  tol: .inf\n", r"'nmf\.tol': tol must be a nonnegative number or None, got inf"),
         ("spectrograms:\n  normalize_waveform: 1\n", r"'spectrograms\.normalize_waveform'"),
         ("spectrograms:\n  overlap: 1.0\n", r"'spectrograms' settings: overlap must be"),
         ("spectrograms:\n  fmin: 30\n  fmax: 20\n", r"'spectrograms' settings: fmin 30"),

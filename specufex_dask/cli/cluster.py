@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from specufex_dask.cli.config import Config
 from specufex_dask.cli.options import CLUSTERING_FLAGS, add_flags
 from specufex_dask.cli.progress import Reporter
 
-__all__ = ["cmd_cluster", "register", "run_clustering"]
+__all__ = ["clustering_arguments", "cmd_cluster", "register", "run_clustering"]
 
 
 def register(commands: Commands) -> None:
@@ -69,12 +70,30 @@ def cmd_cluster(args: argparse.Namespace, config: Config, reporter: Reporter) ->
     return 0
 
 
+def clustering_arguments(config: Config) -> dict[str, Any]:
+    """The keyword arguments of ``cluster_fingerprints`` (but the fingerprints) that
+    ``config.clustering`` sets."""
+    settings = config.clustering
+    return {
+        "n_clusters": settings.n_clusters,
+        "pca_components": settings.pca_components,
+        "transform": settings.transform,
+        "random_state": settings.random_state,
+        "n_init": settings.n_init,
+        "method": settings.method,
+        "pca_variance": settings.pca_variance,
+        "scale": settings.scale,
+        "silhouette_sample": settings.silhouette_sample,
+    }
+
+
 def run_clustering(archive: str | Path, config: Config, reporter: Reporter):
     """k-means with ``config.clustering`` on the fingerprints of ``archive``; store the
     labels as ``cluster`` and return the ClusteringResult.
 
-    Holds the archive's lease throughout; refuses fingerprints that an unfinished
-    transform or another model than the stored one wrote."""
+    Holds the archive's lease throughout; refuses a read-only archive before any work,
+    as ``fit`` does, and fingerprints that an unfinished transform or another model than
+    the stored one wrote."""
     from specufex_dask.io.lease import archive_lease
 
     with archive_lease(archive, "cluster"):
@@ -84,6 +103,7 @@ def run_clustering(archive: str | Path, config: Config, reporter: Reporter):
 def _cluster_and_store(archive: str | Path, config: Config, reporter: Reporter):
     from specufex_dask.analysis.clustering import cluster_fingerprints
     from specufex_dask.io.status import output_problem
+    from specufex_dask.parallel.engine import require_writable
 
     dataset = open_archive(archive)
     if "fingerprint" not in dataset.variables:
@@ -93,6 +113,7 @@ def _cluster_and_store(archive: str | Path, config: Config, reporter: Reporter):
     problem = output_problem(dataset, "fingerprint", str(archive))
     if problem is not None:
         raise CommandError(problem)
+    require_writable(str(archive), "cluster labels")
     settings = config.clustering
     counts = settings.n_clusters
     reporter.say(
@@ -107,18 +128,7 @@ def _cluster_and_store(archive: str | Path, config: Config, reporter: Reporter):
         )
         + f", seed {settings.random_state}"
     )
-    result = cluster_fingerprints(
-        dataset["fingerprint"],
-        settings.n_clusters,
-        pca_components=settings.pca_components,
-        pca_variance=settings.pca_variance,
-        scale=settings.scale,
-        method=settings.method,
-        transform=settings.transform,
-        random_state=settings.random_state,
-        n_init=settings.n_init,
-        silhouette_sample=settings.silhouette_sample,
-    )
+    result = cluster_fingerprints(dataset["fingerprint"], **clustering_arguments(config))
     dataset.close()
     for variable in (result.labels, result.silhouette, result.distance):
         write_event_variable(archive, variable)

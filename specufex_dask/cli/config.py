@@ -85,6 +85,17 @@ def _check_fit_keys(section: Any, name: str) -> None:
                 raise ConfigError(f"invalid value for '{name}.{field_name}': {error}") from None
 
 
+def _check_fit_value(key: str, value: Any, source: str) -> None:
+    """Check a value of a SpecUFEx parameter's key by its table's rule, before its YAML
+    type: the same value is refused with the same message as by ``SpecUFEx``."""
+    if key not in FIT_KEYS:
+        return
+    try:
+        _FIT[FIT_KEYS[key]].check(value)
+    except ValueError as error:
+        raise ConfigError(f"invalid value for '{key}': {error} (in {source})") from None
+
+
 @dataclass(frozen=True)
 class SpectrogramConfig:
     """Waveform preprocessing (ALGORITHM.md section 4).
@@ -532,6 +543,7 @@ def _updated_section(section: Any, name: str, values: Mapping[str, Any], source:
                 f"unknown key '{name}.{key}' in {source}; known keys of '{name}': "
                 f"{', '.join(known)}"
             )
+        _check_fit_value(f"{name}.{key}", value, source)
         changes[key] = _coerce(value, hints[key], f"{name}.{key}", source)
     updated = dataclasses.replace(section, **changes)
     try:

@@ -8,15 +8,17 @@ the options of :data:`specufex_dask.cli.options.FIT_OPTIONS`, ``transform`` thos
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from specufex_dask.cli.archive import open_archive, open_model, record_configuration
-from specufex_dask.cli.base import CommandError, Commands, Handler, dask_client, plural
-from specufex_dask.cli.config import Config
+from specufex_dask.cli.base import PROG, CommandError, Commands, Handler, dask_client, plural
+from specufex_dask.cli.config import FIT_KEYS, Config
 from specufex_dask.cli.options import FIT_OPTIONS, TRANSFORM_OPTIONS, OptionGroups, add_options
 from specufex_dask.cli.progress import Reporter
+from specufex_dask.inference.params import ResumeMismatch
 
 __all__ = [
     "COMMANDS",
@@ -27,6 +29,7 @@ __all__ = [
     "fitted_summary",
     "make_pipeline",
     "register",
+    "resume_refusal",
     "transform_archive",
 ]
 
@@ -108,11 +111,42 @@ def _lease(archive: str | Path, command: str):
     return archive_lease(archive, command)
 
 
+def resume_refusal(error: ResumeMismatch) -> str:
+    """The lines of a refused ``--resume``: what differs, with the flag of each
+    setting, and how to go on."""
+    flags = {
+        FIT_KEYS[flag.dest]: flag.names[0]
+        for _, group in FIT_OPTIONS
+        for flag in group
+        if flag.dest in FIT_KEYS
+    }
+    lines = [error.headline]
+    for line in error.differences:
+        flag = flags.get(line.split(":", 1)[0])
+        lines.append(f"  {line}" + (f" ({flag})" if flag else ""))
+    lines.append(
+        "  to resume, drop those flags or give them the checkpoint's values; to start "
+        "afresh, run without --resume"
+    )
+    return "\n".join(lines)
+
+
+def _refuse_resume(args: argparse.Namespace, error: ResumeMismatch) -> int:
+    """Print the refusal (one error line, then one line per difference); exit code 1."""
+    if args.debug:
+        raise error
+    print(f"{PROG}: error: {resume_refusal(error)}", file=sys.stderr)
+    return 1
+
+
 def cmd_fit(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
     """Fit the NMF dictionary and the HMM; store the model in the archive."""
     open_archive(args.archive).close()
-    with _lease(args.archive, "fit"), dask_client(config, reporter) as client:
-        model = fit_archive(args.archive, config, reporter, client, args.resume)
+    try:
+        with _lease(args.archive, "fit"), dask_client(config, reporter) as client:
+            model = fit_archive(args.archive, config, reporter, client, args.resume)
+    except ResumeMismatch as error:
+        return _refuse_resume(args, error)
     print(f"fitted {args.archive}: {fitted_summary(model)}")
     return 0
 
@@ -138,9 +172,12 @@ def cmd_transform(args: argparse.Namespace, config: Config, reporter: Reporter) 
 def cmd_run(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
     """Fit, then transform."""
     open_archive(args.archive).close()
-    with _lease(args.archive, "run"), dask_client(config, reporter) as client:
-        model = fit_archive(args.archive, config, reporter, client, args.resume)
-        transform_archive(args.archive, model, reporter, config, False)
+    try:
+        with _lease(args.archive, "run"), dask_client(config, reporter) as client:
+            model = fit_archive(args.archive, config, reporter, client, args.resume)
+            transform_archive(args.archive, model, reporter, config, False)
+    except ResumeMismatch as error:
+        return _refuse_resume(args, error)
     print(f"fitted and transformed {args.archive}: {fitted_summary(model)}")
     return 0
 

@@ -94,6 +94,27 @@ def _step_budget(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
+def _batch_size(text: str) -> int | str:
+    """A number of spectrograms, or "auto"."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
+def _none_or(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``convert``, with "none" (or "null") for None: a flag whose key defaults to None
+    can set it back to None over a ``--config`` file."""
+
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in ("none", "null") else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse's "invalid int value"
+    return parse
+
+
 AUTO_STEPS = "auto: 3 passes over the events, at least 200"
 
 
@@ -187,7 +208,14 @@ NMF_FLAGS = (
         "N",
         default_text=AUTO_STEPS,
     ),
-    Flag(("--batch-size",), "nmf", "batch_size", "spectrograms per SVI step", int, "N"),
+    Flag(
+        ("--batch-size",),
+        "nmf",
+        "batch_size",
+        "spectrograms per SVI step, or 'auto'",
+        _batch_size,
+        "N",
+    ),
     Flag(
         ("--tol",),
         "nmf",
@@ -435,7 +463,10 @@ def add_flags(
         described = describe_default(default)
         if default is None and flag.default_text is not None:
             described = flag.default_text
-        help_text = f"{flag.help} (default: {described}; config: {flag.dest})"
+        convert, text = flag.type, flag.help
+        if default is None and convert not in (None, _optional_float, _step_budget):
+            convert, text = _none_or(convert), f"{text}; 'none' gives the default"
+        help_text = f"{text} (default: {described}; config: {flag.dest})"
         help_text = help_text.replace("%", "%%")
         # A flag left out sets nothing (SUPPRESS), so that a value of None given on the
         # command line ("--tol none") reaches the configuration.
@@ -451,7 +482,7 @@ def add_flags(
             group.add_argument(
                 *flag.names,
                 dest=flag.dest,
-                type=flag.type,
+                type=convert,
                 metavar=flag.metavar,
                 choices=flag.choices,
                 default=argparse.SUPPRESS,

@@ -11,6 +11,11 @@ the arguments as given, :class:`ParameterContract`).
 
 The reference's mode fixes some settings (:data:`REFERENCE_FIXED`): a value other than
 the reference's is refused by :func:`check_reference_mode`, never replaced silently.
+
+A row is ``resumable`` when a fit resumed from a checkpoint may take another value (the
+step budget, the tolerance, the cluster, the reporting); every other row shapes the
+fitted model or its minibatches, and a resumed fit refuses a value other than the
+checkpoint's (:class:`ResumeMismatch`).
 """
 
 from __future__ import annotations
@@ -35,10 +40,14 @@ __all__ = [
     "REQUIRED",
     "Parameter",
     "ParameterContract",
+    "ResumeMismatch",
     "Rule",
     "check_parameters",
     "check_reference_mode",
     "reference_mode_message",
+    "resumable_names",
+    "setting_differences",
+    "shaping_names",
 ]
 
 COMPAT_MODES = ("default", "specufex")
@@ -156,11 +165,13 @@ PIPELINE_BATCH_SIZE = Rule(
 
 @dataclass(frozen=True)
 class Parameter:
-    """One constructor argument: its name, rule and default."""
+    """One constructor argument: its name, rule and default, and whether a resumed fit
+    may change it (``resumable``: it shapes neither the model nor its minibatches)."""
 
     name: str
     rule: Rule
     default: Any = REQUIRED
+    resumable: bool = False
 
     def check(self, value: Any, name: str | None = None) -> None:
         """Raise a ValueError naming ``name`` (default the parameter's) unless ``value``
@@ -181,12 +192,12 @@ _NUM_PAT = Parameter("num_pat", POSITIVE_INT, 75)
 _NUM_STATE = Parameter("num_state", POSITIVE_INT, 15)
 _COMPAT = Parameter("compat", COMPAT, "default")
 _BATCH_SIZE = Parameter("batch_size", POSITIVE_INT, 1)
-_MAX_STEPS = Parameter("max_steps", POSITIVE_INT_OR_NONE, None)
-_TOL = Parameter("tol", TOLERANCE, None)
+_MAX_STEPS = Parameter("max_steps", POSITIVE_INT_OR_NONE, None, resumable=True)
+_TOL = Parameter("tol", TOLERANCE, None, resumable=True)
 _STEP_SIZE = Parameter("step_size", STEP_SIZE, None)
 _RANDOM_STATE = Parameter("random_state", SEED, None)
 _DTYPE = Parameter("dtype", DTYPE, np.float64)
-_VERBOSE = Parameter("verbose", BOOLEAN, False)
+_VERBOSE = Parameter("verbose", BOOLEAN, False, resumable=True)
 
 NMF_PARAMETERS = _table(
     Parameter("X_shape", SHAPE),
@@ -227,16 +238,17 @@ PIPELINE_PARAMETERS = _table(
     _NUM_PAT,
     _NUM_STATE,
     _COMPAT,
-    Parameter("nmf_steps", POSITIVE_INT_OR_NONE, None),
-    Parameter("hmm_steps", POSITIVE_INT_OR_NONE, None),
+    Parameter("nmf_steps", POSITIVE_INT_OR_NONE, None, resumable=True),
+    Parameter("hmm_steps", POSITIVE_INT_OR_NONE, None, resumable=True),
     Parameter("batch_size", PIPELINE_BATCH_SIZE, "auto"),
-    Parameter("tol", TOLERANCE, 1e-4),
+    Parameter("tol", TOLERANCE, 1e-4, resumable=True),
     Parameter("random_state", SEED, 0),
-    Parameter("checkpoint_every", POSITIVE_INT, 10),
-    Parameter("client", ANY, None),
-    Parameter("chunk_events", POSITIVE_INT, 256),
+    Parameter("checkpoint_every", POSITIVE_INT, 10, resumable=True),
+    Parameter("client", ANY, None, resumable=True),
+    # the engine computes the same bits for any split of the events
+    Parameter("chunk_events", POSITIVE_INT, 256, resumable=True),
     Parameter("dtype", DTYPE, "float64"),
-    Parameter("progress", CALLABLE_OR_NONE, None),
+    Parameter("progress", CALLABLE_OR_NONE, None, resumable=True),
 )
 """The parameters of :class:`~specufex_dask.pipeline.SpecUFEx`, in order."""
 
@@ -270,6 +282,58 @@ def check_reference_mode(compat: Any, values: Mapping[str, Any], names: Iterable
         allowed = REFERENCE_FIXED[name][0]
         if not any(value is a or (a is not None and value == a) for a in allowed):
             raise ValueError(reference_mode_message(name, value))
+
+
+def resumable_names(table: Mapping[str, Parameter]) -> tuple[str, ...]:
+    """The parameters of ``table`` a resumed fit may change, in the table's order."""
+    return tuple(name for name, parameter in table.items() if parameter.resumable)
+
+
+def shaping_names(table: Mapping[str, Parameter]) -> tuple[str, ...]:
+    """The parameters of ``table`` that shape the fit: a resumed fit keeps them."""
+    return tuple(name for name, parameter in table.items() if not parameter.resumable)
+
+
+def setting_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``"name: checkpoint X, now Y"`` for every name of both mappings whose values differ,
+    in the order of ``now``."""
+    return [
+        f"{name}: checkpoint {saved[name]!r}, now {value!r}"
+        for name, value in now.items()
+        if name in saved and saved[name] != value
+    ]
+
+
+class ResumeMismatch(ValueError):
+    """A fit asked to resume from a checkpoint written with other settings.
+
+    Parameters
+    ----------
+    where : str
+        The archive of the checkpoint.
+    differences : list of str
+        One line per setting (:func:`setting_differences`).
+
+    The message is a first line, one indented line per difference and how to proceed.
+    """
+
+    advice: ClassVar[str] = (
+        "to resume, give the checkpoint's values; to start afresh, fit without resume"
+    )
+
+    def __init__(self, where: str, differences: list[str]) -> None:
+        self.where = where
+        self.differences = list(differences)
+        super().__init__(
+            "\n".join([self.headline, *(f"  {line}" for line in differences), f"  {self.advice}"])
+        )
+
+    @property
+    def headline(self) -> str:
+        """The first line: where, and how many settings differ."""
+        count = len(self.differences)
+        settings = "setting differs" if count == 1 else "settings differ"
+        return f"cannot resume the fit in {self.where}: {count} {settings} from its checkpoint's"
 
 
 def check_parameters(table: Mapping[str, Parameter], values: Mapping[str, Any]) -> None:
