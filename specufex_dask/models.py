@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from specufex_dask import persistence
 from specufex_dask.common import available_cores
@@ -133,6 +133,16 @@ class _SVIModel(ParameterContract):
 
     _batch_purpose: str
     _stage: str
+    # the constructor arguments both models take, stored by _store_arguments
+    compat: str
+    batch_size: int
+    max_steps: int | None
+    tol: float | None
+    step_size: float | None
+    random_state: int | None
+    dtype: DTypeLike
+    verbose: bool
+    step: int
     # arguments the initial state is drawn from
     _state_inputs: frozenset[str] = frozenset()
     # arguments compat="specufex" fixes (inference.params.REFERENCE_FIXED)
@@ -195,14 +205,14 @@ class _SVIModel(ParameterContract):
             per_pass = math.ceil(n / self.batch_size)
             budget = self.max_steps if self.max_steps is not None else per_pass
             monitor = StageMonitor(self.tol, min(per_pass, MAX_WINDOW), steady_count=False)
-            source = SeededMinibatches(
+            source: SeededMinibatches | InOrder | Everything = SeededMinibatches(
                 self._seed, self._batch_purpose, n, self.batch_size, first=self.step
             )
         else:
             budget = n if batches == "in order" else 1
             monitor = StageMonitor(None, 1, steady_count=False)
             source = InOrder() if batches == "in order" else Everything()
-        last = None
+        last: SVIProgress | None = None
         for last in run_svi(  # noqa: B007 - the last record is what the loop leaves
             self._stage,
             source,
@@ -313,6 +323,9 @@ class BayesianNonparametricNMF(_SVIModel):
     )  # fmt: skip
     _batch_purpose = "nmf_batch"
     _stage = "nmf"
+    X_shape: tuple[int, ...]
+    _num_pat_argument: int
+    anneal: bool
     # what model files written before share pruning and merging (and the reference's) did
     min_pattern_share = None
     merge_cosine = None
@@ -333,7 +346,7 @@ class BayesianNonparametricNMF(_SVIModel):
         merge_cosine: float | None = None,
         likelihood_scale: str = "spectrograms",
         random_state: int | None = None,
-        dtype: ArrayLike = np.float64,
+        dtype: DTypeLike = np.float64,
         verbose: bool = False,
     ) -> None:
         self._store_arguments(locals())
@@ -624,6 +637,11 @@ class BayesianHMM(_SVIModel):
     _reference_fixed = ("batch_size", "max_steps", "tol", "init")
     _batch_purpose = "hmm_batch"
     _stage = "hmm"
+    num_pat: int
+    num_state: int
+    _gain_argument: ArrayLike
+    n_eff: int | None
+    Neff: int | None
     # what model files written before data starts (and the reference's) were
     init = "random"
     initialised = True
@@ -642,7 +660,7 @@ class BayesianHMM(_SVIModel):
         n_eff: int | None = None,
         init: str | None = None,
         random_state: int | None = None,
-        dtype: ArrayLike = np.float64,
+        dtype: DTypeLike = np.float64,
         verbose: bool = False,
     ) -> None:
         self._store_arguments(locals())
@@ -826,6 +844,8 @@ class BayesianHMM(_SVIModel):
         if self.compat == "specufex":
             step, n, rho = reference.hmm_schedule(self.step, index)
             self.step = step
+            # compat mode's Neff is the reference's (or its file's), never unset
+            assert self.Neff is not None
             elbo = self.apply_statistics(stats, scale=self.Neff / n, step_size=rho)
             self.step = step  # the reference's counter only moves by the index
         else:

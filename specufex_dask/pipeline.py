@@ -21,7 +21,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -40,6 +40,7 @@ from specufex_dask.inference.params import (
     check_reference_mode,
 )
 from specufex_dask.inference.seeding import resolve_seed
+from specufex_dask.inference.steps import HMMStepParameters, NMFStepParameters
 from specufex_dask.inference.svi import SeededMinibatches, SVIProgress, run_svi
 from specufex_dask.io.archive import FREQUENCY, MODEL_GROUP
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
@@ -56,6 +57,9 @@ from specufex_dask.parallel.engine import (
     transform_chunks,
 )
 from specufex_dask.parallel.runners import ActorExecutor, StepRunners
+
+if TYPE_CHECKING:
+    from specufex_dask.parallel.clusters import ClusterHandle
 
 __all__ = ["SpecUFEx"]
 
@@ -132,6 +136,26 @@ class SpecUFEx(ParameterContract):
     """
 
     _parameter_table = PIPELINE_PARAMETERS
+    # the constructor arguments, stored by _store_arguments
+    num_pat: int
+    num_state: int
+    compat: str
+    nmf_steps: int | None
+    hmm_steps: int | None
+    batch_size: int | str | None
+    tol: float | None
+    random_state: int | None
+    checkpoint_every: int
+    client: Any
+    chunk_events: int
+    dtype: str
+    progress: Progress | None
+    # a cluster this object started
+    _handle: ClusterHandle | None
+    nmf_: BayesianNonparametricNMF
+    # None while a fit is in its NMF stage
+    hmm_: BayesianHMM | None
+    progress_: dict[str, SVIProgress]
 
     def __init__(
         self,
@@ -290,7 +314,7 @@ class SpecUFEx(ParameterContract):
                 self._start_hmm_from_data(chunks, client, runners)
                 arguments = self._hmm_stage(chunks, batch, client, runners, seed)
                 self._run_stage("hmm", arguments, budgets["hmm"], window, checkpoints, lookahead)
-                self.hmm_.sort_states()
+                self._started_hmm().sort_states()
                 stage = "done"
                 checkpoints.write(self.nmf_, self.hmm_, _checkpoint(stage, self.progress_))
         self._record_steps()
@@ -300,12 +324,17 @@ class SpecUFEx(ParameterContract):
         self.n_steps_ = {s: self.progress_[s].step if s in self.progress_ else 0 for s in STAGES}
         self.converged_ = {s: s in self.progress_ and self.progress_[s].converged for s in STAGES}
 
+    def _started_hmm(self) -> BayesianHMM:
+        """The HMM of a fit past its NMF stage, which sets it."""
+        assert self.hmm_ is not None
+        return self.hmm_
+
     def _start_hmm_from_data(
         self, chunks: EventChunks, client: Any, runners: StepRunners | None
     ) -> None:
         """Start q(B) from the emission frames of a seeded sample of events, computed on
         the workers (:meth:`BayesianHMM.start_from_frames`), unless it has started."""
-        hmm = self.hmm_
+        hmm = self._started_hmm()
         if hmm.initialised:
             return
         n_events, _, n_times = chunks.shape
@@ -346,7 +375,7 @@ class SpecUFEx(ParameterContract):
         the stage's steps, activations and statistics from the workers, the model's
         update (in compat mode the reference used as its README shows: one sequence
         per fit call)."""
-        hmm, nmf_params = self.hmm_, self.nmf_.transform_parameters()
+        hmm, nmf_params = self._started_hmm(), self.nmf_.transform_parameters()
         n_times = chunks.shape[2]
 
         def statistics(index: np.ndarray, following: np.ndarray | None):
@@ -380,7 +409,9 @@ class SpecUFEx(ParameterContract):
         A resumed stage goes on from its last :class:`SVIProgress`, whose window of
         counts went into the checkpoint: it stops where an uninterrupted one does.
         """
-        model = self.nmf_ if stage == "nmf" else self.hmm_
+        model: BayesianNonparametricNMF | BayesianHMM = (
+            self.nmf_ if stage == "nmf" else self._started_hmm()
+        )
         last = self.progress_.get(stage)
         if last is None or not last.converged:
             monitor = StageMonitor(
@@ -404,9 +435,10 @@ class SpecUFEx(ParameterContract):
 
     # --- transforming --------------------------------------------------------------
     def _fitted(self) -> tuple[BayesianNonparametricNMF, BayesianHMM]:
-        if getattr(self, "nmf_", None) is None or getattr(self, "hmm_", None) is None:
+        nmf, hmm = getattr(self, "nmf_", None), getattr(self, "hmm_", None)
+        if nmf is None or hmm is None:
             raise ValueError("SpecUFEx is not fitted: call fit() or from_archive() first")
-        return self.nmf_, self.hmm_
+        return nmf, hmm
 
     def model_token(self) -> str:
         """A digest of the fitted state: outputs written with another model are stale."""
@@ -417,7 +449,7 @@ class SpecUFEx(ParameterContract):
         digest.update(f"{self.compat}{self._dtype}".encode())
         return digest.hexdigest()
 
-    def _parameters(self):
+    def _parameters(self) -> tuple[NMFStepParameters, HMMStepParameters]:
         nmf, hmm = self._fitted()
         nmf.dtype = hmm.dtype = np.dtype(self._dtype)
         return nmf.transform_parameters(), hmm.step_parameters()
@@ -543,6 +575,6 @@ def _model_frequency(path: str) -> np.ndarray | None:
     """The frequency axis stored with the model (None when the group has none)."""
     import zarr
 
-    group = zarr.open_group(path, mode="r", use_consolidated=False)
-    model = group[MODEL_GROUP]
-    return model[FREQUENCY][:] if FREQUENCY in model else None
+    model = zarr.open_group(path, mode="r", use_consolidated=False)[MODEL_GROUP]
+    axis = model.get(FREQUENCY) if isinstance(model, zarr.Group) else None
+    return np.asarray(axis[:]) if isinstance(axis, zarr.Array) else None

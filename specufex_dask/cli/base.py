@@ -9,7 +9,7 @@ import dataclasses
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from specufex_dask.cli.config import Config
 from specufex_dask.cli.progress import Reporter
@@ -90,7 +90,13 @@ def spectrogram_parameters(config: Config):
     return SpectrogramParameters(**config.spectrograms.parameters())
 
 
-def chunk_events(config: Config) -> dict[str, int]:
+class ChunkEvents(TypedDict, total=False):
+    """Keywords of the archive writers that the configuration may set."""
+
+    chunk_events: int
+
+
+def chunk_events(config: Config) -> ChunkEvents:
     """The ``chunk_events`` keyword of the archive writers, when the configuration sets it."""
     chunk = config.spectrograms.events_per_chunk
     return {} if chunk is None else {"chunk_events": chunk}

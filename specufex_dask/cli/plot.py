@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ def make_figures(
             occupancy = state_occupancy(dataset["state_probability"].values)
         figures.append(("hmm_emission", lambda: plot.plot_emission(model, occupancy)))
     for event in events:
-        figures.append((f"event_{_safe_name(event)}", lambda e=event: plot.plot_event(dataset, e)))
+        figures.append((f"event_{_safe_name(event)}", partial(plot.plot_event, dataset, event)))
     if "fingerprint" in dataset.variables:
         fingerprint = dataset["fingerprint"]
         if "cluster" in dataset.variables:

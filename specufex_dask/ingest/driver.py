@@ -289,6 +289,8 @@ def _run(
     if append:
         _check_same_parameters(out_path, archive_parameters, resolved)
 
+    # _resolve_shape fixed both once there is a good input
+    assert resolved.fs is not None and resolved.n_samples is not None
     frequency, time = spectrogram_axes(resolved, resolved.fs, resolved.n_samples)
     coords = _event_coords(good)
     if append:
@@ -347,8 +349,13 @@ def _resolve_shape(
         fs, origin = good[0].sampling_rate, f"the rate of {good[0].source}"
     if good and n_samples is None:
         n_samples = good[0].n_samples
+    if fs is None or n_samples is None:
+        # only without inputs (each has its rate and length): the caller rejects that
+        return params, []
     kept = []
     for report in good:
+        # a good input was read, and every reader gives the rate of what it reads
+        assert report.sampling_rate is not None
         if not math.isclose(report.sampling_rate, fs, rel_tol=1e-9):
             reason = f"sampling rate {report.sampling_rate:g} Hz, expected {fs:g} Hz ({origin})"
             rejected.append(RejectedInput(report.source, reason, report.event))
@@ -357,8 +364,6 @@ def _resolve_shape(
             rejected.append(RejectedInput(report.source, reason, report.event))
         else:
             kept.append(report)
-    if fs is None:
-        return params, kept
     return replace(params.resolved(fs), n_samples=int(n_samples)), kept
 
 
