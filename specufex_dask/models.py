@@ -148,6 +148,17 @@ class _SVIModel(ParameterContract):
     # arguments compat="specufex" fixes (inference.params.REFERENCE_FIXED)
     _reference_fixed: tuple[str, ...] = ()
 
+    def _construct(self, arguments: dict[str, Any]) -> None:
+        """What ``__init__`` does with its arguments: store them, draw the initial state."""
+        self._store_arguments(arguments)
+        self._draw_state()
+
+    def _check_drawn_from(self, names: tuple[str, ...]) -> None:
+        """Check the arguments ``names`` the initial state is drawn from."""
+        arguments = self.get_params()
+        for name in names:
+            self._parameter_table[name].check(arguments[name])
+
     def _draw_state(self) -> None:
         raise NotImplementedError
 
@@ -349,13 +360,11 @@ class BayesianNonparametricNMF(_SVIModel):
         dtype: DTypeLike = np.float64,
         verbose: bool = False,
     ) -> None:
-        self._store_arguments(locals())
-        self._draw_state()
+        self._construct(locals())
 
     def _draw_state(self) -> None:
         """The reference's random initial state (ALGORITHM.md 1), step -1."""
-        for name in ("X_shape", "num_pat", "random_state"):
-            self._parameter_table[name].check(self.get_params()[name])
+        self._check_drawn_from(("X_shape", "num_pat", "random_state"))
         self._seed = resolve_seed(self.random_state)
         n_events, n_frequencies, n_times = (int(v) for v in self.X_shape)
         self.input_dims = (n_events, n_frequencies, n_times)
@@ -663,13 +672,11 @@ class BayesianHMM(_SVIModel):
         dtype: DTypeLike = np.float64,
         verbose: bool = False,
     ) -> None:
-        self._store_arguments(locals())
-        self._draw_state()
+        self._construct(locals())
 
     def _draw_state(self) -> None:
         """The reference's random initial state (ALGORITHM.md 2), step 0."""
-        for name in ("num_pat", "num_state", "random_state"):
-            self._parameter_table[name].check(self.get_params()[name])
+        self._check_drawn_from(("num_pat", "num_state", "random_state"))
         num_pat, num_state = self.num_pat, self.num_state
         gain = np.asarray(self._gain_argument, dtype=np.float64).ravel()
         if gain.shape != (num_pat,) or not np.all(np.isfinite(gain)) or np.any(gain < 0):
