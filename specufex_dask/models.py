@@ -271,9 +271,9 @@ class BayesianNonparametricNMF(_SVIModel):
         the decreasing schedule of ALGORITHM.md 1a.
     anneal : bool, default=True
         Use the annealing temperature ``1 + 0.75**(step - 1)``; False fixes T = 1.
-    min_pattern_share : float or None, optional
+    min_pattern_share : float, None or "auto", default="auto"
         Once annealing is over, prune a pattern whose share ``A1[k] / sum(A1)`` of the
-        data's counts falls below this. Default 1e-3 in the default mode, None (only the
+        data's counts falls below this. "auto": 1e-3 in the default mode, None (only the
         reference's ``E[a] <= 1e-3``) in compat mode.
     merge_cosine : float or None, default=None
         Once annealing is over, merge two patterns whose ``E[W]`` columns have at least
