@@ -64,9 +64,10 @@ class Commands:
     defaults: Config
 
     def add(
-        self, name: str, summary: str, description: str, handler: Handler
+        self, name: str, summary: str, description: str, handler: Handler, archive: str = ""
     ) -> argparse.ArgumentParser:
-        """A new subcommand ``name`` that runs ``handler``."""
+        """A new subcommand ``name`` that runs ``handler``; with ``archive``, the help of
+        its first positional argument ARCHIVE."""
         sub = self.subparsers.add_parser(
             name,
             parents=[self.common],
@@ -75,6 +76,8 @@ class Commands:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.set_defaults(handler=handler)
+        if archive:
+            sub.add_argument("archive", metavar="ARCHIVE", help=archive)
         return sub
 
 

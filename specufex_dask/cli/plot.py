@@ -29,8 +29,8 @@ def register(commands: Commands) -> None:
         "a cluster summary. Figures whose data the archive lacks are skipped. Needs "
         'matplotlib: pip install "specufex-dask[plot]".',
         cmd_plot,
+        archive="archive (Zarr directory)",
     )
-    plot.add_argument("archive", metavar="ARCHIVE", help="archive (Zarr directory)")
     plot.add_argument("outdir", metavar="OUTDIR", help="folder for the PNG files (created)")
     add_flags(plot, "figures", PLOT_FLAGS, commands.defaults)
 

@@ -64,9 +64,14 @@ def nmf_inner_iterations(temperature: float) -> int:
     return 10 + round(1 + 5 * (temperature - 1)) - 1
 
 
+def _decreasing_step_size(step: int, spread: float) -> float:
+    """``(250 / (1 + 5 spread) + step) ** -0.51``, capped at 1: both stages' schedule."""
+    return min(1.0, float((250.0 / (1.0 + 5.0 * spread) + step) ** -0.51))
+
+
 def nmf_step_size(step: int, temperature: float) -> float:
     """``rho = (250 / (1 + 5 (T - 1)) + step) ** -0.51``, capped at 1."""
-    return min(1.0, float((250.0 / (1.0 + 5.0 * (temperature - 1.0)) + step) ** -0.51))
+    return _decreasing_step_size(step, temperature - 1.0)
 
 
 def nmf_global_update(
@@ -192,7 +197,7 @@ def pattern_order(EW: NDArray[Any], stable: bool = True) -> NDArray[Any]:
 
 def hmm_step_size(step: int, batch_size: int) -> float:
     """``rho = (250 / (1 + 5 (n - 1)) + step) ** -0.51``, capped at 1 (ALGORITHM.md 2b)."""
-    return min(1.0, float((250.0 / (1.0 + 5.0 * (batch_size - 1)) + step) ** -0.51))
+    return _decreasing_step_size(step, batch_size - 1)
 
 
 def hmm_global_update(
