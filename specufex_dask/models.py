@@ -33,6 +33,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from specufex_dask import persistence
 from specufex_dask.common import available_cores
 from specufex_dask.inference import compat as reference
+from specufex_dask.inference import steps
 from specufex_dask.inference.convergence import (
     MAX_WINDOW,
     ConvergenceMonitor,
@@ -51,14 +52,6 @@ from specufex_dask.inference.params import (
 )
 from specufex_dask.inference.seeding import generator, resolve_seed
 from specufex_dask.inference.stats import HMMStatistics, NMFStatistics, fold
-from specufex_dask.inference.steps import (
-    HMMStepParameters,
-    NMFStepParameters,
-    hmm_leaves,
-    hmm_outputs,
-    nmf_activations,
-    nmf_leaves,
-)
 from specufex_dask.inference.svi import (
     Everything,
     InOrder,
@@ -432,11 +425,11 @@ class BayesianNonparametricNMF(_SVIModel):
         # before the local step: afterwards a bad pattern has spread to all of them
         check_finite("NMF", self.step + 1, EW=self.EW, ElnWA=self.ElnWA)
 
-    def step_parameters(self) -> NMFStepParameters:
+    def step_parameters(self) -> steps.NMFStepParameters:
         """What the local step of the next SVI step needs (sent to workers)."""
         self._check_state()
         temperature = nmf_temperature(self.step, self.anneal)
-        return NMFStepParameters(
+        return steps.NMFStepParameters(
             log_basis=self.ElnWA,
             basis_weight=(self.EW * self.EA).sum(axis=0),
             h01=self.h01,
@@ -447,10 +440,10 @@ class BayesianNonparametricNMF(_SVIModel):
             threads=available_cores(),
         )
 
-    def transform_parameters(self) -> NMFStepParameters:
+    def transform_parameters(self) -> steps.NMFStepParameters:
         """What the transform needs (sent to workers)."""
         self._check_state()
-        return NMFStepParameters(
+        return steps.NMFStepParameters(
             log_basis=self.ElnWA,
             basis_weight=(self.EW * self.EA).sum(axis=0),
             h01=self.h01,
@@ -529,7 +522,7 @@ class BayesianNonparametricNMF(_SVIModel):
         return float(elbo)
 
     def _statistics(self, X: NDArray) -> NMFStatistics:
-        return fold(nmf_leaves(X, self.step_parameters()))
+        return fold(steps.nmf_leaves(X, self.step_parameters()))
 
     def _svi_update(self, stats: NMFStatistics, step: int, data: NDArray) -> StepResult:
         return self.svi_update(stats)
@@ -577,7 +570,7 @@ class BayesianNonparametricNMF(_SVIModel):
 
     def transform(self, X: ArrayLike) -> NDArray:
         """Activations (n, num_pat, M) of spectrograms ``X`` (n, D, M) (the reference's ACM)."""
-        return nmf_activations(self._check_X(X), self.transform_parameters())
+        return steps.nmf_activations(self._check_X(X), self.transform_parameters())
 
     def fit_transform(self, X: ArrayLike) -> NDArray:
         """:meth:`fit` then :meth:`transform`."""
@@ -755,10 +748,10 @@ class BayesianHMM(_SVIModel):
         """E[ln B], (num_state, num_pat)."""
         return expected_log(self.B1, self.B2)
 
-    def step_parameters(self) -> HMMStepParameters:
+    def step_parameters(self) -> steps.HMMStepParameters:
         """What the local step needs (sent to workers)."""
         check_finite("HMM", self.step, EB=self.EB, ElnB=self.ElnB)
-        return HMMStepParameters(
+        return steps.HMMStepParameters(
             log_rate=self.ElnB,
             rate=self.EB,
             gain=self.gain,
@@ -823,7 +816,7 @@ class BayesianHMM(_SVIModel):
         )  # fmt: skip
 
     def _statistics(self, V: NDArray) -> HMMStatistics:
-        return fold(hmm_leaves(V, self.step_parameters()))
+        return fold(steps.hmm_leaves(V, self.step_parameters()))
 
     def _svi_update(self, stats: HMMStatistics, step: int, data: NDArray) -> StepResult:
         # in order (compat): the reference's counter grows by the index in the fit call
@@ -904,7 +897,7 @@ class BayesianHMM(_SVIModel):
         gams : ndarray of shape (n, num_state, M)
             State probabilities (the reference's STM).
         """
-        return hmm_outputs(self._check_V(V), self.step_parameters())
+        return steps.hmm_outputs(self._check_V(V), self.step_parameters())
 
     def fit_transform(
         self, V: ArrayLike, EW: ArrayLike | None = None
