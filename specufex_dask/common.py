@@ -8,6 +8,7 @@ import numbers
 import sys
 import warnings
 from collections.abc import Iterator
+from types import FrameType
 
 __all__ = [
     "ZARR_WARNINGS",
@@ -83,7 +84,8 @@ _SHIMS = ("specufex_dask", "specufex_dask.ingest", __name__)
 
 def warn_moved(old: str, new: str) -> None:
     """A DeprecationWarning that ``old`` is now ``new``, shown at the importing code."""
-    frame, level = sys._getframe(1), 2
+    frame: FrameType | None = sys._getframe(1)
+    level = 2
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         if not (module.startswith(("importlib", "_frozen_importlib")) or module in _SHIMS):

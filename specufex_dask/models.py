@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from specufex_dask import persistence
 from specufex_dask.common import available_cores
 from specufex_dask.inference import compat as reference
+from specufex_dask.inference import steps
 from specufex_dask.inference.convergence import (
     MAX_WINDOW,
     ConvergenceMonitor,
@@ -51,14 +52,6 @@ from specufex_dask.inference.params import (
 )
 from specufex_dask.inference.seeding import generator, resolve_seed
 from specufex_dask.inference.stats import HMMStatistics, NMFStatistics, fold
-from specufex_dask.inference.steps import (
-    HMMStepParameters,
-    NMFStepParameters,
-    hmm_leaves,
-    hmm_outputs,
-    nmf_activations,
-    nmf_leaves,
-)
 from specufex_dask.inference.svi import (
     Everything,
     InOrder,
@@ -133,10 +126,31 @@ class _SVIModel(ParameterContract):
 
     _batch_purpose: str
     _stage: str
+    # the constructor arguments both models take, stored by _store_arguments
+    compat: str
+    batch_size: int
+    max_steps: int | None
+    tol: float | None
+    step_size: float | None
+    random_state: int | None
+    dtype: DTypeLike
+    verbose: bool
+    step: int
     # arguments the initial state is drawn from
     _state_inputs: frozenset[str] = frozenset()
     # arguments compat="specufex" fixes (inference.params.REFERENCE_FIXED)
     _reference_fixed: tuple[str, ...] = ()
+
+    def _construct(self, arguments: dict[str, Any]) -> None:
+        """What ``__init__`` does with its arguments: store them, draw the initial state."""
+        self._store_arguments(arguments)
+        self._draw_state()
+
+    def _check_drawn_from(self, names: tuple[str, ...]) -> None:
+        """Check the arguments ``names`` the initial state is drawn from."""
+        arguments = self.get_params()
+        for name in names:
+            self._parameter_table[name].check(arguments[name])
 
     def _draw_state(self) -> None:
         raise NotImplementedError
@@ -195,14 +209,14 @@ class _SVIModel(ParameterContract):
             per_pass = math.ceil(n / self.batch_size)
             budget = self.max_steps if self.max_steps is not None else per_pass
             monitor = StageMonitor(self.tol, min(per_pass, MAX_WINDOW), steady_count=False)
-            source = SeededMinibatches(
+            source: SeededMinibatches | InOrder | Everything = SeededMinibatches(
                 self._seed, self._batch_purpose, n, self.batch_size, first=self.step
             )
         else:
             budget = n if batches == "in order" else 1
             monitor = StageMonitor(None, 1, steady_count=False)
             source = InOrder() if batches == "in order" else Everything()
-        last = None
+        last: SVIProgress | None = None
         for last in run_svi(  # noqa: B007 - the last record is what the loop leaves
             self._stage,
             source,
@@ -250,9 +264,9 @@ class BayesianNonparametricNMF(_SVIModel):
         the decreasing schedule of ALGORITHM.md 1a.
     anneal : bool, default=True
         Use the annealing temperature ``1 + 0.75**(step - 1)``; False fixes T = 1.
-    min_pattern_share : float or None, optional
+    min_pattern_share : float, None or "auto", default="auto"
         Once annealing is over, prune a pattern whose share ``A1[k] / sum(A1)`` of the
-        data's counts falls below this. Default 1e-3 in the default mode, None (only the
+        data's counts falls below this. "auto": 1e-3 in the default mode, None (only the
         reference's ``E[a] <= 1e-3``) in compat mode.
     merge_cosine : float or None, default=None
         Once annealing is over, merge two patterns whose ``E[W]`` columns have at least
@@ -313,6 +327,9 @@ class BayesianNonparametricNMF(_SVIModel):
     )  # fmt: skip
     _batch_purpose = "nmf_batch"
     _stage = "nmf"
+    X_shape: tuple[int, ...]
+    _num_pat_argument: int
+    anneal: bool
     # what model files written before share pruning and merging (and the reference's) did
     min_pattern_share = None
     merge_cosine = None
@@ -333,16 +350,14 @@ class BayesianNonparametricNMF(_SVIModel):
         merge_cosine: float | None = None,
         likelihood_scale: str = "spectrograms",
         random_state: int | None = None,
-        dtype: ArrayLike = np.float64,
+        dtype: DTypeLike = np.float64,
         verbose: bool = False,
     ) -> None:
-        self._store_arguments(locals())
-        self._draw_state()
+        self._construct(locals())
 
     def _draw_state(self) -> None:
         """The reference's random initial state (ALGORITHM.md 1), step -1."""
-        for name in ("X_shape", "num_pat", "random_state"):
-            self._parameter_table[name].check(self.get_params()[name])
+        self._check_drawn_from(("X_shape", "num_pat", "random_state"))
         self._seed = resolve_seed(self.random_state)
         n_events, n_frequencies, n_times = (int(v) for v in self.X_shape)
         self.input_dims = (n_events, n_frequencies, n_times)
@@ -410,11 +425,11 @@ class BayesianNonparametricNMF(_SVIModel):
         # before the local step: afterwards a bad pattern has spread to all of them
         check_finite("NMF", self.step + 1, EW=self.EW, ElnWA=self.ElnWA)
 
-    def step_parameters(self) -> NMFStepParameters:
+    def step_parameters(self) -> steps.NMFStepParameters:
         """What the local step of the next SVI step needs (sent to workers)."""
         self._check_state()
         temperature = nmf_temperature(self.step, self.anneal)
-        return NMFStepParameters(
+        return steps.NMFStepParameters(
             log_basis=self.ElnWA,
             basis_weight=(self.EW * self.EA).sum(axis=0),
             h01=self.h01,
@@ -425,10 +440,10 @@ class BayesianNonparametricNMF(_SVIModel):
             threads=available_cores(),
         )
 
-    def transform_parameters(self) -> NMFStepParameters:
+    def transform_parameters(self) -> steps.NMFStepParameters:
         """What the transform needs (sent to workers)."""
         self._check_state()
-        return NMFStepParameters(
+        return steps.NMFStepParameters(
             log_basis=self.ElnWA,
             basis_weight=(self.EW * self.EA).sum(axis=0),
             h01=self.h01,
@@ -507,7 +522,7 @@ class BayesianNonparametricNMF(_SVIModel):
         return float(elbo)
 
     def _statistics(self, X: NDArray) -> NMFStatistics:
-        return fold(nmf_leaves(X, self.step_parameters()))
+        return fold(steps.nmf_leaves(X, self.step_parameters()))
 
     def _svi_update(self, stats: NMFStatistics, step: int, data: NDArray) -> StepResult:
         return self.svi_update(stats)
@@ -555,7 +570,7 @@ class BayesianNonparametricNMF(_SVIModel):
 
     def transform(self, X: ArrayLike) -> NDArray:
         """Activations (n, num_pat, M) of spectrograms ``X`` (n, D, M) (the reference's ACM)."""
-        return nmf_activations(self._check_X(X), self.transform_parameters())
+        return steps.nmf_activations(self._check_X(X), self.transform_parameters())
 
     def fit_transform(self, X: ArrayLike) -> NDArray:
         """:meth:`fit` then :meth:`transform`."""
@@ -624,6 +639,11 @@ class BayesianHMM(_SVIModel):
     _reference_fixed = ("batch_size", "max_steps", "tol", "init")
     _batch_purpose = "hmm_batch"
     _stage = "hmm"
+    num_pat: int
+    num_state: int
+    _gain_argument: ArrayLike
+    n_eff: int | None
+    Neff: int | None
     # what model files written before data starts (and the reference's) were
     init = "random"
     initialised = True
@@ -642,16 +662,14 @@ class BayesianHMM(_SVIModel):
         n_eff: int | None = None,
         init: str | None = None,
         random_state: int | None = None,
-        dtype: ArrayLike = np.float64,
+        dtype: DTypeLike = np.float64,
         verbose: bool = False,
     ) -> None:
-        self._store_arguments(locals())
-        self._draw_state()
+        self._construct(locals())
 
     def _draw_state(self) -> None:
         """The reference's random initial state (ALGORITHM.md 2), step 0."""
-        for name in ("num_pat", "num_state", "random_state"):
-            self._parameter_table[name].check(self.get_params()[name])
+        self._check_drawn_from(("num_pat", "num_state", "random_state"))
         num_pat, num_state = self.num_pat, self.num_state
         gain = np.asarray(self._gain_argument, dtype=np.float64).ravel()
         if gain.shape != (num_pat,) or not np.all(np.isfinite(gain)) or np.any(gain < 0):
@@ -730,10 +748,10 @@ class BayesianHMM(_SVIModel):
         """E[ln B], (num_state, num_pat)."""
         return expected_log(self.B1, self.B2)
 
-    def step_parameters(self) -> HMMStepParameters:
+    def step_parameters(self) -> steps.HMMStepParameters:
         """What the local step needs (sent to workers)."""
         check_finite("HMM", self.step, EB=self.EB, ElnB=self.ElnB)
-        return HMMStepParameters(
+        return steps.HMMStepParameters(
             log_rate=self.ElnB,
             rate=self.EB,
             gain=self.gain,
@@ -798,7 +816,7 @@ class BayesianHMM(_SVIModel):
         )  # fmt: skip
 
     def _statistics(self, V: NDArray) -> HMMStatistics:
-        return fold(hmm_leaves(V, self.step_parameters()))
+        return fold(steps.hmm_leaves(V, self.step_parameters()))
 
     def _svi_update(self, stats: HMMStatistics, step: int, data: NDArray) -> StepResult:
         # in order (compat): the reference's counter grows by the index in the fit call
@@ -826,6 +844,8 @@ class BayesianHMM(_SVIModel):
         if self.compat == "specufex":
             step, n, rho = reference.hmm_schedule(self.step, index)
             self.step = step
+            # compat mode's Neff is the reference's (or its file's), never unset
+            assert self.Neff is not None
             elbo = self.apply_statistics(stats, scale=self.Neff / n, step_size=rho)
             self.step = step  # the reference's counter only moves by the index
         else:
@@ -877,7 +897,7 @@ class BayesianHMM(_SVIModel):
         gams : ndarray of shape (n, num_state, M)
             State probabilities (the reference's STM).
         """
-        return hmm_outputs(self._check_V(V), self.step_parameters())
+        return steps.hmm_outputs(self._check_V(V), self.step_parameters())
 
     def fit_transform(
         self, V: ArrayLike, EW: ArrayLike | None = None

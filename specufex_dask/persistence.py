@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from specufex_dask.inference import compat as reference
+from specufex_dask.inference.params import ParameterContract
 
 __all__ = ["FORMAT_VERSION", "build_model", "load_model", "model_state", "save_model"]
 
@@ -92,7 +93,9 @@ def _read(file: h5py.File, name: str, filename: Path) -> Any:
     return value.item() if np.ndim(value) == 0 else np.asarray(value)
 
 
-def load_model(filename: str | Path, cls: type, compat: str | None = None) -> Any:
+def load_model(
+    filename: str | Path, cls: type[ParameterContract], compat: str | None = None
+) -> Any:
     """Read a model of class ``cls`` from one of our files or a reference file.
 
     Parameters
@@ -160,9 +163,12 @@ def _reference_settings(file: h5py.File, kind: str, path: Path) -> dict[str, Any
     return settings
 
 
-def build_model(cls: type, values: dict[str, Any], settings: dict[str, Any]) -> Any:
+def build_model(
+    cls: type[ParameterContract], values: dict[str, Any], settings: dict[str, Any]
+) -> Any:
     """A model of class ``cls`` from the state of :func:`model_state` (plus ``elbo_``)."""
-    model = cls.__new__(cls)
+    # Any: the state set below is the model class's own, which this layer cannot import
+    model: Any = cls.__new__(cls)
     settings = dict(settings)
     compat = settings["compat"]
     cls._parameter_table["compat"].check(compat)

@@ -21,7 +21,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -45,6 +45,7 @@ from specufex_dask.inference.params import (
     shaping_names,
 )
 from specufex_dask.inference.seeding import resolve_seed
+from specufex_dask.inference.steps import HMMStepParameters, NMFStepParameters
 from specufex_dask.inference.svi import SeededMinibatches, SVIProgress, run_svi
 from specufex_dask.io.archive import FREQUENCY, MODEL_GROUP
 from specufex_dask.io.lease import archive_lease
@@ -65,6 +66,9 @@ from specufex_dask.parallel.engine import (
 )
 from specufex_dask.parallel.runners import ActorExecutor, StepRunners
 from specufex_dask.persistence import model_state
+
+if TYPE_CHECKING:
+    from specufex_dask.parallel.clusters import ClusterHandle
 
 __all__ = ["SpecUFEx"]
 
@@ -141,6 +145,26 @@ class SpecUFEx(ParameterContract):
     """
 
     _parameter_table = PIPELINE_PARAMETERS
+    # the constructor arguments, stored by _store_arguments
+    num_pat: int
+    num_state: int
+    compat: str
+    nmf_steps: int | None
+    hmm_steps: int | None
+    batch_size: int | str | None
+    tol: float | None
+    random_state: int | None
+    checkpoint_every: int
+    client: Any
+    chunk_events: int
+    dtype: str
+    progress: Progress | None
+    # a cluster this object started
+    _handle: ClusterHandle | None
+    nmf_: BayesianNonparametricNMF
+    # None while a fit is in its NMF stage
+    hmm_: BayesianHMM | None
+    progress_: dict[str, SVIProgress]
 
     def __init__(
         self,
@@ -319,7 +343,7 @@ class SpecUFEx(ParameterContract):
                 self._start_hmm_from_data(chunks, client, runners)
                 arguments = self._hmm_stage(chunks, batch, client, runners, seed)
                 self._run_stage("hmm", arguments, budgets["hmm"], window, checkpoints, lookahead)
-                self.hmm_.sort_states()
+                self._started_hmm().sort_states()
                 stage = "done"
                 self._write_checkpoint(checkpoints, stage)
         self._record_steps()
@@ -395,12 +419,17 @@ class SpecUFEx(ParameterContract):
         self.n_steps_ = {s: self.progress_[s].step if s in self.progress_ else 0 for s in STAGES}
         self.converged_ = {s: s in self.progress_ and self.progress_[s].converged for s in STAGES}
 
+    def _started_hmm(self) -> BayesianHMM:
+        """The HMM of a fit past its NMF stage, which sets it."""
+        assert self.hmm_ is not None
+        return self.hmm_
+
     def _start_hmm_from_data(
         self, chunks: EventChunks, client: Any, runners: StepRunners | None
     ) -> None:
         """Start q(B) from the emission frames of a seeded sample of events, computed on
         the workers (:meth:`BayesianHMM.start_from_frames`), unless it has started."""
-        hmm = self.hmm_
+        hmm = self._started_hmm()
         if hmm.initialised:
             return
         n_events, _, n_times = chunks.shape
@@ -441,7 +470,7 @@ class SpecUFEx(ParameterContract):
         the stage's steps, activations and statistics from the workers, the model's
         update (in compat mode the reference used as its README shows: one sequence
         per fit call)."""
-        hmm, nmf_params = self.hmm_, self.nmf_.transform_parameters()
+        hmm, nmf_params = self._started_hmm(), self.nmf_.transform_parameters()
         n_times = chunks.shape[2]
 
         def statistics(index: np.ndarray, following: np.ndarray | None):
@@ -475,7 +504,9 @@ class SpecUFEx(ParameterContract):
         A resumed stage goes on from its last :class:`SVIProgress`, whose window of
         counts went into the checkpoint: it stops where an uninterrupted one does.
         """
-        model = self.nmf_ if stage == "nmf" else self.hmm_
+        model: BayesianNonparametricNMF | BayesianHMM = (
+            self.nmf_ if stage == "nmf" else self._started_hmm()
+        )
         last = self.progress_.get(stage)
         if last is None or not last.converged:
             monitor = StageMonitor(
@@ -499,9 +530,10 @@ class SpecUFEx(ParameterContract):
 
     # --- transforming --------------------------------------------------------------
     def _fitted(self) -> tuple[BayesianNonparametricNMF, BayesianHMM]:
-        if getattr(self, "nmf_", None) is None or getattr(self, "hmm_", None) is None:
+        nmf, hmm = getattr(self, "nmf_", None), getattr(self, "hmm_", None)
+        if nmf is None or hmm is None:
             raise ValueError("SpecUFEx is not fitted: call fit() or from_archive() first")
-        return self.nmf_, self.hmm_
+        return nmf, hmm
 
     def model_token(self) -> str:
         """A digest of the fitted state: outputs written with another model are stale."""
@@ -509,7 +541,7 @@ class SpecUFEx(ParameterContract):
         arrays = (nmf.W1, nmf.W2, nmf.A1, nmf.A2, hmm.B1, hmm.B2, hmm.gain)
         return model_token(arrays, self.compat, self._dtype)
 
-    def _parameters(self):
+    def _parameters(self) -> tuple[NMFStepParameters, HMMStepParameters]:
         nmf, hmm = self._fitted()
         nmf.dtype = hmm.dtype = np.dtype(self._dtype)
         return nmf.transform_parameters(), hmm.step_parameters()
@@ -733,6 +765,6 @@ def _model_frequency(path: str) -> np.ndarray | None:
     """The frequency axis stored with the model (None when the group has none)."""
     import zarr
 
-    group = zarr.open_group(path, mode="r", use_consolidated=False)
-    model = group[MODEL_GROUP]
-    return model[FREQUENCY][:] if FREQUENCY in model else None
+    model = zarr.open_group(path, mode="r", use_consolidated=False)[MODEL_GROUP]
+    axis = model.get(FREQUENCY) if isinstance(model, zarr.Group) else None
+    return np.asarray(axis[:]) if isinstance(axis, zarr.Array) else None

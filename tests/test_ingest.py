@@ -158,6 +158,21 @@ def test_folder_of_only_bad_files_writes_nothing(tmp_path, rng):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
 
 
+def test_only_unreadable_files_with_a_rate_and_no_length_is_the_same_clear_error(tmp_path):
+    # fs given, n_samples not: with no good input there is no length to fix, which once
+    # raised a TypeError instead of the IngestError that names the inputs
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for name in ("a.mseed", "b.mseed"):
+        (folder / name).write_bytes(b"not a waveform")
+    with pytest.raises(IngestError, match="no valid input among 2: 2 x unreadable") as caught:
+        ingest_waveforms(folder, tmp_path / "out.zarr", SpectrogramParameters(fs=100.0))
+    assert [r.source for r in caught.value.rejected] == [
+        str(folder / n) for n in ("a.mseed", "b.mseed")
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+
+
 def _sub_catalog(path, rows):
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["ev_ID", "filename"])

@@ -30,7 +30,7 @@ import functools
 import gzip
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -425,7 +425,7 @@ def planted_waveforms(
 
 
 def _stack_spectrograms(
-    waveforms: npt.ArrayLike, params: SpectrogramParameters, fs: float
+    waveforms: Iterable[npt.ArrayLike], params: SpectrogramParameters, fs: float
 ) -> np.ndarray:
     return np.stack([waveform_to_spectrogram(w, params, fs).transformed for w in waveforms])
 

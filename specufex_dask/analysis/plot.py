@@ -22,7 +22,7 @@ Figures:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -170,7 +170,7 @@ def _image(
 ):
     """Draw ``values`` (y_dim, x_dim) as cells centred on their coordinates, with a colour bar."""
     values = values.transpose(y_dim, x_dim)
-    limits = {} if norm is not None else {"vmin": vmin, "vmax": vmax}
+    limits: dict[str, Any] = {} if norm is not None else {"vmin": vmin, "vmax": vmax}
     mesh = axes.pcolormesh(
         _axis_values(values, x_dim),
         _axis_values(values, y_dim),
@@ -419,7 +419,7 @@ def _coordinate(one: xr.Dataset | xr.DataArray, name: str) -> str | None:
     if np.issubdtype(np.asarray(value).dtype, np.datetime64):
         if np.isnat(value):
             return None
-        return np.datetime_as_string(value, unit="ms").replace("T", " ")
+        return str(np.datetime_as_string(value, unit="ms")).replace("T", " ")
     return str(value)
 
 
@@ -513,6 +513,7 @@ def plot_fingerprints(
         axes.set_ylabel("state")
     for axes in axes_grid[len(events) :]:
         axes.set_visible(False)
+    assert mesh is not None  # without events vmax's max() has raised
     figure.colorbar(mesh, ax=axes_grid.tolist(), label=_FINGERPRINT_LABEL, shrink=0.9)
     figure.suptitle("fingerprints (transitions from state to next state)")
     return figure

@@ -9,7 +9,7 @@ import dataclasses
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from specufex_dask.cli.config import Config
 from specufex_dask.cli.progress import Reporter
@@ -64,9 +64,10 @@ class Commands:
     defaults: Config
 
     def add(
-        self, name: str, summary: str, description: str, handler: Handler
+        self, name: str, summary: str, description: str, handler: Handler, archive: str = ""
     ) -> argparse.ArgumentParser:
-        """A new subcommand ``name`` that runs ``handler``."""
+        """A new subcommand ``name`` that runs ``handler``; with ``archive``, the help of
+        its first positional argument ARCHIVE."""
         sub = self.subparsers.add_parser(
             name,
             parents=[self.common],
@@ -75,6 +76,8 @@ class Commands:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.set_defaults(handler=handler)
+        if archive:
+            sub.add_argument("archive", metavar="ARCHIVE", help=archive)
         return sub
 
 
@@ -90,7 +93,13 @@ def spectrogram_parameters(config: Config):
     return SpectrogramParameters(**config.spectrograms.parameters())
 
 
-def chunk_events(config: Config) -> dict[str, int]:
+class ChunkEvents(TypedDict, total=False):
+    """Keywords of the archive writers that the configuration may set."""
+
+    chunk_events: int
+
+
+def chunk_events(config: Config) -> ChunkEvents:
     """The ``chunk_events`` keyword of the archive writers, when the configuration sets it."""
     chunk = config.spectrograms.events_per_chunk
     return {} if chunk is None else {"chunk_events": chunk}

@@ -38,8 +38,8 @@ def register(commands: Commands) -> None:
         "none). "
         'Needs scikit-learn: pip install "specufex-dask[cluster]".',
         cmd_cluster,
+        archive="archive with fingerprints",
     )
-    cluster.add_argument("archive", metavar="ARCHIVE", help="archive with fingerprints")
     add_flags(cluster, "clustering", CLUSTERING_FLAGS, commands.defaults)
 
 

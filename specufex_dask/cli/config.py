@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from specufex_dask.inference.params import PIPELINE_PARAMETERS, check_reference_mode
+from specufex_dask.ingest.preprocessing import SpectrogramParameters, SpectrogramSettings
 
 __all__ = [
     "ClusterConfig",
@@ -97,7 +98,7 @@ def _check_fit_value(key: str, value: Any, source: str) -> None:
 
 
 @dataclass(frozen=True)
-class SpectrogramConfig:
+class SpectrogramConfig(SpectrogramSettings):
     """Waveform preprocessing (ALGORITHM.md section 4).
 
     The keys are those of :class:`specufex_dask.ingest.preprocessing.SpectrogramParameters`,
@@ -125,19 +126,9 @@ class SpectrogramConfig:
         Events per Zarr chunk of the archive; None lets the ingest choose.
     """
 
-    fs: float | None = None
-    window_s: float = 1.0
-    overlap: float = 0.25
-    nfft: int | None = None
-    fmin: float | None = None
-    fmax: float | None = None
-    normalize_waveform: bool = True
-    n_samples: int | None = None
     events_per_chunk: int | None = None
 
     def _check(self, name: str) -> None:
-        from specufex_dask.ingest.preprocessing import SpectrogramParameters
-
         try:
             SpectrogramParameters(**self.parameters())
         except ValueError as error:

@@ -27,8 +27,8 @@ def register(commands: Commands) -> None:
         "outputs exist, the model summary, the rejected inputs and the stored "
         "configuration.",
         cmd_info,
+        archive="archive (Zarr directory)",
     )
-    info.add_argument("archive", metavar="ARCHIVE", help="archive (Zarr directory)")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,8 @@ def register(commands: Commands) -> None:
         "archive lacks are skipped. Needs "
         'matplotlib: pip install "specufex-dask[plot]".',
         cmd_plot,
+        archive="archive (Zarr directory)",
     )
-    plot.add_argument("archive", metavar="ARCHIVE", help="archive (Zarr directory)")
     plot.add_argument("outdir", metavar="OUTDIR", help="folder for the PNG files (created)")
     add_flags(plot, "figures", PLOT_FLAGS, commands.defaults)
 
@@ -106,7 +107,7 @@ def make_figures(
             occupancy = state_occupancy(dataset["state_probability"].values)
         figures.append(("hmm_emission", lambda: plot.plot_emission(model, occupancy)))
     for event in events:
-        figures.append((f"event_{_safe_name(event)}", lambda e=event: plot.plot_event(dataset, e)))
+        figures.append((f"event_{_safe_name(event)}", partial(plot.plot_event, dataset, event)))
     if "fingerprint" in dataset.variables:
         fingerprint = dataset["fingerprint"]
         if "cluster" in dataset.variables:

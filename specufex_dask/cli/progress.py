@@ -17,9 +17,10 @@ class Reporter:
 
     Parameters
     ----------
-    quiet : bool
+    quiet : bool, default=False
         Print nothing.
-    stream : file, default=sys.stderr
+    stream : file, optional
+        Where to print; None means the ``sys.stderr`` of the moment of each message.
     """
 
     def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:

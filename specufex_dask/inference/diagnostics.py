@@ -33,7 +33,8 @@ def state_occupancy(state_probability: ArrayLike) -> NDArray[Any]:
     """
     gam = np.asarray(state_probability)
     winners = np.argmax(gam, axis=1).ravel()
-    return np.bincount(winners, minlength=gam.shape[1]) / winners.size
+    share: NDArray[Any] = np.bincount(winners, minlength=gam.shape[1]) / winners.size
+    return share
 
 
 def states_in_use(state_probability: ArrayLike, min_share: float = MIN_STATE_SHARE) -> int:

@@ -31,14 +31,16 @@ def init_sample(rng: np.random.Generator, n_items: int, size: int = INIT_EVENTS)
     """Sorted indices of the sequences whose frames seed q(B) (all when there are few)."""
     if n_items <= size:
         return np.arange(n_items)
-    return np.sort(rng.choice(n_items, size=size, replace=False))
+    sample: NDArray[Any] = np.sort(rng.choice(n_items, size=size, replace=False))
+    return sample
 
 
 def emission_frames(activation: NDArray[Any], gain: NDArray[Any]) -> NDArray[Any]:
     """The HMM's emission frames ``U[:, t] = gain * V[:, t]`` of activations (n, K, M),
     as (n, M, K): each sequence's frames in time order, in the activations' dtype."""
     U = activation * np.asarray(gain).astype(activation.dtype)[None, :, None]
-    return U.transpose(0, 2, 1)
+    frames: NDArray[Any] = U.transpose(0, 2, 1)
+    return frames
 
 
 def _squared_distances(
@@ -46,7 +48,8 @@ def _squared_distances(
 ) -> NDArray[Any]:
     """``|x - c|^2`` of every point and centre, from the points' squared norms ``norms``."""
     squared = norms[:, None] - 2.0 * (points @ centres.T) + (centres**2).sum(axis=1)[None]
-    return np.maximum(squared, 0.0)  # rounding can make a zero distance negative
+    distances: NDArray[Any] = np.maximum(squared, 0.0)  # rounding can make zero negative
+    return distances
 
 
 def _plus_plus(
@@ -62,7 +65,8 @@ def _plus_plus(
         index = int(rng.integers(n)) if total <= 0 else int(rng.choice(n, p=closest / total))
         chosen.append(index)
         closest = np.minimum(closest, _squared_distances(points, norms, points[[index]])[:, 0])
-    return points[chosen].copy()
+    centres: NDArray[Any] = points[chosen].copy()
+    return centres
 
 
 def kmeans(

@@ -101,7 +101,9 @@ class Rule:
 
 
 def _integer(value: Any, low: int) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+    return (
+        isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= low
+    )
 
 
 def _real(value: Any) -> bool:
@@ -253,7 +255,7 @@ PIPELINE_PARAMETERS = _table(
 """The parameters of :class:`~specufex_dask.pipeline.SpecUFEx`, in order."""
 
 _ONE_AT_A_TIME = "steps through the data one event at a time as the reference does"
-REFERENCE_FIXED: dict[str, tuple[tuple, str]] = {
+REFERENCE_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
     "batch_size": ((1, "auto"), _ONE_AT_A_TIME),
     "max_steps": ((None,), _ONE_AT_A_TIME),
     "tol": ((None,), _ONE_AT_A_TIME),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,6 +27,16 @@ def _check_same_shapes(left: object, right: object) -> None:
                 f"{type(left).__name__}.{field.name}: shapes {a.shape} and {b.shape} differ "
                 "(statistics of models with different numbers of patterns or states?)"
             )
+
+
+_Statistics = TypeVar("_Statistics", "NMFStatistics", "HMMStatistics")
+
+
+def _field_sums(left: _Statistics, right: _Statistics) -> _Statistics:
+    """``left + right`` field by field, once their shapes are checked to agree."""
+    _check_same_shapes(left, right)
+    sums = (getattr(left, field.name) + getattr(right, field.name) for field in fields(left))
+    return type(left)(*sums)
 
 
 @dataclass(frozen=True)
@@ -59,14 +69,7 @@ class NMFStatistics:
         return cls(np.zeros((n_frequencies, n_patterns)), np.zeros(n_patterns), 0, 0, 0.0)
 
     def __add__(self, other: NMFStatistics) -> NMFStatistics:
-        _check_same_shapes(self, other)
-        return NMFStatistics(
-            self.basis_counts + other.basis_counts,
-            self.activation_sum + other.activation_sum,
-            self.n_columns + other.n_columns,
-            self.n_spectrograms + other.n_spectrograms,
-            self.elbo + other.elbo,
-        )
+        return _field_sums(self, other)
 
 
 @dataclass(frozen=True)
@@ -95,13 +98,7 @@ class HMMStatistics:
         return cls(np.zeros((n_states, n_patterns)), np.zeros(n_states), 0, 0.0)
 
     def __add__(self, other: HMMStatistics) -> HMMStatistics:
-        _check_same_shapes(self, other)
-        return HMMStatistics(
-            self.emission_counts + other.emission_counts,
-            self.state_counts + other.state_counts,
-            self.n_sequences + other.n_sequences,
-            self.elbo + other.elbo,
-        )
+        return _field_sums(self, other)
 
 
 def _tree_height(total: int) -> int:

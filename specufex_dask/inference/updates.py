@@ -64,9 +64,14 @@ def nmf_inner_iterations(temperature: float) -> int:
     return 10 + round(1 + 5 * (temperature - 1)) - 1
 
 
+def _decreasing_step_size(step: int, spread: float) -> float:
+    """``(250 / (1 + 5 spread) + step) ** -0.51``, capped at 1: both stages' schedule."""
+    return min(1.0, float((250.0 / (1.0 + 5.0 * spread) + step) ** -0.51))
+
+
 def nmf_step_size(step: int, temperature: float) -> float:
     """``rho = (250 / (1 + 5 (T - 1)) + step) ** -0.51``, capped at 1."""
-    return min(1.0, (250.0 / (1.0 + 5.0 * (temperature - 1.0)) + step) ** -0.51)
+    return _decreasing_step_size(step, temperature - 1.0)
 
 
 def nmf_global_update(
@@ -123,7 +128,7 @@ def prune_mask(
     size as VB requires, ``E[a]`` stays near 1 for every pattern that keeps a count or
     two, and no pattern is pruned from a real record.
     """
-    keep = (A1 / A2).ravel() > threshold
+    keep: NDArray[np.bool_] = (A1 / A2).ravel() > threshold
     if min_share is not None:
         keep &= (A1 / A1.sum()).ravel() >= min_share
     return keep
@@ -186,12 +191,13 @@ def pattern_order(EW: NDArray[Any], stable: bool = True) -> NDArray[Any]:
     outputs depend on.
     """
     peak = np.argmax(EW, axis=0)
-    return np.argsort(peak, kind="stable") if stable else np.argsort(peak)
+    order: NDArray[Any] = np.argsort(peak, kind="stable") if stable else np.argsort(peak)
+    return order
 
 
 def hmm_step_size(step: int, batch_size: int) -> float:
     """``rho = (250 / (1 + 5 (n - 1)) + step) ** -0.51``, capped at 1 (ALGORITHM.md 2b)."""
-    return min(1.0, (250.0 / (1.0 + 5.0 * (batch_size - 1)) + step) ** -0.51)
+    return _decreasing_step_size(step, batch_size - 1)
 
 
 def hmm_global_update(

@@ -26,8 +26,8 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # what ``specufex_dask.ingest`` held when it was one module
-    for module in ("driver", "readers"):
-        module = importlib.import_module(f"{__name__}.{module}")
+    for submodule in ("driver", "readers"):
+        module = importlib.import_module(f"{__name__}.{submodule}")
         if hasattr(module, name):
             if name not in __all__:
                 warn_moved(f"{__name__}.{name}", f"{module.__name__}.{name}")

@@ -147,6 +147,27 @@ class _Inspection:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class _Writing:
+    """Where an ingest runs and how it writes: the keywords every public function takes."""
+
+    client: Any
+    chunk_events: int
+    append: bool
+    overwrite: bool
+    dtype: npt.DTypeLike
+
+
+@dataclass(frozen=True)
+class _FileInputs:
+    """Event files and what is known of each before reading it."""
+
+    paths: Sequence[str]
+    events: Sequence[str]
+    starttimes: Sequence[str | None]
+    stations: Sequence[str | None]
+
+
 def _reason_counts(rejected: Iterable[RejectedInput]) -> str:
     # Numbers are replaced so that e.g. all wrong sampling rates count as one kind.
     counts = Counter(re.sub(r"\d[\d.]*", "N", r.reason.split(":", 1)[0]) for r in rejected)
@@ -232,18 +253,14 @@ def _write_archive(
     units: Sequence[Any],
     out_path: str | Path,
     params: SpectrogramParameters,
-    *,
-    client: Any,
-    chunk_events: int,
-    append: bool,
-    overwrite: bool,
-    dtype: npt.DTypeLike,
+    writing: _Writing,
     pre_rejected: Sequence[RejectedInput] = (),
 ) -> IngestReport:
     started = _time.perf_counter()
     out_path = Path(out_path)
-    check_positive_int("chunk_events", chunk_events, allow_none=False)
-    if not append and out_path.exists() and not overwrite:
+    client, append = writing.client, writing.append
+    check_positive_int("chunk_events", writing.chunk_events, allow_none=False)
+    if not append and out_path.exists() and not writing.overwrite:
         raise IngestError(f"{out_path} already exists; pass append=True or overwrite=True")
     existing: set[str] = set()
     archive_parameters: dict[str, Any] = {}
@@ -298,6 +315,8 @@ def _write_archive(
     if append:
         _check_same_parameters(out_path, archive_parameters, resolved)
 
+    # _resolve_shape fixed both once there is a good input
+    assert resolved.fs is not None and resolved.n_samples is not None
     frequency, time = spectrogram_axes(resolved, resolved.fs, resolved.n_samples)
     coords = _event_coords(good)
     if append:
@@ -309,16 +328,16 @@ def _write_archive(
             frequency=frequency,
             time=time,
             parameters=resolved.to_dict(),
-            chunk_events=chunk_events,
-            dtype=dtype,
-            overwrite=overwrite,
+            chunk_events=writing.chunk_events,
+            dtype=writing.dtype,
+            overwrite=writing.overwrite,
         )
     try:
         write_arguments = (
             (
                 str(writer.store_path), start,
                 _group_by_unit(good[start - writer.start : stop - writer.start], units),
-                resolved, np.dtype(dtype).str,
+                resolved, np.dtype(writing.dtype).str,
             )
             for start, stop in writer.regions
         )  # fmt: skip
@@ -356,8 +375,13 @@ def _resolve_shape(
         fs, origin = good[0].sampling_rate, f"the rate of {good[0].source}"
     if good and n_samples is None:
         n_samples = good[0].n_samples
+    if fs is None or n_samples is None:
+        # only without inputs (each has its rate and length): the caller rejects that
+        return params, []
     kept = []
     for report in good:
+        # a good input was read, and every reader gives the rate of what it reads
+        assert report.sampling_rate is not None
         if not math.isclose(report.sampling_rate, fs, rel_tol=1e-9):
             reason = f"sampling rate {report.sampling_rate:g} Hz, expected {fs:g} Hz ({origin})"
             rejected.append(RejectedInput(report.source, reason, report.event))
@@ -366,8 +390,6 @@ def _resolve_shape(
             rejected.append(RejectedInput(report.source, reason, report.event))
         else:
             kept.append(report)
-    if fs is None:
-        return params, kept
     return replace(params.resolved(fs), n_samples=int(n_samples)), kept
 
 
@@ -502,49 +524,34 @@ def ingest_waveforms(
         If another process writes to the archive (holds its lease); nothing is written.
     """
     files = expand_sources(sources)
-    events = [event_id(p) for p in files]
-    return _ingest_files(
-        [str(p) for p in files],
-        events,
-        [None] * len(files),
-        [None] * len(files),
-        out_path,
-        params,
-        client=client,
-        chunk_events=chunk_events,
-        append=append,
-        overwrite=overwrite,
-        select=select,
-        format=format,
-        dtype=dtype,
-    )
+    unknown = [None] * len(files)
+    inputs = _FileInputs([str(p) for p in files], [event_id(p) for p in files], unknown, unknown)
+    writing = _Writing(client, chunk_events, append, overwrite, dtype)
+    return _ingest_files(inputs, out_path, params, writing, select, format)
 
 
 def _ingest_files(
-    paths: Sequence[str],
-    events: Sequence[str],
-    starttimes: Sequence[str | None],
-    stations: Sequence[str | None],
+    inputs: _FileInputs,
     out_path: str | Path,
     params: SpectrogramParameters | None,
-    **options: Any,
+    writing: _Writing,
+    select: Mapping[str, str] | None,
+    format: str | None,
 ) -> IngestReport:
-    select, format = options.pop("select"), options.pop("format")
-    if not paths:
+    if not inputs.paths:
         raise IngestError(f"no waveform files given; nothing written to {out_path}")
-    size = options["chunk_events"]
     units = [
         FileUnit(
-            tuple(paths[block]),
-            tuple(events[block]),
-            tuple(starttimes[block]),
-            tuple(stations[block]),
+            tuple(inputs.paths[block]),
+            tuple(inputs.events[block]),
+            tuple(inputs.starttimes[block]),
+            tuple(inputs.stations[block]),
             select_tuple(select),
             format,
         )
-        for block in spans(len(paths), size)
+        for block in spans(len(inputs.paths), writing.chunk_events)
     ]
-    return _run(units, out_path, params or SpectrogramParameters(), **options)
+    return _run(units, out_path, params or SpectrogramParameters(), writing)
 
 
 _EVENT_COLUMNS = ("event", "event_id", "ev_ID", "evid", "id")
@@ -628,21 +635,9 @@ def ingest_catalog(
         raise ValueError(f"catalog {catalog}: empty event id on line(s) {empty[:5]}")
     starttimes = [row[starttime_column] or None if starttime_column else None for row in rows]
     stations = [row[station_column] or None if station_column else None for row in rows]
-    return _ingest_files(
-        paths,
-        events,
-        starttimes,
-        stations,
-        out_path,
-        params,
-        client=client,
-        chunk_events=chunk_events,
-        append=append,
-        overwrite=overwrite,
-        select=select,
-        format=format,
-        dtype=dtype,
-    )
+    inputs = _FileInputs(paths, events, starttimes, stations)
+    writing = _Writing(client, chunk_events, append, overwrite, dtype)
+    return _ingest_files(inputs, out_path, params, writing, select, format)
 
 
 def ingest_arrays(
@@ -708,16 +703,7 @@ def ingest_arrays(
     ]
     if not units:
         raise IngestError(f"no waveforms given; nothing written to {out_path}")
-    return _run(
-        units,
-        out_path,
-        params,
-        client=client,
-        chunk_events=chunk_events,
-        append=append,
-        overwrite=overwrite,
-        dtype=dtype,
-    )
+    return _run(units, out_path, params, _Writing(client, chunk_events, append, overwrite, dtype))
 
 
 def ingest_continuous(
@@ -775,13 +761,5 @@ def ingest_continuous(
             ContinuousUnit(window_length_s, step_s, path=str(p), select=chosen, format=format)
             for p in files
         ]
-    return _run(
-        units,
-        out_path,
-        params or SpectrogramParameters(),
-        client=client,
-        chunk_events=chunk_events,
-        append=append,
-        overwrite=overwrite,
-        dtype=dtype,
-    )
+    writing = _Writing(client, chunk_events, append, overwrite, dtype)
+    return _run(units, out_path, params or SpectrogramParameters(), writing)

@@ -51,7 +51,22 @@ class Spectrogram(NamedTuple):
 
 
 @dataclass(frozen=True)
-class SpectrogramParameters:
+class SpectrogramSettings:
+    """The fields of :class:`SpectrogramParameters` but its scipy window, unchecked: also
+    those of the command line's configuration section ``spectrograms``."""
+
+    fs: float | None = None
+    window_s: float = 1.0
+    overlap: float = 0.25
+    nfft: int | None = None
+    fmin: float | None = None
+    fmax: float | None = None
+    normalize_waveform: bool = True
+    n_samples: int | None = None
+
+
+@dataclass(frozen=True)
+class SpectrogramParameters(SpectrogramSettings):
     """Parameters of the preprocessing (ALGORITHM.md section 4).
 
     Parameters
@@ -81,14 +96,6 @@ class SpectrogramParameters:
     100
     """
 
-    fs: float | None = None
-    window_s: float = 1.0
-    overlap: float = 0.25
-    nfft: int | None = None
-    fmin: float | None = None
-    fmax: float | None = None
-    normalize_waveform: bool = True
-    n_samples: int | None = None
     window: str | tuple[Any, ...] = ("tukey", 0.25)
 
     def __post_init__(self) -> None:

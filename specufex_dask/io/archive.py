@@ -284,7 +284,7 @@ def read_rejected(archive: xr.Dataset | str | Path) -> list[RejectedInput]:
 
 
 def check_spectrogram_values(
-    block: npt.ArrayLike, event_ids: Sequence[Hashable]
+    block: npt.ArrayLike, event_ids: Sequence[Hashable] | npt.NDArray[Any]
 ) -> list[tuple[str, str]]:
     """Find events of a block whose spectrogram has negative or non-finite values.
 
@@ -292,7 +292,7 @@ def check_spectrogram_values(
     ----------
     block : array-like of shape (n_events, n_frequencies, n_times)
         One chunk of the ``spectrogram`` variable.
-    event_ids : sequence of length n_events
+    event_ids : sequence or ndarray of length n_events
         The ids of the events of the block.
 
     Returns
@@ -321,7 +321,7 @@ def check_spectrogram_values(
     if not suspect.any():
         return []
     flat = flat[suspect]
-    event_ids = [event_ids[index] for index in np.flatnonzero(suspect)]
+    event_ids = [event_ids[int(index)] for index in np.flatnonzero(suspect)]
     non_finite = (~np.isfinite(flat)).sum(axis=1)
     with np.errstate(invalid="ignore"):
         negative = (flat < 0).sum(axis=1)
@@ -591,7 +591,9 @@ class ArchiveWriter:
         chunk_events = int(chunks[0])
         old_n = ds.sizes[EVENT]
         shape_tail = {SPECTROGRAM: (ds.sizes[FREQUENCY], ds.sizes[TIME])}
-        variables = {SPECTROGRAM: ((EVENT, FREQUENCY, TIME), shape_tail[SPECTROGRAM])}
+        variables: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
+            SPECTROGRAM: ((EVENT, FREQUENCY, TIME), shape_tail[SPECTROGRAM])
+        }
         for name, (dims, tail) in (extra_variables or {}).items():
             variables[name] = (dims, tail)
         dtype = ds[SPECTROGRAM].dtype
@@ -666,7 +668,8 @@ class ArchiveWriter:
 
         group = zarr.open_group(str(self.store_path), mode="r+", use_consolidated=False)
         for name, array in group.arrays():
-            dims = array.metadata.dimension_names or ()
+            # zarr 2 metadata (never written here) has no dimension names
+            dims = getattr(array.metadata, "dimension_names", None) or ()
             if dims and dims[0] == EVENT and array.shape[0] > self.start:
                 array.resize((self.start, *array.shape[1:]))
             if dims and dims[0] == REJECTED and array.shape[0] > self._old_rejected:
@@ -686,6 +689,8 @@ def _extend_outputs(path: str | Path, names: Sequence[str], n_events: int) -> No
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     for name in names:
         array = group[name]
+        if not isinstance(array, zarr.Array):
+            raise ArchiveError(f"{path}: {name} is a group, not an event-major variable")
         array.resize((n_events, *array.shape[1:]))
     logger.warning(
         "appended events have no values yet in %s of %s (fill value); re-run the fit/transform",
@@ -734,8 +739,10 @@ def _placeholder_dataset(
 
     event_chunks = tuple(b - a for a, b in region_bounds(offset, offset + n_events, chunk_events))
     if spectrogram_tail is None:
+        # a new archive: its axes are given
+        assert frequency is not None and time is not None
         spectrogram_tail = (len(frequency), len(time))
-    variables = {
+    variables: dict[str, tuple[tuple[str, ...], Any]] = {
         SPECTROGRAM: (
             (EVENT, FREQUENCY, TIME),
             da.zeros((n_events, *spectrogram_tail), dtype=dtype, chunks=(event_chunks, -1, -1)),
@@ -841,7 +848,7 @@ def write_spectrograms(
     if mode not in ("w", "w-", "a"):
         raise ValueError(f"mode must be 'w', 'w-' or 'a', got {mode!r}")
     is_dask = isinstance(spectrogram, da.Array)
-    values = spectrogram if is_dask else np.asarray(spectrogram)
+    values = spectrogram if isinstance(spectrogram, da.Array) else np.asarray(spectrogram)
     if values.ndim != 3:
         raise ValueError(
             f"spectrogram must have shape (n_events, n_frequencies, n_times), got {values.shape}"

@@ -54,7 +54,7 @@ async def _write_group(folder: str, dataset: xr.Dataset) -> None:
         values = np.ascontiguousarray(variable.values)
         array = await group.create_array(
             name, shape=values.shape, dtype=values.dtype, chunks=values.shape,
-            dimension_names=variable.dims, compressors=None, fill_value=None,
+            dimension_names=[str(dim) for dim in variable.dims], compressors=None, fill_value=None,
         )  # fmt: skip
         await array.setitem(Ellipsis, values)
 
@@ -120,8 +120,9 @@ def stored_frequency(path: str, n_frequencies: int) -> np.ndarray:
     import zarr
 
     group = zarr.open_group(path, mode="r", use_consolidated=False)
-    if archive.FREQUENCY in group and group[archive.FREQUENCY].shape == (n_frequencies,):
-        return group[archive.FREQUENCY][:]
+    axis = group.get(archive.FREQUENCY)
+    if isinstance(axis, zarr.Array) and axis.shape == (n_frequencies,):
+        return np.asarray(axis[:])
     return np.arange(n_frequencies, dtype=float)
 
 

@@ -41,7 +41,8 @@ def emission_log_likelihood(
 
     The term ``-ln Gamma(U + 1)`` is the same for every state and is left out.
     """
-    return np.matmul(log_rate, U) - rate.sum(axis=1)[None, :, None]
+    emission: NDArray[Any] = np.matmul(log_rate, U) - rate.sum(axis=1)[None, :, None]
+    return emission
 
 
 def _expected_transition(A: NDArray[Any], compat: bool) -> NDArray[Any]:
@@ -51,14 +52,15 @@ def _expected_transition(A: NDArray[Any], compat: bool) -> NDArray[Any]:
     sums along the wrong axis (ALGORITHM.md 2c.1).
     """
     row_total = digamma(A.sum(axis=1))  # (S, n): state i's row
-    if compat:
-        return np.exp(digamma(A) - row_total[None, :, :])
-    return np.exp(digamma(A) - row_total[:, None, :])
+    row_digamma = row_total[None, :, :] if compat else row_total[:, None, :]
+    transition: NDArray[Any] = np.exp(digamma(A) - row_digamma)
+    return transition
 
 
 def _expected_initial(Ppi: NDArray[Any]) -> NDArray[Any]:
     """``exp(E[ln pi])``, sequences last: Ppi is (S, n)."""
-    return np.exp(digamma(Ppi) - digamma(Ppi.sum(axis=0)))
+    initial: NDArray[Any] = np.exp(digamma(Ppi) - digamma(Ppi.sum(axis=0)))
+    return initial
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,9 @@ class ForwardBackward:
 
 
 @numba.njit(cache=True, nogil=True)
-def _forward_backward_lanes(emission, transition, initial, compat):  # pragma: no cover
+def _forward_backward_lanes(
+    emission: NDArray[Any], transition: NDArray[Any], initial: NDArray[Any], compat: bool
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[np.float64]]:  # pragma: no cover
     """The scaled forward-backward recursion with the sequences as the last axis.
 
     ``emission`` (M, S, n), ``transition`` (S, S, n) and ``initial`` (S, n) hold one
@@ -223,7 +227,7 @@ def dirichlet_kl(concentration: NDArray[Any], prior: float) -> NDArray[Any]:
     """KL( Dir(concentration) || Dir(prior, ..., prior) ) over the last axis."""
     total = concentration.sum(axis=-1)
     size = concentration.shape[-1]
-    return (
+    kl: NDArray[Any] = (
         gammaln(total)
         - gammaln(concentration).sum(axis=-1)
         - gammaln(size * prior)
@@ -232,6 +236,7 @@ def dirichlet_kl(concentration: NDArray[Any], prior: float) -> NDArray[Any]:
             axis=-1
         )
     )
+    return kl
 
 
 @dataclass(frozen=True)
@@ -379,4 +384,5 @@ def fingerprints(
     y = np.linalg.solve(np.swapaxes(identity - cQ, 1, 2), p[:, :, None])
     v = np.matmul(np.swapaxes(y, 1, 2), geometric)[:, 0, :]
     v /= v.sum(axis=1, keepdims=True)
-    return v[:, :, None] * np.sqrt(Q)
+    guide: NDArray[Any] = v[:, :, None] * np.sqrt(Q)
+    return guide

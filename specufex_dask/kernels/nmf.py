@@ -44,7 +44,8 @@ __all__ = [
 
 def expected_log(shape: NDArray[Any], rate: NDArray[Any]) -> NDArray[Any]:
     """E[ln x] for x ~ Gamma(shape, rate): ``psi(shape) - ln(rate)``."""
-    return digamma(shape) - np.log(rate)
+    result: NDArray[Any] = digamma(shape) - np.log(rate)
+    return result
 
 
 def gamma_kl(
@@ -60,13 +61,14 @@ def gamma_kl(
     """
     if digamma_shape is None:
         digamma_shape = digamma(shape)
-    return (
+    kl: NDArray[Any] = (
         (shape - prior_shape) * digamma_shape
         - gammaln(shape)
         + gammaln(prior_shape)
         + prior_shape * (np.log(rate) - np.log(prior_rate))
         + shape * (prior_rate - rate) / rate
     )
+    return kl
 
 
 def _row_softmax_factor(
@@ -84,17 +86,19 @@ def _row_softmax_factor(
         shifted = log_values - maximum
     if temperature != 1.0:
         shifted /= temperature
-    return np.exp(shifted, out=shifted)
+    factor: NDArray[Any] = np.exp(shifted, out=shifted)
+    return factor
 
 
 def _normaliser(E: NDArray[Any], F: NDArray[Any]) -> NDArray[Any]:
     """``Z = E @ F`` per spectrogram, guarded against underflow."""
-    Z = np.matmul(E, F)
-    return np.maximum(Z, np.finfo(Z.dtype).tiny, out=Z)
+    Z: NDArray[Any] = np.matmul(E, F)
+    guarded: NDArray[Any] = np.maximum(Z, np.finfo(Z.dtype).tiny, out=Z)
+    return guarded
 
 
 @numba.njit(cache=True, nogil=True)
-def _divide_by_normaliser(X, Z):  # pragma: no cover - compiled
+def _divide_by_normaliser(X: NDArray[Any], Z: NDArray[Any]) -> None:  # pragma: no cover - compiled
     """Overwrite ``Z`` with ``X / max(Z, tiny)`` (both C-contiguous, same dtype).
 
     The underflow guard and the division in one pass over the largest arrays of the
@@ -289,8 +293,8 @@ def _local_step_block(
     temperature: float,
     n_inner: int,
     with_elbo: bool,
-) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
-    """Shape of q(H), basis counts and ELBO terms of one block of spectrograms."""
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any] | float]:
+    """Shape of q(H), basis counts and ELBO terms (NaN without ``with_elbo``) of one block."""
     K = log_basis.shape[1]
     E = factors.E
     log_rate = np.log(rate)
@@ -302,7 +306,7 @@ def _local_step_block(
     log_activation = digamma_shape - log_rate[:, None]
     F = _row_softmax_factor(log_activation, temperature, axis=-2)
     Z = _normaliser(E, F)
-    log_normaliser = None
+    log_normaliser: NDArray[Any] | None = None
     if with_elbo and temperature == 1.0:
         # at T = 1 the ELBO's normaliser is this one: E and F are exp(L - max) and
         # exp(E[ln H] - max), so only its logarithm is extra work
@@ -311,6 +315,8 @@ def _local_step_block(
     if not with_elbo:
         return shape, basis_counts, np.nan
     if log_normaliser is None:
+        # _BasisFactors.of sets it whenever with_elbo
+        assert factors.E_at_unit_temperature is not None
         F1 = _row_softmax_factor(log_activation, 1.0, axis=-2)
         Z1 = _normaliser(factors.E_at_unit_temperature, F1)
         log_normaliser = _log_normaliser(Z1, log_basis, log_activation)
@@ -322,7 +328,7 @@ def _log_normaliser(
     Z: NDArray[Any], log_basis: NDArray[Any], log_activation: NDArray[Any]
 ) -> NDArray[Any]:
     """``ln sum_k exp(L[d, k] + E[ln H[k, t]])`` from ``Z = exp(L - max) @ exp(E[ln H] - max)``."""
-    log_normaliser = np.log(Z)
+    log_normaliser: NDArray[Any] = np.log(Z)
     log_normaliser += log_basis.max(axis=1, keepdims=True)
     log_normaliser += log_activation.max(axis=1, keepdims=True)
     return log_normaliser
@@ -345,9 +351,10 @@ def _local_elbo(
     data = np.sum(X * log_normaliser, axis=(1, 2), dtype=np.float64)
     # a row-wise sum, not a matrix-vector product: BLAS rounds each row by the number of rows
     expected_rate = np.sum((shape.sum(axis=2) / rate) * basis_weight, axis=1)
-    kl = gamma_kl(shape, rate[:, None], h01, h02, digamma_shape)
-    kl = np.sum(kl, axis=(1, 2), dtype=np.float64)
-    return data - expected_rate - kl
+    kl_terms = gamma_kl(shape, rate[:, None], h01, h02, digamma_shape)
+    kl = np.sum(kl_terms, axis=(1, 2), dtype=np.float64)
+    elbo: NDArray[Any] = data - expected_rate - kl
+    return elbo
 
 
 def nmf_transform(

@@ -37,7 +37,9 @@ _FRACTION_LIMIT = 1e300  # the fraction's denominator overflows only for x beyon
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _digamma_from_log(x, log_shifted):  # pragma: no cover - compiled
+def _digamma_from_log(
+    x: NDArray[np.float64], log_shifted: NDArray[np.float64]
+) -> None:  # pragma: no cover - compiled
     """Overwrite ``log_shifted = log(x + SHIFT)`` (flat float64) with ``psi(x)``."""
     for index in range(x.size):
         z = x[index]
@@ -90,15 +92,14 @@ def digamma(x: ArrayLike, out: NDArray[Any] | None = None) -> NDArray[Any]:
         and out.flags.c_contiguous
         and not np.shares_memory(out, x64)
     )
-    work = out if direct else np.empty(x.shape, dtype=np.float64)
+    work = out if out is not None and direct else np.empty(x.shape, dtype=np.float64)
     # np.log is itself vectorised; computing it outside keeps the compiled loop free of
     # calls, which is what lets it vectorise
     np.add(x64, SHIFT, out=work)
     np.log(work, out=work)
     _digamma_from_log(x64.reshape(-1), work.reshape(-1))
-    if direct:
-        return out
-    if out is not None:
+    if out is None:
+        return work.astype(np.float32, copy=False) if x.dtype == np.float32 else work
+    if not direct:
         out[...] = work
-        return out
-    return work.astype(np.float32, copy=False) if x.dtype == np.float32 else work
+    return out

@@ -160,7 +160,7 @@ def connect(
         Address of a running scheduler (``tcp://host:8786``, ``tls://host:8786`` or
         ``host:port``), or a client to use as it is. When given, ``cluster`` and the
         sizing options are ignored.
-    cluster : {"local", "slurm", "pbs"}
+    cluster : {"local", "slurm", "pbs"}, default="local"
         Kind of cluster to start when ``scheduler`` is None.
     workers : int, optional
         Local: number of worker processes. Job queue: number of workers to request
@@ -177,7 +177,7 @@ def connect(
         TLS settings (``tls_ca_file``, ``tls_client_cert``, ``tls_client_key``,
         ``tls_scheduler_cert``, ..., ``require_encryption``). A started cluster then
         uses the ``tls://`` protocol.
-    dashboard_address : str
+    dashboard_address : str, default="127.0.0.1:8787"
         Where a started scheduler serves its dashboard; loopback by default (reach it
         through an SSH tunnel). A busy port falls back to a free one.
     timeout : float, optional
@@ -414,7 +414,7 @@ def start_local_cluster(
     security : distributed.Security, optional
         TLS settings; the cluster then speaks ``tls://``. They must hold scheduler
         and worker certificates.
-    dashboard_address : str
+    dashboard_address : str, default="127.0.0.1:8787"
         Dashboard address; must name a host so that it does not listen on all
         interfaces.
 
@@ -633,7 +633,7 @@ def jobqueue_job_script(
     options : mapping
         The same options as :func:`build_jobqueue_cluster`; cluster-only options
         other than ``interface`` do not change the script.
-    scheduler_address : str
+    scheduler_address : str, default="tcp://<scheduler-address>:8786"
         Scheduler address written into the worker command.
     security : mapping or distributed.Security, optional
         TLS settings; certificate paths then appear in the worker command.
@@ -759,10 +759,12 @@ def write_self_signed_tls(
     ----------
     directory : path
         Existing or new folder for the files.
-    hostnames, ip_addresses : tuple of str
-        Names and addresses put in the certificate's subject alternative names.
-    days : int
-        Validity of the certificates.
+    hostnames : tuple of str, default=("localhost",)
+        Names put in the certificate's subject alternative names.
+    ip_addresses : tuple of str, default=("127.0.0.1",)
+        Addresses put there.
+    days : int, default=7
+        Validity of the certificates, in days.
 
     Returns
     -------

@@ -67,6 +67,7 @@ from specufex_dask.parallel.executor import (
 from specufex_dask.parallel.executor import (
     WINDOW_LOOKUP_S,
     Executor,
+    StepRequest,
     TaskExecutor,
     executor_for,
 )
@@ -216,7 +217,7 @@ class EventChunks:
         path = None
         if isinstance(data, (str, os.PathLike)):
             # Workers open it by this path, and their working folder may not be ours.
-            path = os.path.abspath(data) if archive._is_local(data) else str(data)
+            path = os.path.abspath(data) if archive._is_local(os.fspath(data)) else str(data)
             # No dask array yet: its graph grows with the number of storage chunks (12 MiB
             # of driver memory at 100k events) and tasks that read by path never use it.
             data = archive.open_archive(path, with_dask=False)
@@ -224,7 +225,7 @@ class EventChunks:
         stored = path is not None and _shows_stored_values(data)
         if path is not None and not stored:
             data = _spectrogram_of(archive.open_archive(path))
-        common = {
+        common: dict[str, Any] = {
             "event": (
                 np.array([str(v) for v in data[archive.EVENT].values.tolist()], dtype=object)
                 if archive.EVENT in data.coords
@@ -295,6 +296,7 @@ class EventChunks:
         """``(start, stop, source)`` of every range: :class:`StoredRows` or a dask block."""
         for number, (start, stop) in enumerate(self.bounds):
             if self.stored:
+                assert self.path is not None  # stored values are read by path
                 yield start, stop, StoredRows(self.path, slice(start, stop))
             else:
                 yield start, stop, self.blocks[number]
@@ -510,9 +512,8 @@ def _minibatch_statistics(
     params = tuple(replace(p, threads=1) for p in params)
     executor = _step_executor(client, runners)
     nodes = executor.step(
-        task_nodes, chunks, index, (leaves, *params), following=following,
-        group_events=TASK_EVENTS,
-    )  # fmt: skip
+        StepRequest(task_nodes, chunks, index, (leaves, *params), following, TASK_EVENTS)
+    )
     return executor.fold(nodes, len(index))
 
 
@@ -649,10 +650,12 @@ def _resumable(path: str, n_events: int, chunk_events: int, token: str) -> np.nd
     if group.attrs.get(TRANSFORM_TOKEN_ATTR) != token or TRANSFORMED not in group:
         return None
     markers = group[TRANSFORMED]
+    if not isinstance(markers, zarr.Array):
+        return None
     # Tasks of other ranges could share an output chunk and race on it.
     if markers.shape != (n_events,) or markers.chunks[0] != chunk_events:
         return None
-    return markers[:]
+    return np.asarray(markers[:])
 
 
 def _mark_complete(path: str, complete: bool, token: str) -> None:
@@ -795,13 +798,13 @@ class BackgroundCheckpoints:
             return
         self.wait()
         dataset = model_group_dataset(nmf, hmm, progress)
-        self._pending = self._executor.submit(self._write, dataset)
+        self._pending = self._executor.submit(self._write, self._path, dataset)
 
-    def _write(self, dataset: xr.Dataset) -> None:
+    def _write(self, path: str, dataset: xr.Dataset) -> None:
         if self._frequency is None:
-            self._frequency = stored_frequency(self._path, dataset.sizes[archive.FREQUENCY])
+            self._frequency = stored_frequency(path, dataset.sizes[archive.FREQUENCY])
         dataset = dataset.assign_coords({archive.FREQUENCY: self._frequency})
-        write_model_dataset(self._path, dataset)
+        write_model_dataset(path, dataset)
 
     def wait(self) -> None:
         """Wait for the write in progress; raise its error."""

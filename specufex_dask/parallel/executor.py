@@ -24,9 +24,13 @@ take an executor (``io``, ``ingest``) still import without them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
 
 from specufex_dask.common import available_cores
 from specufex_dask.inference.stats import tree_root
@@ -36,6 +40,7 @@ __all__ = [
     "IN_FLIGHT_PER_THREAD",
     "WINDOW_LOOKUP_S",
     "Executor",
+    "StepRequest",
     "TaskExecutor",
     "executor_for",
 ]
@@ -47,6 +52,36 @@ IN_FLIGHT_PER_THREAD = 2
 WINDOW_LOOKUP_S = 5.0
 
 OnResult = Callable[[int, Any], None]
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """The work of one SVI step, as :meth:`Executor.step` takes it.
+
+    Attributes
+    ----------
+    function : callable
+        Called as ``function(source, local, ids, position, total, *arguments)`` per task
+        (see :func:`specufex_dask.parallel.tasks.stored_task`); returns a dict of nodes of
+        the fixed summation tree.
+    chunks : EventChunks
+        The data (an :class:`specufex_dask.parallel.engine.EventChunks`).
+    index : ndarray of int
+        The sorted event indices of the minibatch.
+    arguments : tuple
+        The arguments after the task's own.
+    following : ndarray of int, optional
+        The next step's minibatch (an executor may read it ahead).
+    group_events : int
+        About the most events one call takes.
+    """
+
+    function: Callable
+    chunks: Any
+    index: NDArray[np.integer]
+    arguments: tuple
+    following: NDArray[np.integer] | None
+    group_events: int
 
 
 @runtime_checkable
@@ -88,25 +123,9 @@ class Executor(Protocol):
         return only a small acknowledgement (nothing large travels back)."""
         ...
 
-    def step(
-        self,
-        function: Callable,
-        chunks: Any,
-        index: Sequence[int],
-        arguments: tuple,
-        *,
-        following: Sequence[int] | None = None,
-        group_events: int,
-    ) -> dict:
-        """Tree nodes of one SVI step over the sorted event indices ``index`` of
-        ``chunks`` (an :class:`specufex_dask.parallel.engine.EventChunks`).
-
-        Every task is ``function(source, local, ids, position, total, *arguments)`` (see
-        :func:`specufex_dask.parallel.tasks.stored_task`) and returns a dict of nodes of
-        the fixed summation tree; the dicts of all tasks are merged. ``following`` is the
-        next step's minibatch (an executor may read it ahead), ``group_events`` about the
-        most events one call takes. A step has few tasks: they are all submitted at once.
-        """
+    def step(self, request: StepRequest) -> dict:
+        """Tree nodes of one SVI step (:class:`StepRequest`): the dicts of nodes of all
+        its tasks, merged. A step has few tasks: they are all submitted at once."""
         ...
 
     def fold(self, nodes: Mapping, total: int) -> Any:
@@ -240,19 +259,11 @@ class TaskExecutor:
     ) -> int:
         return self.map_events(function, arguments, on_result)
 
-    def step(
-        self,
-        function: Callable,
-        chunks: Any,
-        index: Sequence[int],
-        arguments: tuple,
-        *,
-        following: Sequence[int] | None = None,
-        group_events: int,
-    ) -> dict:
+    def step(self, request: StepRequest) -> dict:
         """One task per group of whole chunks (:meth:`EventChunks.step_groups`) of an
         archive read by path, or per dask block otherwise; ``following`` and
         ``group_events`` are not used (the chunks' own step grouping applies)."""
+        chunks, index, arguments = request.chunks, request.index, request.arguments
         total = len(index)
         if chunks.stored:
             calls = [
@@ -266,7 +277,7 @@ class TaskExecutor:
                 for chunk, local, position in chunks.split(index)
             ]  # fmt: skip
         nodes: dict = {}
-        for part in self.gather(function, calls):
+        for part in self.gather(request.function, calls):
             nodes.update(part)
         return nodes
 

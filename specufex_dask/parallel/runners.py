@@ -47,7 +47,7 @@ import numpy as np
 
 from specufex_dask.inference.steps import map_groups
 from specufex_dask.parallel import executor
-from specufex_dask.parallel.executor import TaskExecutor
+from specufex_dask.parallel.executor import StepRequest, TaskExecutor
 from specufex_dask.parallel.tasks import StoredRows, stored_task
 
 __all__ = ["ActorExecutor", "StepRunner", "StepRunners"]
@@ -237,28 +237,24 @@ class StepRunners:
                 if address not in self._client.nthreads():
                     raise OSError(f"worker {address} left the cluster") from None
 
-    def nodes(
-        self,
-        function: Callable,
-        chunks: Any,
-        index: np.ndarray,
-        arguments: tuple,
-        following: np.ndarray | None,
-        group_events: int,
-    ) -> dict:
-        """Tree nodes of the step tasks ``function`` over the minibatch ``index`` of an
-        archive's events, merged; the rows of the minibatch ``following`` are read ahead
-        for the next step. Raises on any failure of a call."""
+    def nodes(self, request: StepRequest) -> dict:
+        """Tree nodes of the step tasks ``request.function`` over the minibatch ``index``
+        of an archive's events, merged; the rows of the minibatch ``following`` are read
+        ahead for the next step. Raises on any failure of a call."""
+        chunks, index, group_events = request.chunks, request.index, request.group_events
         self._follow_cluster()
         calls = []
         for runner, address, threads, groups, ahead in zip(
             self._runners, self._addresses, self._threads,
             self._groups(chunks, index, group_events),
-            self._ahead(chunks, following, group_events), strict=True,
+            self._ahead(chunks, request.following, group_events), strict=True,
         ):  # fmt: skip
-            tasks = [stored_task(chunks, index, first, stop, arguments) for first, stop in groups]
+            tasks = [
+                stored_task(chunks, index, first, stop, request.arguments)
+                for first, stop in groups
+            ]
             if tasks or ahead:
-                calls.append((runner.run(function, tasks, threads, ahead), address))
+                calls.append((runner.run(request.function, tasks, threads, ahead), address))
         nodes: dict = {}
         for call, address in calls:
             nodes.update(self._result(call, address))
@@ -290,26 +286,13 @@ class ActorExecutor(TaskExecutor):
     def close(self) -> None:
         self.runners.release()
 
-    def step(
-        self,
-        function: Callable,
-        chunks: Any,
-        index: Sequence[int],
-        arguments: tuple,
-        *,
-        following: Sequence[int] | None = None,
-        group_events: int,
-    ) -> dict:
-        if chunks.stored and self.runners.ready():
+    def step(self, request: StepRequest) -> dict:
+        if request.chunks.stored and self.runners.ready():
             try:
-                return self.runners.nodes(
-                    function, chunks, index, arguments, following, group_events
-                )
+                return self.runners.nodes(request)
             except Exception as error:  # noqa: BLE001 - the tasks below raise a real error again
                 logger.info(
                     "a step on the step runners failed (%r); running steps as tasks", error
                 )
                 self.runners.failed()
-        return super().step(
-            function, chunks, index, arguments, following=following, group_events=group_events
-        )
+        return super().step(request)
