@@ -636,7 +636,10 @@ class ArchiveWriter:
                     str(self.store_path), mode="a", append_dim=REJECTED, consolidated=False
                 )
             else:
-                chunking = {name: {"chunks": (_COORD_CHUNK,)} for name in table.data_vars}
+                chunking = {
+                    name: {"chunks": (_COORD_CHUNK,), "compressors": checksummed()}
+                    for name in table.data_vars
+                }
                 table.to_zarr(
                     str(self.store_path), mode="a", consolidated=False, encoding=chunking
                 )
@@ -748,15 +751,25 @@ def _placeholder_dataset(
     return xr.Dataset(variables, coords=all_coords)
 
 
+def checksummed() -> tuple[Any, ...]:
+    """The bytes-to-bytes codecs of new archives' arrays: zstd, then a crc32c of the
+    compressed chunk, so damage that still decompresses is caught as a mismatch."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return (ZstdCodec(), Crc32cCodec())
+
+
 def _encoding(dataset: xr.Dataset, chunk_events: int) -> dict[str, dict[str, Any]]:
-    encoding: dict[str, dict[str, Any]] = {}
+    encoding: dict[str, dict[str, Any]] = {
+        str(name): {"compressors": checksummed()} for name in dataset.variables
+    }
     for name, variable in dataset.variables.items():
         if not variable.dims or variable.dims[0] != EVENT:
             continue
         if variable.ndim == 1 and name not in dataset.data_vars:
-            encoding[str(name)] = {"chunks": (_COORD_CHUNK,)}
+            encoding[str(name)]["chunks"] = (_COORD_CHUNK,)
         else:
-            encoding[str(name)] = {"chunks": (chunk_events, *variable.shape[1:])}
+            encoding[str(name)]["chunks"] = (chunk_events, *variable.shape[1:])
         if name == STARTTIME:
             encoding[str(name)].update(_STARTTIME_ENCODING)
     return encoding
