@@ -60,6 +60,7 @@ from specufex_dask.io.archive import (
     STARTTIME,
     ArchiveWriter,
     RejectedInput,
+    naming_disk_full,
     open_archive,
     spectrogram_parameters,
     write_region,
@@ -291,6 +292,51 @@ def _run(
 
     frequency, time = spectrogram_axes(resolved, resolved.fs, resolved.n_samples)
     coords = _event_coords(good)
+    n_bytes = len(good) * frequency.size * time.size * np.dtype(dtype).itemsize
+    with naming_disk_full(
+        out_path, f"{len(good)} spectrograms", n_bytes, _left_intact(out_path, append)
+    ):
+        _write(units, good, out_path, coords, frequency, time, resolved, rejected, client,
+               chunk_events=chunk_events, append=append, overwrite=overwrite,
+               dtype=dtype)  # fmt: skip
+    report = IngestReport(
+        path=out_path,
+        n_inputs=n_inputs,
+        n_written=len(good),
+        rejected=tuple(rejected),
+        seconds=_time.perf_counter() - started,
+        parameters=resolved.to_dict(),
+    )
+    logger.info(report.summary())
+    return report
+
+
+def _left_intact(out_path: Path, append: bool) -> str:
+    """What a failed write leaves as it was (:meth:`ArchiveWriter.abort` undid the rest)."""
+    if append:
+        return f"the append was rolled back: {out_path} is as before; free space and rerun"
+    if out_path.exists():
+        return f"the archive at {out_path} is unchanged; free space and rerun"
+    return f"nothing was left at {out_path}; free space and rerun"
+
+
+def _write(
+    units: Sequence[Any],
+    good: Sequence[_Inspection],
+    out_path: Path,
+    coords: dict[str, np.ndarray],
+    frequency: np.ndarray,
+    time: np.ndarray,
+    resolved: SpectrogramParameters,
+    rejected: Sequence[RejectedInput],
+    client: Any,
+    *,
+    chunk_events: int,
+    append: bool,
+    overwrite: bool,
+    dtype: npt.DTypeLike,
+) -> None:
+    """Pass 2: write the good inputs and the rejected table, or leave nothing changed."""
     if append:
         writer = ArchiveWriter.append(out_path, event_coords=_only_known(out_path, coords))
     else:
@@ -319,16 +365,6 @@ def _run(
     except BaseException:
         writer.abort()
         raise
-    report = IngestReport(
-        path=out_path,
-        n_inputs=n_inputs,
-        n_written=len(good),
-        rejected=tuple(rejected),
-        seconds=_time.perf_counter() - started,
-        parameters=resolved.to_dict(),
-    )
-    logger.info(report.summary())
-    return report
 
 
 def _resolve_shape(

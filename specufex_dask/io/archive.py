@@ -26,11 +26,13 @@ dataset's own; writers adding variables to an archive should carry ``ds.attrs`` 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import shutil
 import uuid
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -97,8 +99,20 @@ _COORD_CHUNK = 65536
 _STARTTIME_ENCODING = {"units": "nanoseconds since 1970-01-01", "dtype": "int64"}
 
 
+# Attributes holding JSON text of an object, and how to repair each when it is not.
+JSON_ATTRS = {
+    PARAMETERS_ATTR: "write it back as the JSON object of the preprocessing parameters, "
+    "or re-ingest",
+    "specufex_dask_config": "delete it (the commands record their configuration again)",
+}
+
+
 class ArchiveError(ValueError):
     """The archive is missing, incomplete or does not follow the schema."""
+
+
+class DiskFullError(ArchiveError):
+    """A write ran out of disk space (the message says what was left intact)."""
 
 
 class RejectedInput(NamedTuple):
@@ -187,6 +201,8 @@ def open_archive(path: str | Path, *, with_dask: bool = True) -> xr.Dataset:
             f"archive {path_str} is incomplete: attribute {COMPLETE_ATTR!r} is False (a write "
             "or append was interrupted); re-run the ingest"
         )
+    for name, fix in JSON_ATTRS.items():
+        json_attribute(attrs, name, path_str, fix)
     with quiet_zarr():  # stores from other writers may lack consolidated metadata
         try:
             ds = xr.open_zarr(path_str, chunks={} if with_dask else None)
@@ -241,10 +257,99 @@ def validate_archive(ds: xr.Dataset, where: str = "archive") -> None:
             raise ArchiveError(f"{where}: event ids are not unique, e.g. {duplicated}")
 
 
-def spectrogram_parameters(ds: xr.Dataset) -> dict[str, Any]:
-    """The preprocessing parameters recorded in the archive (empty dict when absent)."""
-    raw = ds.attrs.get(PARAMETERS_ATTR)
-    return {} if raw is None else dict(json.loads(raw))
+def json_attribute(attrs: Mapping[str, Any], name: str, where: str, fix: str) -> Any:
+    """The JSON object held (as text) by attribute ``name``; None when there is none.
+
+    Raises
+    ------
+    ArchiveError
+        Naming the attribute, ``where`` (the store) and ``fix`` when the text is not
+        JSON of an object.
+    """
+    raw = attrs.get(name)
+    if raw is None or isinstance(raw, dict):  # Zarr may hold it as a JSON object already
+        return raw
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError) as error:
+        problem = f"is not JSON ({error}; it starts {str(raw)[:40]!r})"
+    else:
+        if isinstance(value, dict):
+            return value
+        problem = f"is JSON of a {type(value).__name__}, not of an object"
+    raise ArchiveError(f"store {where}: attribute {name!r} {problem}; {fix}")
+
+
+def spectrogram_parameters(ds: xr.Dataset, where: str | None = None) -> dict[str, Any]:
+    """The preprocessing parameters recorded in the archive (empty dict when absent).
+
+    ``where`` (default the store xarray opened) is named when the attribute is not a
+    JSON object."""
+    where = where or str(ds.encoding.get("source", "the archive"))
+    value = json_attribute(ds.attrs, PARAMETERS_ATTR, where, JSON_ATTRS[PARAMETERS_ATTR])
+    return {} if value is None else dict(value)
+
+
+def zarr_format(path: str | Path) -> int | None:
+    """The Zarr format of the local group at ``path`` (2 or 3), None when it is neither."""
+    folder = Path(path)
+    if (folder / "zarr.json").is_file():
+        return 3
+    return 2 if (folder / ".zgroup").is_file() else None
+
+
+def require_zarr_v3(path: str | Path, what: str) -> None:
+    """Refuse to write ``what`` into a Zarr format 2 store, saying how to convert it."""
+    if not _is_local(path) or zarr_format(path) != 2:
+        return
+    source = Path(path)
+    target = source.with_name(f"{source.stem}-v3{source.suffix or '.zarr'}")
+    command = (
+        f"python -c \"import xarray as xr; xr.open_zarr('{source}').drop_encoding()"
+        f".to_zarr('{target}', zarr_format=3)\""
+    )
+    raise ArchiveError(
+        f"store {path}: Zarr format 2, not supported for writing the {what}: convert with "
+        f"{command} and use {target}"
+    )
+
+
+def _free_space(path: Path) -> int:
+    """Bytes free on the disk of ``path`` (of its nearest existing parent)."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return shutil.disk_usage(folder).free
+    return 0
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    raise AssertionError("unreachable")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) is ENOSPC (or a quota's EDQUOT)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def disk_full(path: str | Path, what: str, n_bytes: float, intact: str) -> DiskFullError:
+    """The one-line error of a write of ``n_bytes`` that ran out of space under ``path``.
+
+    ``intact`` says what is left as it was and how to go on.
+    """
+    free = _free_space(Path(path))
+    return DiskFullError(
+        f"disk full: writing {what} ({_size(n_bytes)}) to {path} failed with {_size(free)} "
+        f"free there; {intact}"
+    )
 
 
 def read_rejected(archive: xr.Dataset | str | Path) -> list[RejectedInput]:
@@ -330,6 +435,23 @@ def check_spectrogram_values(
 
 
 # ----------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def naming_disk_full(path: str | Path, what: str, n_bytes: float, intact: str) -> Iterator[None]:
+    """Turn running out of disk space inside the block into :func:`disk_full`'s error.
+
+    Any error whose chain holds ENOSPC counts (workers' errors arrive as themselves,
+    Zarr's may be wrapped); other errors pass unchanged.
+    """
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        raise disk_full(path, what, n_bytes, intact) from error
 
 
 def region_bounds(start: int, stop: int, chunk_events: int) -> list[tuple[int, int]]:
@@ -553,6 +675,7 @@ class ArchiveWriter:
         Full chunks of the existing events are never rewritten; only the last, partially
         filled chunk is extended in place.
         """
+        require_zarr_v3(path, "appended events")
         ds = open_archive(path)
         coords = {name: _as_event_coordinate(name, v) for name, v in event_coords.items()}
         n_new = coords[EVENT].shape[0]

@@ -57,7 +57,12 @@ from specufex_dask.io.archive import (
     TRANSFORM_COMPLETE_ATTR,
     TRANSFORM_TOKEN_ATTR,
 )
-from specufex_dask.io.modelgroup import read_model_dataset, stored_frequency, write_model_dataset
+from specufex_dask.io.modelgroup import (
+    model_attribute,
+    read_model_dataset,
+    stored_frequency,
+    write_model_dataset,
+)
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
 from specufex_dask.parallel import tasks
 from specufex_dask.parallel.executor import (
@@ -433,6 +438,7 @@ def _task_transform_to_zarr(source, ids, start, path, nmf, hmm) -> tuple[int, in
 
 def require_writable(path: str, what: str) -> None:
     """Fail before any work when the archive cannot take ``what``."""
+    archive.require_zarr_v3(path, what)
     folder = Path(path)
     # Root may write anywhere; an archive whose write bits are all cleared was still
     # meant to be left alone.
@@ -686,8 +692,8 @@ def transform_chunks(
     chunks = chunks.merged()
     chunk_events = output_chunk_events(chunks)
     done = _resumable(path, chunks.shape[0], chunk_events, token) if resume else None
+    dtype = np.dtype(nmf_params.dtype)
     if done is None:
-        dtype = np.dtype(nmf_params.dtype)
         _prepare_outputs(path, chunks.shape, chunk_events, K, S, dtype, token)
         done = np.zeros(chunks.shape[0], dtype=bool)
     todo = [
@@ -713,7 +719,11 @@ def transform_chunks(
         if progress is not None:
             progress("transform", {"chunk": finished, "n_chunks": len(todo)})
 
-    executor.write_outputs(_task_transform_to_zarr, arguments, report)
+    n_todo = sum(stop - start for start, stop, _ in todo)
+    n_bytes = n_todo * (K * chunks.shape[2] + S * chunks.shape[2] + 2 * S * S) * dtype.itemsize
+    intact = "the outputs written so far are kept; free space and rerun with --resume"
+    with archive.naming_disk_full(path, f"the outputs of {n_todo} events", n_bytes, intact):
+        executor.write_outputs(_task_transform_to_zarr, arguments, report)
     _mark_complete(path, True)
     return len(todo)
 
@@ -829,7 +839,8 @@ def read_model_group(path: str):
     dataset = read_model_dataset(path, FORMAT_VERSION)
     if dataset is None:
         return None
-    nmf_state = json.loads(dataset.attrs["nmf_state"])
+    where = str(Path(path) / archive.MODEL_GROUP)
+    nmf_state = model_attribute(dataset, "nmf_state", path)
     nmf = build_model(
         BayesianNonparametricNMF,
         {
@@ -841,10 +852,11 @@ def read_model_group(path: str):
             "elbo_": nmf_state["elbo_"],
         },
         nmf_state["settings"],
+        where=where,
     )
     hmm = None
     if "hmm_state" in dataset.attrs:
-        hmm_state = json.loads(dataset.attrs["hmm_state"])
+        hmm_state = model_attribute(dataset, "hmm_state", path)
         hmm = build_model(
             BayesianHMM,
             {
@@ -855,5 +867,6 @@ def read_model_group(path: str):
                 "elbo_": hmm_state["elbo_"],
             },
             hmm_state["settings"],
+            where=where,
         )
-    return nmf, hmm, json.loads(dataset.attrs["progress"])
+    return nmf, hmm, model_attribute(dataset, "progress", path)
