@@ -192,6 +192,19 @@ def test_non_json_settings_of_a_model_file_are_named(nmf_file: Path, tmp_path: P
 # ----------------------------------------------------------------------------- disk full
 
 
+def _first_region_only(write_region, written: list[int]):
+    """``write_region`` that writes one region (its start appended to ``written``), then
+    finds the disk full."""
+
+    def second_region_fails(path, name, start, block):
+        if written:
+            _no_space()
+        written.append(start)
+        return write_region(path, name, start, block)
+
+    return second_region_fails
+
+
 def _axes(params: SpectrogramParameters, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
     from specufex_dask.ingest.preprocessing import spectrogram_axes
 
@@ -204,15 +217,9 @@ def test_disk_full_during_ingest_leaves_nothing_and_says_so(
 ) -> None:
     waveforms = rng.standard_normal((10, 400))
     params = SpectrogramParameters(fs=50.0, window_s=1.0)
-    written = []
+    written: list[int] = []
     original = driver.write_region
-
-    def second_region_fails(path, name, start, block):
-        if written:
-            _no_space()
-        written.append(start)
-        return original(path, name, start, block)
-
+    second_region_fails = _first_region_only(original, written)
     monkeypatch.setattr(driver, "write_region", second_region_fails)
     target = tmp_path / "events.zarr"
     with dask.config.set(scheduler="synchronous"), pytest.raises(DiskFullError) as caught:
@@ -300,3 +307,18 @@ def test_disk_full_in_the_transform_keeps_the_outputs_done_and_resumes(
     model.transform_to_zarr(str(path), resume=True)
     for name, values in expected.items():
         np.testing.assert_array_equal(archive.open_archive(path)[name].values, values)
+
+
+def test_disk_full_in_write_spectrograms_leaves_nothing(
+    tmp_path: Path, rng, monkeypatch, planted_free_space
+) -> None:
+    written: list[int] = []
+    monkeypatch.setattr(archive, "write_region", _first_region_only(archive.write_region, written))
+    target = tmp_path / "events.zarr"
+    with pytest.raises(DiskFullError) as caught:
+        _archive(target, rng)  # 12 events of 10 x 6 float64: 5760 bytes
+    assert str(caught.value) == (
+        f"disk full: writing 12 spectrograms (5.8 kB) to {target} failed with 123.5 MB free "
+        f"there; nothing was left at {target}; free space and rerun"
+    )
+    assert written == [0] and not target.exists() and _leftovers(tmp_path) == []

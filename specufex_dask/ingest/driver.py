@@ -60,6 +60,7 @@ from specufex_dask.io.archive import (
     STARTTIME,
     ArchiveWriter,
     RejectedInput,
+    left_intact,
     naming_disk_full,
     open_archive,
     spectrogram_parameters,
@@ -294,7 +295,7 @@ def _run(
     coords = _event_coords(good)
     n_bytes = len(good) * frequency.size * time.size * np.dtype(dtype).itemsize
     with naming_disk_full(
-        out_path, f"{len(good)} spectrograms", n_bytes, _left_intact(out_path, append)
+        out_path, f"{len(good)} spectrograms", n_bytes, left_intact(out_path, append)
     ):
         _write(units, good, out_path, coords, frequency, time, resolved, rejected, client,
                chunk_events=chunk_events, append=append, overwrite=overwrite,
@@ -309,15 +310,6 @@ def _run(
     )
     logger.info(report.summary())
     return report
-
-
-def _left_intact(out_path: Path, append: bool) -> str:
-    """What a failed write leaves as it was (:meth:`ArchiveWriter.abort` undid the rest)."""
-    if append:
-        return f"the append was rolled back: {out_path} is as before; free space and rerun"
-    if out_path.exists():
-        return f"the archive at {out_path} is unchanged; free space and rerun"
-    return f"nothing was left at {out_path}; free space and rerun"
 
 
 def _write(

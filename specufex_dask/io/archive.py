@@ -437,6 +437,16 @@ def check_spectrogram_values(
 # ----------------------------------------------------------------------------- writing
 
 
+def left_intact(path: Path, appending: bool) -> str:
+    """What a failed write of an archive leaves as it was, once :meth:`ArchiveWriter.abort`
+    undid the rest, and how to go on."""
+    if appending:
+        return f"the append was rolled back: {path} is as before; free space and rerun"
+    if path.exists():
+        return f"the archive at {path} is unchanged; free space and rerun"
+    return f"nothing was left at {path}; free space and rerun"
+
+
 @contextlib.contextmanager
 def naming_disk_full(path: str | Path, what: str, n_bytes: float, intact: str) -> Iterator[None]:
     """Turn running out of disk space inside the block into :func:`disk_full`'s error.
@@ -1012,24 +1022,35 @@ def write_spectrograms(
             dtype=values.dtype if values.dtype.kind == "f" else np.float64,
             overwrite=mode == "w",
         )
+    n_bytes = values.size * values.dtype.itemsize
+    intact = left_intact(Path(path), mode == "a")
     try:
-        if is_dask and executor is not None:
-            offset = writer.start
-            store = str(writer.store_path)
-            executor.write_outputs(
-                write_region,
-                (
-                    (store, SPECTROGRAM, start, values[start - offset : stop - offset])
-                    for start, stop in writer.regions
-                ),
-            )
-        else:
-            # Without an executor a dask array is read one region at a time (each
-            # computed by dask's current scheduler as a lazy read) and written here.
-            for start, stop in writer.regions:
-                block = np.asarray(values[start - writer.start : stop - writer.start])
-                write_region(writer.store_path, SPECTROGRAM, start, block)
-        return writer.commit(rejected)
+        with naming_disk_full(path, f"{ids.size} spectrograms", n_bytes, intact):
+            _write_regions(writer, values, executor)
+            return writer.commit(rejected)
     except BaseException:
         writer.abort()
         raise
+
+
+def _write_regions(writer: ArchiveWriter, values: Any, executor: Any) -> None:
+    """The spectrograms into every region of ``writer``: dask input on ``executor`` when
+    there is one, else one region after another here."""
+    import dask.array as da
+
+    if isinstance(values, da.Array) and executor is not None:
+        offset = writer.start
+        store = str(writer.store_path)
+        executor.write_outputs(
+            write_region,
+            (
+                (store, SPECTROGRAM, start, values[start - offset : stop - offset])
+                for start, stop in writer.regions
+            ),
+        )
+        return
+    # Without an executor a dask array is read one region at a time (each computed by
+    # dask's current scheduler as a lazy read) and written here.
+    for start, stop in writer.regions:
+        block = np.asarray(values[start - writer.start : stop - writer.start])
+        write_region(writer.store_path, SPECTROGRAM, start, block)
