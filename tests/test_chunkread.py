@@ -184,3 +184,22 @@ def test_archives_without_checksums_still_read(tmp_path: Path, rng, monkeypatch)
     rows = np.array([1, 8, 15, 19])
     np.testing.assert_array_equal(engine.StoredRows(str(path), rows).read(), values[rows])
     np.testing.assert_array_equal(archive.open_archive(path).spectrogram.values, values)
+
+
+def test_damage_read_through_zarr_is_named_by_its_file(tmp_path: Path, rng) -> None:
+    """A sharded array is left to Zarr, whose checksum error is traced to its shard file."""
+    codecs = (ZstdCodec(), Crc32cCodec())
+    array = _array(tmp_path / archive.SPECTROGRAM, rng, shards=(8, 5, 3), compressors=codecs)
+    assert plain_chunks(array) is None
+    damaged = tmp_path / archive.SPECTROGRAM / "c" / "1" / "0" / "0"
+    data = bytearray(damaged.read_bytes())
+    data[:64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()  # the shard's first chunk
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(archive.ArchiveError) as caught:
+        engine.StoredRows(str(tmp_path), np.array([2, 9, 20])).read()
+    assert str(caught.value) == (
+        f"store {tmp_path}, array 'spectrogram', chunk c/1/0/0: chunk file {damaged}: checksum "
+        "mismatch: the chunk is damaged; re-ingest the events 8..15"
+    )
+    rows = np.array([2, 20])
+    np.testing.assert_array_equal(engine.StoredRows(str(tmp_path), rows).read(), array[rows])

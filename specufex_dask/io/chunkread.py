@@ -31,7 +31,11 @@ import numpy as np
 
 from specufex_dask.io.archive import ArchiveError
 
-__all__ = ["PlainChunks", "plain_chunks"]
+__all__ = ["PlainChunks", "plain_chunks", "read_rows"]
+
+# How Zarr's Crc32cCodec reports a mismatch (it raises a plain ValueError).
+_ZARR_MISMATCH = "checksum do not match"
+_MISMATCH = "checksum mismatch: the chunk is damaged"
 
 
 @cache
@@ -46,6 +50,11 @@ def _zstd() -> Any:
     from numcodecs import Zstd
 
     return Zstd()
+
+
+def _damage(where: str, problem: str, events: str) -> ArchiveError:
+    """The one-line error of a damaged chunk: where it is, what is wrong, what to redo."""
+    return ArchiveError(f"{where}: {problem}; re-ingest the events {events}")
 
 
 @dataclass(frozen=True)
@@ -98,10 +107,8 @@ class PlainChunks:
     def _damage(self, path: Path, number: int, problem: str) -> ArchiveError:
         array = self.directory.relative_to(self.store).as_posix()
         key = path.relative_to(self.directory).as_posix()
-        return ArchiveError(
-            f"store {self.store}, array {array!r}, chunk {key}: chunk file {path}: "
-            f"{problem}; re-ingest the events {self.events(number)}"
-        )
+        return _damage(f"store {self.store}, array {array!r}, chunk {key}: chunk file {path}",
+                       problem, self.events(number))  # fmt: skip
 
     def chunk(self, number: int) -> np.ndarray:
         """Chunk ``number`` as stored (read-only; ``fill_value`` where no file is).
@@ -124,7 +131,7 @@ class PlainChunks:
         if self.crc32c:
             data, stored = data[:-4], data[-4:].tobytes()
             if len(stored) != 4 or _crc32c()(data).to_bytes(4, "little") != stored:
-                raise self._damage(path, number, "checksum mismatch: the chunk is damaged")
+                raise self._damage(path, number, _MISMATCH)
         try:
             if self.zstd:
                 data = _zstd().decode(data)
@@ -192,3 +199,48 @@ def plain_chunks(array: Any) -> PlainChunks | None:
         crc32c=crc32c,
         store_root=Path(array.store.root),
     )
+
+
+def read_rows(array: Any, rows: slice | np.ndarray) -> np.ndarray:
+    """Rows (a slice with step 1, or sorted indices) of ``array`` (an opened
+    ``zarr.Array`` chunked along its first axis): directly when it is plain, else
+    through Zarr; a checksum mismatch is named by its chunk either way."""
+    plain = plain_chunks(array)
+    if plain is not None:
+        return plain.read(rows)
+    try:
+        return _zarr_rows(array, rows)
+    except ValueError as error:
+        if _ZARR_MISMATCH not in str(error):
+            raise
+        raise _zarr_damage(array, rows) from error
+
+
+def _zarr_rows(array: Any, rows: slice | np.ndarray) -> np.ndarray:
+    if isinstance(rows, slice):
+        return np.asarray(array[rows])
+    selection = (np.asarray(rows), *(slice(None),) * (array.ndim - 1))
+    return np.asarray(array.get_orthogonal_selection(selection))
+
+
+def _zarr_damage(array: Any, rows: slice | np.ndarray) -> ArchiveError:
+    """The error naming the first stored chunk (a shard, when sharded) among those of
+    ``rows`` that fails its checksum; found again chunk by chunk, only after a failure."""
+    per_file = (array.shards or array.chunks)[0]
+    if isinstance(rows, slice):
+        rows = np.arange(*rows.indices(array.shape[0]))
+    root = getattr(array.store, "root", array.store)  # a LocalStore's folder
+    where = f"store {root}, array {array.path!r}"
+    for number in np.unique(np.asarray(rows) // per_file).tolist():
+        first, stop = number * per_file, min((number + 1) * per_file, array.shape[0])
+        try:
+            array[first:stop]
+        except ValueError as error:
+            if _ZARR_MISMATCH not in str(error):
+                raise
+            key = array.metadata.encode_chunk_key((number,) + (0,) * (array.ndim - 1))
+            where = f"{where}, chunk {key}"
+            if isinstance(root, Path):
+                where = f"{where}: chunk file {root / array.path / key}"
+            return _damage(where, _MISMATCH, f"{first}..{stop - 1}")
+    return _damage(where, _MISMATCH, f"{rows[0]}..{rows[-1]}")
