@@ -20,6 +20,14 @@ renamed, so they first set the attribute ``specufex_dask_complete`` to ``False``
 back to ``True`` last; :func:`open_archive` refuses a store whose attribute is ``False``. A
 store without the attribute (written by other tools) is accepted.
 
+Damage
+------
+Every array of a new archive is stored zstd-compressed, then checksummed
+(:func:`checksummed`: Zarr's crc32c codec last), so a damaged chunk is caught on read
+and named by its file (:mod:`specufex_dask.io.chunkread`). Zarr format 2 stores, which
+xarray writes with ``zarr_format=2``, are read but refused for writes
+(:func:`require_zarr_v3`), with the command that converts them.
+
 Note that ``xarray.Dataset.to_zarr(mode="a")`` replaces the group attributes with the
 dataset's own; writers adding variables to an archive should carry ``ds.attrs`` along.
 """
