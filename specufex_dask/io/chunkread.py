@@ -80,7 +80,7 @@ class PlainChunks:
         Whether chunks are zstd frames (raw bytes otherwise).
     crc32c : bool, default=False
         Whether every chunk file ends with the crc32c (little-endian) of the bytes before.
-    store_root : Path or None, default=None
+    store : Path or None, default=None
         The store's root, named in errors (``directory``'s parent when None).
     """
 
@@ -92,12 +92,7 @@ class PlainChunks:
     fill_value: Any
     zstd: bool
     crc32c: bool = False
-    store_root: Path | None = None
-
-    @property
-    def store(self) -> Path:
-        """The store's root (named in errors)."""
-        return self.directory.parent if self.store_root is None else self.store_root
+    store: Path | None = None
 
     def events(self, number: int) -> str:
         """The rows of chunk ``number`` as ``"i..j"`` (the last chunk ends at the array's)."""
@@ -105,9 +100,10 @@ class PlainChunks:
         return f"{first}..{min(first + self.chunk_shape[0], self.length) - 1}"
 
     def _damage(self, path: Path, number: int, problem: str) -> ArchiveError:
-        array = self.directory.relative_to(self.store).as_posix()
+        store = self.directory.parent if self.store is None else self.store
+        array = self.directory.relative_to(store).as_posix()
         key = path.relative_to(self.directory).as_posix()
-        return _damage(f"store {self.store}, array {array!r}, chunk {key}: chunk file {path}",
+        return _damage(f"store {store}, array {array!r}, chunk {key}: chunk file {path}",
                        problem, self.events(number))  # fmt: skip
 
     def chunk(self, number: int) -> np.ndarray:
@@ -197,7 +193,7 @@ def plain_chunks(array: Any) -> PlainChunks | None:
         fill_value=array.fill_value,
         zstd=len(codecs) == 2,
         crc32c=crc32c,
-        store_root=Path(array.store.root),
+        store=Path(array.store.root),
     )
 
 
