@@ -154,11 +154,13 @@ def _stored_settings(file: h5py.File, path: Path) -> dict[str, Any]:
 
 def _refuse_foreign_names(cls: type, given: Any, allowed: set[str], what: str, where: str) -> None:
     """Refuse names of ``given`` outside ``allowed``: setting them on the model could
-    replace a method (``fit = "x"`` and ``model.fit(...)`` fails far from the cause)."""
+    replace a method or property (``fit = "x"``: ``model.fit(...)`` would fail far from
+    the cause)."""
     for name in sorted(set(given) - allowed):
         member = getattr(cls, name, None)
         if callable(member) or isinstance(member, property):
-            problem = f"would replace the method {cls.__name__}.{name}"
+            kind = "property" if isinstance(member, property) else "method"
+            problem = f"would replace the {kind} {cls.__name__}.{name}"
         else:
             problem = f"is not a {what} of a {cls.__name__}"
         raise ValueError(

@@ -160,7 +160,7 @@ def nmf_file(tmp_path_factory) -> Path:
     ("setting", "problem"),
     [
         ("fit", "would replace the method BayesianNonparametricNMF.fit"),
-        ("EW", "would replace the method BayesianNonparametricNMF.EW"),  # a property
+        ("EW", "would replace the property BayesianNonparametricNMF.EW"),
         ("colour", "is not a setting of a BayesianNonparametricNMF"),
     ],
 )
@@ -279,12 +279,39 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_no_partial_group(
     assert progress["nmf_steps"] == 2  # the first checkpoint, as it was written
 
 
-def test_disk_full_in_the_transform_keeps_the_outputs_done_and_resumes(
-    tmp_path: Path, rng, monkeypatch, planted_free_space
-) -> None:
-    path = _archive(tmp_path / "events.zarr", rng)
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> tuple[Path, SpecUFEx]:
+    """A small archive, fitted (its model group written) and transformed."""
+    rng = np.random.default_rng(11)
+    path = _archive(tmp_path_factory.mktemp("fitted") / "events.zarr", rng)
     model = SpecUFEx(**SETTINGS, checkpoint_every=100).fit(str(path))
     model.transform_to_zarr(str(path))
+    return path, model
+
+
+def test_a_model_group_setting_that_shadows_a_method_is_refused(
+    fitted: tuple[Path, SpecUFEx], tmp_path: Path
+) -> None:
+    path = tmp_path / "events.zarr"
+    shutil.copytree(fitted[0], path)
+    group = zarr.open_group(str(path / archive.MODEL_GROUP), mode="r+")
+    state = json.loads(group.attrs["hmm_state"])
+    state["settings"]["transform"] = "x"
+    group.attrs["hmm_state"] = json.dumps(state)
+    with pytest.raises(ValueError) as caught:
+        engine.read_model_group(str(path))
+    assert str(caught.value).startswith(
+        f"{path / archive.MODEL_GROUP}: setting 'transform' would replace the method "
+        "BayesianHMM.transform; remove it from the file (the settings are ["
+    )
+
+
+def test_disk_full_in_the_transform_keeps_the_outputs_done_and_resumes(
+    fitted: tuple[Path, SpecUFEx], tmp_path: Path, monkeypatch, planted_free_space
+) -> None:
+    path = tmp_path / "events.zarr"
+    shutil.copytree(fitted[0], path)
+    model = fitted[1]
     expected = {name: archive.open_archive(path)[name].values for name in engine.OUTPUT_NAMES}
     monkeypatch.setattr(engine, "TASK_EVENTS", 1)  # one task per storage chunk of 4 events
     original = archive.write_region
