@@ -289,6 +289,17 @@ def fitted(tmp_path_factory) -> tuple[Path, SpecUFEx]:
     return path, model
 
 
+def test_every_array_of_a_fitted_archive_is_checksummed(fitted: tuple[Path, SpecUFEx]) -> None:
+    from zarr.codecs import Crc32cCodec
+
+    arrays = dict(zarr.open_group(str(fitted[0]), mode="r").arrays())
+    model = zarr.open_group(str(fitted[0] / archive.MODEL_GROUP), mode="r")
+    arrays.update({f"model/{name}": array for name, array in model.arrays()})
+    assert {*engine.OUTPUT_NAMES, engine.TRANSFORMED, "model/W1", "spectrogram"} <= set(arrays)
+    for name, array in arrays.items():
+        assert type(array.metadata.codecs[-1]) is Crc32cCodec, name
+
+
 def test_a_model_group_setting_that_shadows_a_method_is_refused(
     fitted: tuple[Path, SpecUFEx], tmp_path: Path
 ) -> None:

@@ -636,10 +636,11 @@ def _prepare_outputs(
         group.create_array(
             name, shape=shape, chunks=(chunk_events,) + shape[1:], dtype=dtype,
             fill_value=np.nan, dimension_names=output_dims()[name], overwrite=True,
+            compressors=archive.checksummed(),
         )  # fmt: skip
     group.create_array(
         TRANSFORMED, shape=(N,), chunks=(chunk_events,), dtype=bool, fill_value=False,
-        dimension_names=(archive.EVENT,), overwrite=True,
+        dimension_names=(archive.EVENT,), overwrite=True, compressors=archive.checksummed(),
     )  # fmt: skip
     group.attrs.update({TRANSFORM_TOKEN_ATTR: token, TRANSFORM_COMPLETE_ATTR: False})
     archive.consolidate(path)
