@@ -347,11 +347,27 @@ def test_disk_full_in_the_transform_keeps_the_outputs_done_and_resumes(
         np.testing.assert_array_equal(archive.open_archive(path)[name].values, values)
 
 
+@pytest.mark.parametrize("failing", ["region", "chunk file", "metadata"])
 def test_disk_full_in_write_spectrograms_leaves_nothing(
-    tmp_path: Path, rng, monkeypatch, planted_free_space
+    tmp_path: Path, rng, monkeypatch, planted_free_space, failing: str
 ) -> None:
-    written: list[int] = []
-    monkeypatch.setattr(archive, "write_region", _first_region_only(archive.write_region, written))
+    import zarr.storage._local as local
+
+    if failing == "region":
+        written: list[int] = []
+        write = _first_region_only(archive.write_region, written)
+        monkeypatch.setattr(archive, "write_region", write)
+    else:
+        # Zarr's own file write: the second chunk of the spectrogram, or the first metadata
+        put = local._put
+        wanted = "spectrogram/c/1/" if failing == "chunk file" else "zarr.json"
+
+        def full_disk_put(path, value, exclusive=False):
+            if wanted in path.as_posix():
+                _no_space()
+            return put(path, value, exclusive)
+
+        monkeypatch.setattr(local, "_put", full_disk_put)
     target = tmp_path / "events.zarr"
     with pytest.raises(DiskFullError) as caught:
         _archive(target, rng)  # 12 events of 10 x 6 float64: 5760 bytes
@@ -359,4 +375,4 @@ def test_disk_full_in_write_spectrograms_leaves_nothing(
         f"disk full: writing 12 spectrograms (5.8 kB) to {target} failed with 123.5 MB free "
         f"there; nothing was left at {target}; free space and rerun"
     )
-    assert written == [0] and not target.exists() and _leftovers(tmp_path) == []
+    assert not target.exists() and _leftovers(tmp_path) == []

@@ -1011,15 +1011,33 @@ def write_spectrograms(
     parameters = attrs.pop(PARAMETERS_ATTR, None)
     if isinstance(parameters, str):
         parameters = json.loads(parameters)
-    if mode == "a":
-        ds = open_archive(path)
-        for name, axis in ((FREQUENCY, frequency), (TIME, time)):
-            if not np.array_equal(ds[name].values, axis):
-                raise ArchiveError(f"{path}: {name} axis differs from the archive's")
-        ds.close()
-        writer = ArchiveWriter.append(path, event_coords=coords)
-    else:
-        writer = ArchiveWriter.create(
+    intact = left_intact(Path(path), mode == "a")
+    with naming_disk_full(path, f"{ids.size} spectrograms", values.nbytes, intact):
+        writer = _writer(path, mode, coords, frequency, time, parameters, attrs, chunk_events,
+                         values.dtype if values.dtype.kind == "f" else np.float64)  # fmt: skip
+        try:
+            _write_regions(writer, values, executor)
+            return writer.commit(rejected)
+        except BaseException:
+            writer.abort()
+            raise
+
+
+def _writer(
+    path: str | Path,
+    mode: str,
+    coords: dict[str, Any],
+    frequency: np.ndarray,
+    time: np.ndarray,
+    parameters: Any,
+    attrs: dict[str, Any],
+    chunk_events: int,
+    dtype: npt.DTypeLike,
+) -> ArchiveWriter:
+    """The writer of :func:`write_spectrograms`: appending after checking the axes, or
+    creating (``mode`` "w" replaces an archive on commit)."""
+    if mode != "a":
+        return ArchiveWriter.create(
             path,
             event_coords=coords,
             frequency=frequency,
@@ -1027,18 +1045,15 @@ def write_spectrograms(
             parameters=parameters,
             attrs=attrs,
             chunk_events=chunk_events,
-            dtype=values.dtype if values.dtype.kind == "f" else np.float64,
+            dtype=dtype,
             overwrite=mode == "w",
         )
-    n_bytes = values.size * values.dtype.itemsize
-    intact = left_intact(Path(path), mode == "a")
-    try:
-        with naming_disk_full(path, f"{ids.size} spectrograms", n_bytes, intact):
-            _write_regions(writer, values, executor)
-            return writer.commit(rejected)
-    except BaseException:
-        writer.abort()
-        raise
+    ds = open_archive(path)
+    for name, axis in ((FREQUENCY, frequency), (TIME, time)):
+        if not np.array_equal(ds[name].values, axis):
+            raise ArchiveError(f"{path}: {name} axis differs from the archive's")
+    ds.close()
+    return ArchiveWriter.append(path, event_coords=coords)
 
 
 def _write_regions(writer: ArchiveWriter, values: Any, executor: Any) -> None:
