@@ -126,7 +126,7 @@ def load_model(
                 f"package reads ({FORMAT_VERSION}); upgrade specufex-dask"
             )
         if stored_kind is not None:
-            settings = json.loads(file.attrs["settings"])
+            settings = _stored_settings(file, path)
             elbo = list(np.asarray(file["elbo_"][()], dtype=float))
         else:
             settings = _reference_settings(file, kind, path)
@@ -135,7 +135,53 @@ def load_model(
         values["elbo_"] = elbo
     if compat is not None:
         settings["compat"] = compat
-    return build_model(cls, values, settings)
+    return build_model(cls, values, settings, where=str(path))
+
+
+def _stored_settings(file: h5py.File, path: Path) -> dict[str, Any]:
+    """The file's ``settings`` attribute: JSON text of an object."""
+    problem = None
+    try:
+        settings = json.loads(file.attrs["settings"])
+    except KeyError:
+        problem = "is missing"
+    except (TypeError, ValueError) as error:
+        problem = f"is not JSON ({error})"
+    else:
+        if not isinstance(settings, dict):
+            problem = "is not a JSON object"
+    if problem is not None:
+        raise ValueError(f"{path}: attribute 'settings' {problem}; save the model again")
+    return settings
+
+
+def _refuse_foreign_names(cls: type, given: Any, allowed: set[str], what: str, where: str) -> None:
+    """Refuse names of ``given`` outside ``allowed``: setting them on the model could
+    replace a method or property (``fit = "x"``: ``model.fit(...)`` would fail far from
+    the cause)."""
+    for name in sorted(set(given) - allowed):
+        member = getattr(cls, name, None)
+        if callable(member) or isinstance(member, property):
+            kind = "property" if isinstance(member, property) else "method"
+            problem = f"would replace the {kind} {cls.__name__}.{name}"
+        else:
+            problem = f"is not a {what} of a {cls.__name__}"
+        raise ValueError(
+            f"{where}: {what} {name!r} {problem}; remove it from the file "
+            f"(the {what}s are {sorted(allowed)})"
+        )
+
+
+def _check_names(cls: type, values: dict[str, Any], settings: dict[str, Any], where: str) -> None:
+    """Only the names of the parameter table and of the saved state are set on a model."""
+    layout = _STATE[cls.__name__]
+    table = {name for name in cls._parameter_table if name not in cls._state_names}
+    _refuse_foreign_names(cls, settings, table | set(layout["settings"]), "setting", where)
+    state = {*layout["arrays"], *layout["scalars"], "elbo_"}
+    _refuse_foreign_names(cls, values, state, "state variable", where)
+    missing = sorted({"compat", "dtype"} - set(settings))
+    if missing:
+        raise ValueError(f"{where}: settings {missing} are missing; save the model again")
 
 
 def _reference_settings(file: h5py.File, kind: str, path: Path) -> dict[str, Any]:
@@ -164,9 +210,20 @@ def _reference_settings(file: h5py.File, kind: str, path: Path) -> dict[str, Any
 
 
 def build_model(
-    cls: type[ParameterContract], values: dict[str, Any], settings: dict[str, Any]
+    cls: type[ParameterContract],
+    values: dict[str, Any],
+    settings: dict[str, Any],
+    where: str = "model state",
 ) -> Any:
-    """A model of class ``cls`` from the state of :func:`model_state` (plus ``elbo_``)."""
+    """A model of class ``cls`` from the state of :func:`model_state` (plus ``elbo_``).
+
+    Raises
+    ------
+    ValueError
+        Naming ``where`` (the file) and the name, for a setting or state variable that
+        is neither in the class's parameter table nor in its saved state.
+    """
+    _check_names(cls, values, settings, where)
     # Any: the state set below is the model class's own, which this layer cannot import
     model: Any = cls.__new__(cls)
     settings = dict(settings)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
 from specufex_dask.io import archive
 from specufex_dask.io.chunkread import plain_chunks
@@ -72,7 +72,7 @@ def test_a_damaged_chunk_file_is_named(tmp_path: Path, rng, compressors) -> None
     plain = plain_chunks(array)
     damaged = plain.directory / plain.key((2, 0, 0))
     damaged.write_bytes(damaged.read_bytes()[:-7])
-    with pytest.raises(archive.ArchiveError, match=f"chunk file {damaged} cannot be read"):
+    with pytest.raises(archive.ArchiveError, match=f"chunk file {damaged}: cannot be read"):
         plain.read(np.array([1, 9]))
     np.testing.assert_array_equal(plain.read(np.array([1, 13])), _zarr_read(array, [1, 13]))
 
@@ -118,3 +118,88 @@ def test_archives_are_read_directly(tmp_path: Path, rng) -> None:
     rows = np.array([0, 4, 5, 9])
     np.testing.assert_array_equal(engine.StoredRows(str(path), rows).read(), values[rows])
     np.testing.assert_array_equal(engine.StoredRows(str(path), slice(2, 8)).read(), values[2:8])
+
+
+def _small_archive(path: Path, rng: np.random.Generator) -> tuple[Path, np.ndarray]:
+    """20 events in chunks of 8: chunk 2 (events 16..19) is the partial last one."""
+    values = rng.gamma(1.0, 1.0, size=(20, 6, 4))
+    ids = np.array([f"e{i}" for i in range(20)])
+    archive.write_spectrograms(path, values, ids, np.arange(6.0), np.arange(4.0), chunk_events=8)
+    return path, values
+
+
+def _chunk_file(path: Path, number: int) -> Path:
+    array = zarr.open_array(path, path=archive.SPECTROGRAM, mode="r")
+    plain = plain_chunks(array)
+    return plain.directory / plain.key((number, 0, 0))
+
+
+def test_new_archives_checksum_every_chunk(tmp_path: Path, rng) -> None:
+    path, _ = _small_archive(tmp_path / "events.zarr", rng)
+    group = zarr.open_group(path, mode="r")
+    for name, array in group.arrays():
+        assert type(array.metadata.codecs[-1]) is Crc32cCodec, name
+    assert plain_chunks(group[archive.SPECTROGRAM]).crc32c
+
+
+def test_bytes_written_into_a_chunk_are_named_as_damage(tmp_path: Path, rng) -> None:
+    path, values = _small_archive(tmp_path / "events.zarr", rng)
+    damaged = _chunk_file(path, 1)
+    data = bytearray(damaged.read_bytes())
+    offset = int(rng.integers(0, len(data) - 68))
+    data[offset : offset + 64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+    damaged.write_bytes(bytes(data))
+    expected = (
+        f"store {path}, array 'spectrogram', chunk c/1/0/0: chunk file {damaged}: checksum "
+        "mismatch: the chunk is damaged; re-ingest the events 8..15"
+    )
+    with pytest.raises(archive.ArchiveError) as caught:
+        engine.StoredRows(str(path), np.array([3, 9])).read()
+    assert str(caught.value) == expected
+    # the other chunks still read
+    rows = np.array([0, 7, 16, 19])
+    np.testing.assert_array_equal(engine.StoredRows(str(path), rows).read(), values[rows])
+
+
+def test_a_deleted_chunk_file_is_named_as_missing(tmp_path: Path, rng) -> None:
+    path, _ = _small_archive(tmp_path / "events.zarr", rng)
+    missing = _chunk_file(path, 2)
+    missing.unlink()
+    with pytest.raises(archive.ArchiveError) as caught:
+        engine.StoredRows(str(path), slice(10, 20)).read()
+    assert str(caught.value) == (
+        f"store {path}, array 'spectrogram', chunk c/2/0/0: chunk file {missing}: the chunk "
+        "file is missing; re-ingest the events 16..19"
+    )
+
+
+def test_archives_without_checksums_still_read(tmp_path: Path, rng, monkeypatch) -> None:
+    """Archives written before checksums (zstd only) read directly, as before."""
+    monkeypatch.setattr(archive, "checksummed", lambda: (ZstdCodec(),))
+    path, values = _small_archive(tmp_path / "old.zarr", rng)
+    array = zarr.open_array(path, path=archive.SPECTROGRAM, mode="r")
+    assert [type(codec) for codec in array.metadata.codecs] == [BytesCodec, ZstdCodec]
+    plain = plain_chunks(array)
+    assert plain is not None and plain.zstd and not plain.crc32c
+    rows = np.array([1, 8, 15, 19])
+    np.testing.assert_array_equal(engine.StoredRows(str(path), rows).read(), values[rows])
+    np.testing.assert_array_equal(archive.open_archive(path).spectrogram.values, values)
+
+
+def test_damage_read_through_zarr_is_named_by_its_file(tmp_path: Path, rng) -> None:
+    """A sharded array is left to Zarr, whose checksum error is traced to its shard file."""
+    codecs = (ZstdCodec(), Crc32cCodec())
+    array = _array(tmp_path / archive.SPECTROGRAM, rng, shards=(8, 5, 3), compressors=codecs)
+    assert plain_chunks(array) is None
+    damaged = tmp_path / archive.SPECTROGRAM / "c" / "1" / "0" / "0"
+    data = bytearray(damaged.read_bytes())
+    data[:64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()  # the shard's first chunk
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(archive.ArchiveError) as caught:
+        engine.StoredRows(str(tmp_path), np.array([2, 9, 20])).read()
+    assert str(caught.value) == (
+        f"store {tmp_path}, array 'spectrogram', chunk c/1/0/0: chunk file {damaged}: checksum "
+        "mismatch: the chunk is damaged; re-ingest the events 8..15"
+    )
+    rows = np.array([2, 20])
+    np.testing.assert_array_equal(engine.StoredRows(str(tmp_path), rows).read(), array[rows])

@@ -60,6 +60,8 @@ from specufex_dask.io.archive import (
     STARTTIME,
     ArchiveWriter,
     RejectedInput,
+    left_intact,
+    naming_disk_full,
     open_archive,
     spectrogram_parameters,
     write_region,
@@ -242,11 +244,15 @@ def _map(function: Any, arguments: Iterable[tuple], client: Any) -> list[Any]:
 
 
 def _run(
-    units: Sequence[Any], out_path: str | Path, params: SpectrogramParameters, **options: Any
+    units: Sequence[Any],
+    out_path: str | Path,
+    params: SpectrogramParameters,
+    writing: _Writing,
+    pre_rejected: Sequence[RejectedInput] = (),
 ) -> IngestReport:
     """:func:`_write_archive` holding the lease of ``out_path``: one writer at a time."""
     with archive_lease(out_path, "ingest"):
-        return _write_archive(units, out_path, params, **options)
+        return _write_archive(units, out_path, params, writing, pre_rejected)
 
 
 def _write_archive(
@@ -319,7 +325,36 @@ def _write_archive(
     assert resolved.fs is not None and resolved.n_samples is not None
     frequency, time = spectrogram_axes(resolved, resolved.fs, resolved.n_samples)
     coords = _event_coords(good)
-    if append:
+    n_bytes = len(good) * frequency.size * time.size * np.dtype(writing.dtype).itemsize
+    with naming_disk_full(
+        out_path, f"{len(good)} spectrograms", n_bytes, left_intact(out_path, append)
+    ):
+        _write(units, good, out_path, coords, frequency, time, resolved, rejected, writing)
+    report = IngestReport(
+        path=out_path,
+        n_inputs=n_inputs,
+        n_written=len(good),
+        rejected=tuple(rejected),
+        seconds=_time.perf_counter() - started,
+        parameters=resolved.to_dict(),
+    )
+    logger.info(report.summary())
+    return report
+
+
+def _write(
+    units: Sequence[Any],
+    good: Sequence[_Inspection],
+    out_path: Path,
+    coords: dict[str, np.ndarray],
+    frequency: np.ndarray,
+    time: np.ndarray,
+    resolved: SpectrogramParameters,
+    rejected: Sequence[RejectedInput],
+    writing: _Writing,
+) -> None:
+    """Pass 2: write the good inputs and the rejected table, or leave nothing changed."""
+    if writing.append:
         writer = ArchiveWriter.append(out_path, event_coords=_only_known(out_path, coords))
     else:
         writer = ArchiveWriter.create(
@@ -341,22 +376,12 @@ def _write_archive(
             )
             for start, stop in writer.regions
         )  # fmt: skip
-        results = _map(_write_unit_region, write_arguments, client)
+        results = _map(_write_unit_region, write_arguments, writing.client)
         _check_medians(results, good, writer.start)
         writer.commit(rejected)
     except BaseException:
         writer.abort()
         raise
-    report = IngestReport(
-        path=out_path,
-        n_inputs=n_inputs,
-        n_written=len(good),
-        rejected=tuple(rejected),
-        seconds=_time.perf_counter() - started,
-        parameters=resolved.to_dict(),
-    )
-    logger.info(report.summary())
-    return report
 
 
 def _resolve_shape(

@@ -20,17 +20,27 @@ renamed, so they first set the attribute ``specufex_dask_complete`` to ``False``
 back to ``True`` last; :func:`open_archive` refuses a store whose attribute is ``False``. A
 store without the attribute (written by other tools) is accepted.
 
+Damage
+------
+Every array of a new archive is stored zstd-compressed, then checksummed
+(:func:`checksummed`: Zarr's crc32c codec last), so a damaged chunk is caught on read
+and named by its file (:mod:`specufex_dask.io.chunkread`). Zarr format 2 stores, which
+xarray writes with ``zarr_format=2``, are read but refused for writes
+(:func:`require_zarr_v3`), with the command that converts them.
+
 Note that ``xarray.Dataset.to_zarr(mode="a")`` replaces the group attributes with the
 dataset's own; writers adding variables to an archive should carry ``ds.attrs`` along.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import shutil
 import uuid
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -97,8 +107,20 @@ _COORD_CHUNK = 65536
 _STARTTIME_ENCODING = {"units": "nanoseconds since 1970-01-01", "dtype": "int64"}
 
 
+# Attributes holding JSON text of an object, and how to repair each when it is not.
+JSON_ATTRS = {
+    PARAMETERS_ATTR: "write it back as the JSON object of the preprocessing parameters, "
+    "or re-ingest",
+    "specufex_dask_config": "delete it (the commands record their configuration again)",
+}
+
+
 class ArchiveError(ValueError):
     """The archive is missing, incomplete or does not follow the schema."""
+
+
+class DiskFullError(ArchiveError):
+    """A write ran out of disk space (the message says what was left intact)."""
 
 
 class RejectedInput(NamedTuple):
@@ -189,6 +211,8 @@ def open_archive(path: str | Path, *, with_dask: bool = True) -> xr.Dataset:
             f"archive {path_str} is incomplete: attribute {COMPLETE_ATTR!r} is False (a write "
             "or append was interrupted); re-run the ingest"
         )
+    for name, fix in JSON_ATTRS.items():
+        json_attribute(attrs, name, path_str, fix)
     with quiet_zarr():  # stores from other writers may lack consolidated metadata
         try:
             ds = xr.open_zarr(path_str, chunks={} if with_dask else None)
@@ -248,10 +272,99 @@ def validate_archive(ds: xr.Dataset, where: str = "archive") -> None:
             raise ArchiveError(f"{where}: event ids are not unique, e.g. {duplicated}")
 
 
-def spectrogram_parameters(ds: xr.Dataset) -> dict[str, Any]:
-    """The preprocessing parameters recorded in the archive (empty dict when absent)."""
-    raw = ds.attrs.get(PARAMETERS_ATTR)
-    return {} if raw is None else dict(json.loads(raw))
+def json_attribute(attrs: Mapping[str, Any], name: str, where: str, fix: str) -> Any:
+    """The JSON object held (as text) by attribute ``name``; None when there is none.
+
+    Raises
+    ------
+    ArchiveError
+        Naming the attribute, ``where`` (the store) and ``fix`` when the text is not
+        JSON of an object.
+    """
+    raw = attrs.get(name)
+    if raw is None or isinstance(raw, dict):  # Zarr may hold it as a JSON object already
+        return raw
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError) as error:
+        problem = f"is not JSON ({error}; it starts {str(raw)[:40]!r})"
+    else:
+        if isinstance(value, dict):
+            return value
+        problem = f"is JSON of a {type(value).__name__}, not of an object"
+    raise ArchiveError(f"store {where}: attribute {name!r} {problem}; {fix}")
+
+
+def spectrogram_parameters(ds: xr.Dataset, where: str | None = None) -> dict[str, Any]:
+    """The preprocessing parameters recorded in the archive (empty dict when absent).
+
+    ``where`` (default the store xarray opened) is named when the attribute is not a
+    JSON object."""
+    where = where or str(ds.encoding.get("source", "the archive"))
+    value = json_attribute(ds.attrs, PARAMETERS_ATTR, where, JSON_ATTRS[PARAMETERS_ATTR])
+    return {} if value is None else dict(value)
+
+
+def zarr_format(path: str | Path) -> int | None:
+    """The Zarr format of the local group at ``path`` (2 or 3), None when it is neither."""
+    folder = Path(path)
+    if (folder / "zarr.json").is_file():
+        return 3
+    return 2 if (folder / ".zgroup").is_file() else None
+
+
+def require_zarr_v3(path: str | Path, what: str) -> None:
+    """Refuse to write ``what`` into a Zarr format 2 store, saying how to convert it."""
+    if not _is_local(path) or zarr_format(path) != 2:
+        return
+    source = Path(path)
+    target = source.with_name(f"{source.stem}-v3{source.suffix or '.zarr'}")
+    command = (
+        f"python -c \"import xarray as xr; xr.open_zarr('{source}').drop_encoding()"
+        f".to_zarr('{target}', zarr_format=3)\""
+    )
+    raise ArchiveError(
+        f"store {path}: Zarr format 2, not supported for writing the {what}: convert with "
+        f"{command} and use {target}"
+    )
+
+
+def _free_space(path: Path) -> int:
+    """Bytes free on the disk of ``path`` (of its nearest existing parent)."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return shutil.disk_usage(folder).free
+    return 0
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    raise AssertionError("unreachable")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) is ENOSPC (or a quota's EDQUOT)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def disk_full(path: str | Path, what: str, n_bytes: float, intact: str) -> DiskFullError:
+    """The one-line error of a write of ``n_bytes`` that ran out of space under ``path``.
+
+    ``intact`` says what is left as it was and how to go on.
+    """
+    free = _free_space(Path(path))
+    return DiskFullError(
+        f"disk full: writing {what} ({_size(n_bytes)}) to {path} failed with {_size(free)} "
+        f"free there; {intact}"
+    )
 
 
 def read_rejected(archive: xr.Dataset | str | Path) -> list[RejectedInput]:
@@ -337,6 +450,33 @@ def check_spectrogram_values(
 
 
 # ----------------------------------------------------------------------------- writing
+
+
+def left_intact(path: Path, appending: bool) -> str:
+    """What a failed write of an archive leaves as it was, once :meth:`ArchiveWriter.abort`
+    undid the rest, and how to go on."""
+    if appending:
+        return f"the append was rolled back: {path} is as before; free space and rerun"
+    if path.exists():
+        return f"the archive at {path} is unchanged; free space and rerun"
+    return f"nothing was left at {path}; free space and rerun"
+
+
+@contextlib.contextmanager
+def naming_disk_full(path: str | Path, what: str, n_bytes: float, intact: str) -> Iterator[None]:
+    """Turn running out of disk space inside the block into :func:`disk_full`'s error.
+
+    Any error whose chain holds ENOSPC counts (workers' errors arrive as themselves,
+    Zarr's may be wrapped); other errors pass unchanged.
+    """
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        raise disk_full(path, what, n_bytes, intact) from error
 
 
 def region_bounds(start: int, stop: int, chunk_events: int) -> list[tuple[int, int]]:
@@ -560,6 +700,7 @@ class ArchiveWriter:
         Full chunks of the existing events are never rewritten; only the last, partially
         filled chunk is extended in place.
         """
+        require_zarr_v3(path, "appended events")
         ds = open_archive(path)
         coords = {name: _as_event_coordinate(name, v) for name, v in event_coords.items()}
         n_new = coords[EVENT].shape[0]
@@ -645,7 +786,10 @@ class ArchiveWriter:
                     str(self.store_path), mode="a", append_dim=REJECTED, consolidated=False
                 )
             else:
-                chunking = {name: {"chunks": (_COORD_CHUNK,)} for name in table.data_vars}
+                chunking = {
+                    name: {"chunks": (_COORD_CHUNK,), "compressors": checksummed()}
+                    for name in table.data_vars
+                }
                 table.to_zarr(
                     str(self.store_path), mode="a", consolidated=False, encoding=chunking
                 )
@@ -762,15 +906,25 @@ def _placeholder_dataset(
     return xr.Dataset(variables, coords=all_coords)
 
 
+def checksummed() -> tuple[Any, ...]:
+    """The bytes-to-bytes codecs of new archives' arrays: zstd, then a crc32c of the
+    compressed chunk, so damage that still decompresses is caught as a mismatch."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return (ZstdCodec(), Crc32cCodec())
+
+
 def _encoding(dataset: xr.Dataset, chunk_events: int) -> dict[str, dict[str, Any]]:
-    encoding: dict[str, dict[str, Any]] = {}
+    encoding: dict[str, dict[str, Any]] = {
+        str(name): {"compressors": checksummed()} for name in dataset.variables
+    }
     for name, variable in dataset.variables.items():
         if not variable.dims or variable.dims[0] != EVENT:
             continue
         if variable.ndim == 1 and name not in dataset.data_vars:
-            encoding[str(name)] = {"chunks": (_COORD_CHUNK,)}
+            encoding[str(name)]["chunks"] = (_COORD_CHUNK,)
         else:
-            encoding[str(name)] = {"chunks": (chunk_events, *variable.shape[1:])}
+            encoding[str(name)]["chunks"] = (chunk_events, *variable.shape[1:])
         if name == STARTTIME:
             encoding[str(name)].update(_STARTTIME_ENCODING)
     return encoding
@@ -871,15 +1025,33 @@ def write_spectrograms(
     parameters = attrs.pop(PARAMETERS_ATTR, None)
     if isinstance(parameters, str):
         parameters = json.loads(parameters)
-    if mode == "a":
-        ds = open_archive(path)
-        for name, axis in ((FREQUENCY, frequency), (TIME, time)):
-            if not np.array_equal(ds[name].values, axis):
-                raise ArchiveError(f"{path}: {name} axis differs from the archive's")
-        ds.close()
-        writer = ArchiveWriter.append(path, event_coords=coords)
-    else:
-        writer = ArchiveWriter.create(
+    intact = left_intact(Path(path), mode == "a")
+    with naming_disk_full(path, f"{ids.size} spectrograms", values.nbytes, intact):
+        writer = _writer(path, mode, coords, frequency, time, parameters, attrs, chunk_events,
+                         values.dtype if values.dtype.kind == "f" else np.float64)  # fmt: skip
+        try:
+            _write_regions(writer, values, executor)
+            return writer.commit(rejected)
+        except BaseException:
+            writer.abort()
+            raise
+
+
+def _writer(
+    path: str | Path,
+    mode: str,
+    coords: dict[str, Any],
+    frequency: np.ndarray,
+    time: np.ndarray,
+    parameters: Any,
+    attrs: dict[str, Any],
+    chunk_events: int,
+    dtype: npt.DTypeLike,
+) -> ArchiveWriter:
+    """The writer of :func:`write_spectrograms`: appending after checking the axes, or
+    creating (``mode`` "w" replaces an archive on commit)."""
+    if mode != "a":
+        return ArchiveWriter.create(
             path,
             event_coords=coords,
             frequency=frequency,
@@ -887,27 +1059,35 @@ def write_spectrograms(
             parameters=parameters,
             attrs=attrs,
             chunk_events=chunk_events,
-            dtype=values.dtype if values.dtype.kind == "f" else np.float64,
+            dtype=dtype,
             overwrite=mode == "w",
         )
-    try:
-        if is_dask and executor is not None:
-            offset = writer.start
-            store = str(writer.store_path)
-            executor.write_outputs(
-                write_region,
-                (
-                    (store, SPECTROGRAM, start, values[start - offset : stop - offset])
-                    for start, stop in writer.regions
-                ),
-            )
-        else:
-            # Without an executor a dask array is read one region at a time (each
-            # computed by dask's current scheduler as a lazy read) and written here.
-            for start, stop in writer.regions:
-                block = np.asarray(values[start - writer.start : stop - writer.start])
-                write_region(writer.store_path, SPECTROGRAM, start, block)
-        return writer.commit(rejected)
-    except BaseException:
-        writer.abort()
-        raise
+    ds = open_archive(path)
+    for name, axis in ((FREQUENCY, frequency), (TIME, time)):
+        if not np.array_equal(ds[name].values, axis):
+            raise ArchiveError(f"{path}: {name} axis differs from the archive's")
+    ds.close()
+    return ArchiveWriter.append(path, event_coords=coords)
+
+
+def _write_regions(writer: ArchiveWriter, values: Any, executor: Any) -> None:
+    """The spectrograms into every region of ``writer``: dask input on ``executor`` when
+    there is one, else one region after another here."""
+    import dask.array as da
+
+    if isinstance(values, da.Array) and executor is not None:
+        offset = writer.start
+        store = str(writer.store_path)
+        executor.write_outputs(
+            write_region,
+            (
+                (store, SPECTROGRAM, start, values[start - offset : stop - offset])
+                for start, stop in writer.regions
+            ),
+        )
+        return
+    # Without an executor a dask array is read one region at a time (each computed by
+    # dask's current scheduler as a lazy read) and written here.
+    for start, stop in writer.regions:
+        block = np.asarray(values[start - writer.start : stop - writer.start])
+        write_region(writer.store_path, SPECTROGRAM, start, block)

@@ -5,9 +5,14 @@ it on a thread pool, then hands the result back. A Dask worker already runs one 
 per core it was given, so those threads compete with the other workers' tasks, and each
 hand-off waits for a core. An archive's ``spectrogram`` is the simplest Zarr v3 array
 there is (chunked along ``event`` only, little-endian, zstd or no compression, one file
-per chunk on a local disk): for it the chunk files are read and decoded here, in the
-task's own thread, as the Zarr v3 specification lays them out. Anything else (sharding,
-other codecs, remote stores, Zarr v2) is left to Zarr.
+per chunk on a local disk, a crc32c after compression in archives written since
+checksums were added): for it the chunk files are read, checked and decoded here, in
+the task's own thread, as the Zarr v3 specification lays them out. Anything else
+(sharding, other codecs, remote stores, Zarr v2) is left to Zarr.
+
+Damage is named by its chunk file: a checksum that does not match, or a file that is
+missing where the array's fill value is NaN (no valid spectrogram holds a NaN, so Zarr
+never leaves such a chunk unwritten on purpose; the file was lost).
 
 On the 10k benchmark archive (8-event chunks, 60 + 60 steps of 64 events, medians of
 four alternating runs) a 1-worker fit kept 0.95 cores busy in its worker instead of 1.12
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,30 @@ import numpy as np
 
 from specufex_dask.io.archive import ArchiveError
 
-__all__ = ["PlainChunks", "plain_chunks"]
+__all__ = ["PlainChunks", "plain_chunks", "read_rows"]
+
+# How Zarr's Crc32cCodec reports a mismatch (it raises a plain ValueError).
+_ZARR_MISMATCH = "checksum do not match"
+_MISMATCH = "checksum mismatch: the chunk is damaged"
+
+
+@cache
+def _crc32c() -> Callable[[Any], int]:
+    import google_crc32c  # what Zarr's Crc32cCodec computes with
+
+    return google_crc32c.value
+
+
+@cache
+def _zstd() -> Any:
+    from numcodecs import Zstd
+
+    return Zstd()
+
+
+def _damage(where: str, problem: str, events: str) -> ArchiveError:
+    """The one-line error of a damaged chunk: where it is, what is wrong, what to redo."""
+    return ArchiveError(f"{where}: {problem}; re-ingest the events {events}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +78,10 @@ class PlainChunks:
         What a chunk without a file holds.
     zstd : bool
         Whether chunks are zstd frames (raw bytes otherwise).
+    crc32c : bool, default=False
+        Whether every chunk file ends with the crc32c (little-endian) of the bytes before.
+    store : Path or None, default=None
+        The store's root, named in errors (``directory``'s parent when None).
     """
 
     directory: Path
@@ -58,6 +91,20 @@ class PlainChunks:
     dtype: np.dtype
     fill_value: Any
     zstd: bool
+    crc32c: bool = False
+    store: Path | None = None
+
+    def events(self, number: int) -> str:
+        """The rows of chunk ``number`` as ``"i..j"`` (the last chunk ends at the array's)."""
+        first = number * self.chunk_shape[0]
+        return f"{first}..{min(first + self.chunk_shape[0], self.length) - 1}"
+
+    def _damage(self, path: Path, number: int, problem: str) -> ArchiveError:
+        store = self.directory.parent if self.store is None else self.store
+        array = self.directory.relative_to(store).as_posix()
+        key = path.relative_to(self.directory).as_posix()
+        return _damage(f"store {store}, array {array!r}, chunk {key}: chunk file {path}",
+                       problem, self.events(number))  # fmt: skip
 
     def chunk(self, number: int) -> np.ndarray:
         """Chunk ``number`` as stored (read-only; ``fill_value`` where no file is).
@@ -65,25 +112,29 @@ class PlainChunks:
         Raises
         ------
         ArchiveError
-            The file is not a chunk of this array (truncated, corrupted, wrong size);
-            the message names the file.
+            The file is not a chunk of this array (checksum mismatch, truncated,
+            corrupted, wrong size), or it is missing and the fill value is NaN; the
+            message names the file and the events to re-ingest.
         """
         path = self.directory / self.key((number,) + (0,) * (len(self.chunk_shape) - 1))
         try:
-            data = path.read_bytes()
+            # a uint8 view: slicing it copies nothing, and the crc32c takes it (as in Zarr)
+            data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
         except FileNotFoundError:
+            if self.dtype.kind == "f" and np.isnan(self.fill_value):
+                raise self._damage(path, number, "the chunk file is missing") from None
             return np.full(self.chunk_shape, self.fill_value, dtype=self.dtype)
+        if self.crc32c:
+            data, stored = data[:-4], data[-4:].tobytes()
+            if len(stored) != 4 or _crc32c()(data).to_bytes(4, "little") != stored:
+                raise self._damage(path, number, _MISMATCH)
         try:
             if self.zstd:
-                from numcodecs import Zstd
-
-                data = Zstd().decode(data)
+                data = _zstd().decode(data)
             return np.frombuffer(data, dtype=self.dtype).reshape(self.chunk_shape)
         except (RuntimeError, ValueError) as error:
-            raise ArchiveError(
-                f"chunk file {path} cannot be read as a {self.chunk_shape} {self.dtype} "
-                f"chunk ({error}); the archive is damaged there"
-            ) from error
+            problem = f"cannot be read as a {self.chunk_shape} {self.dtype} chunk ({error})"
+            raise self._damage(path, number, problem) from error
 
     def read(self, rows: slice | np.ndarray) -> np.ndarray:
         """Rows of the array: a slice with step 1, or sorted indices."""
@@ -111,7 +162,7 @@ class PlainChunks:
 def plain_chunks(array: Any) -> PlainChunks | None:
     """The chunk files of ``array`` (an opened ``zarr.Array``) if it is plain enough to
     read directly (see the module's docstring), else None."""
-    from zarr.codecs import BytesCodec, ZstdCodec
+    from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
     from zarr.core.chunk_grids import RegularChunkGrid
     from zarr.storage import LocalStore
 
@@ -122,6 +173,8 @@ def plain_chunks(array: Any) -> PlainChunks | None:
     if not isinstance(grid, RegularChunkGrid) or grid.chunk_shape[1:] != array.shape[1:]:
         return None
     codecs = tuple(metadata.codecs)
+    crc32c = bool(codecs) and type(codecs[-1]) is Crc32cCodec
+    codecs = codecs[:-1] if crc32c else codecs
     if not codecs or type(codecs[0]) is not BytesCodec or len(codecs) > 2:
         return None
     if len(codecs) == 2 and type(codecs[1]) is not ZstdCodec:
@@ -139,4 +192,51 @@ def plain_chunks(array: Any) -> PlainChunks | None:
         dtype=dtype,
         fill_value=array.fill_value,
         zstd=len(codecs) == 2,
+        crc32c=crc32c,
+        store=Path(array.store.root),
     )
+
+
+def read_rows(array: Any, rows: slice | np.ndarray) -> np.ndarray:
+    """Rows (a slice with step 1, or sorted indices) of ``array`` (an opened
+    ``zarr.Array`` chunked along its first axis): directly when it is plain, else
+    through Zarr; a checksum mismatch is named by its chunk either way."""
+    plain = plain_chunks(array)
+    if plain is not None:
+        return plain.read(rows)
+    try:
+        return _zarr_rows(array, rows)
+    except ValueError as error:
+        if _ZARR_MISMATCH not in str(error):
+            raise
+        raise _zarr_damage(array, rows) from error
+
+
+def _zarr_rows(array: Any, rows: slice | np.ndarray) -> np.ndarray:
+    if isinstance(rows, slice):
+        return np.asarray(array[rows])
+    selection = (np.asarray(rows), *(slice(None),) * (array.ndim - 1))
+    return np.asarray(array.get_orthogonal_selection(selection))
+
+
+def _zarr_damage(array: Any, rows: slice | np.ndarray) -> ArchiveError:
+    """The error naming the first stored chunk (a shard, when sharded) among those of
+    ``rows`` that fails its checksum; found again chunk by chunk, only after a failure."""
+    per_file = (array.shards or array.chunks)[0]
+    if isinstance(rows, slice):
+        rows = np.arange(*rows.indices(array.shape[0]))
+    root = getattr(array.store, "root", array.store)  # a LocalStore's folder
+    where = f"store {root}, array {array.path!r}"
+    for number in np.unique(np.asarray(rows) // per_file).tolist():
+        first, stop = number * per_file, min((number + 1) * per_file, array.shape[0])
+        try:
+            array[first:stop]
+        except ValueError as error:
+            if _ZARR_MISMATCH not in str(error):
+                raise
+            key = array.metadata.encode_chunk_key((number,) + (0,) * (array.ndim - 1))
+            where = f"{where}, chunk {key}"
+            if isinstance(root, Path):
+                where = f"{where}: chunk file {root / array.path / key}"
+            return _damage(where, _MISMATCH, f"{first}..{stop - 1}")
+    return _damage(where, _MISMATCH, f"{rows[0]}..{rows[-1]}")

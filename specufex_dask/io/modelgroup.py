@@ -28,6 +28,7 @@ from specufex_dask.io.archive import MODEL_VERSION_ATTR
 __all__ = [
     "MODEL_TOKEN_ATTR",
     "TOKEN_ARRAYS",
+    "model_attribute",
     "model_token",
     "read_model_dataset",
     "stored_frequency",
@@ -45,6 +46,7 @@ async def _write_group(folder: str, dataset: xr.Dataset) -> None:
     """Write ``dataset`` as a new Zarr v3 group that xarray opens as the same Dataset:
     each variable one uncompressed chunk, all written at once."""
     import zarr.api.asynchronous as zarr_async
+    from zarr.codecs import Crc32cCodec  # uncompressed, but damage is caught
 
     group = await zarr_async.open_group(
         store=folder, mode="w", zarr_format=3, attributes=dict(dataset.attrs)
@@ -54,7 +56,8 @@ async def _write_group(folder: str, dataset: xr.Dataset) -> None:
         values = np.ascontiguousarray(variable.values)
         array = await group.create_array(
             name, shape=values.shape, dtype=values.dtype, chunks=values.shape,
-            dimension_names=[str(dim) for dim in variable.dims], compressors=None, fill_value=None,
+            dimension_names=[str(dim) for dim in variable.dims], compressors=Crc32cCodec(),
+            fill_value=None,
         )  # fmt: skip
         await array.setitem(Ellipsis, values)
 
@@ -81,14 +84,26 @@ def write_model_dataset(path: str, dataset: xr.Dataset) -> None:
     dataset = dataset.assign_attrs(
         {MODEL_TOKEN_ATTR: _group_token(dataset.variables, dataset.attrs)}
     )
-    asyncio.run(_write_group(str(partial), dataset))
     final = root / archive.MODEL_GROUP
+    intact = (
+        "the previous checkpoint is intact; free space and rerun with --resume"
+        if final.exists()
+        else "no checkpoint was written yet; free space and rerun"
+    )
+    try:
+        with archive.naming_disk_full(root, "a checkpoint of the model", dataset.nbytes, intact):
+            asyncio.run(_write_group(str(partial), dataset))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # half a group is never read: remove it
+        raise
     old = root / f".model.old-{uuid.uuid4().hex}"
     if final.exists():
         os.replace(final, old)
     os.replace(partial, final)
     shutil.rmtree(old, ignore_errors=True)
-    archive.consolidate(path)
+    intact = "the new checkpoint is in place; free space and rerun with --resume"
+    with archive.naming_disk_full(root, "the archive's metadata", 0, intact):
+        archive.consolidate(path)
 
 
 def read_model_dataset(path: str, newest_version: int) -> xr.Dataset | None:
@@ -113,6 +128,23 @@ def read_model_dataset(path: str, newest_version: int) -> xr.Dataset | None:
             "package reads"
         )
     return dataset
+
+
+def model_attribute(dataset: xr.Dataset, name: str, path: str) -> dict:
+    """The JSON object of attribute ``name`` of the model group of archive ``path``.
+
+    Raises
+    ------
+    ArchiveError
+        Naming the attribute, the group and the fix when it is missing or not JSON of
+        an object.
+    """
+    folder = Path(path) / archive.MODEL_GROUP
+    fix = f"delete {folder} and fit again without --resume"
+    value = archive.json_attribute(dataset.attrs, name, str(folder), fix)
+    if value is None:
+        raise archive.ArchiveError(f"store {folder}: attribute {name!r} is missing; {fix}")
+    return value
 
 
 def stored_frequency(path: str, n_frequencies: int) -> np.ndarray:

@@ -57,7 +57,12 @@ from specufex_dask.io.archive import (
     TRANSFORM_COMPLETE_ATTR,
     TRANSFORM_TOKEN_ATTR,
 )
-from specufex_dask.io.modelgroup import read_model_dataset, stored_frequency, write_model_dataset
+from specufex_dask.io.modelgroup import (
+    model_attribute,
+    read_model_dataset,
+    stored_frequency,
+    write_model_dataset,
+)
 from specufex_dask.io.status import TRANSFORMED as TRANSFORMED  # re-exported: the done markers
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
 from specufex_dask.parallel import tasks
@@ -435,6 +440,7 @@ def _task_transform_to_zarr(source, ids, start, path, nmf, hmm) -> tuple[int, in
 
 def require_writable(path: str, what: str) -> None:
     """Fail before any work when the archive cannot take ``what``."""
+    archive.require_zarr_v3(path, what)
     folder = Path(path)
     # Root may write anywhere; an archive whose write bits are all cleared was still
     # meant to be left alone.
@@ -632,11 +638,11 @@ def _prepare_outputs(
         group.create_array(
             name, shape=shape, chunks=(chunk_events,) + shape[1:], dtype=dtype,
             fill_value=np.nan, dimension_names=output_dims()[name], overwrite=True,
-            attributes={TRANSFORM_TOKEN_ATTR: token},
+            attributes={TRANSFORM_TOKEN_ATTR: token}, compressors=archive.checksummed(),
         )  # fmt: skip
     group.create_array(
         TRANSFORMED, shape=(N,), chunks=(chunk_events,), dtype=bool, fill_value=False,
-        dimension_names=(archive.EVENT,), overwrite=True,
+        dimension_names=(archive.EVENT,), overwrite=True, compressors=archive.checksummed(),
     )  # fmt: skip
     group.attrs.update({TRANSFORM_TOKEN_ATTR: token, TRANSFORM_COMPLETE_ATTR: False})
     archive.consolidate(path)
@@ -693,8 +699,8 @@ def transform_chunks(
     chunks = chunks.merged()
     chunk_events = output_chunk_events(chunks)
     done = _resumable(path, chunks.shape[0], chunk_events, token) if resume else None
+    dtype = np.dtype(nmf_params.dtype)
     if done is None:
-        dtype = np.dtype(nmf_params.dtype)
         _prepare_outputs(path, chunks.shape, chunk_events, K, S, dtype, token)
         done = np.zeros(chunks.shape[0], dtype=bool)
     todo = [
@@ -720,7 +726,11 @@ def transform_chunks(
         if progress is not None:
             progress("transform", {"chunk": finished, "n_chunks": len(todo)})
 
-    executor.write_outputs(_task_transform_to_zarr, arguments, report)
+    n_todo = sum(stop - start for start, stop, _ in todo)
+    n_bytes = n_todo * (K * chunks.shape[2] + S * chunks.shape[2] + 2 * S * S) * dtype.itemsize
+    intact = "the outputs written so far are kept; free space and rerun with --resume"
+    with archive.naming_disk_full(path, f"the outputs of {n_todo} events", n_bytes, intact):
+        executor.write_outputs(_task_transform_to_zarr, arguments, report)
     _mark_complete(path, True, token)
     return len(todo)
 
@@ -836,7 +846,8 @@ def read_model_group(path: str):
     dataset = read_model_dataset(path, FORMAT_VERSION)
     if dataset is None:
         return None
-    nmf_state = json.loads(dataset.attrs["nmf_state"])
+    where = str(Path(path) / archive.MODEL_GROUP)
+    nmf_state = model_attribute(dataset, "nmf_state", path)
     nmf = build_model(
         BayesianNonparametricNMF,
         {
@@ -848,10 +859,11 @@ def read_model_group(path: str):
             "elbo_": nmf_state["elbo_"],
         },
         nmf_state["settings"],
+        where=where,
     )
     hmm = None
     if "hmm_state" in dataset.attrs:
-        hmm_state = json.loads(dataset.attrs["hmm_state"])
+        hmm_state = model_attribute(dataset, "hmm_state", path)
         hmm = build_model(
             BayesianHMM,
             {
@@ -862,5 +874,6 @@ def read_model_group(path: str):
                 "elbo_": hmm_state["elbo_"],
             },
             hmm_state["settings"],
+            where=where,
         )
-    return nmf, hmm, json.loads(dataset.attrs["progress"])
+    return nmf, hmm, model_attribute(dataset, "progress", path)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from specufex_dask.io import archive
-from specufex_dask.io.chunkread import plain_chunks
+from specufex_dask.io.chunkread import read_rows
 
 __all__ = ["StoredRows", "stored_task"]
 
@@ -56,14 +56,7 @@ class StoredRows:
         import zarr
 
         array = zarr.open_array(self.path, path=archive.SPECTROGRAM, mode="r")
-        plain = plain_chunks(array)
-        if plain is not None:
-            values = plain.read(self.rows)
-        elif isinstance(self.rows, slice):
-            values = np.asarray(array[self.rows])
-        else:
-            selection = (np.asarray(self.rows), slice(None), slice(None))
-            values = np.asarray(array.get_orthogonal_selection(selection))
+        values = read_rows(array, self.rows)
         return values if values.dtype.kind == "f" else values.astype(np.float64)
 
 
