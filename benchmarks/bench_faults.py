@@ -95,7 +95,7 @@ def model_arrays(archive: Path) -> dict[str, np.ndarray]:
     """Every array of the fitted model, and the outputs when there are some."""
     import zarr
 
-    group = zarr.open_group(str(archive), mode="r")
+    group = zarr.open_group(str(archive), mode="r", use_consolidated=False)
     arrays = {f"model/{k}": v[:] for k, v in group["model"].arrays()}
     for name in ("activation", "state_probability", "transition", "fingerprint"):
         if name in group:
@@ -326,12 +326,205 @@ def case_killed_transform(folder: Path) -> Row:
     return Row(name, expected, observed, passed)
 
 
+def _last_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def _one_clean_line(result: subprocess.CompletedProcess[str]) -> bool:
+    """Exit 1 with an error line and no traceback."""
+    return result.returncode == 1 and "Traceback" not in result.stderr and bool(_last_line(result))
+
+
+def case_resume_with_other_settings(folder: Path) -> Row:
+    """``run --resume`` with other patterns, states, batch size and seed: refused."""
+    name = "resume with changed settings"
+    expected = "exit 1 listing num_pat, num_state, batch_size, random_state; model unchanged"
+    archive = make_archive(folder / "events.zarr")
+    killed = start_cli("run", archive, *FIT, *BUDGET, "--workers", "1", log=folder / "run.log")
+    wait_for(lambda: checkpointed_steps(archive) >= 5, "a checkpoint")
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(WAIT_S)
+    for lease in folder.glob(".events.zarr*lease*"):
+        lease.unlink()
+    before = model_arrays(archive)
+    other = ["--num-pat", "5", "--num-state", "3", "--batch-size", "16", "--seed", "8"]
+    resumed = cli("run", archive, *other, *BUDGET, "--workers", "1", "--resume")
+    listed = [
+        k for k in ("num_pat", "num_state", "batch_size", "random_state") if k in resumed.stderr
+    ]
+    unchanged = not same_bits(before, model_arrays(archive))
+    observed = f"exit {resumed.returncode}; listed {', '.join(listed) or 'nothing'}; " + (
+        "model unchanged" if unchanged else "model CHANGED"
+    )
+    passed = resumed.returncode == 1 and len(listed) == 4 and unchanged
+    return Row(name, expected, observed, passed)
+
+
+def case_tol_none(folder: Path) -> Row:
+    """``--tol none`` runs every step of the budget."""
+    name = "--tol none"
+    expected = "every step of --nmf-steps 40 --hmm-steps 30 is run"
+    archive = make_archive(folder / "events.zarr")
+    done = cli("fit", archive, *FIT, "--nmf-steps", "40", "--hmm-steps", "30", "--tol", "none",
+               "--workers", "1")  # fmt: skip
+    import zarr
+
+    progress = zarr.open_group(str(archive / "model"), mode="r").attrs["progress"]
+    progress = json.loads(progress) if isinstance(progress, str) else progress
+    steps = (int(progress["nmf_steps"]), int(progress["hmm_steps"]))
+    observed = f"exit {done.returncode}; steps run {steps[0]} / {steps[1]}"
+    return Row(name, expected, observed, done.returncode == 0 and steps == (40, 30))
+
+
+def case_read_only_cluster(folder: Path) -> Row:
+    """``cluster`` on an archive whose files are read-only: refused, nothing written."""
+    name = "cluster on a read-only archive"
+    expected = "exit 1 'read-only', no labels written"
+    archive = make_archive(folder / "events.zarr")
+    cli("run", archive, *FIT, "--nmf-steps", "20", "--hmm-steps", "10", "--workers", "1")
+    subprocess.run(["chmod", "-R", "a-w", str(archive)], check=True)
+    try:
+        clustered = cli("cluster", archive, "--n-clusters", "2")
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(archive)], check=True)
+    written = (archive / "cluster").exists()
+    observed = (
+        f"exit {clustered.returncode}: {_last_line(clustered)[:120]!r}; labels written: {written}"
+    )
+    passed = _one_clean_line(clustered) and "read-only" in clustered.stderr and not written
+    return Row(name, expected, observed, passed)
+
+
+def case_model_too_large(folder: Path) -> Row:
+    """``--num-pat 100000`` on a small archive: refused up front with the numbers."""
+    name = "--num-pat 100000"
+    expected = "exit 1 within seconds naming the bytes needed; no checkpoint"
+    archive = make_archive(folder / "events.zarr")
+    start = time.perf_counter()
+    done = cli("fit", archive, "--num-pat", "100000", "--workers", "1", "--memory-limit", "200MB")
+    seconds = time.perf_counter() - start
+    checkpoint = (archive / "model").exists()
+    observed = (
+        f"exit {done.returncode} after {seconds:.0f} s: {_last_line(done)[:140]!r}; "
+        f"checkpoint: {checkpoint}"
+    )
+    passed = _one_clean_line(done) and "byte" in done.stderr.lower() and not checkpoint
+    return Row(name, expected, observed, passed)
+
+
+def _chunk_files(archive: Path) -> list[Path]:
+    return sorted(p for p in (archive / "spectrogram" / "c").rglob("*") if p.is_file())
+
+
+def case_damaged_chunk(folder: Path) -> Row:
+    """64 random bytes written into a spectrogram chunk: named as damage with its file."""
+    name = "64 random bytes in a chunk"
+    expected = "fit exits 1 naming the chunk file and 'damaged'"
+    archive = make_archive(folder / "events.zarr")
+    victim = _chunk_files(archive)[3]
+    data = bytearray(victim.read_bytes())
+    offset = len(data) // 2
+    data[offset : offset + 64] = np.random.default_rng(1).bytes(64)
+    victim.write_bytes(bytes(data))
+    done = cli("fit", archive, *FIT, "--nmf-steps", "20", "--hmm-steps", "10", "--workers", "1")
+    line = _last_line(done)
+    observed = f"exit {done.returncode}: {line[:200]!r}"
+    passed = _one_clean_line(done) and "damaged" in line and str(victim) in line
+    return Row(name, expected, observed, passed)
+
+
+def case_missing_chunk(folder: Path) -> Row:
+    """A deleted spectrogram chunk file: named as missing with its file and events."""
+    name = "deleted chunk file"
+    expected = "fit exits 1 naming the chunk file as missing"
+    archive = make_archive(folder / "events.zarr")
+    victim = _chunk_files(archive)[5]
+    victim.unlink()
+    done = cli("fit", archive, *FIT, "--nmf-steps", "20", "--hmm-steps", "10", "--workers", "1")
+    line = _last_line(done)
+    observed = f"exit {done.returncode}: {line[:200]!r}"
+    passed = _one_clean_line(done) and "missing" in line and str(victim) in line
+    return Row(name, expected, observed, passed)
+
+
+def case_zarr_v2(folder: Path) -> Row:
+    """A writable Zarr v2 archive written by xarray: named as format 2, not read-only."""
+    import xarray as xr
+
+    name = "Zarr format 2 archive"
+    expected = "fit exits 1 naming 'Zarr format 2' and how to convert"
+    source = make_archive(folder / "v3.zarr")
+    archive = folder / "v2.zarr"
+    xr.open_zarr(source).drop_encoding().to_zarr(archive, zarr_format=2, consolidated=True)
+    done = cli("fit", archive, *FIT, "--workers", "1")
+    line = _last_line(done)
+    observed = f"exit {done.returncode}: {line[:160]!r}"
+    passed = _one_clean_line(done) and "format 2" in line and "read-only" not in line
+    return Row(name, expected, observed, passed)
+
+
+def case_malformed_attribute(folder: Path) -> Row:
+    """Non-JSON ``spectrogram_parameters``: the attribute and the store are named."""
+    import zarr
+
+    name = "non-JSON spectrogram_parameters"
+    expected = "info exits 1 naming the attribute and the store"
+    archive = make_archive(folder / "events.zarr")
+    group = zarr.open_group(str(archive), mode="r+")
+    group.attrs["spectrogram_parameters"] = "not json {"
+    zarr.consolidate_metadata(str(archive))
+    done = cli("info", archive)
+    line = _last_line(done)
+    observed = f"exit {done.returncode}: {line[:160]!r}"
+    passed = _one_clean_line(done) and "spectrogram_parameters" in line and str(archive) in line
+    return Row(name, expected, observed, passed)
+
+
+def case_disk_full(folder: Path) -> Row:
+    """A fit's checkpoints on a full disk (a 3 MB tmpfs): one line, the old checkpoint
+    intact, no partial folder left."""
+    name = "disk full during a fit (tmpfs)"
+    expected = "exit 1, one line naming the free space; no .model.partial-* left"
+    mount = folder / "small"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        return Row(name, expected, "cannot mount a tmpfs here (needs root)", None)
+    try:
+        archive = make_archive(mount / "events.zarr")
+        # Fill the disk but for a little room: the first checkpoints may fit, the
+        # outputs of the transform cannot.
+        filler = mount / "filler"
+        free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+        filler.write_bytes(b"\0" * max(free - 60_000, 0))
+        done = cli("run", archive, *FIT, *BUDGET, "--workers", "1")
+        partial = list(archive.glob(".model.partial-*"))
+        line = _last_line(done)
+        observed = f"exit {done.returncode}: {line[:200]!r}; partial folders left: {len(partial)}"
+        passed = _one_clean_line(done) and "free" in line and not partial
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+    return Row(name, expected, observed, passed)
+
+
 CASES: dict[str, Callable[[Path], Row]] = {
     "worker-kill": case_worker_killed_mid_fit,
     "worker-kill-no-nanny": case_worker_killed_no_nanny,
     "driver-kill": case_driver_killed_and_resumed,
     "lease": case_second_writer,
     "killed-transform": case_killed_transform,
+    "resume-settings": case_resume_with_other_settings,
+    "tol-none": case_tol_none,
+    "read-only": case_read_only_cluster,
+    "too-large": case_model_too_large,
+    "damaged-chunk": case_damaged_chunk,
+    "missing-chunk": case_missing_chunk,
+    "zarr-v2": case_zarr_v2,
+    "malformed-attribute": case_malformed_attribute,
+    "disk-full": case_disk_full,
 }
 
 
