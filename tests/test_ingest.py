@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -100,7 +101,11 @@ def test_catalog_ingest_reproduces_golden(tmp_path, bav_dir, golden_dir):
     first = obspy.read(str(bav_dir / "waveforms" / rows[0]["filename"]))[0].stats
     assert ds.starttime.values[0] == np.datetime64(first.starttime.ns, "ns")
     assert ds.station.values[0] == "BAV" and ds.channel.values[0] == "EHZ"
-    assert ds.source.values[0].endswith(rows[0]["filename"])
+    assert ds.input_file.values[0].endswith(rows[0]["filename"])
+    # The catalog's other column, its event time, is kept with its type and standard name.
+    expected_times = np.array([row["timestamp"] for row in rows], dtype="datetime64[ns]")
+    np.testing.assert_array_equal(ds.source_origin_time.values, expected_times)
+    assert "source" not in ds.coords
     parameters = report.parameters
     assert (parameters["nperseg"], parameters["noverlap"], parameters["nfft"]) == (100, 25, 2000)
 
@@ -363,3 +368,59 @@ def test_mixed_formats_in_one_folder_read_identically(tmp_path, rng):
     from_sac = waveform_to_spectrogram(data.astype(np.float32), params).transformed
     np.testing.assert_allclose(ds.spectrogram.values[[0, 2]], [expected, expected], rtol=1e-12)
     np.testing.assert_allclose(ds.spectrogram.values[1], from_sac, rtol=1e-12)
+
+
+def test_catalog_columns_keep_their_types_and_standard_names(bav_dir, tmp_path):
+    with open(bav_dir / "catalog.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rng = np.random.default_rng(4)
+    fields = ["ev_ID", "filename", "Lat", "longitude", "depth", "mag", "magType", "station",
+              "quality", "picked"]  # fmt: skip
+    catalog = tmp_path / "catalog.csv"
+    with open(catalog, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(fields)
+        for i, row in enumerate(rows):
+            writer.writerow([
+                row["ev_ID"], row["filename"], f"{37 + rng.random():.4f}",
+                f"{-122 + rng.random():.4f}", "" if i == 2 else f"{10 * rng.random():.2f}",
+                f"{i / 4}", "Md", "BAV", "AB"[i % 2], f"1984-01-{i + 1:02d}T00:00:0{i}Z",
+            ])  # fmt: skip
+    # one event is rejected (a file that does not exist): its row is left out
+    text = catalog.read_text().replace(rows[4]["filename"], "missing.mseed")
+    catalog.write_text(text)
+    report = ingest_catalog(catalog, tmp_path / "a.zarr", GOLDEN_PARAMS,
+                            waveform_dir=bav_dir / "waveforms")  # fmt: skip
+    assert report.n_written == 9
+    ds = open_archive(report.path)
+    kept = [row for i, row in enumerate(rows) if i != 4]
+    assert ds.event.values.tolist() == [row["ev_ID"] for row in kept]
+    with open(catalog, newline="") as handle:
+        table = [row for row in csv.DictReader(handle) if row["filename"] != "missing.mseed"]
+    assert ds.source_latitude_deg.dtype == np.float64
+    np.testing.assert_allclose(ds.source_latitude_deg, [float(r["Lat"]) for r in table])
+    np.testing.assert_allclose(ds.source_longitude_deg, [float(r["longitude"]) for r in table])
+    assert np.isnan(ds.source_depth_km.values[2])
+    np.testing.assert_allclose(ds.source_magnitude, [float(r["mag"]) for r in table])
+    assert ds.source_magnitude_type.values.tolist() == ["Md"] * 9
+    assert ds.catalog_station.values.tolist() == ["BAV"] * 9  # "station" is the archive's
+    assert ds.quality.values.tolist() == [r["quality"] for r in table]
+    assert ds.picked.dtype == np.dtype("datetime64[ns]")
+    assert ds.picked.values[1] == np.datetime64("1984-01-02T00:00:01", "ns")
+
+
+def test_archives_with_the_old_source_name_read_and_append(bav_dir, tmp_path):
+    report = ingest_waveforms(
+        sorted((bav_dir / "waveforms").iterdir())[:4], tmp_path / "new.zarr", GOLDEN_PARAMS
+    )
+    path = tmp_path / "old.zarr"  # as archives were written before: "source"
+    renamed = open_archive(report.path, with_dask=False).rename(input_file="source")
+    renamed.drop_encoding().chunk({"event": 8}).to_zarr(path, consolidated=True)
+    assert "input_file" in open_archive(path).coords
+    assert "source" in open_archive(path, stored_names=True).coords
+    more = ingest_waveforms(sorted((bav_dir / "waveforms").iterdir())[4:6], path,
+                            GOLDEN_PARAMS, append=True)  # fmt: skip
+    files = [str(f) for f in open_archive(more.path).input_file.values]
+    names = [p.name for p in sorted((bav_dir / "waveforms").iterdir())[:6]]
+    assert [Path(f).name for f in files] == names  # old and appended rows, one coordinate
+    assert "input_file" not in open_archive(path, stored_names=True).coords

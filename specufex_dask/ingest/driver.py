@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from specufex_dask.common import check_positive_int, spans
+from specufex_dask.ingest.catalog import catalog_coordinates, read_catalog_columns
 from specufex_dask.ingest.preprocessing import (
     InvalidWaveformError,
     SpectrogramParameters,
@@ -54,8 +55,8 @@ from specufex_dask.ingest.readers import (
 from specufex_dask.io.archive import (
     DEFAULT_CHUNK_EVENTS,
     EVENT,
+    INPUT_FILE,
     MEDIAN,
-    SOURCE,
     SPECTROGRAM,
     STARTTIME,
     ArchiveWriter,
@@ -168,6 +169,9 @@ class _FileInputs:
     events: Sequence[str]
     starttimes: Sequence[str | None]
     stations: Sequence[str | None]
+    catalog: Mapping[str, np.ndarray] | None = None
+    """The catalog's other columns (:func:`~specufex_dask.ingest.catalog.read_catalog_columns`),
+    one value per event, for the events' coordinates."""
 
 
 def _reason_counts(rejected: Iterable[RejectedInput]) -> str:
@@ -249,10 +253,14 @@ def _run(
     params: SpectrogramParameters,
     writing: _Writing,
     pre_rejected: Sequence[RejectedInput] = (),
+    catalog: tuple[Sequence[str], Mapping[str, np.ndarray]] | None = None,
 ) -> IngestReport:
-    """:func:`_write_archive` holding the lease of ``out_path``: one writer at a time."""
+    """:func:`_write_archive` holding the lease of ``out_path``: one writer at a time.
+
+    ``catalog``: the event id of every catalog row and the catalog's columns, stored as
+    coordinates of the events written."""
     with archive_lease(out_path, "ingest"):
-        return _write_archive(units, out_path, params, writing, pre_rejected)
+        return _write_archive(units, out_path, params, writing, pre_rejected, catalog)
 
 
 def _write_archive(
@@ -261,6 +269,7 @@ def _write_archive(
     params: SpectrogramParameters,
     writing: _Writing,
     pre_rejected: Sequence[RejectedInput] = (),
+    catalog: tuple[Sequence[str], Mapping[str, np.ndarray]] | None = None,
 ) -> IngestReport:
     started = _time.perf_counter()
     out_path = Path(out_path)
@@ -325,6 +334,8 @@ def _write_archive(
     assert resolved.fs is not None and resolved.n_samples is not None
     frequency, time = spectrogram_axes(resolved, resolved.fs, resolved.n_samples)
     coords = _event_coords(good)
+    if catalog is not None:
+        coords.update(catalog_coordinates(catalog[1], catalog[0], [r.event for r in good]))
     n_bytes = len(good) * frequency.size * time.size * np.dtype(writing.dtype).itemsize
     with naming_disk_full(
         out_path, f"{len(good)} spectrograms", n_bytes, left_intact(out_path, append)
@@ -441,7 +452,7 @@ def _event_coords(good: Sequence[_Inspection]) -> dict[str, np.ndarray]:
             keys.setdefault(key, None)
     coords: dict[str, np.ndarray] = {
         EVENT: np.array([r.event for r in good], dtype=object),
-        SOURCE: np.array([r.source for r in good], dtype=object),
+        INPUT_FILE: np.array([r.source for r in good], dtype=object),
         MEDIAN: np.array([r.median for r in good], dtype=np.float64),
     }
     for key in keys:
@@ -451,7 +462,7 @@ def _event_coords(good: Sequence[_Inspection]) -> dict[str, np.ndarray]:
                 [np.datetime64("NaT") if v is None else np.datetime64(v, "ns") for v in values],
                 dtype="datetime64[ns]",
             )
-        elif key != SOURCE:
+        elif key != INPUT_FILE:
             coords[key] = np.array(["" if v is None else str(v) for v in values], dtype=object)
         else:
             coords[key] = np.array([str(v) for v in values], dtype=object)
@@ -576,7 +587,10 @@ def _ingest_files(
         )
         for block in spans(len(inputs.paths), writing.chunk_events)
     ]
-    return _run(units, out_path, params or SpectrogramParameters(), writing)
+    catalog = None
+    if inputs.catalog:
+        catalog = (list(inputs.events), inputs.catalog)
+    return _run(units, out_path, params or SpectrogramParameters(), writing, catalog=catalog)
 
 
 _EVENT_COLUMNS = ("event", "event_id", "ev_ID", "evid", "id")
@@ -614,6 +628,7 @@ def ingest_catalog(
     select: Mapping[str, str] | None = None,
     format: str | None = None,
     dtype: npt.DTypeLike = np.float64,
+    keep_columns: bool = True,
 ) -> IngestReport:
     """Ingest the events of a catalog table (CSV), in the table's order.
 
@@ -637,6 +652,12 @@ def ingest_catalog(
         If given, only that station's traces are read from each file.
     client, chunk_events, append, overwrite, select, format, dtype
         As in :func:`ingest_waveforms`.
+    keep_columns : bool, default=True
+        Store the catalog's other columns as coordinates on ``event``, typed (times as
+        datetime64, numbers as numbers), the standard ones under SeisBench's names
+        (:data:`specufex_dask.ingest.catalog.STANDARD_COLUMNS`: ``source_origin_time``,
+        ``source_latitude_deg``, ``source_longitude_deg``, ``source_depth_km``,
+        ``source_magnitude``...), names the archive uses itself as ``catalog_<name>``.
 
     Returns
     -------
@@ -660,7 +681,9 @@ def ingest_catalog(
         raise ValueError(f"catalog {catalog}: empty event id on line(s) {empty[:5]}")
     starttimes = [row[starttime_column] or None if starttime_column else None for row in rows]
     stations = [row[station_column] or None if station_column else None for row in rows]
-    inputs = _FileInputs(paths, events, starttimes, stations)
+    used = [event_key, file_key]
+    columns = read_catalog_columns(catalog, exclude=used) if keep_columns else None
+    inputs = _FileInputs(paths, events, starttimes, stations, columns)
     writing = _Writing(client, chunk_events, append, overwrite, dtype)
     return _ingest_files(inputs, out_path, params, writing, select, format)
 

@@ -20,9 +20,9 @@ import numpy as np
 
 from specufex_dask.io.archive import (
     CHANNEL,
+    INPUT_FILE,
     LOCATION,
     NETWORK,
-    SOURCE,
     STARTTIME,
     STATION,
 )
@@ -252,7 +252,7 @@ class ContinuousUnit:
                 first + k,
                 event,
                 source,
-                metadata=(*_trace_metadata(trace, start_ns), (SOURCE, self.source)),
+                metadata=(*_trace_metadata(trace, start_ns), (INPUT_FILE, self.source)),
                 waveform=np.asarray(window),
                 sampling_rate=fs,
             )

@@ -74,7 +74,11 @@ NETWORK = "network"
 STATION = "station"
 LOCATION = "location"
 CHANNEL = "channel"
+INPUT_FILE = "input_file"
+"""Per-event coordinate: the file (or array) each spectrogram was computed from."""
 SOURCE = "source"
+"""The name :data:`INPUT_FILE` had before (it collided with SeisBench's ``source_*``
+names); archives that use it are read with it renamed."""
 MEDIAN = "median"
 
 # The table of rejected inputs.
@@ -161,7 +165,9 @@ def _live_attrs(path: str | Path) -> dict[str, Any]:
     return dict(group.attrs)
 
 
-def open_archive(path: str | Path, *, with_dask: bool = True) -> xr.Dataset:
+def open_archive(
+    path: str | Path, *, with_dask: bool = True, stored_names: bool = False
+) -> xr.Dataset:
     """Open an archive lazily (dask-backed) and validate its schema.
 
     Parameters
@@ -171,6 +177,9 @@ def open_archive(path: str | Path, *, with_dask: bool = True) -> xr.Dataset:
     with_dask : bool, default=True
         Dask arrays in the storage chunks; False gives xarray's lazily indexed arrays,
         cheaper to open when only metadata and encodings are needed.
+    stored_names : bool, default=False
+        Keep the names as stored: an archive written before :data:`INPUT_FILE` was
+        named so has ``source`` in its place, which is otherwise renamed.
 
     Returns
     -------
@@ -221,6 +230,8 @@ def open_archive(path: str | Path, *, with_dask: bool = True) -> xr.Dataset:
                 f"cannot open {path_str} as an xarray Zarr store: {error}"
             ) from error
     validate_archive(ds, where=path_str)
+    if not stored_names and SOURCE in ds.coords and INPUT_FILE not in ds.variables:
+        ds = ds.rename({SOURCE: INPUT_FILE})
     # imported here: the module reads the model group, whose module imports this one
     from specufex_dask.io.status import output_status
 
@@ -701,8 +712,10 @@ class ArchiveWriter:
         filled chunk is extended in place.
         """
         require_zarr_v3(path, "appended events")
-        ds = open_archive(path)
+        ds = open_archive(path, stored_names=True)
         coords = {name: _as_event_coordinate(name, v) for name, v in event_coords.items()}
+        if SOURCE in ds.coords and INPUT_FILE in coords and INPUT_FILE not in ds.coords:
+            coords[SOURCE] = coords.pop(INPUT_FILE)  # an archive of the old name
         n_new = coords[EVENT].shape[0]
         _check_event_ids(coords[EVENT], where="the events to append")
         clash = np.intersect1d(_to_str(ds[EVENT].values), _to_str(coords[EVENT]))
