@@ -172,7 +172,9 @@ def _refuse_foreign_names(cls: type, given: Any, allowed: set[str], what: str, w
         )
 
 
-def _check_names(cls: type, values: dict[str, Any], settings: dict[str, Any], where: str) -> None:
+def _check_names(
+    cls: type[ParameterContract], values: dict[str, Any], settings: dict[str, Any], where: str
+) -> None:
     """Only the names of the parameter table and of the saved state are set on a model."""
     layout = _STATE[cls.__name__]
     table = {name for name in cls._parameter_table if name not in cls._state_names}

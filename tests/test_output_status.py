@@ -199,3 +199,24 @@ def test_the_stored_token_is_the_fitted_models_with_or_without_its_attribute(
     del group.attrs[MODEL_TOKEN_ATTR]  # as a group written before the attribute existed
     assert stored_model_token(path) == fitted
     assert stored_model_token(str(tmp_path / "nothing.zarr")) is None
+
+
+def test_an_output_or_model_stored_as_the_wrong_kind_of_node_is_refused_by_name(
+    tmp_path: Path,
+) -> None:
+    import zarr
+
+    from specufex_dask.io.status import output_status
+
+    path = _archive(tmp_path / "events.zarr")
+    root = zarr.open_group(path, mode="r+", use_consolidated=False)
+    root.create_group("fingerprint")
+    with pytest.raises(archive.ArchiveError, match=r"events\.zarr: fingerprint is a group"):
+        output_status(path, N_EVENTS)
+    root.create_array("model", shape=(2,), dtype=float)
+    with pytest.raises(archive.ArchiveError, match=r"events\.zarr: 'model' is an array.*fit"):
+        stored_model_token(path)
+    del root["model"]
+    root.create_group("model").create_group("W1")  # no token attribute: W1 is read
+    with pytest.raises(archive.ArchiveError, match=r"events\.zarr: model/W1 is a group"):
+        stored_model_token(path)

@@ -152,6 +152,15 @@ def catalog_table(dataset: xr.Dataset) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+def _archive_table(archive: str | Path) -> pd.DataFrame:
+    """:func:`catalog_table` of the archive at ``archive``, closed again after reading."""
+    dataset = open_archive(archive)
+    try:
+        return catalog_table(dataset)
+    finally:
+        dataset.close()
+
+
 def write_catalog_csv(archive: str | Path, out: str | Path) -> Path:
     """Write :func:`catalog_table` of an archive as CSV (times in ISO 8601, UTC).
 
@@ -160,11 +169,7 @@ def write_catalog_csv(archive: str | Path, out: str | Path) -> Path:
     Path
         ``out``.
     """
-    dataset = open_archive(archive)
-    try:
-        table = catalog_table(dataset)
-    finally:
-        dataset.close()
+    table = _archive_table(archive)
     out = Path(out)
     with _replacing(out) as partial:
         table.to_csv(partial, index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
@@ -186,11 +191,7 @@ def write_quakeml(archive: str | Path, out: str | Path) -> Path:
     from obspy import UTCDateTime
     from obspy.core.event import Catalog, Comment, Event, Magnitude, Origin, ResourceIdentifier
 
-    dataset = open_archive(archive)
-    try:
-        table = catalog_table(dataset)
-    finally:
-        dataset.close()
+    table = _archive_table(archive)
     if ORIGIN_TIME not in table:
         raise ArchiveError(
             f"{archive}: no {ORIGIN_TIME!r} coordinate, so no QuakeML catalog: ingest the "
@@ -199,8 +200,8 @@ def write_quakeml(archive: str | Path, out: str | Path) -> Path:
     if CLUSTER not in table:
         raise ArchiveError(f"{archive}: no cluster labels; run `specufex-dask cluster` first")
     catalog = Catalog(description=f"clusters of {Path(archive).name} by specufex-dask")
-    for row in table.itertuples(index=False):
-        values = row._asdict()
+    for row in table.itertuples(index=False, name=None):
+        values = dict(zip(table.columns, row, strict=True))
         event = Event()
         resource = values.get(_QUAKEML_FIELDS["resource_id"])
         if isinstance(resource, str) and resource:

@@ -470,7 +470,7 @@ def add_flags(
         help_text = help_text.replace("%", "%%")
         # A flag left out sets nothing (SUPPRESS), so that a value of None given on the
         # command line ("--tol none") reaches the configuration.
-        if flag.type is None:
+        if convert is None:  # no converter: an on/off switch
             group.add_argument(
                 *flag.names,
                 dest=flag.dest,

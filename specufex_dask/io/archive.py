@@ -43,13 +43,16 @@ import uuid
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import xarray as xr
 
 from specufex_dask.common import __version__, check_positive_int, quiet_zarr
+
+if TYPE_CHECKING:
+    import zarr
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +158,22 @@ def _to_str(values: npt.ArrayLike) -> np.ndarray:
 
 def _is_local(path: str | Path) -> bool:
     return "://" not in str(path)
+
+
+def member_array(group: zarr.Group, name: str, refusal: str) -> zarr.Array:
+    """``group[name]``, which must be an array: a group there raises ``refusal``.
+
+    Raises
+    ------
+    ArchiveError
+        With the message ``refusal`` (what is wrong, where, and the fix).
+    """
+    import zarr
+
+    member = group[name]
+    if not isinstance(member, zarr.Array):
+        raise ArchiveError(refusal)
+    return member
 
 
 def _live_attrs(path: str | Path) -> dict[str, Any]:
@@ -845,9 +864,8 @@ def _extend_outputs(path: str | Path, names: Sequence[str], n_events: int) -> No
 
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     for name in names:
-        array = group[name]
-        if not isinstance(array, zarr.Array):
-            raise ArchiveError(f"{path}: {name} is a group, not an event-major variable")
+        refusal = f"{path}: {name} is a group, not an event-major variable"
+        array = member_array(group, name, refusal)
         array.resize((n_events, *array.shape[1:]))
     logger.warning(
         "appended events have no values yet in %s of %s (fill value); re-run the fit/transform",

@@ -167,7 +167,7 @@ class LeaseFile:
 
 def lease_path(archive: str | os.PathLike) -> Path:
     """The lease file of ``archive``: ``.<name>.specufex_dask_lease.json`` beside it."""
-    if not _is_local(archive):
+    if not _is_local(os.fspath(archive)):
         raise ArchiveError(
             f"{archive}: leases are only implemented for archives on a local file system"
         )
@@ -177,7 +177,7 @@ def lease_path(archive: str | os.PathLike) -> Path:
 
 def read_lease(archive: str | os.PathLike) -> LeaseHolder | None:
     """The holder of ``archive``'s lease, or None when nobody holds a readable one."""
-    if not _is_local(archive):
+    if not _is_local(os.fspath(archive)):
         return None
     data = LeaseFile(lease_path(archive)).read()
     return None if data is None else LeaseHolder.from_bytes(data)

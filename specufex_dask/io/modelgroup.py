@@ -187,18 +187,36 @@ def stored_model_token(path: str) -> str | None:
             if archive.MODEL_GROUP not in root:
                 return None
             group = root[archive.MODEL_GROUP]
+            if not isinstance(group, zarr.Group):
+                raise archive.ArchiveError(
+                    f"{path}: {archive.MODEL_GROUP!r} is an array, not a model group; "
+                    "remove it and fit again"
+                )
             attrs = dict(group.attrs)
             if MODEL_TOKEN_ATTR in attrs:
                 return str(attrs[MODEL_TOKEN_ATTR])
             # a group written before the token was stored with it
-            arrays = {name: group[name][...] for name in TOKEN_ARRAYS if name in group}
+            arrays = {
+                name: archive.member_array(
+                    group,
+                    name,
+                    f"{path}: {archive.MODEL_GROUP}/{name} is a group, not a model array; "
+                    "remove it and fit again",
+                )[...]
+                for name in TOKEN_ARRAYS
+                if name in group
+            }
         except (KeyError, OSError, zarr.errors.NodeNotFoundError):
             continue
         return _group_token(arrays, attrs)
     return None
 
 
-def _group_token(arrays: Mapping[Hashable, Any], attrs: Mapping[Hashable, Any]) -> str:
+# xarray keys its variables and attributes by Hashable, zarr by str
+_Named = Mapping[str, Any] | Mapping[Hashable, Any]
+
+
+def _group_token(arrays: _Named, attrs: _Named) -> str:
     """:func:`model_token` of a model group's arrays and attributes."""
     settings = json.loads(attrs.get("nmf_state", "{}")).get("settings", {})
     values = [np.asarray(arrays[name]) for name in TOKEN_ARRAYS if name in arrays]

@@ -101,15 +101,24 @@ def output_status(path: str, n_events: int) -> dict[str, OutputStatus]:
     complete_attr = attrs.get(TRANSFORM_COMPLETE_ATTR)
     done = _events_done(group, n_events, complete_attr)
     recorded = TRANSFORM_COMPLETE_ATTR in attrs or TRANSFORMED in group
-    tokens = {
-        name: group[name].attrs.get(TRANSFORM_TOKEN_ATTR, attrs.get(TRANSFORM_TOKEN_ATTR))
+    outputs = {
+        name: archive.member_array(
+            group,
+            name,
+            f"{path}: {name} is a group, not a transform output variable; remove it and "
+            "run `specufex-dask transform` again",
+        )
         for name in present
+    }
+    tokens = {
+        name: output.attrs.get(TRANSFORM_TOKEN_ATTR, attrs.get(TRANSFORM_TOKEN_ATTR))
+        for name, output in outputs.items()
     }
     stored = stored_model_token(path) if any(tokens.values()) else None
     statuses = {}
     for name in present:
         complete = (
-            complete_attr is True and done == n_events and group[name].shape[0] == n_events
+            complete_attr is True and done == n_events and outputs[name].shape[0] == n_events
             if recorded
             else None
         )
