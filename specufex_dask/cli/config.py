@@ -30,11 +30,12 @@ import math
 import types
 import typing
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from specufex_dask.cli.workflow_config import is_workflow_config, translate
 from specufex_dask.inference.params import PIPELINE_PARAMETERS, check_reference_mode
 from specufex_dask.ingest.preprocessing import SpectrogramParameters, SpectrogramSettings
 
@@ -611,15 +612,22 @@ def config_from_mapping(mapping: Mapping[str, Any] | None, *, source: str = "map
     return merge_config(Config(), mapping, source=source)
 
 
-def load_config(path: str | Path, base: Config | None = None) -> Config:
+def load_config(
+    path: str | Path, base: Config | None = None, report: Callable[[str], None] | None = None
+) -> Config:
     """Read a YAML configuration file.
 
     Parameters
     ----------
     path : str or Path
-        YAML file whose top-level keys are sections of :class:`Config`.
+        YAML file whose top-level keys are sections of :class:`Config`, or a SpecUFEx
+        workflow configuration (sections ``dataParams``, ``sgramParams``,
+        ``specufexParams``, ``clusterParams``...), translated by
+        :func:`specufex_dask.cli.workflow_config.translate`.
     base : Config, optional
         Values for the keys the file does not set; default the built-in defaults.
+    report : callable, optional
+        Called with each line saying how a workflow file's key was mapped, or why not.
 
     Returns
     -------
@@ -645,6 +653,14 @@ def load_config(path: str | Path, base: Config | None = None) -> Config:
     base = Config() if base is None else base
     if document is None:
         return base
+    if is_workflow_config(document):
+        try:
+            document, lines = translate(document)
+        except ValueError as error:
+            raise ConfigError(f"workflow configuration {path}: {error}") from None
+        for line in lines:
+            if report is not None:
+                report(f"{path}: {line}")
     return merge_config(base, document, source=str(path))
 
 

@@ -523,7 +523,9 @@ def effective_config(args: argparse.Namespace) -> Config:
         if base:
             config = merge_config(config, base, source=f"the {args.command} defaults")
         if args.config is not None:
-            config = load_config(args.config, base=config)
+            config = load_config(
+                args.config, base=config, report=lambda line: print(line, file=sys.stderr)
+            )
         config = merge_config(config, flag_overrides(args), source="command-line flags")
     for warning in caught:
         if issubclass(warning.category, DeprecationWarning):
