@@ -220,3 +220,36 @@ def test_an_output_or_model_stored_as_the_wrong_kind_of_node_is_refused_by_name(
     root.create_group("model").create_group("W1")  # no token attribute: W1 is read
     with pytest.raises(archive.ArchiveError, match=r"events\.zarr: model/W1 is a group"):
         stored_model_token(path)
+
+
+def _chunk_file(path: str, name: str, number: int) -> Path:
+    return Path(path) / name / "c" / str(number) / "0" / "0"
+
+
+def test_damaged_and_lost_output_chunks_are_named_by_their_files(tmp_path: Path, capsys) -> None:
+    path = _archive(tmp_path / "events.zarr")
+    _fit(path, 7).transform_to_zarr(path)
+    assert main(["info", path, "--check"]) == 0
+    assert "chunk files checked: 0 damaged or missing" in capsys.readouterr().out
+    damaged = _chunk_file(path, "fingerprint", 0)
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    # cluster reads through xarray, where Zarr only says "checksum do not match"
+    error = _failing(capsys, "cluster", path, "--n-clusters", "2", "--quiet")
+    where = f"store {path}, array 'fingerprint', chunk c/0/0/0: chunk file {damaged}"
+    assert error.startswith(f"specufex-dask: error: {where}")
+    assert "the chunk is damaged; delete the output and run transform again for the" in error
+    lost = _chunk_file(path, "spectrogram", 1)
+    kept = lost.read_bytes()
+    lost.unlink()
+    capsys.readouterr()
+    assert main(["info", path, "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "chunk files checked: 2 damaged or missing" in out
+    assert f"chunk file {lost}: the chunk file is missing; re-ingest the events 4..7" in out
+    lost.write_bytes(kept)
+    damaged.unlink()  # a lost output chunk: once read as NaN values, now named
+    error = _failing(capsys, "cluster", path, "--n-clusters", "2", "--quiet")
+    assert f"chunk file {damaged}: the chunk file is missing" in error
+    assert "NaN" not in error

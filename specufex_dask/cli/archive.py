@@ -13,6 +13,7 @@ from specufex_dask.io.archive import MODEL_GROUP, consolidate
 
 __all__ = [
     "CONFIG_ATTR",
+    "damage_behind",
     "OUTPUT_VARIABLES",
     "open_archive",
     "open_model",
@@ -76,3 +77,29 @@ def write_event_variable(path: str | Path, variable) -> None:
     bare = variable.drop_vars(list(variable.coords))
     dataset = xr.Dataset({variable.name: bare}, attrs=attrs)
     dataset.to_zarr(str(path), mode="a", consolidated=True)
+
+
+# Errors whose cause may be a damaged or lost chunk file that the reader could not name.
+_DAMAGE_SIGNS = ("checksum do not match", "NaN or infinite values", "non-finite value")
+
+
+def damage_behind(archive: str | Path | None, error: BaseException) -> str | None:
+    """The damaged or missing chunk files behind ``error``, when it looks like their doing.
+
+    A read through xarray meets a wrong checksum as Zarr's bare "stored and computed
+    checksum do not match", and a lost chunk of an output as NaN values; this checks the
+    archive's chunk files (:func:`specufex_dask.io.chunkread.damaged_chunks`) to name
+    them. None when the error is of another kind or every chunk is sound.
+    """
+    if archive is None or not any(sign in str(error) for sign in _DAMAGE_SIGNS):
+        return None
+    from specufex_dask.io.chunkread import damaged_chunks
+
+    try:
+        problems = damaged_chunks(archive)
+    except Exception:  # noqa: BLE001 - the original error is reported instead
+        return None
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more damaged chunk file(s))" if len(problems) > 1 else ""
+    return problems[0] + more

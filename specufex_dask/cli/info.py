@@ -30,17 +30,33 @@ def register(commands: Commands) -> None:
         archive="archive (Zarr directory)",
     )
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.add_argument(
+        "--check",
+        action="store_true",
+        help="also read every chunk file of the spectrograms and of the transformed outputs "
+        "and list those damaged or missing (a full pass over the archive); exit 1 if any",
+    )
 
 
 def cmd_info(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
     """Print what an archive holds."""
+    from specufex_dask.io.chunkread import damaged_chunks
+
     dataset = open_archive(args.archive)
     model = open_model(args.archive)
+    problems = damaged_chunks(args.archive, limit=1000) if args.check else None
     if args.json:
-        print(json.dumps(archive_summary(args.archive, dataset, model), indent=2, default=str))
+        summary = archive_summary(args.archive, dataset, model)
+        if problems is not None:
+            summary["damaged_chunks"] = problems
+        print(json.dumps(summary, indent=2, default=str))
     else:
-        print("\n".join(describe_archive(args.archive, dataset, model)))
-    return 0
+        lines = describe_archive(args.archive, dataset, model)
+        if problems is not None:
+            lines.append(f"chunk files checked: {len(problems)} damaged or missing")
+            lines.extend(f"  {problem}" for problem in problems)
+        print("\n".join(lines))
+    return 1 if problems else 0
 
 
 def _chunk_summary(variable) -> list[int] | None:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from specufex_dask.cli import cluster, demo, export, fit, import_h5, info, ingest, plot
+from specufex_dask.cli.archive import damage_behind
 from specufex_dask.cli.base import PROG, CommandError, Commands, wrap
 from specufex_dask.cli.config import Config, ConfigError, section_types
 from specufex_dask.cli.options import effective_config
@@ -102,5 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CommandError, Exception) as error:
         if args.debug:
             raise
-        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        message = damage_behind(getattr(args, "archive", None), error) or _one_line(error)
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1

@@ -9,6 +9,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from specufex_dask.cli.archive import CONFIG_ATTR, open_archive, open_model
 from specufex_dask.cli.base import CommandError, Commands
 from specufex_dask.cli.config import Config
@@ -51,7 +53,9 @@ def _time_and_space_figures(dataset: Any) -> list[tuple[str, Callable[[], Any]]]
     # catalogs of events (with origin times, or one waveform file each).
     from specufex_dask.analysis.plot import continuous_windows
 
-    by_event = timespace.ORIGIN_TIME in dataset.coords or not continuous_windows(dataset)
+    origins = timespace.ORIGIN_TIME in dataset.coords
+    mostly_dated = origins and np.mean(~np.isnat(dataset[timespace.ORIGIN_TIME].values)) >= 0.5
+    by_event = mostly_dated or not continuous_windows(dataset)
     if by_event and timespace.event_times(dataset) is not None:
         figures.append(("cluster_occurrence", lambda: timespace.plot_cluster_occurrence(dataset)))
     if timespace.has_locations(dataset):

@@ -31,11 +31,15 @@ import numpy as np
 
 from specufex_dask.io.archive import ArchiveError
 
-__all__ = ["PlainChunks", "plain_chunks", "read_rows"]
+__all__ = ["PlainChunks", "damaged_chunks", "plain_chunks", "read_rows"]
 
 # How Zarr's Crc32cCodec reports a mismatch (it raises a plain ValueError).
 _ZARR_MISMATCH = "checksum do not match"
 _MISMATCH = "checksum mismatch: the chunk is damaged"
+REINGEST = "re-ingest the events"
+"""What to do about a damaged chunk of the spectrograms."""
+RETRANSFORM = "delete the output and run transform again for the events"
+"""What to do about a damaged chunk of an output of the transform."""
 
 
 @cache
@@ -52,9 +56,9 @@ def _zstd() -> Any:
     return Zstd()
 
 
-def _damage(where: str, problem: str, events: str) -> ArchiveError:
+def _damage(where: str, problem: str, events: str, remedy: str = REINGEST) -> ArchiveError:
     """The one-line error of a damaged chunk: where it is, what is wrong, what to redo."""
-    return ArchiveError(f"{where}: {problem}; re-ingest the events {events}")
+    return ArchiveError(f"{where}: {problem}; {remedy} {events}")
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ class PlainChunks:
         Whether every chunk file ends with the crc32c (little-endian) of the bytes before.
     store : Path or None, default=None
         The store's root, named in errors (``directory``'s parent when None).
+    remedy : str, default=REINGEST
+        What the error of a damaged chunk says to do, before the events.
     """
 
     directory: Path
@@ -93,6 +99,7 @@ class PlainChunks:
     zstd: bool
     crc32c: bool = False
     store: Path | None = None
+    remedy: str = REINGEST
 
     def events(self, number: int) -> str:
         """The rows of chunk ``number`` as ``"i..j"`` (the last chunk ends at the array's)."""
@@ -104,7 +111,7 @@ class PlainChunks:
         array = self.directory.relative_to(store).as_posix()
         key = path.relative_to(self.directory).as_posix()
         return _damage(f"store {store}, array {array!r}, chunk {key}: chunk file {path}",
-                       problem, self.events(number))  # fmt: skip
+                       problem, self.events(number), self.remedy)  # fmt: skip
 
     def chunk(self, number: int) -> np.ndarray:
         """Chunk ``number`` as stored (read-only; ``fill_value`` where no file is).
@@ -240,3 +247,61 @@ def _zarr_damage(array: Any, rows: slice | np.ndarray) -> ArchiveError:
                 where = f"{where}: chunk file {root / array.path / key}"
             return _damage(where, _MISMATCH, f"{first}..{stop - 1}")
     return _damage(where, _MISMATCH, f"{rows[0]}..{rows[-1]}")
+
+
+# The transform's outputs and the markers of the events they hold.
+_OUTPUTS = ("activation", "state_probability", "transition", "fingerprint")
+_DONE_MARKERS = "transformed"
+
+
+def damaged_chunks(path: str | Path, limit: int = 10) -> list[str]:
+    """Check every chunk of an archive's event arrays: the damaged or missing ones.
+
+    A full pass over the files, for when a read failed without saying where (a checksum
+    that Zarr found wrong, NaN values in a written output), or to check an archive. The
+    spectrograms are checked everywhere; the transform's outputs only in chunks whose
+    events are all marked transformed (elsewhere a missing file is a transform not yet
+    done). Arrays that are not plain (:func:`plain_chunks`) are skipped.
+
+    Parameters
+    ----------
+    path : str or Path
+        A local archive.
+    limit : int, default=10
+        Stop after this many problems.
+
+    Returns
+    -------
+    list of str
+        One line per damaged or missing chunk file (store, array, chunk, file, what is
+        wrong, what to redo); empty when every chunk checked is sound.
+    """
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    done = None
+    if _DONE_MARKERS in group:
+        markers = group[_DONE_MARKERS]
+        done = np.asarray(markers[:], dtype=bool) if isinstance(markers, zarr.Array) else None
+    problems: list[str] = []
+    for name in ("spectrogram", *_OUTPUTS):
+        array = group.get(name)
+        if not isinstance(array, zarr.Array) or array.ndim == 0:
+            continue
+        plain = plain_chunks(array)
+        if plain is None:
+            continue
+        if name in _OUTPUTS:
+            plain = PlainChunks(**{**plain.__dict__, "remedy": RETRANSFORM})
+        per_chunk = plain.chunk_shape[0]
+        for number in range(-(-plain.length // per_chunk)):
+            first, stop = number * per_chunk, min((number + 1) * per_chunk, plain.length)
+            if name in _OUTPUTS and (done is None or not done[first:stop].all()):
+                continue
+            try:
+                plain.chunk(number)
+            except ArchiveError as error:
+                problems.append(str(error))
+                if len(problems) >= limit:
+                    return problems
+    return problems
