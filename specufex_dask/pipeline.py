@@ -55,6 +55,7 @@ from specufex_dask.parallel.engine import (
     require_writable,
     transform_chunks,
 )
+from specufex_dask.parallel.executor import waiting_for_workers
 from specufex_dask.parallel.runners import ActorExecutor, StepRunners
 
 __all__ = ["SpecUFEx"]
@@ -108,6 +109,10 @@ class SpecUFEx(ParameterContract):
         ``step``, ``total`` (the budget), ``elbo``, ``converged``, and ``n_patterns``
         for the NMF, ``n_states`` (states in use in the step's minibatch) for the HMM)
         and every transformed chunk (stage "transform"; ``chunk``, ``n_chunks``).
+    no_worker_timeout : float or None, default=180
+        Seconds a fit or a transform waits while the cluster has no worker (warning
+        once) before it fails with :class:`~specufex_dask.parallel.executor.NoWorkersError`;
+        resume it (``resume=True``) once workers are back. None waits for ever.
 
     Attributes
     ----------
@@ -149,6 +154,7 @@ class SpecUFEx(ParameterContract):
         chunk_events: int = 256,
         dtype: str = "float64",
         progress: Progress | None = None,
+        no_worker_timeout: float | None = 180.0,
     ) -> None:
         self._store_arguments(locals())
         self._handle = None
@@ -272,6 +278,7 @@ class SpecUFEx(ParameterContract):
             for stage, steps in (("nmf", self.nmf_steps), ("hmm", self.hmm_steps))
         }
         with (
+            waiting_for_workers(self.no_worker_timeout),
             naming_every_bad_event(chunks, client),
             BackgroundCheckpoints(chunks.path) as checkpoints,
             _step_runners(client, chunks) as runners,
@@ -444,7 +451,7 @@ class SpecUFEx(ParameterContract):
         chunks = EventChunks.from_data(path, self.chunk_events)
         self._check_frequencies(chunks)
         client = self._client()
-        with naming_every_bad_event(chunks, client):
+        with waiting_for_workers(self.no_worker_timeout), naming_every_bad_event(chunks, client):
             computed = transform_chunks(
                 chunks, *self._parameters(), self.model_token(), client,
                 resume=resume, progress=self.progress,

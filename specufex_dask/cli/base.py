@@ -102,6 +102,7 @@ def dask_client(config: Config, reporter: Reporter) -> Iterator[Any]:
     from specufex_dask.parallel.clusters import connect, connect_options_from_config
 
     settings = dataclasses.asdict(config.dask)
+    del settings["no_worker_timeout"]  # the jobs' setting, not the cluster's
     # Empty mappings mean "not set"; connect() would read an empty security as TLS on.
     settings = {k: v for k, v in settings.items() if v not in ({}, None)}
     options = connect_options_from_config(settings)

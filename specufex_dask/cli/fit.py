@@ -50,6 +50,7 @@ def make_pipeline(config: Config, client: Any, reporter: Reporter):
         checkpoint_every=config.fit.checkpoint_every,
         client=client,
         progress=reporter.progress,
+        no_worker_timeout=config.dask.no_worker_timeout,
     )
 
 
@@ -122,6 +123,7 @@ def cmd_transform(args: argparse.Namespace, config: Config, reporter: Reporter) 
         model = SpecUFEx.from_archive(str(args.archive))
         model.client = client
         model.progress = reporter.progress
+        model.no_worker_timeout = config.dask.no_worker_timeout
         transform_archive(args.archive, model, reporter, config, args.resume)
     print(f"transformed {args.archive}")
     return 0
