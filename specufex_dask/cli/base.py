@@ -98,8 +98,14 @@ def chunk_events(config: Config) -> dict[str, int]:
 
 @contextlib.contextmanager
 def dask_client(config: Config, reporter: Reporter) -> Iterator[Any]:
-    """Connect to (or start) the Dask cluster of ``config.dask``; yield the client."""
+    """Connect to (or start) the Dask cluster of ``config.dask``; yield the client.
+
+    Unless ``reporter.debug``, the workers log no report of a failed task while the
+    command runs: a local cluster's workers would print it, traceback and all, ahead of
+    the command's one-line error.
+    """
     from specufex_dask.parallel.clusters import connect, connect_options_from_config
+    from specufex_dask.parallel.workersetup import quiet_task_failures
 
     settings = dataclasses.asdict(config.dask)
     del settings["no_worker_timeout"]  # the jobs' setting, not the cluster's
@@ -109,4 +115,6 @@ def dask_client(config: Config, reporter: Reporter) -> Iterator[Any]:
     with connect(**options) as handle:
         where = options.get("scheduler") or f"a new {options.get('cluster', 'local')} cluster"
         reporter.say(f"Dask: {where}; dashboard {handle.dashboard_link}")
-        yield handle.client
+        quiet = contextlib.nullcontext() if reporter.debug else quiet_task_failures(handle.client)
+        with quiet:
+            yield handle.client

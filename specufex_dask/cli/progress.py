@@ -20,10 +20,16 @@ class Reporter:
     quiet : bool
         Print nothing.
     stream : file, default=sys.stderr
+    debug : bool
+        ``--debug``: everything the libraries log is shown, tracebacks included (the
+        Dask workers' logs of failed tasks too, see :func:`specufex_dask.cli.base.dask_client`).
     """
 
-    def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, quiet: bool = False, stream: TextIO | None = None, *, debug: bool = False
+    ) -> None:
         self.quiet = quiet
+        self.debug = debug
         self.stream = stream
         self.totals: dict[str, int] = {}
 
