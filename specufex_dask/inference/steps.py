@@ -29,6 +29,7 @@ __all__ = [
     "hmm_outputs",
     "nmf_activations",
     "nmf_leaves",
+    "hold_single_threaded_blas",
     "single_threaded_blas",
 ]
 
@@ -71,24 +72,39 @@ class NMFStepParameters:
     threads: int = 1
 
 
+def _free_blas_control() -> None:
+    """Let the next thread that sets OpenBLAS's thread count through threadpoolctl do so.
+
+    threadpoolctl (3.8) lets only the thread that set the count first change it, until
+    that thread leaves its last ``with`` limit; a call of any other thread does nothing,
+    silently. The shared limit below is set and restored by whichever thread comes
+    first and leaves last, under its own lock, so it frees that control around each call.
+    """
+    from threadpoolctl import OpenBLASController
+
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:  # older threadpoolctl: every thread's call takes effect
+        clear(force=True)
+
+
 class _SharedBlasLimit:
     """BLAS limited to one thread while any thread of the process is inside a ``with``.
 
     The matrix products here are small (one spectrogram each); a multi-threaded BLAS
     spends more time synchronising than computing on them, badly so on a loaded machine.
     Parallelism comes from running groups of events on threads instead, and one BLAS
-    thread makes every product's bits independent of the machine's core count: with two
-    BLAS threads OpenBLAS splits a product at other places and rounds some entries
-    differently (``nmf_local_step`` at 200 x 41 x 75 gave other bits).
+    thread makes every product's bits independent of the machine's core count: two
+    OpenBLAS threads split a product elsewhere and round some entries differently
+    (``nmf_local_step`` at 200 frequencies x 41 times x 75 patterns).
 
-    The limit is process-wide (threadpoolctl sets OpenBLAS's one thread count), so a
-    limit per ``with`` races: a thread that leaves restores the count it found, two
-    threads, while another thread is still computing inside its own limit. Here the
-    first thread to enter sets the limit and the last to leave restores it, both under
-    one lock, so no thread ever computes outside a limit it entered. It is restored at
-    all (rather than set once for good) because the in-memory models run in the user's
-    own process, whose other work should keep every core; Dask workers are limited for
-    good when they start (:mod:`specufex_dask.parallel.workersetup`).
+    The limit is process-wide (OpenBLAS has one thread count), so a limit per ``with``
+    races: a thread that leaves restores the count it found, two threads, while another
+    thread is still computing inside its own limit. Here the first thread to enter sets
+    the limit and the last to leave restores it, both under one lock, so no thread ever
+    computes outside a limit it entered. It is restored at all, rather than set once
+    for good, because the in-memory models run in the user's own process, whose other
+    work should keep every core; a Dask worker holds it for good
+    (:func:`hold_single_threaded_blas`).
     """
 
     def __init__(self) -> None:
@@ -104,7 +120,9 @@ class _SharedBlasLimit:
                     from threadpoolctl import ThreadpoolController
 
                     self._controller = ThreadpoolController()
+                _free_blas_control()
                 self._limiter = self._controller.limit(limits=1, user_api="blas")
+                _free_blas_control()
             self._users += 1
 
     def __exit__(self, *_: object) -> None:
@@ -112,16 +130,32 @@ class _SharedBlasLimit:
             self._users -= 1
             if self._users == 0:
                 limiter, self._limiter = self._limiter, None
+                _free_blas_control()
                 limiter.restore_original_limits()
+                _free_blas_control()
 
 
 _BLAS_LIMIT = _SharedBlasLimit()
+_held_for_good = threading.Event()
 
 
 def single_threaded_blas() -> _SharedBlasLimit:
     """BLAS limited to one thread for the duration of a ``with`` block, whatever other
     threads of the process do (see :class:`_SharedBlasLimit`)."""
     return _BLAS_LIMIT
+
+
+def hold_single_threaded_blas() -> None:
+    """Limit this process's BLAS to one thread for the rest of its life (a Dask worker's).
+
+    It enters the shared limit and never leaves it, so no task leaving its own ``with``
+    block can restore more threads, even one running when this is called.
+    """
+    with _BLAS_LIMIT._lock:
+        if _held_for_good.is_set():
+            return
+        _held_for_good.set()
+    _BLAS_LIMIT.__enter__()
 
 
 def map_groups(function: Callable[[Any], Any], groups: list[Any], threads: int) -> list[Any]:

@@ -31,13 +31,14 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from specufex_dask.inference.steps import hold_single_threaded_blas
+
 __all__ = [
     "BLAS_PLUGIN",
     "QUIET_PLUGIN",
     "QuietTaskFailures",
     "SingleThreadedBlas",
     "dask_setup",
-    "limit_blas_for_good",
     "limit_worker_blas",
     "quiet_task_failures",
 ]
@@ -54,16 +55,9 @@ TASK_FAILURE_START = "Compute Failed"
 _limited_clients: weakref.WeakSet = weakref.WeakSet()
 
 
-def limit_blas_for_good() -> None:
-    """Limit this process's BLAS to one thread, never restored (a worker's whole life)."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=1, user_api="blas")
-
-
 def dask_setup(worker: Any = None) -> None:
     """Entry point of ``dask worker --preload specufex_dask.parallel.workersetup``."""
-    limit_blas_for_good()
+    hold_single_threaded_blas()
 
 
 class SingleThreadedBlas(WorkerPlugin):
@@ -82,7 +76,7 @@ class SingleThreadedBlas(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         if os.getpid() != self.registered_from:
-            limit_blas_for_good()
+            hold_single_threaded_blas()
 
 
 def _is_task_failure(record: logging.LogRecord) -> bool:
