@@ -14,10 +14,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ import xarray as xr
 import zarr
 from threadpoolctl import OpenBLASController, threadpool_info, threadpool_limits
 from workerprocesses import (
+    THREAD_VARIABLES,
     WAIT_S,
     Cluster,
     Killer,
@@ -102,6 +106,33 @@ def test_a_thread_leaving_its_blas_limit_leaves_the_others_limited() -> None:
         after = _blas_threads()
     assert set(inside) == {1}
     assert set(after) == {2}
+
+
+def test_the_worker_preload_holds_one_blas_thread_for_good() -> None:
+    """``dask worker --preload specufex_dask.parallel.workersetup``: one BLAS thread from
+    the start, which no task leaving its own limit gives back."""
+    code = textwrap.dedent("""
+        import json
+        from threadpoolctl import threadpool_info, threadpool_limits
+        from specufex_dask.inference.steps import single_threaded_blas
+        from specufex_dask.parallel import workersetup
+
+        def blas():
+            return sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+
+        threadpool_limits(limits=2, user_api="blas")
+        before = blas()
+        workersetup.dask_setup(None)
+        with single_threaded_blas():
+            pass
+        print(json.dumps([before, blas()]))
+    """)
+    environment = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment,
+        timeout=WAIT_S, check=True,
+    )  # fmt: skip
+    assert json.loads(done.stdout.splitlines()[-1]) == [[2], [1]]
 
 
 # ----------------------------------------------------------------------------- processes
@@ -243,10 +274,10 @@ def test_a_fit_without_workers_fails_after_the_timeout_and_resumes(
     shutil.copytree(pristine, path)
     caplog.set_level(logging.WARNING, logger="specufex_dask.parallel.executor")
     with pytest.raises(NoWorkersError) as failure:
-        _fit_with_a_kill(client, ours, path, gate, no_worker_timeout=3.0)
+        _fit_with_a_kill(client, ours, path, gate, no_worker_timeout=2.0)
     message = str(failure.value)
     assert "\n" not in message
-    assert workers.address in message and "--resume" in message and "3 s" in message
+    assert workers.address in message and "--resume" in message and "2 s" in message
     warnings = [r for r in caplog.records if r.name == "specufex_dask.parallel.executor"]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
     assert workers.address in warnings[0].getMessage()

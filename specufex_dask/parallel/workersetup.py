@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -50,6 +52,16 @@ QUIET_PLUGIN = "specufex-dask-quiet-task-failures"
 TASK_FAILURE_LOGGER = "distributed.worker"
 TASK_FAILURE_START = "Compute Failed"
 
+_IMPORTED_NS = time.time_ns()
+
+
+def _this_process() -> str:
+    """This process, as no other process on any machine is: a pid alone is not
+    (containers number their processes from 1), nor an import time (a forked child
+    inherits it)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_IMPORTED_NS}"
+
+
 # Clients whose workers have the BLAS plugin: executors are made often (one per pass),
 # and registering again would cost a round trip to the scheduler and every worker.
 _limited_clients: weakref.WeakSet = weakref.WeakSet()
@@ -72,10 +84,10 @@ class SingleThreadedBlas(WorkerPlugin):
     idempotent = True
 
     def __init__(self) -> None:
-        self.registered_from = os.getpid()
+        self.registered_from = _this_process()
 
     def setup(self, worker: Any) -> None:
-        if os.getpid() != self.registered_from:
+        if self.registered_from != _this_process():
             hold_single_threaded_blas()
 
 
