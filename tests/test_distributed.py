@@ -11,27 +11,28 @@ from __future__ import annotations
 import shutil
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import dask
 import distributed
 import numpy as np
 import pytest
-import xarray as xr
 import zarr
 from workerprocesses import (
     WAIT_S,
     Cluster,
     Killer,
+    Reference,
     assert_killed,
+    assert_same_model,
     ensure_workers,
+    fit_reference,
     install_gate,
     registered_pids,
     start_scheduler,
+    stored_outputs,
+    write_planted_archive,
 )
 
-from specufex_dask.io import archive
 from specufex_dask.parallel import engine
 from specufex_dask.pipeline import SpecUFEx
 
@@ -53,7 +54,6 @@ SETTINGS = {
     "random_state": 5,
     "checkpoint_every": 100,
 }
-OUTPUTS = ("activation", "state_probability", "transition", "fingerprint")
 
 
 # ----------------------------------------------------------------------------- processes
@@ -79,52 +79,16 @@ def client(cluster: Cluster) -> Iterator[distributed.Client]:
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> str:
-    rng = np.random.default_rng(1984)
-    patterns = rng.gamma(2.0, 1.0, size=(N_FREQUENCIES, 3))
-    activations = rng.gamma(0.5, 1.0, size=(N_EVENTS, 3, N_TIMES))
-    values = np.einsum("dk,nkt->ndt", patterns, activations)
-    values += rng.gamma(1.0, 0.1, size=values.shape)
-    path = tmp_path_factory.mktemp("pristine") / "events.zarr"
-    archive.write_spectrograms(
-        path,
-        values,
-        [f"ev{i:03d}" for i in range(N_EVENTS)],
-        np.linspace(1.0, 30.0, N_FREQUENCIES),
-        np.arange(N_TIMES) * 0.5,
-        chunk_events=CHUNK_EVENTS,
-    )
-    return str(path)
-
-
-@dataclass
-class Reference:
-    path: str
-    model: SpecUFEx
+    folder = tmp_path_factory.mktemp("pristine")
+    shape = (N_EVENTS, N_FREQUENCIES, N_TIMES)
+    return write_planted_archive(folder / "events.zarr", shape, 3, CHUNK_EVENTS)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, pristine: str) -> Reference:
     """Fit and transform without a cluster (dask's threads, whatever client exists)."""
-    path = str(tmp_path_factory.mktemp("reference") / "events.zarr")
-    shutil.copytree(pristine, path)
-    with dask.config.set(scheduler="threads"):
-        model = SpecUFEx(**SETTINGS, client=False).fit(path)
-        model.transform_to_zarr(path)
-    return Reference(path, model)
-
-
-def _assert_same_model(left: SpecUFEx, right: SpecUFEx) -> None:
-    for name in ("W1", "W2", "A1", "A2"):
-        assert np.array_equal(getattr(left.nmf_, name), getattr(right.nmf_, name)), name
-    for name in ("B1", "B2", "gain"):
-        assert np.array_equal(getattr(left.hmm_, name), getattr(right.hmm_, name)), name
-    assert left.nmf_.elbo_ == right.nmf_.elbo_
-    assert left.hmm_.elbo_ == right.hmm_.elbo_
-
-
-def _outputs(path: str) -> dict[str, np.ndarray]:
-    ds = xr.open_zarr(path)
-    return {name: ds[name].values for name in OUTPUTS}
+    folder = tmp_path_factory.mktemp("reference")
+    return fit_reference(pristine, folder / "events.zarr", SETTINGS, "threads")
 
 
 def _assert_killed(cluster: Cluster, client: distributed.Client, killer: Killer) -> None:
@@ -161,8 +125,8 @@ def test_fit_survives_a_killed_worker(
         killer.join(timeout=WAIT_S)
     _assert_killed(cluster, client, killer)
     assert len(steps) == SETTINGS["nmf_steps"] + SETTINGS["hmm_steps"]
-    _assert_same_model(model, reference.model)
-    _assert_same_model(SpecUFEx.from_archive(path, client=False), reference.model)
+    assert_same_model(model, reference.model)
+    assert_same_model(SpecUFEx.from_archive(path, client=False), reference.model)
 
 
 def test_transform_survives_a_killed_worker(
@@ -195,8 +159,8 @@ def test_transform_survives_a_killed_worker(
     group = zarr.open_group(path, mode="r")
     assert group.attrs[engine.TRANSFORM_COMPLETE_ATTR] is True
     assert group[engine.TRANSFORMED][:].all()
-    expected = _outputs(reference.path)
-    for name, values in _outputs(path).items():
+    expected = stored_outputs(reference.path)
+    for name, values in stored_outputs(path).items():
         assert np.array_equal(values, expected[name]), name
 
 
@@ -231,4 +195,4 @@ def test_a_replacement_worker_finishes_the_job(
         killer.join(timeout=WAIT_S)
     _assert_killed(cluster, client, killer)
     assert replaced and set(registered_pids(client).values()) == set(replaced)
-    _assert_same_model(model, reference.model)
+    assert_same_model(model, reference.model)

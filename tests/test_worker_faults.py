@@ -23,14 +23,12 @@ import sys
 import textwrap
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import dask
 import distributed
 import numpy as np
 import pytest
-import xarray as xr
 import zarr
 from threadpoolctl import OpenBLASController, threadpool_info, threadpool_limits
 from workerprocesses import (
@@ -38,12 +36,17 @@ from workerprocesses import (
     WAIT_S,
     Cluster,
     Killer,
+    Reference,
     assert_killed,
+    assert_same_model,
     ensure_workers,
+    fit_reference,
     install_gate,
     registered_pids,
     start_scheduler,
+    stored_outputs,
     wait_for,
+    write_planted_archive,
 )
 
 from specufex_dask.inference.steps import single_threaded_blas
@@ -63,7 +66,6 @@ SETTINGS = {
     "random_state": 5,
     "checkpoint_every": 2,
 }
-OUTPUTS = ("activation", "state_probability", "transition", "fingerprint")
 
 
 @pytest.fixture(autouse=True)
@@ -162,52 +164,16 @@ def workers(cluster: Cluster) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> str:
-    rng = np.random.default_rng(1984)
-    patterns = rng.gamma(2.0, 1.0, size=(N_FREQUENCIES, 8))
-    activations = rng.gamma(0.5, 1.0, size=(N_EVENTS, 8, N_TIMES))
-    values = np.einsum("dk,nkt->ndt", patterns, activations)
-    values += rng.gamma(1.0, 0.1, size=values.shape)
-    path = tmp_path_factory.mktemp("pristine") / "events.zarr"
-    archive.write_spectrograms(
-        path,
-        values,
-        [f"ev{i:03d}" for i in range(N_EVENTS)],
-        np.linspace(1.0, 30.0, N_FREQUENCIES),
-        np.arange(N_TIMES) * 0.5,
-        chunk_events=CHUNK_EVENTS,
-    )
-    return str(path)
-
-
-@dataclass
-class Reference:
-    path: str
-    model: SpecUFEx
+    folder = tmp_path_factory.mktemp("pristine")
+    shape = (N_EVENTS, N_FREQUENCIES, N_TIMES)
+    return write_planted_archive(folder / "events.zarr", shape, 8, CHUNK_EVENTS)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, pristine: str) -> Reference:
     """Fit and transform in this process, on one thread."""
-    path = str(tmp_path_factory.mktemp("reference") / "events.zarr")
-    shutil.copytree(pristine, path)
-    with dask.config.set(scheduler="sync"):
-        model = SpecUFEx(**SETTINGS, client=False).fit(path)
-        model.transform_to_zarr(path)
-    return Reference(path, model)
-
-
-def _assert_same_model(left: SpecUFEx, right: SpecUFEx) -> None:
-    for name in ("W1", "W2", "A1", "A2"):
-        assert np.array_equal(getattr(left.nmf_, name), getattr(right.nmf_, name)), name
-    for name in ("B1", "B2", "gain"):
-        assert np.array_equal(getattr(left.hmm_, name), getattr(right.hmm_, name)), name
-    assert left.nmf_.elbo_ == right.nmf_.elbo_
-    assert left.hmm_.elbo_ == right.hmm_.elbo_
-
-
-def _outputs(path: str) -> dict[str, np.ndarray]:
-    ds = xr.open_zarr(path)
-    return {name: ds[name].values for name in OUTPUTS}
+    folder = tmp_path_factory.mktemp("reference")
+    return fit_reference(pristine, folder / "events.zarr", SETTINGS, "sync")
 
 
 def _arm_at(gate: Path, stage: str, step: int):
@@ -247,10 +213,10 @@ def test_bits_do_not_depend_on_how_workers_start_or_die(
     path = str(tmp_path / "events.zarr")
     shutil.copytree(pristine, path)
     model = _fit_with_a_kill(client, ours, path, gate)
-    _assert_same_model(model, reference.model)
+    assert_same_model(model, reference.model)
     model.transform_to_zarr(path)
-    expected = _outputs(reference.path)
-    for name, values in _outputs(path).items():
+    expected = stored_outputs(reference.path)
+    for name, values in stored_outputs(path).items():
         assert np.array_equal(values, expected[name]), name
 
     def blas_threads() -> list[int]:  # sent by value: the workers cannot import this module
@@ -287,7 +253,7 @@ def test_a_fit_without_workers_fails_after_the_timeout_and_resumes(
     assert '"nmf_steps": 2' in progress and '"stage": "nmf"' in progress
     with dask.config.set(scheduler="sync"):
         resumed = SpecUFEx(**SETTINGS, client=False).fit(path, resume=True)
-    _assert_same_model(resumed, reference.model)
+    assert_same_model(resumed, reference.model)
 
 
 def test_a_transform_without_workers_fails_after_the_timeout(

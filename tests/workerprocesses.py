@@ -1,4 +1,5 @@
-"""A Dask scheduler and workers in processes of their own, for the fault tests.
+"""A Dask scheduler and workers in processes of their own, for the fault tests, and the
+comparison of what a job on them gives with a reference.
 
 Everything listens on 127.0.0.1. A gate installed in the workers holds one call of a
 task function until the worker running it is SIGKILLed, so that a kill always lands in
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,9 +19,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import dask
 import distributed
+import numpy as np
 import psutil
+import xarray as xr
+
+from specufex_dask.io import archive
+from specufex_dask.pipeline import SpecUFEx
 
 WAIT_S = 120  # bound of every wait; a healthy run needs a few seconds
 # What a shell may set that would make a worker without a nanny single-threaded anyway.
@@ -228,3 +237,61 @@ def assert_killed(client: distributed.Client, killer: Killer) -> None:
     assert killer.killed is not None, "no worker was caught running the gated task"
     gone = killer.ours[killer.killed]
     wait_for(lambda: gone not in registered_pids(client), "the scheduler to drop the worker")
+
+
+OUTPUTS = ("activation", "state_probability", "transition", "fingerprint")
+
+
+def assert_same_model(left: Any, right: Any) -> None:
+    """Two fitted ``SpecUFEx`` with the same bits."""
+    for name in ("W1", "W2", "A1", "A2"):
+        assert np.array_equal(getattr(left.nmf_, name), getattr(right.nmf_, name)), name
+    for name in ("B1", "B2", "gain"):
+        assert np.array_equal(getattr(left.hmm_, name), getattr(right.hmm_, name)), name
+    assert left.nmf_.elbo_ == right.nmf_.elbo_
+    assert left.hmm_.elbo_ == right.hmm_.elbo_
+
+
+def stored_outputs(path: str) -> dict[str, np.ndarray]:
+    """The four outputs a transform wrote into the archive ``path``."""
+    ds = xr.open_zarr(path)
+    return {name: ds[name].values for name in OUTPUTS}
+
+
+def write_planted_archive(
+    path: Path, shape: tuple[int, int, int], n_patterns: int, chunk_events: int
+) -> str:
+    """An archive of ``shape`` (events, frequencies, times) spectrograms made of
+    ``n_patterns`` planted patterns and noise, seeded."""
+    n_events, n_frequencies, n_times = shape
+    rng = np.random.default_rng(1984)
+    patterns = rng.gamma(2.0, 1.0, size=(n_frequencies, n_patterns))
+    activations = rng.gamma(0.5, 1.0, size=(n_events, n_patterns, n_times))
+    values = np.einsum("dk,nkt->ndt", patterns, activations)
+    values += rng.gamma(1.0, 0.1, size=values.shape)
+    archive.write_spectrograms(
+        path,
+        values,
+        [f"ev{i:03d}" for i in range(n_events)],
+        np.linspace(1.0, 30.0, n_frequencies),
+        np.arange(n_times) * 0.5,
+        chunk_events=chunk_events,
+    )
+    return str(path)
+
+
+@dataclass
+class Reference:
+    """A fit and transform made without a cluster: the archive and the model."""
+
+    path: str
+    model: Any
+
+
+def fit_reference(pristine: str, path: Path, settings: dict, scheduler: str) -> Reference:
+    """Fit and transform a copy of ``pristine`` at ``path`` on dask's ``scheduler``."""
+    shutil.copytree(pristine, path)
+    with dask.config.set(scheduler=scheduler):
+        model = SpecUFEx(**settings, client=False).fit(str(path))
+        model.transform_to_zarr(str(path))
+    return Reference(str(path), model)
