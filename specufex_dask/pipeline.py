@@ -64,6 +64,7 @@ from specufex_dask.parallel.engine import (
     require_writable,
     transform_chunks,
 )
+from specufex_dask.parallel.executor import waiting_for_workers
 from specufex_dask.parallel.runners import ActorExecutor, StepRunners
 from specufex_dask.persistence import model_state
 
@@ -121,6 +122,10 @@ class SpecUFEx(ParameterContract):
         ``step``, ``total`` (the budget), ``elbo``, ``converged``, and ``n_patterns``
         for the NMF, ``n_states`` (states in use in the step's minibatch) for the HMM)
         and every transformed chunk (stage "transform"; ``chunk``, ``n_chunks``).
+    no_worker_timeout : float or None, default=180
+        Seconds a fit or a transform waits while the cluster has no worker (warning
+        once) before it fails with :class:`~specufex_dask.parallel.executor.NoWorkersError`;
+        resume it (``resume=True``) once workers are back. None waits for ever.
 
     Attributes
     ----------
@@ -159,6 +164,7 @@ class SpecUFEx(ParameterContract):
     chunk_events: int
     dtype: str
     progress: Progress | None
+    no_worker_timeout: float | None
     # a cluster this object started
     _handle: ClusterHandle | None
     nmf_: BayesianNonparametricNMF
@@ -182,6 +188,7 @@ class SpecUFEx(ParameterContract):
         chunk_events: int = 256,
         dtype: str = "float64",
         progress: Progress | None = None,
+        no_worker_timeout: float | None = 180.0,
     ) -> None:
         self._store_arguments(locals())
         self._handle = None
@@ -325,6 +332,7 @@ class SpecUFEx(ParameterContract):
             for stage, steps in (("nmf", self.nmf_steps), ("hmm", self.hmm_steps))
         }
         with (
+            waiting_for_workers(self.no_worker_timeout),
             naming_every_bad_event(chunks, client),
             BackgroundCheckpoints(chunks.path) as checkpoints,
             _step_runners(client, chunks) as runners,
@@ -570,7 +578,11 @@ class SpecUFEx(ParameterContract):
         chunks = EventChunks.from_data(path, self.chunk_events)
         self._check_frequencies(chunks)
         client = self._client()
-        with _leased(chunks.path, "transform"), naming_every_bad_event(chunks, client):
+        with (
+            _leased(chunks.path, "transform"),
+            waiting_for_workers(self.no_worker_timeout),
+            naming_every_bad_event(chunks, client),
+        ):
             computed = transform_chunks(
                 chunks, *self._parameters(), self.model_token(), client,
                 resume=resume, progress=self.progress,

@@ -13,9 +13,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,6 +28,7 @@ from specufex_dask.cli.archive import write_event_variable
 from specufex_dask.cli.base import chunk_events, dask_client, spectrogram_parameters
 from specufex_dask.cli.cluster import clustering_arguments
 from specufex_dask.cli.config import FIT_KEYS
+from specufex_dask.cli.fit import with_run_settings
 from specufex_dask.cli.options import (
     CLUSTERING_FLAGS,
     DASK_FLAGS,
@@ -36,7 +39,8 @@ from specufex_dask.cli.options import (
 from specufex_dask.inference.params import PIPELINE_PARAMETERS
 from specufex_dask.io import archive
 from specufex_dask.io.archive import ArchiveError
-from specufex_dask.parallel import clusters
+from specufex_dask.parallel import clusters, workersetup
+from specufex_dask.parallel.executor import no_worker_timeout
 from specufex_dask.pipeline import SpecUFEx, fit_memory
 
 COMMANDS = {
@@ -70,6 +74,7 @@ VALUES = {
     "dask.threads_per_worker": ("2", 2),
     "dask.memory_limit": ("4GB", "4GB"),
     "dask.dashboard_address": ("127.0.0.1:0", "127.0.0.1:0"),
+    "dask.no_worker_timeout": ("30", 30.0),
     "clustering.n_clusters": ("4", 4),
     "clustering.pca_components": ("5", 5),
     "clustering.random_state": ("2", 2),
@@ -116,21 +121,22 @@ NONE_VALUES = {
 }
 
 
-class Connected(Exception):
-    """Raised by the stand-in of ``connect``: the options are all the test needs."""
-
-
 def _dask_options(config, monkeypatch) -> dict:
     """The keyword arguments the command's Dask client passes to ``connect``."""
     seen: dict = {}
 
+    @contextlib.contextmanager
     def connect(**options):
         seen.update(options)
-        raise Connected
+        yield SimpleNamespace(client=None, dashboard_link="-")
 
     monkeypatch.setattr(clusters, "connect", connect)
-    with pytest.raises(Connected), dask_client(config, Reporter(quiet=True)):
-        pass
+    monkeypatch.setattr(
+        workersetup, "quiet_task_failures", lambda client: contextlib.nullcontext()
+    )
+    with dask_client(config, Reporter(quiet=True)):
+        # what every pass of the command waits without workers
+        seen["no_worker_timeout"] = no_worker_timeout()
     return seen
 
 
@@ -143,6 +149,9 @@ def built(command: str, config, monkeypatch) -> dict:
     if command in ("fit", "run"):
         params = make_pipeline(config, False, Reporter(quiet=True)).get_params()
         values.update({key: params[name] for key, name in FIT_KEYS.items()})
+    if command == "transform":
+        model = with_run_settings(SpecUFEx(), config, Reporter(quiet=True), None)
+        values["dask.no_worker_timeout"] = model.get_params()["no_worker_timeout"]
     if command == "cluster":
         arguments = clustering_arguments(config)
         values.update({f"clustering.{key}": value for key, value in arguments.items()})

@@ -77,6 +77,7 @@ GIVEN = {
         "num_pat": 3, "num_state": 2, "compat": "default", "nmf_steps": 2, "hmm_steps": 2,
         "batch_size": 3, "tol": None, "random_state": 9, "checkpoint_every": 5,
         "client": False, "chunk_events": 2, "dtype": np.float64, "progress": None,
+        "no_worker_timeout": 60.0,
     },
 }  # fmt: skip
 

@@ -107,14 +107,25 @@ def chunk_events(config: Config) -> ChunkEvents:
 
 @contextlib.contextmanager
 def dask_client(config: Config, reporter: Reporter) -> Iterator[Any]:
-    """Connect to (or start) the Dask cluster of ``config.dask``; yield the client."""
+    """Connect to (or start) the Dask cluster of ``config.dask``; yield the client.
+
+    Unless ``reporter.debug``, the workers log no report of a failed task while the
+    command runs: a local cluster's workers would print it, traceback and all, ahead of
+    the command's one-line error. Every pass of the command waits
+    ``config.dask.no_worker_timeout`` without workers before failing.
+    """
     from specufex_dask.parallel.clusters import connect, connect_options_from_config
+    from specufex_dask.parallel.executor import waiting_for_workers
+    from specufex_dask.parallel.workersetup import quiet_task_failures
 
     settings = dataclasses.asdict(config.dask)
+    del settings["no_worker_timeout"]  # the jobs' setting, not the cluster's
     # Empty mappings mean "not set"; connect() would read an empty security as TLS on.
     settings = {k: v for k, v in settings.items() if v not in ({}, None)}
     options = connect_options_from_config(settings)
     with connect(**options) as handle:
         where = options.get("scheduler") or f"a new {options.get('cluster', 'local')} cluster"
         reporter.say(f"Dask: {where}; dashboard {handle.dashboard_link}")
-        yield handle.client
+        quiet = contextlib.nullcontext() if reporter.debug else quiet_task_failures(handle.client)
+        with quiet, waiting_for_workers(config.dask.no_worker_timeout):
+            yield handle.client

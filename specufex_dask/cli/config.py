@@ -72,6 +72,7 @@ FIT_KEYS = {
     "fit.compat": "compat",
     "fit.random_state": "random_state",
     "fit.checkpoint_every": "checkpoint_every",
+    "dask.no_worker_timeout": "no_worker_timeout",
 }
 """Configuration keys that are :class:`~specufex_dask.pipeline.SpecUFEx` parameters."""
 
@@ -370,6 +371,9 @@ class ClusterConfig:
         one).
     timeout : float or None, default=None
         Seconds to wait for an existing scheduler to answer.
+    no_worker_timeout : float or None, default=180
+        Seconds a fit or transform waits while the cluster has no worker before it
+        fails (resume it with ``--resume``); None waits for ever.
     """
 
     scheduler: str | None = None
@@ -381,8 +385,10 @@ class ClusterConfig:
     security: dict[str, Any] = field(default_factory=dict)
     dashboard_address: str = "127.0.0.1:8787"
     timeout: float | None = None
+    no_worker_timeout: float | None = _FIT["no_worker_timeout"].default
 
     def _check(self, name: str) -> None:
+        _check_fit_keys(self, "dask")  # also when read under its old name
         if self.workers is not None:
             _require(self.workers >= 1, f"{name}.workers", self.workers, ">= 1")
         if self.threads_per_worker is not None:

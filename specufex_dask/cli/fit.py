@@ -53,6 +53,7 @@ def make_pipeline(config: Config, client: Any, reporter: Reporter):
         checkpoint_every=config.fit.checkpoint_every,
         client=client,
         progress=reporter.progress,
+        no_worker_timeout=config.dask.no_worker_timeout,
     )
 
 
@@ -151,6 +152,15 @@ def cmd_fit(args: argparse.Namespace, config: Config, reporter: Reporter) -> int
     return 0
 
 
+def with_run_settings(model: Any, config: Config, reporter: Reporter, client: Any) -> Any:
+    """A stored model set to run this command: on ``client``, reporting progress, with
+    the configuration's wait for workers."""
+    model.client = client
+    model.progress = reporter.progress
+    model.no_worker_timeout = config.dask.no_worker_timeout
+    return model
+
+
 def cmd_transform(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
     """Write activations, state probabilities, transitions and fingerprints."""
     from specufex_dask.pipeline import SpecUFEx
@@ -161,9 +171,9 @@ def cmd_transform(args: argparse.Namespace, config: Config, reporter: Reporter) 
             f"{args.archive} holds no fitted model; run `specufex-dask fit {args.archive}` first"
         )
     with _lease(args.archive, "transform"), dask_client(config, reporter) as client:
-        model = SpecUFEx.from_archive(str(args.archive))
-        model.client = client
-        model.progress = reporter.progress
+        model = with_run_settings(
+            SpecUFEx.from_archive(str(args.archive)), config, reporter, client
+        )
         transform_archive(args.archive, model, reporter, config, args.resume)
     print(f"transformed {args.archive}")
     return 0

@@ -16,6 +16,10 @@ from specufex_dask.cli.options import effective_config
 from specufex_dask.cli.progress import Reporter
 from specufex_dask.common import __version__, ignore_zarr_warnings
 
+# distributed's report of a failed task (see specufex_dask.parallel.workersetup): not
+# imported from there, which loads distributed
+TASK_FAILURE_START = "Compute Failed"
+
 __all__ = ["build_parser", "main", "parse_args"]
 
 COMMAND_MODULES = (ingest, import_h5, fit, info, cluster, export, plot, demo)
@@ -70,14 +74,35 @@ def _one_line(error: BaseException) -> str:
     return " ".join(text.split())
 
 
+class _OneLineFormatter(logging.Formatter):
+    """A record's first line only: no traceback, no stack, no multi-line report."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        first = record.getMessage().strip().partition("\n")[0]
+        return f"{PROG}: {record.levelname}: {record.name}: {first}"
+
+
+def _shown(record: logging.LogRecord, threshold: int, debug: bool) -> bool:
+    """Whether stderr shows ``record``: at or above ``threshold``; without --debug, no
+    report of a failed Dask task (the error itself ends the command in one line)."""
+    if record.levelno < threshold:
+        return False
+    return debug or not str(record.msg).startswith(TASK_FAILURE_START)
+
+
 def _configure_logging(debug: bool, quiet: bool) -> None:
-    """Warnings and errors on stderr (errors only with --quiet; everything with --debug)."""
+    """Warnings and errors on stderr (errors only with --quiet; everything with --debug).
+
+    Without --debug every record is one line, so no traceback reaches the user (the
+    error that ends the command is printed as one line by :func:`main`).
+    """
     threshold = logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(name)s: %(message)s"))
+    full = logging.Formatter(f"{PROG}: %(levelname)s: %(name)s: %(message)s")
+    handler.setFormatter(full if debug else _OneLineFormatter())
     # distributed sets its loggers to INFO when imported (after this runs), so the level
     # is enforced by the handler, not by the loggers.
-    handler.addFilter(lambda record: record.levelno >= threshold)
+    handler.addFilter(lambda record: _shown(record, threshold, debug))
     handler.set_name(f"{PROG} stderr")
     root = logging.getLogger()
     # main() may run several times in one process (tests, notebooks): one handler only.
@@ -93,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (0 success, 1 error, 2 usage, 130 ^C)."""
     args = parse_args(argv)
     _configure_logging(args.debug, args.quiet)
-    reporter = Reporter(quiet=args.quiet)
+    reporter = Reporter(quiet=args.quiet, debug=args.debug)
     try:
         config = effective_config(args)
         return int(args.handler(args, config, reporter) or 0)

@@ -421,6 +421,15 @@ DASK_FLAGS = (
         str,
         "HOST:PORT",
     ),
+    Flag(
+        ("--no-worker-timeout",),
+        "dask",
+        "no_worker_timeout",
+        "seconds a fit or transform waits while the cluster has no worker before it fails "
+        "(go on with --resume); 'none' waits for ever",
+        _optional_float,
+        "S",
+    ),
 )
 
 

@@ -21,10 +21,16 @@ class Reporter:
         Print nothing.
     stream : file, optional
         Where to print; None means the ``sys.stderr`` of the moment of each message.
+    debug : bool, default=False
+        ``--debug``: everything the libraries log is shown, tracebacks included (the
+        Dask workers' logs of failed tasks too, see :func:`specufex_dask.cli.base.dask_client`).
     """
 
-    def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, quiet: bool = False, stream: TextIO | None = None, *, debug: bool = False
+    ) -> None:
         self.quiet = quiet
+        self.debug = debug
         self.stream = stream
         self.totals: dict[str, int] = {}
 

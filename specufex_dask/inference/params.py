@@ -158,6 +158,9 @@ SHAPE = Rule(
 )
 ANY = Rule("anything", lambda v: True)
 CALLABLE_OR_NONE = Rule("a callable or None", lambda v: v is None or callable(v), ("print",))
+SECONDS_OR_NONE = Rule(
+    "a positive number of seconds or None", _or_none(lambda v: _real(v) and v > 0), (0.0, -1.0)
+)
 PIPELINE_BATCH_SIZE = Rule(
     "a positive integer, None (every event in every step) or 'auto'",
     lambda v: v is None or (isinstance(v, str) and v == "auto") or _integer(v, 1),
@@ -251,6 +254,7 @@ PIPELINE_PARAMETERS = _table(
     Parameter("chunk_events", POSITIVE_INT, 256, resumable=True),
     Parameter("dtype", DTYPE, "float64"),
     Parameter("progress", CALLABLE_OR_NONE, None, resumable=True),
+    Parameter("no_worker_timeout", SECONDS_OR_NONE, 180.0, resumable=True),
 )
 """The parameters of :class:`~specufex_dask.pipeline.SpecUFEx`, in order."""
 

@@ -8,6 +8,7 @@ both go through these functions, so they compute the same numbers.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ __all__ = [
     "hmm_outputs",
     "nmf_activations",
     "nmf_leaves",
+    "hold_single_threaded_blas",
+    "single_threaded_blas",
 ]
 
 # Events per kernel call: big enough to amortise Python overhead, small enough that the
@@ -69,28 +72,95 @@ class NMFStepParameters:
     threads: int = 1
 
 
-_blas_controller = None
+def _free_blas_control() -> None:
+    """Let the next thread that sets OpenBLAS's thread count through threadpoolctl do so.
+
+    threadpoolctl (3.8) lets only the thread that set the count first change it, until
+    that thread leaves its last ``with`` limit; a call of any other thread does nothing,
+    silently. The shared limit below is set and restored by whichever thread comes
+    first and leaves last, under its own lock, so it frees that control around each call.
+    """
+    from threadpoolctl import OpenBLASController
+
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:  # older threadpoolctl: every thread's call takes effect
+        clear(force=True)
 
 
-def _single_threaded_blas() -> Any:
-    """BLAS limited to one thread for the duration of a ``with`` block.
+class _SharedBlasLimit:
+    """BLAS limited to one thread while any thread of the process is inside a ``with``.
 
     The matrix products here are small (one spectrogram each); a multi-threaded BLAS
     spends more time synchronising than computing on them, badly so on a loaded machine.
     Parallelism comes from running groups of events on threads instead, and one BLAS
-    thread also makes every product's bits independent of the machine's core count.
-    """
-    global _blas_controller
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
+    thread makes every product's bits independent of the machine's core count: two
+    OpenBLAS threads split a product elsewhere and round some entries differently
+    (``nmf_local_step`` at 200 frequencies x 41 times x 75 patterns).
 
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=1, user_api="blas")
+    The limit is process-wide (OpenBLAS has one thread count), so a limit per ``with``
+    races: a thread that leaves restores the count it found, two threads, while another
+    thread is still computing inside its own limit. Here the first thread to enter sets
+    the limit and the last to leave restores it, both under one lock, so no thread ever
+    computes outside a limit it entered. It is restored at all, rather than set once
+    for good, because the in-memory models run in the user's own process, whose other
+    work should keep every core; a Dask worker holds it for good
+    (:func:`hold_single_threaded_blas`).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._controller: Any = None
+        self._limiter: Any = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                if self._controller is None:
+                    from threadpoolctl import ThreadpoolController
+
+                    self._controller = ThreadpoolController()
+                _free_blas_control()
+                self._limiter = self._controller.limit(limits=1, user_api="blas")
+                _free_blas_control()
+            self._users += 1
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                limiter, self._limiter = self._limiter, None
+                _free_blas_control()
+                limiter.restore_original_limits()
+                _free_blas_control()
+
+
+_BLAS_LIMIT = _SharedBlasLimit()
+_held_for_good = threading.Event()
+
+
+def single_threaded_blas() -> _SharedBlasLimit:
+    """BLAS limited to one thread for the duration of a ``with`` block, whatever other
+    threads of the process do (see :class:`_SharedBlasLimit`)."""
+    return _BLAS_LIMIT
+
+
+def hold_single_threaded_blas() -> None:
+    """Limit this process's BLAS to one thread for the rest of its life (a Dask worker's).
+
+    It enters the shared limit and never leaves it, so no task leaving its own ``with``
+    block can restore more threads, even one running when this is called.
+    """
+    with _BLAS_LIMIT._lock:
+        if _held_for_good.is_set():
+            return
+        _held_for_good.set()
+    _BLAS_LIMIT.__enter__()
 
 
 def map_groups(function: Callable[[Any], Any], groups: list[Any], threads: int) -> list[Any]:
     """``function`` over groups of events, on up to ``threads`` threads, in order."""
-    with _single_threaded_blas():
+    with single_threaded_blas():
         if threads <= 1 or len(groups) <= 1:
             return [function(group) for group in groups]
         with ThreadPoolExecutor(max_workers=min(threads, len(groups))) as pool:

@@ -121,7 +121,8 @@ def read_model_dataset(path: str, newest_version: int) -> xr.Dataset | None:
             return None
         os.replace(leftovers[-1], folder)
     with quiet_zarr():
-        dataset = xr.open_zarr(str(folder), consolidated=False).load()
+        # no dask arrays: read here, not by a cluster's workers (there may be none)
+        dataset = xr.open_zarr(str(folder), consolidated=False, chunks=None).load()
     if int(dataset.attrs.get(MODEL_VERSION_ATTR, 0)) > newest_version:
         raise archive.ArchiveError(
             f"{folder}: model version {dataset.attrs[MODEL_VERSION_ATTR]} is newer than this "

@@ -17,14 +17,22 @@ Both give the same bits: a step's tasks return nodes of the summation tree of
 :mod:`specufex_dask.inference.stats` for fixed minibatch positions, and :meth:`fold` adds
 them in the same fixed order whoever computed them.
 
+Every wait of an executor on a cluster's tasks is watched (:class:`WorkerWatch`): with
+no worker in the cluster for a while it warns once, and after
+:func:`no_worker_timeout` seconds it fails with :class:`NoWorkersError` rather than
+wait for a worker that may never come (a fit's checkpoints stay, to be resumed).
+
 This module loads neither Dask nor distributed until an executor is used, so layers that
 take an executor (``io``, ``ingest``) still import without them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import queue
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Protocol, runtime_checkable
@@ -33,23 +41,40 @@ import numpy as np
 from numpy.typing import NDArray
 
 from specufex_dask.common import available_cores
+from specufex_dask.inference.params import PIPELINE_PARAMETERS
 from specufex_dask.inference.stats import tree_root
 from specufex_dask.parallel.tasks import stored_task
 
 __all__ = [
     "IN_FLIGHT_PER_THREAD",
+    "NO_WORKER_TIMEOUT_S",
     "WINDOW_LOOKUP_S",
     "Executor",
+    "NoWorkersError",
     "StepRequest",
     "TaskExecutor",
+    "WorkerWatch",
     "executor_for",
+    "no_worker_timeout",
+    "waiting_for_workers",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Tasks of a pass kept submitted per worker thread: one running, one ready behind it.
 IN_FLIGHT_PER_THREAD = 2
 # How often an executor looks up the cluster's workers and threads (job-queue workers
 # may join late, and workers come and go).
 WINDOW_LOOKUP_S = 5.0
+
+# How long a job waits without any worker before it fails (None: for ever), by default,
+# and the Dask configuration key of the job's own setting (see waiting_for_workers).
+NO_WORKER_TIMEOUT_S = PIPELINE_PARAMETERS["no_worker_timeout"].default
+NO_WORKER_TIMEOUT_KEY = "specufex-dask.no-worker-timeout"
+# The warning comes after this long without workers (or half the timeout if shorter).
+NO_WORKER_WARNING_S = 30.0
+# How often a wait with nothing finishing asks the scheduler whether it has workers.
+WORKER_CHECK_S = 1.0
 
 OnResult = Callable[[int, Any], None]
 
@@ -82,6 +107,100 @@ class StepRequest:
     arguments: tuple
     following: NDArray[np.integer] | None
     group_events: int
+
+
+class NoWorkersError(RuntimeError):
+    """The cluster had no worker for longer than the job's ``no_worker_timeout``."""
+
+
+def no_worker_timeout() -> float | None:
+    """Seconds a job waits without workers before failing (None: for ever)."""
+    import dask
+
+    return dask.config.get(NO_WORKER_TIMEOUT_KEY, default=NO_WORKER_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def waiting_for_workers(seconds: float | None) -> Iterator[None]:
+    """Executors inside the ``with`` block wait ``seconds`` without workers, then fail.
+
+    A Dask setting rather than an argument: the executors of a fit are made in many
+    places (every pass makes its own), and all of them should wait as long.
+    """
+    import dask
+
+    with dask.config.set({NO_WORKER_TIMEOUT_KEY: seconds}):
+        yield
+
+
+class WorkerWatch:
+    """Waits on a cluster's futures, failing when the cluster has no workers for long.
+
+    While nothing finishes, the scheduler is asked every ``WORKER_CHECK_S`` (at most a
+    quarter of the timeout) whether it has workers. Once it has had none for
+    ``NO_WORKER_WARNING_S`` (or half the timeout), one warning is logged; after the
+    timeout, :class:`NoWorkersError`. A worker joining starts the count again.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    timeout : float or None
+        Seconds without workers before failing; None waits for ever (warning once).
+    """
+
+    def __init__(self, client: Any, timeout: float | None) -> None:
+        self.client = client
+        self.timeout = timeout
+        limit = float("inf") if timeout is None else float(timeout)
+        self.check_s = min(WORKER_CHECK_S, limit / 4)
+        self.warn_after = min(NO_WORKER_WARNING_S, limit / 2)
+        self._since: float | None = None
+        self._warned = False
+
+    def _address(self) -> str:
+        return str(getattr(self.client.scheduler, "address", self.client.scheduler))
+
+    def check(self) -> None:
+        """Note whether the cluster has workers now; warn or raise when it is time."""
+        if self.client.nthreads():
+            self._since = None
+            return
+        now = time.monotonic()
+        if self._since is None:
+            # first seen without workers; they may have gone up to check_s before
+            self._since = now - self.check_s
+        waited = now - self._since
+        if self.timeout is not None and waited >= self.timeout:
+            raise NoWorkersError(
+                f"no Dask worker at the scheduler {self._address()} for {waited:.0f} s "
+                f"(no_worker_timeout {self.timeout:g} s): stopped; start workers and run "
+                "again with --resume (resume=True) to go on from where it stopped"
+            )
+        if not self._warned and waited >= self.warn_after:
+            self._warned = True
+            until = "" if self.timeout is None else f", failing after {self.timeout:g} s"
+            logger.warning(
+                "no Dask worker at the scheduler %s for %.0f s: waiting for one to join%s",
+                self._address(), waited, until,
+            )  # fmt: skip
+
+    def next_finished(self, finished: queue.SimpleQueue) -> Any:
+        """The next future put in ``finished`` (by its done callback), checking the
+        cluster's workers while none comes."""
+        while True:
+            try:
+                return finished.get(timeout=self.check_s)
+            except queue.Empty:
+                self.check()
+
+    def gather(self, futures: list) -> list:
+        """The results of ``futures`` in order, once they have all finished."""
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+        for future in futures:
+            future.add_done_callback(finished.put)
+        for _ in futures:
+            self.next_finished(finished)
+        return self.client.gather(futures)
 
 
 @runtime_checkable
@@ -168,6 +287,13 @@ class TaskExecutor:
         self.client = client
         self._window = self.window if window is None else window
         self._lookup_s = lookup_s
+        if client is not None:
+            from specufex_dask.parallel.workersetup import limit_worker_blas
+
+            limit_worker_blas(client)
+
+    def _watch(self) -> WorkerWatch:
+        return WorkerWatch(self.client, no_worker_timeout())
 
     def __enter__(self) -> TaskExecutor:
         return self
@@ -204,7 +330,7 @@ class TaskExecutor:
             import dask
 
             return list(dask.compute(*tasks))
-        return self.client.gather(self.client.compute(tasks))
+        return self._watch().gather(self.client.compute(tasks))
 
     def map_events(
         self, function: Callable, arguments: Iterable[tuple], on_result: OnResult | None = None
@@ -223,30 +349,29 @@ class TaskExecutor:
                     on_result(number, value)
                 count += len(wave)
             return count
-        from distributed import as_completed
-
         client = self.client
+        watch = self._watch()
         pending: dict[str, tuple[int, Any]] = {}
+        # futures as they finish, put by their done callbacks (distributed's threads)
+        finished: queue.SimpleQueue = queue.SimpleQueue()
 
-        def submit(n_tasks: int) -> list:
-            futures = []
+        def submit(n_tasks: int) -> None:
             for number, args in islice(numbered, max(0, n_tasks)):
                 future = client.compute(_delayed(function, args))
                 pending[future.key] = (number, future)
-                futures.append(future)
-            return futures
+                future.add_done_callback(finished.put)
 
-        queue = as_completed(submit(window), loop=client.loop)
         next_lookup = time.monotonic() + lookup_s
         try:
-            for future in queue:
+            submit(window)
+            while pending:
+                future = watch.next_finished(finished)
                 number, _ = pending.pop(future.key)
                 value = future.result()
                 if time.monotonic() >= next_lookup:
                     window = self._window()
                     next_lookup = time.monotonic() + lookup_s
-                for new in submit(window - len(pending)):
-                    queue.add(new)
+                submit(window - len(pending))
                 on_result(number, value)
                 count += 1
         finally:
