@@ -154,7 +154,7 @@ def test_the_resumable_settings_may_change_and_resume_as_a_fit_with_them(
     reported: list[tuple[str, int]] = []
     changed = {
         "nmf_steps": 10, "hmm_steps": 5, "tol": None, "checkpoint_every": 3,
-        "chunk_events": 5, "client": client,
+        "chunk_events": 5, "client": client, "no_worker_timeout": 60.0,
         "progress": lambda where, info: reported.append((where, info["step"])),
     }  # fmt: skip
     assert set(changed) == set(resumable_names(PIPELINE_PARAMETERS))
