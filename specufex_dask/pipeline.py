@@ -683,7 +683,8 @@ class SpecUFEx(ParameterContract):
         fitted = self.frequency_
         where = chunks.path or "spectrograms"
         given = np.asarray(chunks.frequency, dtype=float) if chunks.frequency_known else None
-        model = f"the model of {self._source()}"
+        source = getattr(self, "source_", None)
+        model = f"the model of {source}" if source else "the model"
         if chunks.shape[1] != nmf.dim:
             raise ValueError(
                 f"{where}: {_axis_text(chunks.shape[1], given)}, {model} was fitted on "
