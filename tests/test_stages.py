@@ -182,6 +182,11 @@ def test_stage_flags_of_fit(tmp_path, local_cluster, capsys) -> None:
     after = _group(path)
     assert after["B1"].shape[0] == 5
     assert all(np.array_equal(after[name], nmf[name]) for name in NMF_ARRAYS)
+    # the stages on the cluster: the bits of one fit in this process
+    whole = _write(tmp_path / "whole.zarr")
+    SpecUFEx(**{**SETTINGS, "num_state": 5}, client=False).fit(whole)
+    expected = _group(whole)
+    assert all(np.array_equal(after[name], expected[name]) for name in expected)
     with pytest.raises(SystemExit, match="2"):  # a transform needs the HMM
         main(["run", path, "--stage", "nmf", *flags])
     assert "invalid choice: 'nmf'" in capsys.readouterr().err
