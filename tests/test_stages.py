@@ -214,6 +214,8 @@ def test_transform_with_the_model_of_another_archive(two_archives, local_cluster
     del zarr.open_group(b, mode="r+").attrs[APPLIED_MODEL_ATTR]
     assert {s.model_match for s in output_status(b, N_EVENTS).values()} == {False}
     zarr.open_group(b, mode="r+").attrs[APPLIED_MODEL_ATTR] = record
+    assert main(["cluster", b, "--n-clusters", "2", "--quiet"]) == 0
+    capsys.readouterr()
     # B's own model again: the record goes
     assert main(["transform", b, "--scheduler", cluster.scheduler_address, "--quiet"]) == 0
     assert APPLIED_MODEL_ATTR not in zarr.open_group(b).attrs
