@@ -49,7 +49,8 @@ from specufex_dask.inference.steps import HMMStepParameters, NMFStepParameters
 from specufex_dask.inference.svi import SeededMinibatches, SVIProgress, run_svi
 from specufex_dask.io.archive import FREQUENCY, MODEL_GROUP
 from specufex_dask.io.lease import archive_lease
-from specufex_dask.io.modelgroup import model_token
+from specufex_dask.io.modelgroup import model_token, stored_model_token, write_model_dataset
+from specufex_dask.io.status import record_applied_model
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
 from specufex_dask.parallel.engine import (
     STEP_TASK_EVENTS,
@@ -58,6 +59,7 @@ from specufex_dask.parallel.engine import (
     emission_frames,
     hmm_statistics,
     lazy_transform,
+    model_group_dataset,
     naming_every_bad_event,
     nmf_statistics,
     read_model_group,
@@ -77,6 +79,8 @@ logger = logging.getLogger("specufex_dask")
 
 Progress = Callable[[str, dict], None]
 STAGES = ("nmf", "hmm")
+FIT_STAGES = ("all", "nmf", "hmm")
+"""What :meth:`SpecUFEx.fit` fits: both stages, only the NMF, or the HMM on a stored NMF."""
 
 
 class SpecUFEx(ParameterContract):
@@ -171,6 +175,8 @@ class SpecUFEx(ParameterContract):
     # None while a fit is in its NMF stage
     hmm_: BayesianHMM | None
     progress_: dict[str, SVIProgress]
+    # where a loaded model came from (from_archive, from_estimators), named in messages
+    source_: str | None
 
     def __init__(
         self,
@@ -260,7 +266,7 @@ class SpecUFEx(ParameterContract):
             dtype=self._dtype,
         )
 
-    def fit(self, data: Any, *, resume: bool = False) -> SpecUFEx:
+    def fit(self, data: Any, *, resume: bool = False, stage: str = "all") -> SpecUFEx:
         """Fit the NMF, then the HMM, by distributed SVI.
 
         Parameters
@@ -273,6 +279,16 @@ class SpecUFEx(ParameterContract):
             uninterrupted fit. Only the resumable settings (step budgets, ``tol``,
             checkpoints, the cluster, chunking, progress) may differ from the
             checkpoint's.
+        stage : {"all", "nmf", "hmm"}, default="all"
+            ``"nmf"`` fits and stores only the NMF (its checkpoint is at the start of
+            the HMM stage, without an HMM: ``stage="hmm"`` or a resumed ``"all"`` goes
+            on from it). ``"hmm"`` refits the HMM, with this object's HMM settings
+            (``num_state``, ``hmm_steps``, ``tol``, ``batch_size``, ``random_state``),
+            on the NMF stored in the archive, which stays bit-identical; ``num_pat``
+            and ``nmf_steps`` are then unused, and ``compat`` and ``dtype`` must be
+            the NMF's. With the NMF's settings, ``"nmf"`` then ``"hmm"`` gives the
+            model of ``"all"``. With ``resume=True`` an interrupted refit goes on, its
+            HMM settings compared with the refit's.
 
         Raises
         ------
@@ -281,7 +297,9 @@ class SpecUFEx(ParameterContract):
             that shape the fit (those of the parameter table that are not resumable,
             and the models' own, priors included); it lists every difference.
         ValueError
-            Before any work, when the model and a step's task need more memory than the
+            For ``stage="hmm"`` without an archive whose NMF stage is finished, or with
+            another ``compat`` or ``dtype`` than its NMF's. Before any work, when the
+            model and a step's task need more memory than the
             smallest worker's limit (or, without a cluster, than is available).
         ArchiveError
             For a bad archive. Values are checked by the tasks that read them: when a
@@ -293,38 +311,56 @@ class SpecUFEx(ParameterContract):
             :func:`specufex_dask.io.lease.archive_lease`); this fit then writes nothing.
         """
         self._check_parameters()
+        if stage not in FIT_STAGES:
+            raise ValueError(f"stage={stage!r}: expected one of {', '.join(FIT_STAGES)}")
         chunks = EventChunks.from_data(data, self.chunk_events)
+        if stage == "hmm" and chunks.path is None:
+            raise ValueError(
+                "stage='hmm' refits the HMM on the NMF stored in an archive: give its path"
+            )
         self.frequency_ = (
             np.array(chunks.frequency, dtype=float) if chunks.frequency_known else None
         )
         if chunks.path is not None:
             require_writable(chunks.path, "model and its checkpoints")
         with _leased(chunks.path, "fit"):
-            return self._fit(chunks, resume)
+            return self._fit(chunks, resume, stage)
 
-    def _fit(self, chunks: EventChunks, resume: bool) -> SpecUFEx:
-        """:meth:`fit` of checked data, holding the archive's lease."""
+    def _fit(self, chunks: EventChunks, resume: bool, only: str = "all") -> SpecUFEx:
+        """:meth:`fit` of checked data, holding the archive's lease; ``only`` is its
+        ``stage``."""
         client = self._client()
         n_events = chunks.shape[0]
         batch_size = self._batch_size()
         batch = n_events if batch_size is None else min(batch_size, n_events)
         self._refuse_too_large(chunks.shape, batch, client)
-        state = read_model_group(chunks.path) if resume and chunks.path else None
+        reads = (resume or only == "hmm") and chunks.path is not None
+        state = read_model_group(chunks.path) if reads and chunks.path is not None else None
         if state is None:
+            if only == "hmm":
+                raise ValueError(
+                    f"{chunks.path} holds no model to refit the HMM on; run fit with "
+                    "stage 'nmf' (or 'all') first"
+                )
             if resume:
                 logger.info("no checkpoint in %s: fitting from the start", chunks.path)
             seed = resolve_seed(self.random_state)
             self.nmf_, self.hmm_ = self._new_nmf(chunks.shape, seed), None
             stage, self.progress_ = "nmf", {}
+            self._fit_settings = self._shaping_settings(n_events, seed)
         else:
             self.nmf_, self.hmm_, saved = state
             # random_state=None: the checkpoint's seed, so the resumed draws are the same
             given = self.random_state
             seed = resolve_seed(self.nmf_._seed if given is None else given)
-            self._refuse_other_settings(chunks, saved, seed)
-            stage, self.progress_ = _from_checkpoint(saved, self.nmf_, self.hmm_)
-            logger.info("resuming %s at %s", chunks.path, saved)
-        self._fit_settings = self._shaping_settings(n_events, seed)
+            if only == "hmm":
+                stage = self._start_refit(chunks, saved, seed, resume)
+            else:
+                self._refuse_other_settings(chunks, saved, seed)
+                stage, self.progress_ = _from_checkpoint(saved, self.nmf_, self.hmm_)
+                self._fit_settings = self._shaping_settings(n_events, seed)
+            if resume:
+                logger.info("resuming %s at %s", chunks.path, saved)
         # No pass over the values first: every task checks the events it reads.
         window = window_steps(n_events, batch)
         budgets = {
@@ -343,11 +379,15 @@ class SpecUFEx(ParameterContract):
                 self._run_stage("nmf", arguments, budgets["nmf"], window, checkpoints, lookahead)
                 self.nmf_.sort_patterns()
                 stage = "hmm"
-                self.hmm_ = self._new_hmm(n_events, seed)
-                # before the checkpoint: a resumed fit starts from the same q(B)
-                self._start_hmm_from_data(chunks, client, runners)
+                if only != "nmf":
+                    self.hmm_ = self._new_hmm(n_events, seed)
+                    # before the checkpoint: a resumed fit starts from the same q(B)
+                    self._start_hmm_from_data(chunks, client, runners)
+                # with only the NMF: an HMM stage without an HMM, which a later fit starts
                 self._write_checkpoint(checkpoints, stage)
-            if stage == "hmm":
+            if stage == "hmm" and only != "nmf":
+                if self.hmm_ is None:
+                    self.hmm_ = self._new_hmm(n_events, seed)
                 self._start_hmm_from_data(chunks, client, runners)
                 arguments = self._hmm_stage(chunks, batch, client, runners, seed)
                 self._run_stage("hmm", arguments, budgets["hmm"], window, checkpoints, lookahead)
@@ -378,14 +418,56 @@ class SpecUFEx(ParameterContract):
             for name in shaping_names(PIPELINE_PARAMETERS)
         }
 
-    def _refuse_other_settings(self, chunks: EventChunks, saved: dict, seed: int) -> None:
+    def _start_refit(self, chunks: EventChunks, saved: dict, seed: int, resume: bool) -> str:
+        """Set up ``fit(stage="hmm")`` on the checkpoint ``saved`` (the NMF and HMM read
+        into ``nmf_``, ``hmm_``): the stage to run from, "hmm" (or "done" for a resumed
+        refit that had finished).
+
+        The settings recorded keep the NMF's ``num_pat`` (those of the HMM are this
+        fit's). A resumed refit with an HMM compares the settings but the NMF's; a new
+        one drops the stored HMM and asks only for the NMF's ``compat`` and ``dtype``.
+        """
+        stage, progress = _from_checkpoint(saved, self.nmf_, self.hmm_)
+        if stage == "nmf":
+            step = progress["nmf"].step if "nmf" in progress else 0
+            raise ValueError(
+                f"{chunks.path}: its NMF stage stopped at step {step}; finish it (fit with "
+                "stage 'nmf' and resume) before refitting the HMM"
+            )
+        settings = self._shaping_settings(chunks.shape[0], seed)
+        settings["num_pat"] = saved.get("settings", {}).get("num_pat", self.nmf_.num_pat)
+        self._fit_settings = settings
+        if resume and self.hmm_ is not None:
+            self._refuse_other_settings(chunks, saved, seed, refit=True)
+            self.progress_ = progress
+            return stage
+        numerics = {"compat": self.nmf_.compat, "dtype": np.dtype(self.nmf_.dtype).name}
+        differences = setting_differences(numerics, {"compat": self.compat, "dtype": self._dtype})
+        if differences:
+            raise ValueError(
+                f"{chunks.path}: the HMM must be refitted with the stored NMF's compat and "
+                f"dtype ({'; '.join(differences).replace('checkpoint', 'NMF')})"
+            )
+        self.hmm_ = None
+        self.progress_ = {"nmf": progress["nmf"]} if "nmf" in progress else {}
+        return "hmm"
+
+    def _refuse_other_settings(
+        self, chunks: EventChunks, saved: dict, seed: int, refit: bool = False
+    ) -> None:
         """Raise :class:`ResumeMismatch` unless the checkpoint's fit had this fit's
         settings: those of the table, then (when they agree) those of the models it
-        would start, priors included, against the checkpoint's models."""
+        would start, priors included, against the checkpoint's models. ``refit``: a
+        resumed refit of the HMM, whose NMF (``num_pat``, its model's settings) was
+        not this fit's."""
         nmf, hmm = self.nmf_, self.hmm_
         stored = {**_settings_of_models(nmf, hmm), **saved.get("settings", {})}
-        differences = setting_differences(stored, self._shaping_settings(chunks.shape[0], seed))
-        if not differences:
+        now = self._shaping_settings(chunks.shape[0], seed)
+        if refit:
+            stored.pop("num_pat", None)
+            now.pop("num_pat")
+        differences = setting_differences(stored, now)
+        if not differences and not refit:
             now = _model_settings(self._new_nmf(chunks.shape, seed), "nmf", NMF_PARAMETERS)
             differences = setting_differences(_model_settings(nmf, "nmf", NMF_PARAMETERS), now)
         if not differences and hmm is not None:
@@ -573,40 +655,130 @@ class SpecUFEx(ParameterContract):
         stays marked incomplete, with an ``ArchiveError`` naming every such event.
         Holds the archive's lease (:func:`specufex_dask.io.lease.archive_lease`): while
         another process writes to the archive it raises ``ArchiveBusy``.
+
+        A model other than the archive's own (:meth:`from_archive` of another archive,
+        a model :meth:`save` wrote, :meth:`from_estimators`) is recorded with the
+        outputs (:func:`specufex_dask.io.status.record_applied_model`): they then count
+        as made by the matching model, and the archive's own model stays as it was.
         """
         self._check_parameters()
         chunks = EventChunks.from_data(path, self.chunk_events)
         self._check_frequencies(chunks)
         client = self._client()
+        token = self.model_token()
         with (
             _leased(chunks.path, "transform"),
             waiting_for_workers(self.no_worker_timeout),
             naming_every_bad_event(chunks, client),
         ):
+            # a model from elsewhere is recorded, so the outputs count as its own
+            own = token == stored_model_token(path)
+            record_applied_model(path, token, None if own else self._source())
             computed = transform_chunks(
-                chunks, *self._parameters(), self.model_token(), client,
+                chunks, *self._parameters(), token, client,
                 resume=resume, progress=self.progress,
             )  # fmt: skip
         logger.info("transformed %d chunks of %s", computed, path)
 
+    def check_frequencies(self, data: Any) -> None:
+        """Raise a one-line ValueError, before any work, when the frequency axis of
+        ``data`` (an archive path or spectrograms) is not the fitted model's: another
+        number of frequencies or other values, naming both axes."""
+        self._check_frequencies(EventChunks.from_data(data, self.chunk_events))
+
+    def _source(self) -> str:
+        """Where the fitted model came from, as the outputs record it."""
+        return getattr(self, "source_", None) or "a model given in Python"
+
     def _check_frequencies(self, chunks: EventChunks) -> None:
+        """Refuse data whose frequency axis is not the model's: another number of
+        frequencies, or other values (naming both axes)."""
         nmf, _ = self._fitted()
+        fitted = self.frequency_
+        where = chunks.path or "spectrograms"
+        given = np.asarray(chunks.frequency, dtype=float) if chunks.frequency_known else None
+        source = getattr(self, "source_", None)
+        model = f"the model of {source}" if source else "the model"
         if chunks.shape[1] != nmf.dim:
             raise ValueError(
-                f"{chunks.path or 'spectrograms'}: {chunks.shape[1]} frequencies, the model "
-                f"was fitted with {nmf.dim}"
+                f"{where}: {_axis_text(chunks.shape[1], given)}, {model} was fitted on "
+                f"{_axis_text(nmf.dim, fitted)}; transform with a model of this frequency axis"
             )
-        fitted = self.frequency_
         if (
             fitted is not None
-            and chunks.frequency_known
-            and not np.allclose(chunks.frequency, fitted, rtol=1e-9, atol=0.0)
+            and given is not None
+            and not np.allclose(given, fitted, rtol=1e-9, atol=0.0)
         ):
-            given = chunks.frequency
             raise ValueError(
-                f"{chunks.path or 'spectrograms'}: frequency axis {given[0]:g}..{given[-1]:g} Hz "
-                f"differs from the one the model was fitted on ({fitted[0]:g}..{fitted[-1]:g} Hz)"
+                f"{where}: frequency axis {given[0]:g}..{given[-1]:g} Hz differs from the one "
+                f"{model} was fitted on ({fitted[0]:g}..{fitted[-1]:g} Hz, {nmf.dim} "
+                "frequencies each); transform with a model of this frequency axis"
             )
+
+    def save(self, path: str) -> None:
+        """Write the fitted model as a new Zarr store at ``path``, holding a ``model``
+        group as an archive's (the model, the settings of its fit and the frequency
+        axis): :meth:`from_archive` reads it, and ``transform --model`` applies it.
+
+        Raises
+        ------
+        FileExistsError
+            When ``path`` exists (a store is never overwritten).
+        """
+        import zarr
+
+        nmf, hmm = self._fitted()
+        if os.path.exists(path):
+            raise FileExistsError(f"{path} exists; save the model to a new path")
+        frequency = self.frequency_ if self.frequency_ is not None else np.arange(nmf.dim)
+        root = zarr.open_group(str(path), mode="w-", zarr_format=3)
+        root.create_array(FREQUENCY, data=np.asarray(frequency, dtype=float))
+        settings = getattr(self, "_fit_settings", None) or {
+            name: _plain(self.get_params()[name]) for name in shaping_names(PIPELINE_PARAMETERS)
+        }
+        dataset = model_group_dataset(nmf, hmm, _checkpoint("done", self.progress_, settings))
+        write_model_dataset(str(path), dataset.assign_coords({FREQUENCY: frequency}))
+
+    @classmethod
+    def from_estimators(
+        cls,
+        nmf: BayesianNonparametricNMF,
+        hmm: BayesianHMM,
+        *,
+        frequency: Any = None,
+        client: Any = None,
+        progress: Progress | None = None,
+        source: str | None = None,
+    ) -> SpecUFEx:
+        """A fitted pipeline of an NMF and an HMM fitted on its activations (e.g. read
+        by ``BayesianNonparametricNMF.load`` and ``BayesianHMM.load``).
+
+        Raises
+        ------
+        ValueError
+            Naming both, when the two do not make one model: another ``compat`` or
+            ``dtype``, or an HMM of another number of patterns than the NMF's.
+        """
+        where = source or "the estimators"
+        pair = {
+            "compat": (nmf.compat, hmm.compat),
+            "dtype": (np.dtype(nmf.dtype).name, np.dtype(hmm.dtype).name),
+            "number of patterns": (nmf.num_pat, hmm.num_pat),
+        }
+        for what, (of_nmf, of_hmm) in pair.items():
+            if of_nmf != of_hmm:
+                raise ValueError(
+                    f"{where}: the NMF's {what} is {of_nmf!r} and the HMM's {of_hmm!r}; "
+                    "give an HMM fitted on this NMF"
+                )
+        settings = {"num_pat": nmf.num_pat, **_settings_of_models(nmf, hmm)}
+        model = cls(**settings, client=client, progress=progress)
+        model.nmf_, model.hmm_ = nmf, hmm
+        model.frequency_ = None if frequency is None else np.asarray(frequency, dtype=float)
+        model.progress_ = {}
+        model.source_ = source
+        model._record_steps()
+        return model
 
     @classmethod
     def from_archive(
@@ -627,6 +799,7 @@ class SpecUFEx(ParameterContract):
         model = cls(**stored, client=client, progress=progress)
         model.nmf_, model.hmm_ = nmf, hmm
         model.frequency_ = _model_frequency(str(path))
+        model.source_ = str(path)
         _, model.progress_ = _from_checkpoint(saved, nmf, hmm)
         model._record_steps()
         return model
@@ -757,6 +930,13 @@ def _from_checkpoint(
             counts,
         )
     return saved["stage"], progress
+
+
+def _axis_text(n_frequencies: int, axis: np.ndarray | None) -> str:
+    """``"30 frequencies (1..30 Hz)"``; without the range when the axis is unknown."""
+    if axis is None or len(axis) != n_frequencies or n_frequencies == 0:
+        return f"{n_frequencies} frequencies"
+    return f"{n_frequencies} frequencies ({axis[0]:g}..{axis[-1]:g} Hz)"
 
 
 def _leased(path: str | None, command: str) -> AbstractContextManager:

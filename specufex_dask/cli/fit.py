@@ -24,6 +24,7 @@ __all__ = [
     "COMMANDS",
     "cmd_fit",
     "cmd_run",
+    "applied_model",
     "cmd_transform",
     "fit_archive",
     "fitted_summary",
@@ -58,21 +59,30 @@ def make_pipeline(config: Config, client: Any, reporter: Reporter):
 
 
 def fit_archive(
-    archive: str | Path, config: Config, reporter: Reporter, client: Any, resume: bool
+    archive: str | Path,
+    config: Config,
+    reporter: Reporter,
+    client: Any,
+    resume: bool,
+    stage: str = "all",
 ):
-    """Fit the pipeline of ``config`` on ``archive``; record the settings; return it."""
+    """Fit the pipeline of ``config`` on ``archive`` (only the NMF, or only the HMM on the
+    stored NMF, by ``stage``); record the settings; return it."""
     model = make_pipeline(config, client, reporter)
 
     def most(steps: int | None) -> str:
         return "steps auto" if steps is None else f"at most {steps} steps"
 
     tol = "no early stop" if config.nmf.tol is None else f"tol {config.nmf.tol:g}"
-    reporter.say(
-        f"fitting NMF ({config.nmf.num_pat} patterns, {most(config.nmf.steps)}) and HMM "
-        f"({config.hmm.num_state} states, {most(config.hmm.steps)}), {tol}, on {archive}"
-    )
-    model.fit(str(archive), resume=resume)
-    record_configuration(archive, config, FIT_SECTIONS, "fit")
+    nmf = f"NMF ({config.nmf.num_pat} patterns, {most(config.nmf.steps)})"
+    hmm = f"HMM ({config.hmm.num_state} states, {most(config.hmm.steps)})"
+    what = {"all": f"fitting {nmf} and {hmm}", "nmf": f"fitting only the {nmf}"}
+    refit = f"refitting the {hmm} on the stored NMF"
+    reporter.say(f"{what.get(stage, refit)}, {tol}, on {archive}")
+    model.fit(str(archive), resume=resume, stage=stage)
+    # a refit leaves the NMF, and the record of the settings it was fitted with
+    sections = [s for s in FIT_SECTIONS if not (stage == "hmm" and s == "nmf")]
+    record_configuration(archive, config, sections, "fit" if stage == "all" else f"fit {stage}")
     return model
 
 
@@ -80,7 +90,9 @@ def transform_archive(
     archive: str | Path, model: Any, reporter: Reporter, config: Config, resume: bool
 ) -> None:
     """Write the outputs of every event of ``archive`` with the fitted ``model``."""
-    reporter.say(f"transforming every event of {archive}")
+    source = getattr(model, "source_", None)
+    other = f" with the model of {source}" if source and source != str(archive) else ""
+    reporter.say(f"transforming every event of {archive}{other}")
     model.transform_to_zarr(str(archive), resume=resume)
     record_configuration(archive, config, ["dask"], "transform")
 
@@ -145,7 +157,7 @@ def cmd_fit(args: argparse.Namespace, config: Config, reporter: Reporter) -> int
     open_archive(args.archive).close()
     try:
         with _lease(args.archive, "fit"), dask_client(config, reporter) as client:
-            model = fit_archive(args.archive, config, reporter, client, args.resume)
+            model = fit_archive(args.archive, config, reporter, client, args.resume, args.stage)
     except ResumeMismatch as error:
         return _refuse_resume(args, error)
     print(f"fitted {args.archive}: {fitted_summary(model)}")
@@ -161,21 +173,47 @@ def with_run_settings(model: Any, config: Config, reporter: Reporter, client: An
     return model
 
 
-def cmd_transform(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
-    """Write activations, state probabilities, transitions and fingerprints."""
+def applied_model(archive: str | Path, sources: list[str] | None):
+    """The fitted :class:`~specufex_dask.pipeline.SpecUFEx` that ``transform`` applies:
+    the archive's own, or that of ``--model`` (another archive, a model saved by
+    ``SpecUFEx.save``, or an NMF file and an HMM file saved by the estimators)."""
+    from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
     from specufex_dask.pipeline import SpecUFEx
 
-    open_archive(args.archive).close()
-    if open_model(args.archive) is None:
+    if not sources:
+        if open_model(archive) is None:
+            raise CommandError(
+                f"{archive} holds no fitted model; run `specufex-dask fit {archive}` first, "
+                "or give one with --model"
+            )
+        return SpecUFEx.from_archive(str(archive))
+    if len(sources) == 2:
+        nmf = BayesianNonparametricNMF.load(sources[0])
+        hmm = BayesianHMM.load(sources[1])
+        return SpecUFEx.from_estimators(nmf, hmm, source=" and ".join(sources))
+    (source,) = sources
+    if not Path(source).is_dir():
         raise CommandError(
-            f"{args.archive} holds no fitted model; run `specufex-dask fit {args.archive}` first"
+            f"--model {source}: not an archive or a model saved by SpecUFEx.save; for the "
+            "estimators' files give two, the NMF's then the HMM's"
         )
+    if open_model(source) is None:
+        raise CommandError(
+            f"--model {source} holds no fitted model; run `specufex-dask fit {source}` first"
+        )
+    return SpecUFEx.from_archive(source)
+
+
+def cmd_transform(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
+    """Write activations, state probabilities, transitions and fingerprints."""
+    open_archive(args.archive).close()
+    model = applied_model(args.archive, args.model)
+    model.check_frequencies(str(args.archive))  # before a cluster starts
     with _lease(args.archive, "transform"), dask_client(config, reporter) as client:
-        model = with_run_settings(
-            SpecUFEx.from_archive(str(args.archive)), config, reporter, client
-        )
+        model = with_run_settings(model, config, reporter, client)
         transform_archive(args.archive, model, reporter, config, args.resume)
-    print(f"transformed {args.archive}")
+    other = f" with the model of {model.source_}" if args.model else ""
+    print(f"transformed {args.archive}{other}")
     return 0
 
 
@@ -184,7 +222,7 @@ def cmd_run(args: argparse.Namespace, config: Config, reporter: Reporter) -> int
     open_archive(args.archive).close()
     try:
         with _lease(args.archive, "run"), dask_client(config, reporter) as client:
-            model = fit_archive(args.archive, config, reporter, client, args.resume)
+            model = fit_archive(args.archive, config, reporter, client, args.resume, args.stage)
             transform_archive(args.archive, model, reporter, config, False)
     except ResumeMismatch as error:
         return _refuse_resume(args, error)
@@ -204,6 +242,8 @@ class FitCommand:
     resume: str
     options: OptionGroups
     handler: Handler
+    stages: tuple[str, ...] = ()
+    """The choices of ``--stage`` (none: the command takes ``--model`` instead)."""
 
 
 _WHERE = (
@@ -222,6 +262,7 @@ COMMANDS = (
         "continue from the last checkpoint in ARCHIVE",
         FIT_OPTIONS,
         cmd_fit,
+        ("all", "nmf", "hmm"),
     ),
     FitCommand(
         "transform",
@@ -243,6 +284,7 @@ COMMANDS = (
         "continue the fit from the last checkpoint",
         FIT_OPTIONS,
         cmd_run,
+        ("all", "hmm"),  # a transform needs the HMM
     ),
 )
 
@@ -253,4 +295,18 @@ def register(commands: Commands) -> None:
         sub = commands.add(command.name, command.summary, command.description, command.handler)
         sub.add_argument("archive", metavar="ARCHIVE", help=command.archive)
         sub.add_argument("--resume", action="store_true", help=command.resume)
+        if command.stages:
+            sub.add_argument(
+                "--stage", choices=command.stages, default="all",
+                help="what to fit: both stages (all), only the NMF (nmf), or the HMM anew, "
+                "with the HMM flags given, on the NMF stored in ARCHIVE (hmm), which stays "
+                "as it is (default: all)",
+            )  # fmt: skip
+        else:
+            sub.add_argument(
+                "--model", nargs="+", metavar="OTHER",
+                help="apply the model of OTHER instead of ARCHIVE's own: another archive, a "
+                "model saved by SpecUFEx.save, or an NMF file and an HMM file saved by the "
+                "estimators; its frequency axis must be ARCHIVE's",
+            )  # fmt: skip
         add_options(sub, command.options, commands.defaults)

@@ -9,7 +9,13 @@ three records in the archive:
   (an append sets it back to False);
 - the token of the model that made the outputs (``specufex_dask_transform_model``) on the
   archive and on each output array, which must equal the stored model's token
-  (:func:`specufex_dask.io.modelgroup.stored_model_token`).
+  (:func:`specufex_dask.io.modelgroup.stored_model_token`), or that of a model applied
+  on purpose from elsewhere (``transform --model OTHER``: the model of another archive
+  or a saved model), which the transform records as the archive's attribute
+  ``specufex_dask_transform_applied_model`` (:func:`record_applied_model`), JSON of
+  ``{"token": ..., "source": ...}``. Such outputs count as made by the matching model
+  (the archive's own model is left as it was, and a later fit of it does not make them
+  stale); a transform with the archive's own model removes the record.
 
 :func:`output_status` reads them into one :class:`OutputStatus` per output;
 :func:`specufex_dask.io.archive.open_archive` puts them in each output's attributes
@@ -20,6 +26,7 @@ tools) have ``None`` for what is unknown.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +37,14 @@ from specufex_dask.io.archive import TRANSFORM_COMPLETE_ATTR, TRANSFORM_TOKEN_AT
 from specufex_dask.io.modelgroup import stored_model_token
 
 __all__ = [
+    "APPLIED_MODEL_ATTR",
     "OUTPUTS",
     "STATUS_ATTRS",
     "TRANSFORMED",
     "OutputStatus",
     "output_problem",
     "output_status",
+    "record_applied_model",
 ]
 
 OUTPUTS = (archive.ACTIVATION, archive.STATE_PROBABILITY, archive.TRANSITION, archive.FINGERPRINT)
@@ -44,6 +53,31 @@ TRANSFORMED = "transformed"
 """The per-event done markers of the transform."""
 STATUS_ATTRS = ("events_done", "complete", "model_match")
 """The attributes :func:`specufex_dask.io.archive.open_archive` sets on each output."""
+APPLIED_MODEL_ATTR = "specufex_dask_transform_applied_model"
+"""The archive's record of a model from elsewhere that the transform applied."""
+
+
+def record_applied_model(path: str, token: str, source: str | None) -> None:
+    """Record that the transform of archive ``path`` applies the model of ``token``
+    from ``source`` (another archive or a saved model); ``source=None`` (the archive's
+    own model) removes the record."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r+", use_consolidated=False)
+    if source is None:
+        if APPLIED_MODEL_ATTR not in group.attrs:
+            return
+        del group.attrs[APPLIED_MODEL_ATTR]
+    else:
+        group.attrs[APPLIED_MODEL_ATTR] = json.dumps({"token": token, "source": source})
+    archive.consolidate(path)
+
+
+def _applied_token(attrs: dict[str, Any], path: str) -> str | None:
+    """The token of :data:`APPLIED_MODEL_ATTR`, or None without the record."""
+    fix = f"run `specufex-dask transform {path}` (or with --model) again"
+    record = archive.json_attribute(attrs, APPLIED_MODEL_ATTR, path, fix)
+    return None if record is None else record.get("token")
 
 
 @dataclass(frozen=True)
@@ -115,6 +149,7 @@ def output_status(path: str, n_events: int) -> dict[str, OutputStatus]:
         for name, output in outputs.items()
     }
     stored = stored_model_token(path) if any(tokens.values()) else None
+    expected = {token for token in (stored, _applied_token(attrs, path)) if token is not None}
     statuses = {}
     for name in present:
         complete = (
@@ -122,7 +157,7 @@ def output_status(path: str, n_events: int) -> dict[str, OutputStatus]:
             if recorded
             else None
         )
-        match = None if stored is None or tokens[name] is None else tokens[name] == stored
+        match = None if not expected or tokens[name] is None else tokens[name] in expected
         statuses[name] = OutputStatus(done, n_events, complete, match)
     return statuses
 
