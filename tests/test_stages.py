@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import xarray as xr
@@ -216,6 +217,14 @@ def test_transform_with_the_model_of_another_archive(two_archives, local_cluster
     zarr.open_group(b, mode="r+").attrs[APPLIED_MODEL_ATTR] = record
     assert main(["cluster", b, "--n-clusters", "2", "--quiet"]) == 0
     capsys.readouterr()
+    assert main(["info", b]) == 0
+    assert f"made by the model of {a} (transform --model)" in capsys.readouterr().out
+    # the exported parameters are those of the model that made the outputs: A's
+    assert main(["export", b, str(Path(b).parent / "catalog-b"), "--quiet"]) == 0
+    capsys.readouterr()
+    with h5py.File(Path(b).parent / "catalog-b" / "SpecUFEx_b.h5", "r") as h5:
+        emission = h5["model_parameters/EB"][()]
+    np.testing.assert_array_equal(emission, SpecUFEx.from_archive(a, client=False).hmm_.EB)
     # B's own model again: the record goes
     assert main(["transform", b, "--scheduler", cluster.scheduler_address, "--quiet"]) == 0
     assert APPLIED_MODEL_ATTR not in zarr.open_group(b).attrs

@@ -307,11 +307,37 @@ def _write_parameters(spectrograms: Any, h5: Any, dataset: xr.Dataset) -> None:
             workflow.attrs[theirs] = parameters[ours]
 
 
+def _model_source(archive: str | Path) -> str | None:
+    """Where the model that made the outputs is stored: the archive, or the other
+    archive (or saved model) a ``transform --model`` applied; None when that model was
+    given otherwise (the estimators' files, or in Python)."""
+    import zarr
+
+    from specufex_dask.io.status import APPLIED_MODEL_ATTR
+
+    raw = zarr.open_group(str(archive), mode="r", use_consolidated=False).attrs.get(
+        APPLIED_MODEL_ATTR
+    )
+    if raw is None:
+        return str(archive)
+    source = json.loads(str(raw)).get("source")
+    return str(source) if source is not None and Path(str(source)).is_dir() else None
+
+
 def _write_model(h5: Any, archive: str | Path) -> None:
-    """``model_parameters`` and ``SpecUFEx_output/ACM_gain`` of a fitted model, if any."""
+    """``model_parameters`` and ``SpecUFEx_output/ACM_gain`` of the model that made the
+    outputs, if it is stored (the archive's own, or the one ``transform --model``
+    applied); otherwise none, and the file's attribute ``model_parameters`` says why."""
     from specufex_dask.parallel.engine import read_model_group
 
-    state = read_model_group(str(archive))
+    source = _model_source(archive)
+    if source is None:
+        h5.attrs["model_parameters"] = (
+            "left out: the outputs were made with a model given as the estimators' files "
+            "or in Python, which the archive does not hold"
+        )
+        return
+    state = read_model_group(source)
     if state is None:
         return
     nmf, hmm, _ = state

@@ -68,15 +68,25 @@ def _chunk_summary(variable) -> list[int] | None:
     return None if chunks is None else [int(c) for c in chunks]
 
 
-def _output_summary(variable) -> dict[str, Any]:
+def _output_summary(variable, applied_model: str | None = None) -> dict[str, Any]:
     """Dims and shape of an output; for the transform's outputs also how many events are
-    done, whether the transform is complete and whether the stored model made them."""
+    done, whether the transform is complete, whether the stored model made them, and
+    where the model a ``transform --model`` applied came from (``applied_model``)."""
     from specufex_dask.io.status import OUTPUTS, STATUS_ATTRS
 
     summary: dict[str, Any] = {"dims": list(variable.dims), "shape": list(variable.shape)}
     if variable.name in OUTPUTS:
         summary.update({key: variable.attrs.get(key) for key in STATUS_ATTRS})
+        summary["applied_model"] = applied_model
     return summary
+
+
+def _applied_model(dataset) -> str | None:
+    """Where the model that a ``transform --model`` applied came from, or None."""
+    from specufex_dask.io.status import APPLIED_MODEL_ATTR
+
+    raw = dataset.attrs.get(APPLIED_MODEL_ATTR)
+    return None if raw is None else json.loads(str(raw)).get("source")
 
 
 def _lease_summary(path: str | Path) -> dict[str, Any] | None:
@@ -113,6 +123,8 @@ def _status_text(path: str | Path, output: dict[str, Any]) -> str:
         parts.append(
             f"written by another model than the stored one (run `specufex-dask transform {path}`)"
         )
+    elif output["model_match"] and output.get("applied_model"):
+        parts.append(f"made by the model of {output['applied_model']} (transform --model)")
     elif output["model_match"]:
         parts.append("made by the stored model")
     return "; " + ", ".join(parts)
@@ -142,7 +154,9 @@ def archive_summary(path: str | Path, dataset, model) -> dict[str, Any]:
         "n_chunks": None if not chunks else math.ceil(n_events / chunks[0]),
         "spectrogram_parameters": spectrogram_parameters(dataset),
         "outputs": {
-            name: _output_summary(dataset[name]) if name in dataset.variables else None
+            name: _output_summary(dataset[name], _applied_model(dataset))
+            if name in dataset.variables
+            else None
             for name in OUTPUT_VARIABLES
         },
         "lease": _lease_summary(path),
