@@ -334,24 +334,26 @@ def test_station_ids_must_be_full_seed_ids():
         parse_station_ids([BAV, BAV])
 
 
-def test_cli_quakeml_sds_and_continuous(tmp_path, bav_dir, golden_dir, sds, rng):
+def test_cli_quakeml_sds_and_continuous(tmp_path, bav_dir, golden_dir, sds, rng, local_cluster):
+    cluster, _ = local_cluster
+    on = ["--scheduler", cluster.scheduler_address, "--quiet"]
     quakeml, _ = _quakeml(tmp_path / "events.xml", bav_dir, rng)
     out = tmp_path / "cli.zarr"
     code = main([
         "spectrograms", "--quakeml", str(quakeml), "--sds", str(sds), "--stations", BAV,
         "--window", "0,20", "--relative-to", "P", "--fs", "100", "--nfft", "2000",
-        "--fmin", "8", "--fmax", "20", "--n-samples", "2000", str(out), "--quiet",
+        "--fmin", "8", "--fmax", "20", "--n-samples", "2000", str(out), *on,
     ])  # fmt: skip
     assert code == 0
     ids = [row["ev_ID"] for row in _rows(bav_dir)]
     ds = open_archive(out)
     assert ds.event.values.tolist() == [f"{i}.{BAV}" for i in ids]
     assert np.max(np.abs(ds.spectrogram.values - _golden(golden_dir, ids))) < 1e-8
-    day = next(p for p in (sds / "1984").rglob("*.099"))
+    day = next(p for p in (sds / "1984").rglob("*.075"))  # one event of 2000 samples
     windows = tmp_path / "w.zarr"
     code = main([
         "spectrograms", "--continuous", str(day), "--window-length", "10", "--step", "5",
-        "--fs", "100", "--nfft", "256", "--fmax", "30", str(windows), "--quiet",
+        "--fs", "100", "--nfft", "256", "--fmax", "30", "-o", str(windows), *on,
     ])  # fmt: skip
     assert code == 0
     cut = open_archive(windows)

@@ -113,9 +113,10 @@ class SpectrogramParameters(SpectrogramSettings):
         Hann taper of this fraction of the waveform at each end (ObsPy ``Trace.taper``,
         in (0, 0.5]); None: off.
     bandpass_fmin, bandpass_fmax : float or None, default=None
-        Butterworth band-pass (ObsPy ``Trace.filter("bandpass")``), in Hz; both or neither.
+        Corners of a Butterworth band-pass (ObsPy ``Trace.filter("bandpass")``), in Hz;
+        only one of them gives a high-pass or a low-pass; None for both: off.
     bandpass_corners : int, default=4
-        Corners of the band-pass.
+        Corners (order) of the filter.
     remove_response : str or None, default=None
         StationXML file whose responses are removed (ObsPy ``Trace.remove_response``);
         None: off.
@@ -154,9 +155,10 @@ class SpectrogramParameters(SpectrogramSettings):
         if self.taper is not None and not 0 < self.taper <= 0.5:
             raise ValueError(f"taper must be a fraction in (0, 0.5], got {self.taper!r}")
         low, high = self.bandpass_fmin, self.bandpass_fmax
-        if (low is None) != (high is None):
-            raise ValueError("a band-pass needs both bandpass_fmin and bandpass_fmax")
-        if low is not None and high is not None and not 0 < low < high:
+        for name, corner in (("bandpass_fmin", low), ("bandpass_fmax", high)):
+            if corner is not None and not (math.isfinite(corner) and corner > 0):
+                raise ValueError(f"{name} must be a positive number of Hz, got {corner!r}")
+        if low is not None and high is not None and not low < high:
             raise ValueError(
                 f"band-pass needs 0 < bandpass_fmin < bandpass_fmax, got {low}, {high}"
             )
@@ -171,7 +173,7 @@ class SpectrogramParameters(SpectrogramSettings):
         """Whether any waveform step (detrend, taper, band-pass, response) is on."""
         return any(
             getattr(self, name) is not None
-            for name in ("detrend", "taper", "bandpass_fmin", "remove_response")
+            for name in ("detrend", "taper", "bandpass_fmin", "bandpass_fmax", "remove_response")
         )
 
     def nperseg(self, fs: float) -> int:

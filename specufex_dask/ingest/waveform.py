@@ -1,4 +1,4 @@
-"""Waveform steps before the spectrogram: detrend, taper, response removal, band-pass.
+"""Waveform steps before the spectrogram: detrend, taper, response removal, filter.
 
 Each is ObsPy's own (``Trace.detrend``, ``Trace.taper``, ``Trace.remove_response``,
 ``Trace.filter``), applied in that order to each input's waveform when its parameter in
@@ -92,11 +92,15 @@ def apply_waveform_steps(
                 f"no response: {trace.id} at {trace.stats.starttime} is not in "
                 f"{params.remove_response} ({error})"
             ) from None
-    if params.bandpass_fmin is not None:
-        trace.filter(
-            "bandpass",
-            freqmin=params.bandpass_fmin,
-            freqmax=params.bandpass_fmax,
-            corners=int(params.bandpass_corners),
-        )
+    _filter(trace, params.bandpass_fmin, params.bandpass_fmax, int(params.bandpass_corners))
     return trace.data
+
+
+def _filter(trace: Any, low: float | None, high: float | None, corners: int) -> None:
+    """A band-pass, or a high- or low-pass when only one corner is given."""
+    if low is not None and high is not None:
+        trace.filter("bandpass", freqmin=low, freqmax=high, corners=corners)
+    elif low is not None:
+        trace.filter("highpass", freq=low, corners=corners)
+    elif high is not None:
+        trace.filter("lowpass", freq=high, corners=corners)
