@@ -131,18 +131,20 @@ def test_p_windows_from_sds_reproduce_golden_with_quakeml_coordinates(
     tmp_path, bav_dir, golden_dir, sds, rng
 ):
     """P picks at each file's first sample, 20 s windows: the golden spectrograms, and the
-    QuakeML's values as coordinates; windows without P pick are rejected."""
+    QuakeML's values as coordinates; a window without P pick or with its pick outside the
+    data is rejected."""
     quakeml, planted = _quakeml(tmp_path / "events.xml", bav_dir, rng)
     # an event without pick and an unknown station: rejected, never fatal
     events = obspy.read_events(str(quakeml))
     events[3].picks = []
+    events[5].picks[0].time += 3600  # a pick outside the data of an existing day
     events.write(str(quakeml), format="QUAKEML")
     report = ingest_quakeml(
         quakeml, tmp_path / "p.zarr", GOLDEN, waveforms=sds, stations=[BAV, "NC.NOPE..EHZ"],
         window=(0, 20), relative_to="P", chunk_events=4,
     )  # fmt: skip
     ids = [row["ev_ID"] for row in _rows(bav_dir)]
-    kept = [i for i in ids if i != ids[3]]
+    kept = [i for i in ids if i not in (ids[3], ids[5])]
     ds = open_archive(report.path).load()
     assert ds.event.values.tolist() == [f"{i}.{BAV}" for i in kept]
     assert np.max(np.abs(ds.spectrogram.values - _golden(golden_dir, kept))) < 1e-10 * np.max(
@@ -150,6 +152,11 @@ def test_p_windows_from_sds_reproduce_golden_with_quakeml_coordinates(
     )
     reasons = _reasons(report.path)
     assert reasons.pop(f"{ids[3]}.{BAV}") == "no P pick for NC.BAV in the catalog"
+    pick = planted[ids[5]]["pick"] + 3600
+    assert reasons.pop(f"{ids[5]}.{BAV}") == (
+        f"window not fully covered by the data: {pick}-{pick + 20} (P pick "
+        f"{np.datetime64(pick.ns, 'ns')}Z); no data read"
+    )
     # a station the QuakeML has no pick for
     assert reasons == {f"{i}.NC.NOPE..EHZ": "no P pick for NC.NOPE in the catalog" for i in ids}
     # coordinates equal the QuakeML's, read back independently
@@ -199,7 +206,7 @@ def test_origin_windows_equal_obspy_slices_and_bad_windows_are_rejected(
     assert reasons[f"nofile.{BAV}"].endswith("NC.BAV..EHZ.D.1984.153")
     assert reasons[f"late.{BAV}"].startswith(
         "window not fully covered by the data: 1984-03-15T16:16:27.490000Z-"
-        "1984-03-15T16:16:41.990000Z (origin time 1984-03-15T16:16:26.990000000Z), data "
+        "1984-03-15T16:16:41.990000Z (origin time 1984-03-15T16:16:26.990000000Z); data "
     )
     assert reasons[f"noorigin.{BAV}"] == "no origin time: event smi:local/event/noorigin"
     unknown = {

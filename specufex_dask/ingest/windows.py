@@ -286,8 +286,8 @@ def _covering_trace(stream: Any, start: Any, end: Any) -> Any | None:
 
 def _data_span(stream: Any) -> str:
     if not len(stream):
-        return "no data"
-    return ", ".join(f"{t.stats.starttime}-{t.stats.endtime}" for t in stream)
+        return "no data read"
+    return "data " + ", ".join(f"{t.stats.starttime}-{t.stats.endtime}" for t in stream)
 
 
 def cut_window(stream: Any, request: WindowRequest, source: str, index: int) -> _Record:
@@ -303,18 +303,14 @@ def cut_window(stream: Any, request: WindowRequest, source: str, index: int) -> 
     trace = _covering_trace(stream, start, end)
     uncovered = f"window not fully covered by the data: {start}-{end} ({request.reference})"
     if trace is None:
-        return _Record(
-            index, request.event, source, reason=f"{uncovered}, data {_data_span(stream)}"
-        )
+        return _Record(index, request.event, source, reason=f"{uncovered}; {_data_span(stream)}")
     fs = float(trace.stats.sampling_rate)
     n = round(request.length_s * fs)
     piece = trace.slice(start, end)
     data = piece.data[:n]
     masked = np.ma.isMaskedArray(data) and np.ma.getmaskarray(data).any()
     if len(data) < n or abs(piece.stats.starttime - start) > 0.5 / fs or masked:
-        return _Record(
-            index, request.event, source, reason=f"{uncovered}, data {_data_span(stream)}"
-        )
+        return _Record(index, request.event, source, reason=f"{uncovered}; {_data_span(stream)}")
     return _Record(
         index,
         request.event,
