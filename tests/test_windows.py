@@ -374,3 +374,35 @@ def test_cli_quakeml_sds_and_continuous(tmp_path, bav_dir, golden_dir, sds, rng,
         cut.spectrogram.values[1], waveform_to_spectrogram(piece, params).transformed, atol=1e-12
     )
     shutil.rmtree(windows)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--quakeml", "q.xml", "--sds", "sds", "--window", "1,2"], "need --stations"),
+        (["--quakeml", "q.xml", "--stations", BAV, "--window", "1,2"], "--sds ROOT or the day"),
+        (
+            [
+                "--catalog",
+                "c.csv",
+                "--sds",
+                "sds",
+                "--stations",
+                BAV,
+                "--window",
+                "1,2",
+                "--relative-to",
+                "P",
+            ],
+            "a CSV catalog has no picks",
+        ),  # fmt: skip
+        (["--continuous", "day.mseed", "--step", "5"], "--continuous needs --window-length"),
+        (["w.mseed", "--window-length", "5"], "with --continuous only"),
+        (["w.mseed", "--stations", BAV], "--stations needs --quakeml or --sds"),
+    ],
+)
+def test_cli_refuses_options_that_do_not_go_together(tmp_path, capsys, arguments, message):
+    code = main(["spectrograms", *arguments, "-o", str(tmp_path / "x.zarr"), "--quiet"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(error) == 1 and message in error[0]
+    assert not (tmp_path / "x.zarr").exists()

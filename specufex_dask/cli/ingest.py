@@ -182,7 +182,6 @@ def _ingest_from_args(args: argparse.Namespace, config: Config, reporter: Report
     if select:
         options["select"] = select
     params = spectrogram_parameters(config)
-    _check_combination(args)
     if args.continuous:
         files = ingest_module.expand_sources(args.sources)
         reporter.say(f"cutting {len(files)} continuous files into windows")
@@ -242,6 +241,8 @@ def _check_combination(args: argparse.Namespace) -> None:
     for name in ("stations", "window"):
         if getattr(args, name) is None:
             raise CommandError(f"windows from a catalog need --{name}")
+    if args.station is not None or args.channel is not None:
+        raise CommandError("windows take their channels from --stations, not --station/--channel")
     if args.sds is None and not args.sources:
         raise CommandError("windows need --sds ROOT or the day-long files as SOURCE")
     if args.sds is not None and args.sources:
@@ -256,7 +257,6 @@ def _ingest_windows(
     """The windows of a QuakeML or CSV catalog, from an SDS archive or day-long files."""
     import specufex_dask.ingest as ingest_module
 
-    options.pop("select", None)
     windows = {
         "waveforms": args.sds if args.sds is not None else args.sources,
         "stations": args.stations,
@@ -287,6 +287,7 @@ def report_ingest(report, reporter: Reporter) -> None:
 
 def cmd_spectrograms(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
     """Waveform files to a spectrogram archive."""
+    _check_combination(args)  # before starting a cluster
     with dask_client(config, reporter) as client:
         report = _ingest_from_args(args, config, reporter, client)
     record_configuration(report.path, config, ["spectrograms"], "spectrograms")

@@ -1040,6 +1040,7 @@ def ingest_quakeml(
     Returns
     -------
     IngestReport
+        The windows written and the (event, station) pairs rejected, with reasons.
 
     Raises
     ------
