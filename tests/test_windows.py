@@ -25,6 +25,7 @@ from obspy.core.util.base import get_example_file
 from specufex_dask.cli import main
 from specufex_dask.ingest.driver import IngestError, ingest_catalog, ingest_quakeml
 from specufex_dask.ingest.preprocessing import SpectrogramParameters, waveform_to_spectrogram
+from specufex_dask.ingest.waveform import apply_waveform_steps
 from specufex_dask.ingest.windows import SDSUnit, WindowRequest, parse_station_ids
 from specufex_dask.io.archive import open_archive, read_rejected, spectrogram_parameters
 
@@ -406,3 +407,36 @@ def test_cli_refuses_options_that_do_not_go_together(tmp_path, capsys, arguments
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(error) == 1 and message in error[0]
     assert not (tmp_path / "x.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("corners", "kind", "options"),
+    [
+        ((0.5, None), "highpass", {"freq": 0.5}),
+        ((None, 3.0), "lowpass", {"freq": 3.0}),
+        ((0.5, 3.0), "bandpass", {"freqmin": 0.5, "freqmax": 3.0}),
+    ],
+)
+def test_one_corner_gives_a_high_or_low_pass(rng, corners, kind, options):
+    trace = obspy.Trace(rng.standard_normal(600), {"sampling_rate": 20.0})
+    params = SpectrogramParameters(bandpass_fmin=corners[0], bandpass_fmax=corners[1])
+    filtered = apply_waveform_steps(trace.data, 20.0, {}, params)
+    expected = trace.copy().filter(kind, corners=4, **options).data
+    np.testing.assert_array_equal(filtered, expected)
+    assert not np.allclose(filtered, trace.data)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"taper": 0.7}, r"taper must be a fraction in \(0, 0.5\], got 0.7"),
+        ({"bandpass_fmin": 5.0, "bandpass_fmax": 2.0}, "bandpass_fmin < bandpass_fmax"),
+        ({"bandpass_fmax": -1.0}, "bandpass_fmax must be a positive number of Hz"),
+        ({"detrend": "spline"}, "detrend must be linear, demean or simple, got 'spline'"),
+        ({"response_output": "VELOCITY"}, "response_output must be VEL, DISP or ACC"),
+    ],
+)
+def test_bad_waveform_steps_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SpectrogramParameters(**settings)
+    assert not SpectrogramParameters().has_waveform_steps
