@@ -21,6 +21,7 @@ from obspy.core.event import (
     WaveformStreamID,
 )
 from obspy.core.util.base import get_example_file
+from obspy.io.mseed.util import get_record_information
 
 from specufex_dask.cli import main
 from specufex_dask.ingest.driver import IngestError, ingest_catalog, ingest_quakeml
@@ -50,7 +51,7 @@ def _write_days(root: Path, traces, sds: bool = True) -> None:
         days.setdefault(path, obspy.Stream()).append(trace)
     for path, stream in days.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        stream.write(str(path), format="MSEED")
+        stream.write(str(path), format="MSEED", reclen=512)  # several records a trace
 
 
 def _rows(bav_dir):
@@ -216,11 +217,15 @@ def test_origin_windows_equal_obspy_slices_and_bad_windows_are_rejected(
     assert len(unknown) == len(rows) + 2
     assert set(unknown.values()) == {f"unknown station NC.NOPE: not in the SDS archive {sds}"}
 
-    # the unit's own window is exactly obspy's slice of the day file it reads
-    t0 = first.stats.starttime + 1.234
-    request = WindowRequest("x", ("NC", "BAV", "", "EHZ"), t0.ns, 10.0, "test")
-    (record,) = SDSUnit(str(sds), (request,)).load()
-    np.testing.assert_array_equal(record.waveform, first.slice(t0, t0 + 10).data[:1000])
+    # The unit's own window is exactly obspy's slice of the day file it reads, also when it
+    # starts just before a miniSEED record, its nearest sample the last of the record before.
+    (day_file,) = (sds / "1984").rglob("*.075")
+    record_npts = get_record_information(str(day_file))["npts"]
+    for t0 in (first.stats.starttime + 1.234, first.stats.starttime + (record_npts - 0.9) / 100):
+        request = WindowRequest("x", ("NC", "BAV", "", "EHZ"), t0.ns, 10.0, "test")
+        (record,) = SDSUnit(str(sds), (request,)).load()
+        assert record.reason is None
+        np.testing.assert_array_equal(record.waveform, first.slice(t0, t0 + 10).data[:1000])
 
     # day-long files outside an SDS layout give the same archive
     flat = tmp_path / "days"

@@ -343,6 +343,23 @@ def sds_day_files(
     return files
 
 
+def _spans(
+    requests: Mapping[int, tuple[WindowRequest, tuple[str, ...]]],
+) -> dict[tuple[Nslc, tuple[str, ...]], tuple[int, int]]:
+    """The time span of the windows of each channel and set of days, in ns.
+
+    A unit reads each span once, not once per window: the windows of one day of one
+    channel come from a single read of its SDS file.
+    """
+    spans: dict[tuple[Nslc, tuple[str, ...]], tuple[int, int]] = {}
+    for request, days in requests.values():
+        end = request.start_ns + round(request.length_s * _NS)
+        key = (request.nslc, days)
+        low, high = spans.get(key, (request.start_ns, end))
+        spans[key] = (min(low, request.start_ns), max(high, end))
+    return spans
+
+
 @dataclass(frozen=True)
 class SDSUnit:
     """Windows read from an SDS archive (``obspy.clients.filesystem.sds.Client``)."""
@@ -356,27 +373,39 @@ class SDSUnit:
         from obspy.clients.filesystem.sds import Client
 
         client = Client(self.root, sds_type=self.sds_type, format=self.format)
-        wanted = range(len(self.requests)) if indices is None else indices
+        wanted = list(range(len(self.requests)) if indices is None else indices)
+        days = {i: self._days(self.requests[i]) for i in wanted}
+        spans = _spans({i: (self.requests[i], days[i]) for i in wanted})
+        read: dict[tuple[Nslc, tuple[str, ...]], Any] = {}
         for index in wanted:
             request = self.requests[index]
-            end_ns = request.start_ns + round(request.length_s * _NS)
-            days = sds_day_files(self.root, request.nslc, request.start_ns, end_ns, self.sds_type)
-            source = days[0]
-            problem = self._missing(request.nslc, days)
+            source = days[index][0]
+            problem = self._missing(request.nslc, days[index])
             if problem is not None:
                 yield _Record(index, request.event, source, reason=problem)
                 continue
-            obspy = import_obspy()
+            key = (request.nslc, days[index])
             try:
-                stream = client.get_waveforms(
-                    *request.nslc,
-                    obspy.UTCDateTime(ns=request.start_ns),
-                    obspy.UTCDateTime(ns=end_ns),
-                )
+                if key not in read:
+                    read[key] = self._read(client, request.nslc, *spans[key])
             except Exception as error:  # any reader failure means "unreadable"
                 yield _Record(index, request.event, source, reason=f"unreadable: {error}")
                 continue
-            yield cut_window(stream, request, source, index)
+            yield cut_window(read[key], request, source, index)
+
+    def _days(self, request: WindowRequest) -> tuple[str, ...]:
+        end_ns = request.start_ns + round(request.length_s * _NS)
+        files = sds_day_files(self.root, request.nslc, request.start_ns, end_ns, self.sds_type)
+        return tuple(files)
+
+    @staticmethod
+    def _read(client: Any, nslc: Nslc, start_ns: int, end_ns: int) -> Any:
+        """The data of [start, end] and a second around it: the client's trim may keep
+        only the sample after a start between two samples, where the window takes the
+        nearest one."""
+        obspy = import_obspy()
+        start, end = obspy.UTCDateTime(ns=start_ns), obspy.UTCDateTime(ns=end_ns)
+        return client.get_waveforms(*nslc, start - 1, end + 1)
 
     def _missing(self, nslc: Nslc, days: Sequence[str]) -> str | None:
         """Why an SDS request cannot be read: an unknown station or a missing day."""
