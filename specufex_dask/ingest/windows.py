@@ -25,15 +25,10 @@ from specufex_dask.ingest.readers import _Record, _trace_metadata, import_obspy
 from specufex_dask.io.archive import INPUT_FILE, RejectedInput
 
 __all__ = [
-    "CatalogEvent",
-    "DayFileUnit",
-    "SDSUnit",
-    "WindowRequest",
-    "index_day_files",
-    "parse_station_ids",
-    "plan_windows",
-    "quakeml_events",
-]
+    "CatalogEvent", "DayFileUnit", "SDSUnit", "WindowRequest", "csv_events", "cut_window",
+    "index_day_files", "parse_station_ids", "plan_windows", "quakeml_events", "sds_day_files",
+    "short_event_id", "with_day_files",
+]  # fmt: skip
 
 Nslc = tuple[str, str, str, str]
 _NS = 1_000_000_000
