@@ -92,6 +92,13 @@ VALUES = {
     "spectrograms.fmax": ("20", 20.0),
     "spectrograms.normalize_waveform": (None, False),
     "spectrograms.n_samples": ("2000", 2000),
+    "spectrograms.detrend": ("linear", "linear"),
+    "spectrograms.taper": ("0.05", 0.05),
+    "spectrograms.bandpass_fmin": ("1", 1.0),
+    "spectrograms.bandpass_fmax": ("20", 20.0),
+    "spectrograms.bandpass_corners": ("2", 2),
+    "spectrograms.remove_response": ("inventory.xml", "inventory.xml"),
+    "spectrograms.response_output": ("DISP", "DISP"),
     "spectrograms.events_per_chunk": ("16", 16),
 }
 # A --config file with a value (not None) for every key below; "none" (or "auto")

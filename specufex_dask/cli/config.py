@@ -124,6 +124,18 @@ class SpectrogramConfig(SpectrogramSettings):
     n_samples : int or None, default=None
         Samples taken from the start of each waveform (shorter ones are rejected); None
         keeps every sample (all waveforms must then have the same length).
+    detrend : {"linear", "demean", "simple"} or None, default=None
+        ObsPy detrend of each waveform, first; None: off.
+    taper : float or None, default=None
+        Hann taper of this fraction of each waveform at each end; None: off.
+    bandpass_fmin, bandpass_fmax : float or None, default=None
+        Butterworth filter corners, Hz (one alone: a high- or low-pass); None: off.
+    bandpass_corners : int, default=4
+        Order of that filter.
+    remove_response : str or None, default=None
+        StationXML whose responses are removed from each waveform; None: off.
+    response_output : {"VEL", "DISP", "ACC"}, default="VEL"
+        Ground motion after the response removal.
     events_per_chunk : int or None, default=None
         Events per Zarr chunk of the archive; None lets the ingest choose.
     """

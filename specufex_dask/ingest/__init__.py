@@ -20,6 +20,7 @@ __all__ = [
     "ingest_arrays",
     "ingest_catalog",
     "ingest_continuous",
+    "ingest_quakeml",
     "ingest_waveforms",
 ]
 

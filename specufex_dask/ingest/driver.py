@@ -36,9 +36,15 @@ import numpy as np
 import numpy.typing as npt
 
 from specufex_dask.common import check_positive_int, spans
-from specufex_dask.ingest.catalog import catalog_coordinates, read_catalog_columns
+from specufex_dask.ingest.catalog import (
+    STANDARD_COLUMNS,
+    catalog_coordinates,
+    read_catalog_columns,
+)
 from specufex_dask.ingest.preprocessing import (
+    WAVEFORM_STEP_DEFAULTS,
     InvalidWaveformError,
+    Spectrogram,
     SpectrogramParameters,
     spectrogram_axes,
     waveform_to_spectrogram,
@@ -51,6 +57,18 @@ from specufex_dask.ingest.readers import (
     expand_sources,
     import_obspy,
     select_tuple,
+)
+from specufex_dask.ingest.waveform import apply_waveform_steps, check_inventory
+from specufex_dask.ingest.windows import (
+    CatalogEvent,
+    DayFileUnit,
+    SDSUnit,
+    csv_events,
+    index_day_files,
+    parse_station_ids,
+    plan_windows,
+    quakeml_events,
+    with_day_files,
 )
 from specufex_dask.io.archive import (
     DEFAULT_CHUNK_EVENTS,
@@ -193,9 +211,7 @@ def _inspect_unit(unit_id: int, unit: Any, params: SpectrogramParameters) -> lis
             if params.n_samples is not None:
                 n_samples = min(n_samples, int(params.n_samples))
             try:
-                median = waveform_to_spectrogram(
-                    record.waveform, params, record.sampling_rate
-                ).median
+                median = _spectrogram(record, params).median
             except InvalidWaveformError as error:
                 reason = str(error)
         reports.append(
@@ -214,6 +230,16 @@ def _inspect_unit(unit_id: int, unit: Any, params: SpectrogramParameters) -> lis
     return reports
 
 
+def _spectrogram(record: Any, params: SpectrogramParameters) -> Spectrogram:
+    """The spectrogram of a good record, after the waveform steps ``params`` turns on."""
+    waveform = record.waveform
+    if params.has_waveform_steps:
+        waveform = apply_waveform_steps(
+            waveform, record.sampling_rate, dict(record.metadata), params
+        )
+    return waveform_to_spectrogram(waveform, params, record.sampling_rate)
+
+
 def _write_unit_region(
     store_path: str,
     start: int,
@@ -229,7 +255,7 @@ def _write_unit_region(
                 raise RuntimeError(
                     f"{record.source} was valid in the first pass but now fails: {record.reason}"
                 )
-            spectrogram = waveform_to_spectrogram(record.waveform, params, record.sampling_rate)
+            spectrogram = _spectrogram(record, params)
             blocks.append(spectrogram.transformed.astype(dtype, copy=False))
             medians.append(spectrogram.median)
     write_region(store_path, SPECTROGRAM, start, np.stack(blocks))
@@ -275,6 +301,11 @@ def _write_archive(
     out_path = Path(out_path)
     client, append = writing.client, writing.append
     check_positive_int("chunk_events", writing.chunk_events, allow_none=False)
+    if params.remove_response is not None:
+        try:
+            check_inventory(params.remove_response)
+        except ValueError as error:
+            raise IngestError(f"{error}; nothing written to {out_path}") from None
     if not append and out_path.exists() and not writing.overwrite:
         raise IngestError(f"{out_path} already exists; pass append=True or overwrite=True")
     existing: set[str] = set()
@@ -433,6 +464,8 @@ def _check_same_parameters(
     path: Path, archive_parameters: Mapping[str, Any], resolved: SpectrogramParameters
 ) -> None:
     new = resolved.to_dict()
+    # An archive written before the waveform steps existed had them all off.
+    archive_parameters = {**WAVEFORM_STEP_DEFAULTS, **archive_parameters}
     differing = sorted(
         key
         for key in set(new) | set(archive_parameters)
@@ -629,6 +662,10 @@ def ingest_catalog(
     format: str | None = None,
     dtype: npt.DTypeLike = np.float64,
     keep_columns: bool = True,
+    waveforms: str | Path | Iterable[str | Path] | None = None,
+    stations: str | Sequence[str] | None = None,
+    window: tuple[float, float] | None = None,
+    sds_type: str = "D",
 ) -> IngestReport:
     """Ingest the events of a catalog table (CSV), in the table's order.
 
@@ -658,12 +695,35 @@ def ingest_catalog(
         (:data:`specufex_dask.ingest.catalog.STANDARD_COLUMNS`: ``source_origin_time``,
         ``source_latitude_deg``, ``source_longitude_deg``, ``source_depth_km``,
         ``source_magnitude``...), names the archive uses itself as ``catalog_<name>``.
+    waveforms : str, Path or iterable of them, optional
+        An SDS root or day-long files, as in :func:`ingest_quakeml`: then no file column
+        is needed, and each event's window is cut around its origin time (the catalog's
+        origin time column, e.g. ``timestamp``) at every one of ``stations``, one archive
+        row per (event, station) with id ``<event>.<NET.STA.LOC.CHA>``; a row without
+        origin time is rejected.
+    stations : str or sequence of str, optional
+        With ``waveforms``: full SEED ids ``NET.STA.LOC.CHA``.
+    window : (float, float), optional
+        With ``waveforms``: seconds before and after the origin time.
+    sds_type : str, default="D"
+        With ``waveforms``: SDS data type.
 
     Returns
     -------
     IngestReport
     """
     catalog = Path(catalog)
+    if waveforms is not None:
+        return _ingest_catalog_windows(
+            catalog,
+            out_path,
+            params,
+            event_column,
+            _Windows(
+                waveforms, stations or (), tuple(window or (0.0, 0.0)), "origin", sds_type, format
+            ),
+            _Writing(client, chunk_events, append, overwrite, dtype),
+        )
     base = Path(waveform_dir) if waveform_dir is not None else catalog.parent
     with catalog.open(newline="") as handle:
         reader = csv.DictReader(handle)
@@ -686,6 +746,35 @@ def ingest_catalog(
     inputs = _FileInputs(paths, events, starttimes, stations, columns)
     writing = _Writing(client, chunk_events, append, overwrite, dtype)
     return _ingest_files(inputs, out_path, params, writing, select, format)
+
+
+def _ingest_catalog_windows(
+    catalog: Path,
+    out_path: str | Path,
+    params: SpectrogramParameters | None,
+    event_column: str | None,
+    windows: _Windows,
+    writing: _Writing,
+) -> IngestReport:
+    """:func:`ingest_catalog` of windows cut around the catalog's origin times."""
+    if windows.window == (0.0, 0.0):
+        raise ValueError("a catalog with waveforms= needs window=(pre_s, post_s)")
+    with catalog.open(newline="") as handle:
+        header = csv.DictReader(handle).fieldnames or []
+    event_key = _column(header, event_column, _EVENT_COLUMNS, "event")
+    columns = read_catalog_columns(catalog, exclude=[event_key])
+    if "source_origin_time" not in columns:
+        raise ValueError(
+            f"catalog {catalog} has no origin time column (one of "
+            f"{list(STANDARD_COLUMNS['source_origin_time'])}; columns: {list(header)})"
+        )
+    origin = columns["source_origin_time"]
+    if origin.dtype.kind != "M":
+        raise ValueError(f"catalog {catalog}: the origin time column holds non-times")
+    with catalog.open(newline="") as handle:
+        events = [row[event_key].strip() for row in csv.DictReader(handle)]
+    found = csv_events(events, origin, "source_origin_time")
+    return _ingest_windows(found, columns, str(catalog), out_path, params, windows, writing)
 
 
 def ingest_arrays(
@@ -811,3 +900,154 @@ def ingest_continuous(
         ]
     writing = _Writing(client, chunk_events, append, overwrite, dtype)
     return _run(units, out_path, params or SpectrogramParameters(), writing)
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """Where event windows come from and how they are cut."""
+
+    waveforms: str | Path | Iterable[str | Path]
+    stations: str | Sequence[str]
+    window: tuple[float, float]
+    relative_to: str
+    sds_type: str = "D"
+    format: str | None = None
+
+
+def is_sds_root(path: str | Path) -> bool:
+    """Whether ``path`` is a folder laid out as SDS: ``<root>/<year>/<net>/<sta>/...``."""
+    path = Path(path)
+    return path.is_dir() and any(
+        child.is_dir() and child.name.isdigit() and len(child.name) == 4
+        for child in path.iterdir()
+    )
+
+
+def _window_units(
+    requests: Sequence[Any], windows: _Windows, chunk: int
+) -> tuple[list[Any], list[RejectedInput]]:
+    """Units of ``chunk`` requests each, reading SDS days or the day files they need."""
+    waveforms = windows.waveforms
+    if isinstance(waveforms, (str, Path)) and is_sds_root(waveforms):
+        root = str(waveforms)
+        return [
+            SDSUnit(root, tuple(requests[block]), windows.sds_type, windows.format or "MSEED")
+            for block in spans(len(requests), chunk)
+        ], []
+    files = expand_sources(waveforms)
+    if not files:
+        raise ValueError(f"no day files in {waveforms}")
+    index = index_day_files(files, windows.format)
+    rejected, kept = [], []
+    for request in with_day_files(requests, index):
+        if request.seed_id not in index:
+            reason = f"unknown station {request.seed_id}: in none of the {len(files)} day files"
+        elif not request.files:
+            reason = f"no day file covers the window: {request.seed_id} at {request.reference}"
+        else:
+            kept.append(request)
+            continue
+        rejected.append(RejectedInput(f"day files#{request.event}", reason, request.event))
+    units = [DayFileUnit(tuple(kept[block]), windows.format) for block in spans(len(kept), chunk)]
+    return units, rejected
+
+
+def _ingest_windows(
+    events: Sequence[CatalogEvent],
+    columns: Mapping[str, np.ndarray],
+    source: str,
+    out_path: str | Path,
+    params: SpectrogramParameters | None,
+    windows: _Windows,
+    writing: _Writing,
+) -> IngestReport:
+    """One archive row per (event, station) window, with the catalog's columns."""
+    stations = parse_station_ids(windows.stations)
+    requests, rows, rejected = plan_windows(
+        events, stations, windows.window, windows.relative_to, source
+    )
+    units, unreadable = _window_units(requests, windows, writing.chunk_events)
+    rejected += unreadable
+    if not units:
+        raise IngestError(
+            f"no window to cut among {len(rejected)} (event, station) pairs: "
+            f"{_reason_counts(rejected)}; nothing written to {out_path}",
+            rejected,
+        )
+    positions = np.array(rows, dtype=np.intp)
+    per_window = {name: np.asarray(values)[positions] for name, values in columns.items()}
+    catalog = ([r.event for r in requests], per_window)
+    return _run(
+        units, out_path, params or SpectrogramParameters(), writing, rejected, catalog=catalog
+    )
+
+
+def ingest_quakeml(
+    quakeml: str | Path,
+    out_path: str | Path,
+    params: SpectrogramParameters | None = None,
+    *,
+    waveforms: str | Path | Iterable[str | Path],
+    stations: str | Sequence[str],
+    window: tuple[float, float],
+    relative_to: str = "origin",
+    sds_type: str = "D",
+    client: Any = None,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    append: bool = False,
+    overwrite: bool = False,
+    format: str | None = None,
+    dtype: npt.DTypeLike = np.float64,
+) -> IngestReport:
+    """Ingest a window per event of a QuakeML catalog and per station.
+
+    Each (event, station) pair is one archive row with id ``<event>.<NET.STA.LOC.CHA>``
+    (``<event>`` the last part of the event's resource id), and the coordinates
+    ``source_origin_time``, ``source_latitude_deg``, ``source_longitude_deg``,
+    ``source_depth_km``, ``source_magnitude``, ``source_magnitude_type`` and
+    ``source_event_id`` (the resource id) from the event's preferred origin and magnitude,
+    besides ``network``, ``station``, ``location``, ``channel`` and the window's
+    ``starttime``. Pairs without a reference time, windows on an unknown station, a
+    missing SDS day or not fully covered by the data are rejected with their reason.
+
+    Parameters
+    ----------
+    quakeml : str or Path
+        Read with ``obspy.read_events``.
+    out_path : str or Path
+        The archive.
+    params : SpectrogramParameters, optional
+        Preprocessing (``n_samples`` defaults to the window's length).
+    waveforms : str, Path or iterable of them
+        An SDS root (``<root>/<year>/<net>/<sta>/<cha>.D/...``, read with
+        ``obspy.clients.filesystem.sds.Client``), or day-long files (a folder, a glob, a
+        list) whose headers are indexed first.
+    stations : str or sequence of str
+        Full SEED ids ``NET.STA.LOC.CHA``, comma-separated or a list.
+    window : (float, float)
+        Seconds before and after the reference time.
+    relative_to : {"origin", "P"}, default="origin"
+        The event's origin time, or the station's first P pick (phase P, Pg, Pn or Pb)
+        in the QuakeML.
+    sds_type : str, default="D"
+        SDS data type of the archive's files.
+    client, chunk_events, append, overwrite, format, dtype
+        As in :func:`ingest_waveforms`.
+
+    Returns
+    -------
+    IngestReport
+        The windows written and the (event, station) pairs rejected, with reasons.
+
+    Raises
+    ------
+    IngestError
+        If no window can be ingested (nothing is written).
+    """
+    events, columns = quakeml_events(quakeml)
+    windows = _Windows(waveforms, stations, tuple(window), relative_to, sds_type, format)
+    writing = _Writing(client, chunk_events, append, overwrite, dtype)
+    return _ingest_windows(events, columns, str(quakeml), out_path, params, windows, writing)

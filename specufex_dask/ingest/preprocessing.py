@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +63,26 @@ class SpectrogramSettings:
     fmax: float | None = None
     normalize_waveform: bool = True
     n_samples: int | None = None
+    detrend: Literal["linear", "demean", "simple"] | None = None
+    taper: float | None = None
+    bandpass_fmin: float | None = None
+    bandpass_fmax: float | None = None
+    bandpass_corners: int = 4
+    remove_response: str | None = None
+    response_output: Literal["VEL", "DISP", "ACC"] = "VEL"
+
+
+WAVEFORM_STEP_DEFAULTS: dict[str, Any] = {
+    "detrend": None,
+    "taper": None,
+    "bandpass_fmin": None,
+    "bandpass_fmax": None,
+    "bandpass_corners": 4,
+    "remove_response": None,
+    "response_output": "VEL",
+}
+"""The waveform steps before the spectrogram (:mod:`specufex_dask.ingest.waveform`), all
+off: the value of each in an archive written before they existed."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +107,21 @@ class SpectrogramParameters(SpectrogramSettings):
     n_samples : int or None, default=None
         Use the first ``n_samples`` samples of each waveform; shorter ones are rejected.
         None uses the whole waveform (ingest then requires equal lengths).
+    detrend : {"linear", "demean", "simple"} or None, default=None
+        ObsPy ``Trace.detrend`` of each waveform before anything else; None: off.
+    taper : float or None, default=None
+        Hann taper of this fraction of the waveform at each end (ObsPy ``Trace.taper``,
+        in (0, 0.5]); None: off.
+    bandpass_fmin, bandpass_fmax : float or None, default=None
+        Corners of a Butterworth band-pass (ObsPy ``Trace.filter("bandpass")``), in Hz;
+        only one of them gives a high-pass or a low-pass; None for both: off.
+    bandpass_corners : int, default=4
+        Corners (order) of the filter.
+    remove_response : str or None, default=None
+        StationXML file whose responses are removed (ObsPy ``Trace.remove_response``);
+        None: off.
+    response_output : {"VEL", "DISP", "ACC"}, default="VEL"
+        Ground motion given by the response removal.
     window : str or tuple, default=("tukey", 0.25)
         The scipy window (scipy's default for ``spectrogram``, used by the workflows).
 
@@ -112,6 +147,34 @@ class SpectrogramParameters(SpectrogramSettings):
             raise ValueError(f"fmin {self.fmin} is above fmax {self.fmax}")
         if isinstance(self.window, list):
             object.__setattr__(self, "window", tuple(self.window))
+        self._check_waveform_steps()
+
+    def _check_waveform_steps(self) -> None:
+        if self.detrend not in (None, "linear", "demean", "simple"):
+            raise ValueError(f"detrend must be linear, demean or simple, got {self.detrend!r}")
+        if self.taper is not None and not 0 < self.taper <= 0.5:
+            raise ValueError(f"taper must be a fraction in (0, 0.5], got {self.taper!r}")
+        low, high = self.bandpass_fmin, self.bandpass_fmax
+        for name, corner in (("bandpass_fmin", low), ("bandpass_fmax", high)):
+            if corner is not None and not (math.isfinite(corner) and corner > 0):
+                raise ValueError(f"{name} must be a positive number of Hz, got {corner!r}")
+        if low is not None and high is not None and not low < high:
+            raise ValueError(
+                f"band-pass needs 0 < bandpass_fmin < bandpass_fmax, got {low}, {high}"
+            )
+        check_positive_int("bandpass_corners", int(self.bandpass_corners))
+        if self.response_output not in ("VEL", "DISP", "ACC"):
+            raise ValueError(
+                f"response_output must be VEL, DISP or ACC, got {self.response_output!r}"
+            )
+
+    @property
+    def has_waveform_steps(self) -> bool:
+        """Whether any waveform step (detrend, taper, band-pass, response) is on."""
+        return any(
+            getattr(self, name) is not None
+            for name in ("detrend", "taper", "bandpass_fmin", "bandpass_fmax", "remove_response")
+        )
 
     def nperseg(self, fs: float) -> int:
         """Samples per segment at ``fs``: ``int(window_s * fs)`` as in the workflows.
