@@ -644,6 +644,15 @@ def _column(header: Sequence[str], given: str | None, aliases: Sequence[str], wh
     )
 
 
+def _pre_post(window: Sequence[float] | None) -> tuple[float, float]:
+    """The (pre, post) seconds of a window around its reference time."""
+    if window is None:
+        return 0.0, 0.0
+    if len(window) != 2:
+        raise ValueError(f"window must be (seconds before, seconds after), got {window!r}")
+    return float(window[0]), float(window[1])
+
+
 def ingest_catalog(
     catalog: str | Path,
     out_path: str | Path,
@@ -719,9 +728,7 @@ def ingest_catalog(
             out_path,
             params,
             event_column,
-            _Windows(
-                waveforms, stations or (), tuple(window or (0.0, 0.0)), "origin", sds_type, format
-            ),
+            _Windows(waveforms, stations or (), _pre_post(window), "origin", sds_type, format),
             _Writing(client, chunk_events, append, overwrite, dtype),
         )
     base = Path(waveform_dir) if waveform_dir is not None else catalog.parent
@@ -740,10 +747,10 @@ def ingest_catalog(
     if empty:
         raise ValueError(f"catalog {catalog}: empty event id on line(s) {empty[:5]}")
     starttimes = [row[starttime_column] or None if starttime_column else None for row in rows]
-    stations = [row[station_column] or None if station_column else None for row in rows]
-    used = [event_key, file_key]
+    station_codes = [row[station_column] or None if station_column else None for row in rows]
+    used = [key for key in (event_key, file_key) if key is not None]
     columns = read_catalog_columns(catalog, exclude=used) if keep_columns else None
-    inputs = _FileInputs(paths, events, starttimes, stations, columns)
+    inputs = _FileInputs(paths, events, starttimes, station_codes, columns)
     writing = _Writing(client, chunk_events, append, overwrite, dtype)
     return _ingest_files(inputs, out_path, params, writing, select, format)
 
@@ -1048,6 +1055,8 @@ def ingest_quakeml(
         If no window can be ingested (nothing is written).
     """
     events, columns = quakeml_events(quakeml)
-    windows = _Windows(waveforms, stations, tuple(window), relative_to, sds_type, format)
+    windows = _Windows(
+        waveforms, stations, (float(window[0]), float(window[1])), relative_to, sds_type, format
+    )
     writing = _Writing(client, chunk_events, append, overwrite, dtype)
     return _ingest_windows(events, columns, str(quakeml), out_path, params, windows, writing)
