@@ -510,6 +510,84 @@ def case_disk_full(folder: Path) -> Row:
     return Row(name, expected, observed, passed)
 
 
+def case_no_workers(folder: Path) -> Row:
+    """Every worker gone mid-fit: a warning, then a one-line failure; resume ends it."""
+    name = "every worker gone mid-fit"
+    expected = "warns, exits 1 within the timeout naming the scheduler; --resume then finishes"
+    with dask_processes(folder, n_workers=1, nanny=False) as processes:
+        archive = make_archive(folder / "events.zarr")
+        scheduler = ["--scheduler", processes.address]
+        run = start_cli("fit", archive, *FIT, *BUDGET, *scheduler, "--no-worker-timeout", "5",
+                        log=folder / "fit.log")  # fmt: skip
+        wait_for(lambda: checkpointed_steps(archive) >= 5, "the first checkpoint")
+        start = time.perf_counter()
+        for pid in processes.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+        code = run.wait(WAIT_S)
+        seconds = time.perf_counter() - start
+        log = (folder / "fit.log").read_text()
+        lines = [line for line in log.strip().splitlines() if line.startswith("specufex-dask")]
+        warned = any("no Dask worker" in line and "warning" in line.lower() for line in lines)
+        failed = bool(lines) and "no Dask worker" in lines[-1] and "--resume" in lines[-1]
+        for lease in folder.glob(".events.zarr*lease*"):
+            lease.unlink()
+        processes.workers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", processes.address,
+                 "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard", "--no-nanny",
+                 "--local-directory", str(folder)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        wait_for(lambda: len(processes.worker_pids()) == 1, "a new worker")
+        resumed = cli("fit", archive, *FIT, *BUDGET, *scheduler, "--resume", "--quiet")
+    observed = (
+        f"exit {code} {seconds:.0f} s after the kill; warned: {warned}; "
+        f"last line {lines[-1][:110] if lines else ''!r}; resume exit {resumed.returncode}"
+    )
+    passed = code == 1 and warned and failed and "Traceback" not in log and not resumed.returncode
+    return Row(name, expected, observed, passed)
+
+
+def case_shadowing_setting(folder: Path) -> Row:
+    """A stored model setting named like a method: refused naming the setting and file."""
+    import zarr
+
+    name = "model setting that shadows a method"
+    expected = "transform exits 1 naming the setting and the model group"
+    archive = make_archive(folder / "events.zarr")
+    cli("fit", archive, *FIT, "--nmf-steps", "10", "--hmm-steps", "5", "--workers", "1")
+    group = zarr.open_group(str(archive / "model"), mode="r+")
+    state = json.loads(group.attrs["hmm_state"])
+    state["settings"]["transform"] = "x"
+    group.attrs["hmm_state"] = json.dumps(state)
+    done = cli("transform", archive, "--workers", "1")
+    line = _last_line(done)
+    observed = f"exit {done.returncode}: {line[:160]!r}"
+    passed = _one_clean_line(done) and "'transform'" in line and "model" in line
+    return Row(name, expected, observed, passed)
+
+
+def case_api_validation(folder: Path) -> Row:
+    """``SpecUFEx(tol=-1)``: the Python API refuses what ``--tol -1`` refuses, in the
+    same words."""
+    name = "SpecUFEx(tol=-1) against --tol -1"
+    expected = "both refused with the same message"
+    archive = make_archive(folder / "events.zarr")
+    script = (
+        "from specufex_dask import SpecUFEx\n"
+        f"SpecUFEx(tol=-1, client=False).fit({str(archive)!r})\n"
+    )
+    api = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    api_line = api.stderr.strip().splitlines()[-1] if api.stderr.strip() else ""
+    command = cli("fit", archive, "--tol", "-1")
+    cli_line = _last_line(command)
+    core = api_line.split(": ", 1)[-1]
+    observed = f"API: {api_line[:100]!r}; CLI: {cli_line[:100]!r}"
+    passed = api.returncode != 0 and command.returncode != 0 and bool(core) and core in cli_line
+    return Row(name, expected, observed, passed)
+
+
 CASES: dict[str, Callable[[Path], Row]] = {
     "worker-kill": case_worker_killed_mid_fit,
     "worker-kill-no-nanny": case_worker_killed_no_nanny,
@@ -525,6 +603,9 @@ CASES: dict[str, Callable[[Path], Row]] = {
     "zarr-v2": case_zarr_v2,
     "malformed-attribute": case_malformed_attribute,
     "disk-full": case_disk_full,
+    "no-workers": case_no_workers,
+    "shadowing-setting": case_shadowing_setting,
+    "api-validation": case_api_validation,
 }
 
 

@@ -119,7 +119,6 @@ def dask_client(config: Config, reporter: Reporter) -> Iterator[Any]:
     from specufex_dask.parallel.workersetup import quiet_task_failures
 
     settings = dataclasses.asdict(config.dask)
-    del settings["no_worker_timeout"]  # the jobs' setting, not the cluster's
     # Empty mappings mean "not set"; connect() would read an empty security as TLS on.
     settings = {k: v for k, v in settings.items() if v not in ({}, None)}
     options = connect_options_from_config(settings)

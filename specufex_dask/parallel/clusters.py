@@ -871,7 +871,9 @@ def connect_options_from_config(section: Any) -> dict[str, Any]:
         Keys (``-`` or ``_``): ``scheduler``, ``kind`` (alias ``cluster``), ``workers``,
         ``threads_per_worker``, ``memory_limit``, ``dashboard_address``, ``timeout``,
         ``jobqueue`` (mapping), ``security`` (mapping). Unset (None) values and empty
-        ``jobqueue``/``security`` mappings are left out so connect() keeps its defaults.
+        ``jobqueue``/``security`` mappings are left out so connect() keeps its defaults;
+        ``no_worker_timeout`` (how long the jobs wait without workers) is not the
+        cluster's and is left out too.
 
     Returns
     -------
@@ -888,6 +890,8 @@ def connect_options_from_config(section: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(section) and not isinstance(section, type):
         section = dataclasses.asdict(section)
     settings = normalize_option_keys(section, where="cluster config")
+    # how long a job waits without workers: the jobs' setting, not the cluster's
+    settings.pop("no_worker_timeout", None)
     if "kind" in settings and "cluster" in settings:
         raise ClusterError("cluster config: give either 'kind' or 'cluster', not both")
     if "kind" in settings:
