@@ -427,11 +427,7 @@ def case_damaged_chunk(folder: Path) -> Row:
     offset = len(data) // 2
     data[offset : offset + 64] = np.random.default_rng(1).bytes(64)
     victim.write_bytes(bytes(data))
-    done = cli("fit", archive, *FIT, "--nmf-steps", "20", "--hmm-steps", "10", "--workers", "1")
-    line = _last_line(done)
-    observed = f"exit {done.returncode}: {line[:200]!r}"
-    passed = _one_clean_line(done) and "damaged" in line and str(victim) in line
-    return Row(name, expected, observed, passed)
+    return _fit_names_chunk(archive, victim, "damaged", name, expected)
 
 
 def case_missing_chunk(folder: Path) -> Row:
@@ -441,10 +437,15 @@ def case_missing_chunk(folder: Path) -> Row:
     archive = make_archive(folder / "events.zarr")
     victim = _chunk_files(archive)[5]
     victim.unlink()
+    return _fit_names_chunk(archive, victim, "missing", name, expected)
+
+
+def _fit_names_chunk(archive: Path, victim: Path, word: str, name: str, expected: str) -> Row:
+    """A fit of ``archive`` must fail with one line naming ``victim`` and ``word``."""
     done = cli("fit", archive, *FIT, "--nmf-steps", "20", "--hmm-steps", "10", "--workers", "1")
     line = _last_line(done)
     observed = f"exit {done.returncode}: {line[:200]!r}"
-    passed = _one_clean_line(done) and "missing" in line and str(victim) in line
+    passed = _one_clean_line(done) and word in line and str(victim) in line
     return Row(name, expected, observed, passed)
 
 

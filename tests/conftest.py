@@ -43,3 +43,26 @@ def local_cluster():
         host="127.0.0.1", dashboard_address="127.0.0.1:0",
     ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
         yield cluster, client
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A ``dask scheduler`` in its own process on 127.0.0.1, for one test module; the
+    tests start (and kill) its workers (tests/workerprocesses.py)."""
+    from workerprocesses import start_scheduler
+
+    started = start_scheduler(tmp_path_factory.mktemp("dask-cluster"))
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    """A client of :func:`cluster`'s scheduler."""
+    import distributed
+    from workerprocesses import WAIT_S
+
+    with distributed.Client(cluster.address, timeout=WAIT_S) as connected:
+        yield connected

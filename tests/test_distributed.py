@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import distributed
@@ -28,7 +27,6 @@ from workerprocesses import (
     fit_reference,
     install_gate,
     registered_pids,
-    start_scheduler,
     stored_outputs,
     write_planted_archive,
 )
@@ -59,19 +57,8 @@ SETTINGS = {
 # ----------------------------------------------------------------------------- processes
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[Cluster]:
-    started = start_scheduler(tmp_path_factory.mktemp("dask-cluster"))
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
-@pytest.fixture(scope="module")
-def client(cluster: Cluster) -> Iterator[distributed.Client]:
-    with distributed.Client(cluster.address, timeout=WAIT_S) as connected:
-        yield connected
+# ``cluster`` and ``client``: a scheduler in its own process and a client of it, per
+# module (tests/conftest.py)
 
 
 # ----------------------------------------------------------------------------- data

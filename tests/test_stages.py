@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from test_resume import N_EVENTS, N_FREQUENCIES, N_TIMES, SETTINGS  # the resume tests' fit
 
 from specufex_dask.cli import main
 from specufex_dask.inference.params import ResumeMismatch
@@ -24,15 +25,6 @@ from specufex_dask.io import archive
 from specufex_dask.io.status import APPLIED_MODEL_ATTR, output_problem, output_status
 from specufex_dask.pipeline import SpecUFEx
 
-N_EVENTS, N_FREQUENCIES, N_TIMES = 32, 30, 20
-SETTINGS = {
-    "num_pat": 8,
-    "num_state": 3,
-    "nmf_steps": 8,
-    "hmm_steps": 4,
-    "batch_size": 8,
-    "random_state": 3,
-}
 NMF_ARRAYS = ("W1", "W2", "A1", "A2")
 OUTPUTS = ("activation", "state_probability", "transition", "fingerprint")
 

@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dask
-import distributed
 import numpy as np
 import pytest
 import zarr
@@ -43,7 +42,6 @@ from workerprocesses import (
     fit_reference,
     install_gate,
     registered_pids,
-    start_scheduler,
     stored_outputs,
     wait_for,
     write_planted_archive,
@@ -140,19 +138,8 @@ def test_the_worker_preload_holds_one_blas_thread_for_good() -> None:
 # ----------------------------------------------------------------------------- processes
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[Cluster]:
-    started = start_scheduler(tmp_path_factory.mktemp("dask-cluster"))
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
-@pytest.fixture(scope="module")
-def client(cluster: Cluster) -> Iterator[distributed.Client]:
-    with distributed.Client(cluster.address, timeout=WAIT_S) as connected:
-        yield connected
+# ``cluster`` and ``client``: a scheduler in its own process and a client of it, per
+# module (tests/conftest.py)
 
 
 @pytest.fixture
