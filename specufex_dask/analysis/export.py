@@ -31,9 +31,16 @@ import xarray as xr
 from specufex_dask.io.archive import (
     ACTIVATION,
     CLUSTER,
+    DEPTH,
     EVENT,
+    EVENT_ID,
     FINGERPRINT,
     FREQUENCY,
+    LATITUDE,
+    LONGITUDE,
+    MAGNITUDE,
+    MAGNITUDE_TYPE,
+    ORIGIN_TIME,
     PARAMETERS_ATTR,
     SPECTROGRAM,
     STATE_PROBABILITY,
@@ -52,16 +59,13 @@ __all__ = [
     "write_workflow_h5",
 ]
 
-ORIGIN_TIME = "source_origin_time"
-"""The per-event coordinate of origin times (SeisBench's name)."""
-
 _QUAKEML_FIELDS = {
-    "latitude": "source_latitude_deg",
-    "longitude": "source_longitude_deg",
-    "depth_km": "source_depth_km",
-    "magnitude": "source_magnitude",
-    "magnitude_type": "source_magnitude_type",
-    "resource_id": "source_event_id",
+    "latitude": LATITUDE,
+    "longitude": LONGITUDE,
+    "depth_km": DEPTH,
+    "magnitude": MAGNITUDE,
+    "magnitude_type": MAGNITUDE_TYPE,
+    "resource_id": EVENT_ID,
 }
 
 # h5 group of each per-event output, as the workflow names them.

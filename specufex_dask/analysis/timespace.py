@@ -26,6 +26,7 @@ import xarray as xr
 from numpy.typing import NDArray
 
 from specufex_dask.analysis.plot import _new_figure, _short_label
+from specufex_dask.io.archive import DEPTH, LATITUDE, LONGITUDE, ORIGIN_TIME
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -44,10 +45,6 @@ __all__ = [
     "plot_cluster_occurrence",
 ]
 
-ORIGIN_TIME = "source_origin_time"
-LATITUDE = "source_latitude_deg"
-LONGITUDE = "source_longitude_deg"
-DEPTH = "source_depth_km"
 
 # (name, NumPy unit, bin length in that unit, longest span the bin is used for)
 _TIME_BINS = (

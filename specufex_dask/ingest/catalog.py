@@ -16,6 +16,16 @@ from typing import Any
 
 import numpy as np
 
+from specufex_dask.io.archive import (
+    DEPTH,
+    EVENT_ID,
+    LATITUDE,
+    LONGITUDE,
+    MAGNITUDE,
+    MAGNITUDE_TYPE,
+    ORIGIN_TIME,
+)
+
 __all__ = [
     "RESERVED_NAMES",
     "STANDARD_COLUMNS",
@@ -25,13 +35,13 @@ __all__ = [
 ]
 
 STANDARD_COLUMNS: dict[str, tuple[str, ...]] = {
-    "source_origin_time": ("origin_time", "origintime", "time", "timestamp", "datetime", "otime"),
-    "source_latitude_deg": ("latitude", "lat", "latitude_deg", "evla"),
-    "source_longitude_deg": ("longitude", "lon", "long", "lng", "longitude_deg", "evlo"),
-    "source_depth_km": ("depth_km", "depth", "evdp"),
-    "source_magnitude": ("magnitude", "mag", "ml", "md", "mw"),
-    "source_magnitude_type": ("magnitude_type", "mag_type", "magtype", "magnitudetype"),
-    "source_event_id": ("resource_id", "event_resource_id", "public_id"),
+    ORIGIN_TIME: ("origin_time", "origintime", "time", "timestamp", "datetime", "otime"),
+    LATITUDE: ("latitude", "lat", "latitude_deg", "evla"),
+    LONGITUDE: ("longitude", "lon", "long", "lng", "longitude_deg", "evlo"),
+    DEPTH: ("depth_km", "depth", "evdp"),
+    MAGNITUDE: ("magnitude", "mag", "ml", "md", "mw"),
+    MAGNITUDE_TYPE: ("magnitude_type", "mag_type", "magtype", "magnitudetype"),
+    EVENT_ID: ("resource_id", "event_resource_id", "public_id"),
 }
 """SeisBench's name of each standard column, and the spellings taken for it
 (case-insensitive, the SeisBench name itself included)."""

@@ -75,6 +75,7 @@ from specufex_dask.io.archive import (
     EVENT,
     INPUT_FILE,
     MEDIAN,
+    ORIGIN_TIME,
     SPECTROGRAM,
     STARTTIME,
     ArchiveWriter,
@@ -770,17 +771,17 @@ def _ingest_catalog_windows(
         header = csv.DictReader(handle).fieldnames or []
     event_key = _column(header, event_column, _EVENT_COLUMNS, "event")
     columns = read_catalog_columns(catalog, exclude=[event_key])
-    if "source_origin_time" not in columns:
+    if ORIGIN_TIME not in columns:
         raise ValueError(
             f"catalog {catalog} has no origin time column (one of "
             f"{list(STANDARD_COLUMNS['source_origin_time'])}; columns: {list(header)})"
         )
-    origin = columns["source_origin_time"]
+    origin = columns[ORIGIN_TIME]
     if origin.dtype.kind != "M":
         raise ValueError(f"catalog {catalog}: the origin time column holds non-times")
     with catalog.open(newline="") as handle:
         events = [row[event_key].strip() for row in csv.DictReader(handle)]
-    found = csv_events(events, origin, "source_origin_time")
+    found = csv_events(events, origin, ORIGIN_TIME)
     return _ingest_windows(found, columns, str(catalog), out_path, params, windows, writing)
 
 

@@ -22,7 +22,17 @@ from typing import Any
 import numpy as np
 
 from specufex_dask.ingest.readers import _Record, _trace_metadata, import_obspy
-from specufex_dask.io.archive import INPUT_FILE, RejectedInput
+from specufex_dask.io.archive import (
+    DEPTH,
+    EVENT_ID,
+    INPUT_FILE,
+    LATITUDE,
+    LONGITUDE,
+    MAGNITUDE,
+    MAGNITUDE_TYPE,
+    ORIGIN_TIME,
+    RejectedInput,
+)
 
 __all__ = [
     "CatalogEvent", "DayFileUnit", "SDSUnit", "WindowRequest", "csv_events", "cut_window",
@@ -234,19 +244,19 @@ def _quakeml_columns(values: Sequence[tuple[Any, Any, Any, str]]) -> dict[str, n
     origins = [origin for _, origin, _, _ in values]
     magnitudes = [magnitude for _, _, magnitude, _ in values]
     return {
-        "source_origin_time": np.array(
+        ORIGIN_TIME: np.array(
             [np.datetime64("NaT") if t is None else np.datetime64(t, "ns") for t, *_ in values],
             dtype="datetime64[ns]",
         ),
-        "source_latitude_deg": np.array([_number(o and o.latitude) for o in origins]),
-        "source_longitude_deg": np.array([_number(o and o.longitude) for o in origins]),
+        LATITUDE: np.array([_number(o and o.latitude) for o in origins]),
+        LONGITUDE: np.array([_number(o and o.longitude) for o in origins]),
         # QuakeML depths are in metres
-        "source_depth_km": np.array([_number(o and o.depth, 1e-3) for o in origins]),
-        "source_magnitude": np.array([_number(m and m.mag) for m in magnitudes]),
-        "source_magnitude_type": np.array(
+        DEPTH: np.array([_number(o and o.depth, 1e-3) for o in origins]),
+        MAGNITUDE: np.array([_number(m and m.mag) for m in magnitudes]),
+        MAGNITUDE_TYPE: np.array(
             [(m and m.magnitude_type) or "" for m in magnitudes], dtype=object
         ),
-        "source_event_id": np.array([r for *_, r in values], dtype=object),
+        EVENT_ID: np.array([r for *_, r in values], dtype=object),
     }
 
 
