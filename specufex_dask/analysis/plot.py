@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "cluster_colours",
     "continuous_windows",
     "plot_cluster_summary",
     "plot_cluster_timeline",
@@ -59,6 +60,11 @@ def _new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
+
+
+def cluster_colours(clusters: Sequence[Any] | np.ndarray) -> dict[Any, str]:
+    """The colour of each cluster in every figure: C0, C1, ... in label order."""
+    return {cluster: f"C{i % 10}" for i, cluster in enumerate(clusters)}
 
 
 def _require_variables(data: xr.Dataset, names: Sequence[str], what: str) -> None:
@@ -701,7 +707,7 @@ def plot_cluster_timeline(data: xr.Dataset) -> Figure:
     start = np.asarray(data["starttime"].values)
     figure = _new_figure(10.0, 0.6 + (1.2 + 0.25 * len(clusters)) * len(records))
     axes_list = np.atleast_1d(figure.subplots(len(records), 1, squeeze=False)).ravel()
-    colours = {cluster: f"C{i % 10}" for i, cluster in enumerate(clusters)}
+    colours = cluster_colours(clusters)
     for axes, (trace, positions) in zip(axes_list, records.items(), strict=True):
         times = start[positions]
         for cluster in clusters:

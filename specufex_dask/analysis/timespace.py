@@ -25,7 +25,7 @@ import numpy.typing as npt
 import xarray as xr
 from numpy.typing import NDArray
 
-from specufex_dask.analysis.plot import _new_figure, _short_label
+from specufex_dask.analysis.plot import _new_figure, _short_label, cluster_colours
 from specufex_dask.io.archive import DEPTH, LATITUDE, LONGITUDE, ORIGIN_TIME
 
 if TYPE_CHECKING:
@@ -135,11 +135,6 @@ def cluster_occurrence(
     )
 
 
-def _colours(clusters: NDArray[Any]) -> dict[Any, str]:
-    """The colour of each cluster, as in the other figures (C0, C1, ... in label order)."""
-    return {cluster: f"C{i % 10}" for i, cluster in enumerate(clusters)}
-
-
 def plot_cluster_occurrence(data: xr.Dataset, time_bin: str | None = None) -> Figure:
     """Every cluster's events per time bin: lines above, a heat map of clusters x time
     below.
@@ -160,7 +155,7 @@ def plot_cluster_occurrence(data: xr.Dataset, time_bin: str | None = None) -> Fi
     ends = occurrence["time_end"].values
     figure = _new_figure(10.0, 2.6 + 0.3 * len(clusters))
     lines, heat = figure.subplots(2, 1, sharex=True, height_ratios=[1.2, 1.0])
-    colours = _colours(clusters)
+    colours = cluster_colours(clusters)
     for row, cluster in enumerate(clusters):
         lines.step(
             starts,
@@ -211,7 +206,7 @@ def plot_cluster_map(data: xr.Dataset) -> Figure:
     longitude = np.asarray(data[LONGITUDE].values, dtype=np.float64)
     depth = np.asarray(data[DEPTH].values, dtype=np.float64) if DEPTH in data.coords else None
     clusters = np.unique(labels)
-    colours = _colours(clusters)
+    colours = cluster_colours(clusters)
     panels = 2 if depth is not None else 1
     figure = _new_figure(5.0 * panels + 1.0, 5.0)
     axes = np.atleast_1d(figure.subplots(1, panels, squeeze=False)).ravel()
@@ -356,7 +351,7 @@ def plot_cluster_examples(
     time = data["time"].values
     events = [str(e) for e in data["event"].values]
     silhouette = np.asarray(data["silhouette"].values)
-    colours = _colours(np.asarray(clusters))
+    colours = cluster_colours(clusters)
     for row, cluster in enumerate(clusters):
         for column in range(count):
             spectrogram_axes = grid[row * rows_per_cluster + rows_per_cluster - 1, column]
