@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from specufex_dask.common import spans
 from specufex_dask.io.archive import (
     ACTIVATION,
     CLUSTER,
@@ -97,11 +98,6 @@ def _replacing(target: Path) -> Iterator[Path]:
             partial.unlink()
 
 
-def _event_blocks(n_events: int) -> Iterator[slice]:
-    for start in range(0, n_events, _BLOCK_EVENTS):
-        yield slice(start, min(start + _BLOCK_EVENTS, n_events))
-
-
 def _dominant_states(state_probability: xr.DataArray) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Per event: its most occupied state, that state's share of the frames, and the
     :data:`DOMINANT_STATES` most occupied states (space-separated, most occupied first)."""
@@ -109,7 +105,7 @@ def _dominant_states(state_probability: xr.DataArray) -> tuple[np.ndarray, np.nd
     top = np.zeros(n_events, dtype=np.int64)
     share = np.zeros(n_events)
     listed: list[str] = []
-    for block in _event_blocks(n_events):
+    for block in spans(n_events, _BLOCK_EVENTS):
         occupancy = np.asarray(state_probability[block].values, dtype=np.float64).sum(axis=2)
         occupancy /= np.maximum(occupancy.sum(axis=1, keepdims=True), np.finfo(float).tiny)
         # Stable sort on the negated occupancy: ties go to the lower state number.
@@ -273,7 +269,7 @@ def write_workflow_h5(archive: str | Path, out: str | Path) -> Path:
                 if name not in dataset.data_vars:
                     continue
                 group = _ordered_group(h5, group_name)
-                for block in _event_blocks(len(ids)):
+                for block in spans(len(ids), _BLOCK_EVENTS):
                     values = dataset[name][block].values
                     for event, value in zip(ids[block], values, strict=True):
                         group.create_dataset(event, data=value)
