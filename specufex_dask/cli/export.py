@@ -55,7 +55,7 @@ def cmd_export(args: argparse.Namespace, config: Config, reporter: Reporter) -> 
     """Write the chosen formats of an archive into OUTDIR."""
     from specufex_dask.analysis import export
     from specufex_dask.io.archive import open_archive
-    from specufex_dask.io.status import output_problem
+    from specufex_dask.io.status import OUTPUTS, output_problem
 
     formats = _formats(args.formats)
     outdir = Path(args.outdir)
@@ -65,7 +65,7 @@ def cmd_export(args: argparse.Namespace, config: Config, reporter: Reporter) -> 
     # hand on labels that mean nothing: refuse, as cluster and plot do.
     problems = [
         output_problem(dataset, name, str(args.archive))
-        for name in ("activation", "state_probability", "transition", "fingerprint")
+        for name in OUTPUTS
         if name in dataset.variables
     ]
     dataset.close()

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from specufex_dask.io.archive import ArchiveError
+from specufex_dask.io.archive import SPECTROGRAM, ArchiveError
+from specufex_dask.io.status import OUTPUTS, TRANSFORMED
 
 __all__ = ["PlainChunks", "damaged_chunks", "plain_chunks", "read_rows"]
 
@@ -249,11 +250,6 @@ def _zarr_damage(array: Any, rows: slice | np.ndarray) -> ArchiveError:
     return _damage(where, _MISMATCH, f"{rows[0]}..{rows[-1]}")
 
 
-# The transform's outputs and the markers of the events they hold.
-_OUTPUTS = ("activation", "state_probability", "transition", "fingerprint")
-_DONE_MARKERS = "transformed"
-
-
 def damaged_chunks(path: str | Path, limit: int = 10) -> list[str]:
     """Check every chunk of an archive's event arrays: the damaged or missing ones.
 
@@ -280,23 +276,23 @@ def damaged_chunks(path: str | Path, limit: int = 10) -> list[str]:
 
     group = zarr.open_group(str(path), mode="r", use_consolidated=False)
     done = None
-    if _DONE_MARKERS in group:
-        markers = group[_DONE_MARKERS]
+    if TRANSFORMED in group:
+        markers = group[TRANSFORMED]
         done = np.asarray(markers[:], dtype=bool) if isinstance(markers, zarr.Array) else None
     problems: list[str] = []
-    for name in ("spectrogram", *_OUTPUTS):
+    for name in (SPECTROGRAM, *OUTPUTS):
         array = group.get(name)
         if not isinstance(array, zarr.Array) or array.ndim == 0:
             continue
         plain = plain_chunks(array)
         if plain is None:
             continue
-        if name in _OUTPUTS:
+        if name in OUTPUTS:
             plain = PlainChunks(**{**plain.__dict__, "remedy": RETRANSFORM})
         per_chunk = plain.chunk_shape[0]
         for number in range(-(-plain.length // per_chunk)):
             first, stop = number * per_chunk, min((number + 1) * per_chunk, plain.length)
-            if name in _OUTPUTS and (done is None or not done[first:stop].all()):
+            if name in OUTPUTS and (done is None or not done[first:stop].all()):
                 continue
             try:
                 plain.chunk(number)
