@@ -313,14 +313,13 @@ def _model_source(archive: str | Path) -> str | None:
     given otherwise (the estimators' files, or in Python)."""
     import zarr
 
-    from specufex_dask.io.status import APPLIED_MODEL_ATTR
+    from specufex_dask.io.status import applied_model
 
-    raw = zarr.open_group(str(archive), mode="r", use_consolidated=False).attrs.get(
-        APPLIED_MODEL_ATTR
-    )
-    if raw is None:
+    attrs = zarr.open_group(str(archive), mode="r", use_consolidated=False).attrs
+    record = applied_model(dict(attrs), str(archive))
+    if record is None:
         return str(archive)
-    source = json.loads(str(raw)).get("source")
+    source = record.get("source")
     return str(source) if source is not None and Path(str(source)).is_dir() else None
 
 

@@ -81,12 +81,12 @@ def _output_summary(variable, applied_model: str | None = None) -> dict[str, Any
     return summary
 
 
-def _applied_model(dataset) -> str | None:
+def _applied_model(path: str | Path, dataset) -> str | None:
     """Where the model that a ``transform --model`` applied came from, or None."""
-    from specufex_dask.io.status import APPLIED_MODEL_ATTR
+    from specufex_dask.io.status import applied_model
 
-    raw = dataset.attrs.get(APPLIED_MODEL_ATTR)
-    return None if raw is None else json.loads(str(raw)).get("source")
+    record = applied_model(dataset.attrs, str(path))
+    return None if record is None else record.get("source")
 
 
 def _lease_summary(path: str | Path) -> dict[str, Any] | None:
@@ -154,7 +154,7 @@ def archive_summary(path: str | Path, dataset, model) -> dict[str, Any]:
         "n_chunks": None if not chunks else math.ceil(n_events / chunks[0]),
         "spectrogram_parameters": spectrogram_parameters(dataset),
         "outputs": {
-            name: _output_summary(dataset[name], _applied_model(dataset))
+            name: _output_summary(dataset[name], _applied_model(path, dataset))
             if name in dataset.variables
             else None
             for name in OUTPUT_VARIABLES

@@ -27,6 +27,7 @@ tools) have ``None`` for what is unknown.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ from specufex_dask.io.modelgroup import stored_model_token
 
 __all__ = [
     "APPLIED_MODEL_ATTR",
+    "applied_model",
     "OUTPUTS",
     "STATUS_ATTRS",
     "TRANSFORMED",
@@ -73,10 +75,23 @@ def record_applied_model(path: str, token: str, source: str | None) -> None:
     archive.consolidate(path)
 
 
+def applied_model(attrs: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+    """The record of :data:`APPLIED_MODEL_ATTR` in an archive's attributes (``token``
+    and ``source`` of the model a ``transform --model`` applied), or None without one.
+
+    Raises
+    ------
+    ArchiveError
+        When the attribute is not JSON, naming it, the store and the fix.
+    """
+    fix = f"run `specufex-dask transform {path}` (or with --model) again"
+    record: dict[str, Any] | None = archive.json_attribute(attrs, APPLIED_MODEL_ATTR, path, fix)
+    return record
+
+
 def _applied_token(attrs: dict[str, Any], path: str) -> str | None:
     """The token of :data:`APPLIED_MODEL_ATTR`, or None without the record."""
-    fix = f"run `specufex-dask transform {path}` (or with --model) again"
-    record = archive.json_attribute(attrs, APPLIED_MODEL_ATTR, path, fix)
+    record = applied_model(attrs, path)
     return None if record is None else record.get("token")
 
 
