@@ -42,8 +42,9 @@ def register(commands: Commands) -> None:
     add_flags(plot, "figures", PLOT_FLAGS, commands.defaults)
 
 
-def _time_and_space_figures(dataset: Any) -> list[tuple[str, Callable[[], Any]]]:
-    """Clusters over time, on a map and by example, as far as the archive allows."""
+def _time_and_space_figures(dataset: Any, windows: bool) -> list[tuple[str, Callable[[], Any]]]:
+    """Clusters over time, on a map and by example, as far as the archive allows;
+    ``windows``: whether it holds windows of continuous records."""
     from specufex_dask.analysis import timespace
 
     if "cluster" not in dataset.variables:
@@ -51,11 +52,9 @@ def _time_and_space_figures(dataset: Any) -> list[tuple[str, Callable[[], Any]]]
     figures: list[tuple[str, Callable[[], Any]]] = []
     # Windows of continuous records have their own timeline; occurrence counts are for
     # catalogs of events (with origin times, or one waveform file each).
-    from specufex_dask.analysis.plot import continuous_windows
-
     origins = timespace.ORIGIN_TIME in dataset.coords
     mostly_dated = origins and np.mean(~np.isnat(dataset[timespace.ORIGIN_TIME].values)) >= 0.5
-    by_event = mostly_dated or not continuous_windows(dataset)
+    by_event = mostly_dated or not windows
     if by_event and timespace.event_times(dataset) is not None:
         figures.append(("cluster_occurrence", lambda: timespace.plot_cluster_occurrence(dataset)))
     if timespace.has_locations(dataset):
@@ -119,9 +118,10 @@ def make_figures(
         figures.append(("fingerprints", lambda: plot.plot_fingerprints(fingerprint, events)))
     if {"cluster", "fingerprint"} <= set(dataset.variables):
         figures.append(("clusters", lambda: plot.plot_cluster_summary(dataset)))
-    if "cluster" in dataset.variables and plot.continuous_windows(dataset):
+    windows = "cluster" in dataset.variables and bool(plot.continuous_windows(dataset))
+    if windows:
         figures.append(("cluster_timeline", lambda: plot.plot_cluster_timeline(dataset)))
-    figures.extend(_time_and_space_figures(dataset))
+    figures.extend(_time_and_space_figures(dataset, windows))
     written = []
     for name, draw in figures:
         path = outdir / f"{name}.png"
