@@ -152,16 +152,27 @@ def _refuse_resume(args: argparse.Namespace, error: ResumeMismatch) -> int:
     return 1
 
 
-def cmd_fit(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
-    """Fit the NMF dictionary and the HMM; store the model in the archive."""
+def _fit_and_maybe_transform(
+    args: argparse.Namespace, config: Config, reporter: Reporter, command: str
+) -> int:
+    """``fit``, or with ``command`` "run" also the transform, under one lease and one
+    cluster; a resume that does not match the checkpoint is refused."""
     open_archive(args.archive).close()
     try:
-        with _lease(args.archive, "fit"), dask_client(config, reporter) as client:
+        with _lease(args.archive, command), dask_client(config, reporter) as client:
             model = fit_archive(args.archive, config, reporter, client, args.resume, args.stage)
+            if command == "run":
+                transform_archive(args.archive, model, reporter, config, False)
     except ResumeMismatch as error:
         return _refuse_resume(args, error)
-    print(f"fitted {args.archive}: {fitted_summary(model)}")
+    done = "fitted and transformed" if command == "run" else "fitted"
+    print(f"{done} {args.archive}: {fitted_summary(model)}")
     return 0
+
+
+def cmd_fit(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
+    """Fit the NMF dictionary and the HMM; store the model in the archive."""
+    return _fit_and_maybe_transform(args, config, reporter, "fit")
 
 
 def with_run_settings(model: Any, config: Config, reporter: Reporter, client: Any) -> Any:
@@ -219,15 +230,7 @@ def cmd_transform(args: argparse.Namespace, config: Config, reporter: Reporter) 
 
 def cmd_run(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
     """Fit, then transform."""
-    open_archive(args.archive).close()
-    try:
-        with _lease(args.archive, "run"), dask_client(config, reporter) as client:
-            model = fit_archive(args.archive, config, reporter, client, args.resume, args.stage)
-            transform_archive(args.archive, model, reporter, config, False)
-    except ResumeMismatch as error:
-        return _refuse_resume(args, error)
-    print(f"fitted and transformed {args.archive}: {fitted_summary(model)}")
-    return 0
+    return _fit_and_maybe_transform(args, config, reporter, "run")
 
 
 @dataclass(frozen=True)

@@ -74,34 +74,29 @@ class Flag:
         return f"{self.section}.{self.key}"
 
 
-def _optional_float(text: str) -> float | None:
-    """A number, or "none" for no value."""
-    if text.strip().lower() in ("none", "null"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+def _keyword_or(
+    convert: Callable[[str], Any], keywords: tuple[str, ...], keyword_value: Any, expected: str
+) -> Callable[[str], Any]:
+    """``convert``, with any of ``keywords`` (any case) standing for ``keyword_value``; a
+    text that is neither is refused naming what was ``expected``."""
+
+    def parse(text: str) -> Any:
+        if text.strip().lower() in keywords:
+            return keyword_value
+        try:
+            return convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+    return parse
 
 
-def _step_budget(text: str) -> int | None:
-    """A number of steps, or "auto" for the automatic budget."""
-    if text.strip().lower() in ("auto", "none", "null"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
-
-
-def _batch_size(text: str) -> int | str:
-    """A number of spectrograms, or "auto"."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+# A number, or "none" for no value.
+_optional_float = _keyword_or(float, ("none", "null"), None, "a number or 'none'")
+# A number of steps, or "auto" for the automatic budget.
+_step_budget = _keyword_or(int, ("auto", "none", "null"), None, "an integer or 'auto'")
+# A number of spectrograms, or "auto".
+_batch_size = _keyword_or(int, ("auto",), "auto", "an integer or 'auto'")
 
 
 def _none_or(convert: Callable[[str], Any]) -> Callable[[str], Any]:

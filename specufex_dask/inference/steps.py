@@ -71,6 +71,15 @@ class NMFStepParameters:
     dtype: str = "float64"
     threads: int = 1
 
+    def model_arguments(self) -> dict[str, Any]:
+        """The keyword arguments that the fit step's and the transform's kernels share."""
+        return {
+            "log_basis": self.log_basis,
+            "basis_weight": self.basis_weight,
+            "h01": self.h01,
+            "h02": self.h02,
+        }
+
 
 def _free_blas_control() -> None:
     """Let the next thread that sets OpenBLAS's thread count through threadpoolctl do so.
@@ -174,10 +183,7 @@ def nmf_leaves(X: NDArray[Any], params: NMFStepParameters) -> list[NMFStatistics
     def group_leaves(group: slice) -> list[NMFStatistics]:
         local = nmf_local_step(
             X[group],
-            params.log_basis,
-            params.basis_weight,
-            h01=params.h01,
-            h02=params.h02,
+            **params.model_arguments(),
             temperature=params.temperature,
             n_inner=params.n_inner,
         )
@@ -203,12 +209,7 @@ def nmf_activations(X: NDArray[Any], params: NMFStepParameters) -> NDArray[Any]:
 
     def transform_group(group: slice) -> None:
         out[group] = nmf_transform(
-            X[group],
-            params.log_basis,
-            params.basis_weight,
-            h01=params.h01,
-            h02=params.h02,
-            n_iter=params.transform_iterations,
+            X[group], **params.model_arguments(), n_iter=params.transform_iterations
         )
 
     map_groups(transform_group, spans(len(X), NMF_GROUP), params.threads)

@@ -538,6 +538,85 @@ def _check_medians(
             )
 
 
+def _ingest_files(
+    inputs: _FileInputs,
+    out_path: str | Path,
+    params: SpectrogramParameters | None,
+    writing: _Writing,
+    select: Mapping[str, str] | None,
+    format: str | None,
+) -> IngestReport:
+    if not inputs.paths:
+        raise IngestError(f"no waveform files given; nothing written to {out_path}")
+    units = [
+        FileUnit(
+            tuple(inputs.paths[block]),
+            tuple(inputs.events[block]),
+            tuple(inputs.starttimes[block]),
+            tuple(inputs.stations[block]),
+            select_tuple(select),
+            format,
+        )
+        for block in spans(len(inputs.paths), writing.chunk_events)
+    ]
+    catalog = None
+    if inputs.catalog:
+        catalog = (list(inputs.events), inputs.catalog)
+    return _run(units, out_path, params or SpectrogramParameters(), writing, catalog=catalog)
+
+
+def _ingest_catalog_windows(
+    catalog: Path,
+    out_path: str | Path,
+    params: SpectrogramParameters | None,
+    event_column: str | None,
+    windows: _Windows,
+    writing: _Writing,
+) -> IngestReport:
+    """:func:`ingest_catalog` of windows cut around the catalog's origin times."""
+    if windows.window == (0.0, 0.0):
+        raise ValueError("a catalog with waveforms= needs window=(pre_s, post_s)")
+    with catalog.open(newline="") as handle:
+        header = csv.DictReader(handle).fieldnames or []
+    event_key = _column(header, event_column, _EVENT_COLUMNS, "event")
+    columns = read_catalog_columns(catalog, exclude=[event_key])
+    if ORIGIN_TIME not in columns:
+        raise ValueError(
+            f"catalog {catalog} has no origin time column (one of "
+            f"{list(STANDARD_COLUMNS['source_origin_time'])}; columns: {list(header)})"
+        )
+    origin = columns[ORIGIN_TIME]
+    if origin.dtype.kind != "M":
+        raise ValueError(f"catalog {catalog}: the origin time column holds non-times")
+    with catalog.open(newline="") as handle:
+        events = [row[event_key].strip() for row in csv.DictReader(handle)]
+    found = csv_events(events, origin, ORIGIN_TIME)
+    return _ingest_windows(found, columns, str(catalog), out_path, params, windows, writing)
+
+
+def _column(header: Sequence[str], given: str | None, aliases: Sequence[str], what: str) -> str:
+    if given is not None:
+        if given not in header:
+            raise ValueError(f"catalog has no {what} column {given!r} (columns: {list(header)})")
+        return given
+    for name in aliases:
+        if name in header:
+            return name
+    raise ValueError(
+        f"catalog has no {what} column: tried {list(aliases)} (columns: {list(header)}); "
+        f"pass {what}_column="
+    )
+
+
+def _pre_post(window: Sequence[float] | None) -> tuple[float, float]:
+    """The (pre, post) seconds of a window around its reference time."""
+    if window is None:
+        return 0.0, 0.0
+    if len(window) != 2:
+        raise ValueError(f"window must be (seconds before, seconds after), got {window!r}")
+    return float(window[0]), float(window[1])
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -596,62 +675,14 @@ def ingest_waveforms(
     files = expand_sources(sources)
     unknown = [None] * len(files)
     inputs = _FileInputs([str(p) for p in files], [event_id(p) for p in files], unknown, unknown)
-    writing = _Writing(client, chunk_events, append, overwrite, dtype)
-    return _ingest_files(inputs, out_path, params, writing, select, format)
-
-
-def _ingest_files(
-    inputs: _FileInputs,
-    out_path: str | Path,
-    params: SpectrogramParameters | None,
-    writing: _Writing,
-    select: Mapping[str, str] | None,
-    format: str | None,
-) -> IngestReport:
-    if not inputs.paths:
-        raise IngestError(f"no waveform files given; nothing written to {out_path}")
-    units = [
-        FileUnit(
-            tuple(inputs.paths[block]),
-            tuple(inputs.events[block]),
-            tuple(inputs.starttimes[block]),
-            tuple(inputs.stations[block]),
-            select_tuple(select),
-            format,
-        )
-        for block in spans(len(inputs.paths), writing.chunk_events)
-    ]
-    catalog = None
-    if inputs.catalog:
-        catalog = (list(inputs.events), inputs.catalog)
-    return _run(units, out_path, params or SpectrogramParameters(), writing, catalog=catalog)
+    return _ingest_files(
+        inputs, out_path, params, _Writing(client, chunk_events, append, overwrite, dtype),
+        select, format,
+    )  # fmt: skip
 
 
 _EVENT_COLUMNS = ("event", "event_id", "ev_ID", "evid", "id")
 _FILE_COLUMNS = ("file", "filename", "path", "waveform")
-
-
-def _column(header: Sequence[str], given: str | None, aliases: Sequence[str], what: str) -> str:
-    if given is not None:
-        if given not in header:
-            raise ValueError(f"catalog has no {what} column {given!r} (columns: {list(header)})")
-        return given
-    for name in aliases:
-        if name in header:
-            return name
-    raise ValueError(
-        f"catalog has no {what} column: tried {list(aliases)} (columns: {list(header)}); "
-        f"pass {what}_column="
-    )
-
-
-def _pre_post(window: Sequence[float] | None) -> tuple[float, float]:
-    """The (pre, post) seconds of a window around its reference time."""
-    if window is None:
-        return 0.0, 0.0
-    if len(window) != 2:
-        raise ValueError(f"window must be (seconds before, seconds after), got {window!r}")
-    return float(window[0]), float(window[1])
 
 
 def ingest_catalog(
@@ -752,37 +783,10 @@ def ingest_catalog(
     used = [key for key in (event_key, file_key) if key is not None]
     columns = read_catalog_columns(catalog, exclude=used) if keep_columns else None
     inputs = _FileInputs(paths, events, starttimes, station_codes, columns)
-    writing = _Writing(client, chunk_events, append, overwrite, dtype)
-    return _ingest_files(inputs, out_path, params, writing, select, format)
-
-
-def _ingest_catalog_windows(
-    catalog: Path,
-    out_path: str | Path,
-    params: SpectrogramParameters | None,
-    event_column: str | None,
-    windows: _Windows,
-    writing: _Writing,
-) -> IngestReport:
-    """:func:`ingest_catalog` of windows cut around the catalog's origin times."""
-    if windows.window == (0.0, 0.0):
-        raise ValueError("a catalog with waveforms= needs window=(pre_s, post_s)")
-    with catalog.open(newline="") as handle:
-        header = csv.DictReader(handle).fieldnames or []
-    event_key = _column(header, event_column, _EVENT_COLUMNS, "event")
-    columns = read_catalog_columns(catalog, exclude=[event_key])
-    if ORIGIN_TIME not in columns:
-        raise ValueError(
-            f"catalog {catalog} has no origin time column (one of "
-            f"{list(STANDARD_COLUMNS['source_origin_time'])}; columns: {list(header)})"
-        )
-    origin = columns[ORIGIN_TIME]
-    if origin.dtype.kind != "M":
-        raise ValueError(f"catalog {catalog}: the origin time column holds non-times")
-    with catalog.open(newline="") as handle:
-        events = [row[event_key].strip() for row in csv.DictReader(handle)]
-    found = csv_events(events, origin, ORIGIN_TIME)
-    return _ingest_windows(found, columns, str(catalog), out_path, params, windows, writing)
+    return _ingest_files(
+        inputs, out_path, params, _Writing(client, chunk_events, append, overwrite, dtype),
+        select, format,
+    )  # fmt: skip
 
 
 def ingest_arrays(
