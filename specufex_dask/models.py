@@ -339,7 +339,7 @@ class BayesianNonparametricNMF(_SVIModel):
 
     _parameter_table = NMF_PARAMETERS
     _state_names = ("num_pat",)
-    _state_inputs = frozenset({"X_shape", "num_pat", "compat", "init", "random_state"})
+    _state_inputs = frozenset({"X_shape", "num_pat", "init", "random_state"})
     _reference_fixed = (
         "batch_size", "max_steps", "tol", "min_pattern_share", "merge_cosine",
         "likelihood_scale", "init",
