@@ -105,6 +105,8 @@ def fit_loop(X: np.ndarray, seed: int, compat: str, **options) -> tuple:
     rng = np.random.default_rng(seed)
     nmf_keys = ("min_pattern_share", "likelihood_scale")
     nmf_options = {k: v for k, v in options.items() if k in nmf_keys}
+    if "nmf_init" in options:  # both models take an `init`: the NMF's start of q(W)
+        nmf_options["init"] = options["nmf_init"]
     hmm_options = {k: v for k, v in options.items() if k in ("init",)}
     nmf = BayesianNonparametricNMF(
         X.shape, N_PATTERNS, compat=compat, random_state=seed, **nmf_options
@@ -184,9 +186,11 @@ METHODS: dict[str, Callable[[np.ndarray, int], tuple]] = {
 ABLATIONS: dict[str, Callable[[np.ndarray, int], tuple]] = {
     "loop: random q(B)": lambda X, s: fit_loop(X, s, "default", init="random"),
     "loop: scale by frames": lambda X, s: fit_loop(X, s, "default", likelihood_scale="frames"),
+    "loop: data q(W)": lambda X, s: fit_loop(X, s, "default", nmf_init="data"),
     "minibatch default": lambda X, s: fit_minibatch(X, s),
     "minibatch: scale by frames": lambda X, s: fit_minibatch(X, s, {"likelihood_scale": "frames"}),
     "minibatch: random q(B)": lambda X, s: fit_minibatch(X, s, None, {"init": "random"}),
+    "minibatch: data q(W)": lambda X, s: fit_minibatch(X, s, {"init": "data"}),
     "minibatch: no share pruning": lambda X, s: fit_minibatch(X, s, {"min_pattern_share": None}),
     "minibatch: share 1e-2": lambda X, s: fit_minibatch(X, s, {"min_pattern_share": 1e-2}),
     "minibatch: merge cos 0.95": lambda X, s: fit_minibatch(X, s, {"merge_cosine": 0.95}),

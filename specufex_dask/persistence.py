@@ -28,8 +28,8 @@ _STATE = {
         "arrays": ("W1", "W2", "A1", "A2"),
         "scalars": ("step", "N_eff", "dim", "num_pat", "h01", "h02", "a01", "a02", "w01", "w02"),
         "settings": ("compat", "batch_size", "max_steps", "tol", "step_size", "anneal",
-                     "min_pattern_share", "merge_cosine", "likelihood_scale", "random_state",
-                     "verbose",
+                     "min_pattern_share", "merge_cosine", "likelihood_scale", "init",
+                     "initialised", "random_state", "verbose",
                      "input_dims"),
     },
     "BayesianHMM": {

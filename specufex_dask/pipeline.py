@@ -64,6 +64,7 @@ from specufex_dask.parallel.engine import (
     nmf_statistics,
     read_model_group,
     require_writable,
+    spectrogram_frames,
     transform_chunks,
 )
 from specufex_dask.parallel.executor import waiting_for_workers
@@ -248,6 +249,7 @@ class SpecUFEx(ParameterContract):
             self.num_pat,
             compat=self.compat,
             step_size=1.0 if self._batch_size() is None else None,
+            init=BayesianNonparametricNMF.default_init(self.compat),
             random_state=seed,
             dtype=self._dtype,
         )
@@ -375,6 +377,7 @@ class SpecUFEx(ParameterContract):
         ):
             lookahead = runners is not None
             if stage == "nmf":
+                self._start_nmf_from_data(chunks, client, runners)
                 arguments = self._nmf_stage(chunks, batch, client, runners, seed)
                 self._run_stage("nmf", arguments, budgets["nmf"], window, checkpoints, lookahead)
                 self.nmf_.sort_patterns()
@@ -513,6 +516,15 @@ class SpecUFEx(ParameterContract):
         """The HMM of a fit past its NMF stage, which sets it."""
         assert self.hmm_ is not None
         return self.hmm_
+
+    def _start_nmf_from_data(
+        self, chunks: EventChunks, client: Any, runners: StepRunners | None
+    ) -> None:
+        """Start q(W) from the frames of a seeded sample of events, read on the workers
+        (:meth:`BayesianNonparametricNMF.start_from_frames`), unless it has started."""
+        if not self.nmf_.initialised:
+            index = self.nmf_.init_sample(chunks.shape[0])
+            self.nmf_.start_from_frames(spectrogram_frames(chunks, index, client, runners))
 
     def _start_hmm_from_data(
         self, chunks: EventChunks, client: Any, runners: StepRunners | None

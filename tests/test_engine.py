@@ -454,6 +454,40 @@ def test_same_bits_for_any_worker_count_and_chunking(
         assert sum(count > 0 for count in executed.values()) > 1  # the work was spread
 
 
+@pytest.mark.parametrize("cluster", [2], indirect=True, ids=["2-workers"])
+def test_data_start_of_q_w_reads_the_sample_on_the_workers_with_the_same_bits(
+    spectrograms: np.ndarray, cluster, tmp_path: Path, monkeypatch
+) -> None:
+    """With the NMF's data start of q(W) chosen, the pipeline reads the sample's frames
+    on the workers (the driver reads no event) and fits, on 2 workers and chunks of 5,
+    the same bits as the in-memory model with ``init="data"`` (not the default: one
+    worker count keeps the test's cost small)."""
+    from distributed import Client
+
+    monkeypatch.setattr(BayesianNonparametricNMF, "default_init", staticmethod(lambda c: "data"))
+    n_workers = len(cluster.workers)
+    path = _write(tmp_path / "events.zarr", spectrograms, CHUNK_FOR_WORKERS[n_workers])
+    reads: list[tuple] = []
+    read = engine._read
+    monkeypatch.setattr(engine, "_read", lambda *args: reads.append(args) or read(*args))
+    with Client(cluster) as client:
+        client.wait_for_workers(n_workers, timeout=120)
+        model = SpecUFEx(**SETTINGS, client=client, checkpoint_every=100).fit(path)
+    assert reads == []  # every event was read in a task on a worker
+    nmf = BayesianNonparametricNMF(
+        spectrograms.shape, SETTINGS["num_pat"], random_state=SETTINGS["random_state"],
+        batch_size=SETTINGS["batch_size"], max_steps=SETTINGS["nmf_steps"], init="data",
+    ).fit(spectrograms)  # fmt: skip
+    assert model.nmf_.initialised and model.nmf_.init == "data"
+    for name in NMF_ARRAYS:
+        assert np.array_equal(getattr(model.nmf_, name), getattr(nmf, name)), name
+    drawn = BayesianNonparametricNMF(
+        spectrograms.shape, SETTINGS["num_pat"], random_state=SETTINGS["random_state"],
+        init="random",
+    )  # fmt: skip
+    assert model.nmf_.elbo_ == nmf.elbo_ and not np.allclose(nmf.W1, drawn.W1)
+
+
 @pytest.mark.parametrize("cluster", [1], indirect=True, ids=["1-workers"])
 def test_transform_to_zarr_with_a_client_that_is_not_the_default(
     reference: Reference, cluster, tmp_path: Path

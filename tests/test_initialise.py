@@ -1,4 +1,4 @@
-"""The default mode's data start of q(B), share pruning and pattern merging."""
+"""The default mode's data starts of q(B) and q(W), share pruning and pattern merging."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from specufex_dask import BayesianHMM, BayesianNonparametricNMF
-from specufex_dask.inference.initialise import emission_start, init_sample, kmeans
+from specufex_dask.inference.initialise import (
+    emission_start,
+    init_sample,
+    kmeans,
+    pattern_start,
+    spectrogram_frames,
+)
 from specufex_dask.inference.updates import NMFPrior, merge_patterns, prune_mask, similar_pairs
 
 
@@ -63,6 +69,84 @@ def test_init_sample_is_bounded_and_sorted() -> None:
     sample = init_sample(np.random.default_rng(0), 10_000)
     assert len(sample) == 256 and np.all(np.diff(sample) > 0) and sample[-1] < 10_000
     np.testing.assert_array_equal(init_sample(np.random.default_rng(0), 7), np.arange(7))
+
+
+def test_pattern_start_puts_patterns_at_group_mean_shapes(rng) -> None:
+    """Frames of three spectral shapes at loudnesses 1 to 100: each pattern starts at the
+    mean unit-sum shape of its group (an independent mean), floored, with column sums D
+    and the reference draw's weight times the strength, whatever the loudness."""
+    shapes = np.array([[8.0, 1.0, 1.0, 0.0], [0.0, 1.0, 8.0, 1.0], [1.0, 0.0, 1.0, 8.0]])
+    shapes /= shapes.sum(axis=1, keepdims=True)
+    truth = np.repeat(np.arange(3), 40)
+    noisy = shapes[truth] * rng.uniform(0.95, 1.05, size=(120, 4))
+    frames = noisy * rng.uniform(1.0, 100.0, size=(120, 1))
+    W1, W2 = pattern_start(frames, 3, 500, np.random.default_rng(0), floor=0.2, strength=3.0)
+    np.testing.assert_array_equal(W2, np.full((4, 3), 3.0 * 500 / 10))
+    EW = W1 / W2
+    np.testing.assert_allclose(EW.sum(axis=0), [4.0] * 3)
+    unit = noisy / noisy.sum(axis=1, keepdims=True)
+    expected = np.array([unit[truth == j].mean(axis=0) for j in range(3)])
+    expected = 4 * (0.8 * expected / expected.sum(axis=1, keepdims=True) + 0.2 / 4)
+    order = np.argsort(np.argmax(EW, axis=0))
+    np.testing.assert_allclose(EW[:, order].T, expected[np.argsort(np.argmax(expected, axis=1))])
+    assert EW.min() >= 0.2
+
+
+def test_pattern_start_with_fewer_distinct_frames_than_patterns_breaks_the_ties() -> None:
+    """Two distinct shapes (and a silent frame) for 5 patterns: 2 start at the shapes,
+    the other 3 at the mean shape times noise, so no two patterns are the same."""
+    frames = np.array([[4.0, 1.0, 0.0], [8.0, 2.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 9.0]])
+    W1, W2 = pattern_start(frames, 5, 10, np.random.default_rng(0))
+    EW = W1 / W2
+    assert np.all(np.isfinite(EW)) and EW.min() > 0
+    assert np.unique(np.round(EW, 12), axis=1).shape[1] == 5
+    shape = np.array([0.8, 0.2, 0.0])
+    cosine = (EW / np.linalg.norm(EW, axis=0)).T @ (shape / np.linalg.norm(shape))
+    assert np.sort(cosine)[-1] > 0.97  # the shape of the first two frames is a pattern
+    with pytest.raises(ValueError, match="every spectrogram frame of the sample is zero"):
+        pattern_start(np.zeros((3, 3)), 2, 10, np.random.default_rng(0))
+
+
+def test_spectrogram_frames_are_columns_in_time_order(rng) -> None:
+    X = rng.random((2, 3, 4))
+    frames = spectrogram_frames(X)
+    np.testing.assert_array_equal(frames[5], X[1, :, 1])
+    assert frames.shape == (8, 3)
+
+
+def test_nmf_starts_from_data_once_remembers_it_and_compat_refuses_it(tmp_path, rng) -> None:
+    """init="data" replaces the reference's draw of q(W) at the first fit by the start
+    from a sample of the spectrograms given (the same as pattern_start of their frames),
+    once; the setting and the fact survive a file; compat mode refuses it."""
+    X = rng.gamma(2.0, 2.0, size=(12, 6, 5))
+    nmf = BayesianNonparametricNMF(X.shape, 4, init="data", max_steps=1, random_state=0)
+    assert not nmf.initialised
+    drawn = nmf.W1.copy()
+    nmf.start_from_frames(spectrogram_frames(X))
+    started = nmf.W1.copy()
+    fresh = BayesianNonparametricNMF(X.shape, 4, init="data", max_steps=1, random_state=0)
+    np.testing.assert_array_equal(fresh.W1, drawn)
+    fresh.partial_fit(X)
+    # one step from the data start, not from the draw
+    again = BayesianNonparametricNMF(X.shape, 4, init="data", max_steps=1, random_state=0)
+    again.W1 = started.copy()
+    again.W2 = nmf.W2.copy()
+    again.initialised = True
+    again.partial_fit(X)
+    np.testing.assert_array_equal(fresh.W1, again.W1)
+    assert fresh.initialised and not np.allclose(started, drawn)
+    fresh.save(tmp_path / "nmf.h5")
+    loaded = BayesianNonparametricNMF.load(tmp_path / "nmf.h5")
+    assert loaded.initialised and loaded.init == "data"
+    before = loaded.W1.copy()
+    loaded._start_from_data(X)  # already started: nothing happens
+    np.testing.assert_array_equal(loaded.W1, before)
+    with pytest.raises(ValueError, match="init='data' needs compat='default'"):
+        BayesianNonparametricNMF(X.shape, 4, compat="specufex", init="data").fit(X)
+    with pytest.raises(ValueError, match="init must be one of"):
+        BayesianNonparametricNMF(X.shape, 4, init="kmeans").fit(X)
+    random = BayesianNonparametricNMF(X.shape, 4, random_state=0)
+    assert random._init() == "random" and random.initialised
 
 
 def _two_regime_sequences(rng: np.random.Generator, n: int) -> np.ndarray:

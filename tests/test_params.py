@@ -65,7 +65,7 @@ GIVEN = {
         "X_shape": [6, 5, 4], "num_pat": np.int64(3), "compat": "default", "batch_size": 2,
         "max_steps": 3, "tol": 0.0, "step_size": 0.5, "anneal": False,
         "min_pattern_share": 0.01, "merge_cosine": 0.99, "likelihood_scale": "frames",
-        "random_state": 7,
+        "init": "data", "random_state": 7,
         "dtype": "float32", "verbose": False,
     },
     BayesianHMM: {

@@ -1,5 +1,10 @@
 """Data-driven starting points for the variational factors (default mode only).
 
+q(W): the reference draws every pattern from the same flat Gamma, so at the first
+steps all patterns look alike and split the counts between them; the copies this makes
+persist. :func:`pattern_start` starts each pattern instead at the mean spectral shape of
+a seeded k-means group of the frames of a sample of spectrograms.
+
 The reference starts q(B) from random draws that ignore the data's scale. On real records
 the emissions ``U = diag(gain) V`` are hundreds of counts per frame, so the Poisson
 likelihood is so peaked that the state closest to the data at the first step takes every
@@ -19,12 +24,30 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["INIT_EVENTS", "emission_frames", "emission_start", "init_sample", "kmeans"]
+__all__ = [
+    "INIT_EVENTS",
+    "PATTERN_FLOOR",
+    "PATTERN_STRENGTH",
+    "emission_frames",
+    "emission_start",
+    "init_sample",
+    "kmeans",
+    "pattern_start",
+    "spectrogram_frames",
+]
 
 INIT_EVENTS = 256
 """Sequences whose frames seed q(B): enough frames for 15+ states, small to compute."""
 
 KMEANS_ITERATIONS = 30
+
+PATTERN_FLOOR = 0.1
+"""Share of a started pattern spread evenly over the frequencies: no frequency starts at
+E[W] = 0, from which the data could not move it."""
+
+PATTERN_STRENGTH = 10.0
+"""Weight of the data start of q(W) against the reference's random draw (1): W2 =
+strength * n_events / 10."""
 
 
 def init_sample(rng: np.random.Generator, n_items: int, size: int = INIT_EVENTS) -> NDArray[Any]:
@@ -152,3 +175,71 @@ def emission_start(
     B2 = np.broadcast_to((tau2 + weight)[:, None], (n_states, n_patterns)).copy()
     B1 = tau1 + weight[:, None] * (sums / counts[:, None])
     return B1, B2
+
+
+def spectrogram_frames(spectrograms: NDArray[Any]) -> NDArray[Any]:
+    """The frames (columns) of spectrograms (n, D, M), as (n * M, D) in time order."""
+    frames: NDArray[Any] = np.asarray(spectrograms).transpose(0, 2, 1)
+    return frames.reshape(-1, frames.shape[2])
+
+
+def pattern_start(
+    frames: NDArray[Any],
+    n_patterns: int,
+    n_events: int,
+    rng: np.random.Generator,
+    *,
+    floor: float = PATTERN_FLOOR,
+    strength: float = PATTERN_STRENGTH,
+) -> tuple[NDArray[Any], NDArray[Any]]:
+    """q(W) that starts each pattern at the mean spectral shape of a k-means group of frames.
+
+    Parameters
+    ----------
+    frames : ndarray of shape (n_sample_frames, n_frequencies)
+        Spectrogram frames (columns) of a sample of spectrograms.
+    n_patterns : int
+    n_events : int
+        Spectrograms in the whole data set: the start's weight, ``W2``, is that of the
+        reference's draw times ``strength``.
+    rng : numpy.random.Generator
+        Seeds k-means and the patterns beyond the frames' distinct shapes.
+    floor, strength : float
+        See :data:`PATTERN_FLOOR` and :data:`PATTERN_STRENGTH`.
+
+    Returns
+    -------
+    W1, W2 : ndarray of shape (n_frequencies, n_patterns)
+
+    Notes
+    -----
+    Each frame is scaled to unit sum (its shape: the activations carry the loudness)
+    and k-means runs on the square roots of the shapes (their Hellinger geometry), so
+    that the few loud or broadband frames do not take all the centres. Every column of
+    ``E[W]`` sums to ``n_frequencies``, the expected sum of the reference's draw, so q(a)
+    and q(H) start at the scale they would have. With fewer distinct frames than
+    patterns (a single short spectrogram), the extra patterns start at the mean shape
+    times the reference's Gamma(10, 1/10) noise: exact copies would stay copies.
+    """
+    frames = np.asarray(frames, dtype=np.float64)
+    n_frequencies = frames.shape[1]
+    totals = frames.sum(axis=1)
+    shapes = frames[totals > 0] / totals[totals > 0, None]
+    if len(shapes) == 0:
+        raise ValueError(
+            "every spectrogram frame of the sample is zero: nothing to start q(W) from"
+        )
+    # k-means gives repeated shapes a centre each: as many centres as distinct shapes
+    n_centres = min(n_patterns, len(np.unique(shapes, axis=0)))
+    labels = kmeans(np.sqrt(shapes), n_centres, rng)
+    counts = np.bincount(labels, minlength=n_patterns).astype(np.float64)
+    sums = np.zeros((n_patterns, n_frequencies))
+    np.add.at(sums, labels, shapes)
+    unused = counts == 0
+    noise = rng.gamma(10.0, 1 / 10, size=(int(unused.sum()), n_frequencies))
+    sums[unused] = shapes.mean(axis=0) * noise
+    centres = sums / np.maximum(counts, 1.0)[:, None]
+    centres /= centres.sum(axis=1, keepdims=True)
+    EW = n_frequencies * ((1.0 - floor) * centres.T + floor / n_frequencies)
+    W2 = np.full((n_frequencies, n_patterns), strength * n_events / 10)
+    return W2 * EW, W2

@@ -53,6 +53,7 @@ __all__ = [
 COMPAT_MODES = ("default", "specufex")
 LIKELIHOOD_SCALES = ("frames", "spectrograms")
 HMM_INITS = ("data", "random")
+"""Starts of q(B) (the HMM's ``init``) and of q(W) (the NMF's)."""
 MIN_PATTERN_SHARE = 1e-3
 """Default share of the data's counts below which the default mode prunes a pattern."""
 AUTO_BATCH_SIZE = 64
@@ -216,6 +217,7 @@ NMF_PARAMETERS = _table(
     Parameter("min_pattern_share", SHARE, "auto"),
     Parameter("merge_cosine", COSINE, None),
     Parameter("likelihood_scale", LIKELIHOOD_SCALE, "spectrograms"),
+    Parameter("init", INIT, None),
     _RANDOM_STATE,
     _DTYPE,
     _VERBOSE,
@@ -269,7 +271,7 @@ REFERENCE_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
         ("spectrograms", "frames"),
         "scales the statistics by the frames, as the reference",
     ),
-    "init": ((None, "random"), "starts q(B) from the reference's random draw"),
+    "init": ((None, "random"), "starts q(W) and q(B) from the reference's random draws"),
 }
 """Settings ``compat="specufex"`` fixes: the values it accepts, and why."""
 

@@ -22,6 +22,8 @@ PURPOSES = {
     "hmm_batch": 4,
     "hmm_init_sample": 5,
     "hmm_init_data": 6,
+    "nmf_init_sample": 7,
+    "nmf_init_data": 8,
 }
 
 

@@ -86,6 +86,7 @@ __all__ = [
     "StoredRows",
     "bad_values",
     "emission_frames",
+    "spectrogram_frames",
     "hmm_statistics",
     "naming_every_bad_event",
     "nmf_statistics",
@@ -403,6 +404,14 @@ def _frame_leaves(X: np.ndarray, nmf: NMFStepParameters, hmm: HMMStepParameters)
     return [[frames] for frames in initialise.emission_frames(V, hmm.gain)]
 
 
+def _spectrogram_frame_leaves(X: np.ndarray) -> list:
+    """Every event's spectrogram frames (M, D), each in a list of its own (see
+    :func:`_frame_leaves`)."""
+    return [
+        [frames] for frames in initialise.spectrogram_frames(X).reshape(len(X), -1, X.shape[1])
+    ]
+
+
 def stored_task(chunks: EventChunks, index: np.ndarray, first: int, stop: int, leaves,
                 params: tuple) -> tuple:  # fmt: skip
     """Arguments of :func:`task_nodes` for minibatch positions ``first:stop`` of an
@@ -556,6 +565,16 @@ def emission_frames(
     """
     frames = _minibatch_statistics(
         chunks, index, client, _frame_leaves, nmf_params, hmm_params, runners=runners
+    )
+    return np.concatenate(frames, axis=0)
+
+
+def spectrogram_frames(chunks: EventChunks, index: np.ndarray, client, runners=None) -> np.ndarray:
+    """Spectrogram frames of the events ``index`` (sorted event indices), read on the
+    workers in one step's worth of tasks: what :meth:`BayesianNonparametricNMF.start_from_frames`
+    takes, an array (len(index) * M, D) in the order of ``index``."""
+    frames = _minibatch_statistics(
+        chunks, index, client, _spectrogram_frame_leaves, runners=runners
     )
     return np.concatenate(frames, axis=0)
 
