@@ -46,7 +46,10 @@ N_FREQUENCIES = 513
 N_TIMES = 51
 N_SOURCES = 8  # spectral bumps shared by all events: the structure the NMF should find
 # Bumped whenever synthetic_chunk changes, so that --reuse never takes an older archive.
-SYNTHETIC_VERSION = 2
+SYNTHETIC_VERSION = 3
+# Events per seeded Generator of the synthetic data, whatever the archive's layout, so that
+# sharded and unsharded archives of one seed hold the same values.
+GENERATOR_EVENTS = 8
 MEMORY_LIMIT = "4GiB"
 SAMPLE_SECONDS = 0.1
 
@@ -103,16 +106,28 @@ def synthetic_chunk(seed: int, start: int, stop: int) -> np.ndarray:
     return np.stack(spectrograms).astype(np.float32)
 
 
+def synthetic_events(seed: int, start: int, stop: int) -> np.ndarray:
+    """The synthetic spectrograms of events [start, stop): :func:`synthetic_chunk` of every
+    ``GENERATOR_EVENTS`` block, so they do not depend on how the range is cut."""
+    from specufex_dask.io.archive import region_bounds
+
+    blocks = region_bounds(start, stop, GENERATOR_EVENTS)
+    return np.concatenate([synthetic_chunk(seed, first, end) for first, end in blocks])
+
+
 def _write_chunk(store: str, seed: int, start: int, stop: int) -> tuple[int, int]:
     from specufex_dask.io import archive
 
     return archive.write_region(
-        store, archive.SPECTROGRAM, start, synthetic_chunk(seed, start, stop)
+        store, archive.SPECTROGRAM, start, synthetic_events(seed, start, stop)
     )
 
 
-def build_archive(path: Path, n_events: int, chunk_events: int, seed: int, client) -> float:
-    """Write the synthetic archive at ``path`` from the workers; return seconds taken."""
+def build_archive(
+    path: Path, n_events: int, chunk_events: int, seed: int, client, shard_events: int = 0
+) -> float:
+    """Write the synthetic archive at ``path`` from the workers (here without ``client``),
+    sharded by ``shard_events`` (0: plain chunks); return seconds taken."""
     from specufex_dask.io import archive
 
     began = time.perf_counter()
@@ -125,9 +140,15 @@ def build_archive(path: Path, n_events: int, chunk_events: int, seed: int, clien
         chunk_events=chunk_events,
         dtype=np.float32,
         overwrite=True,
+        shard_events=shard_events or None,
     )
     try:
         regions = writer.regions
+        if client is None:
+            for start, stop in regions:
+                _write_chunk(str(writer.store_path), seed, start, stop)
+            writer.commit()
+            return time.perf_counter() - began
         futures = client.map(
             _write_chunk,
             [str(writer.store_path)] * len(regions),
