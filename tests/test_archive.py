@@ -71,8 +71,10 @@ def test_write_then_open_round_trips_values_coords_and_attrs(tmp_path, rng):
     assert _leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("layout", [{"shard_events": 2}, {"chunk_events": 2, "shard_events": None}],
-                         ids=["sharded", "plain"])  # fmt: skip
+LAYOUTS = {"sharded": {"shard_events": 2}, "plain": {"chunk_events": 2, "shard_events": None}}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
 def test_append_extends_without_rewriting_full_chunks(tmp_path, rng, layout):
     """Appends to a sharded archive and to an unsharded one (as written before shards)
     keep its layout and never rewrite a full shard or chunk."""

@@ -445,8 +445,8 @@ def test_sharded_ingest_from_two_workers_reads_back_exactly(tmp_path, rng, monke
     out = tmp_path / "sharded.zarr"
     shard = out / "spectrogram" / "c"
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, host="127.0.0.1",
-                     dashboard_address="127.0.0.1:0") as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
+                     host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster,
         Client(cluster) as client,
     ):  # fmt: skip
         options = {"client": client, "chunk_events": 2}  # 2 inspect tasks per shard
