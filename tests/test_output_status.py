@@ -103,6 +103,7 @@ def test_a_killed_transform_shows_the_events_done_and_is_not_complete(
     for name in OUTPUTS:
         assert _status(dataset, name) == (written, False, True)
     summary = _info(capsys, path)
+    assert (summary["shard_events"], summary["chunks"][0]) == (CHUNK, 1)
     for name in OUTPUTS:
         output = summary["outputs"][name]
         assert (output["events_done"], output["complete"], output["model_match"]) == (
