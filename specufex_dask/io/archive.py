@@ -2,7 +2,9 @@
 
 The schema is the shared contract of /work/notes/ARCHIVE.md:
 
-- ``spectrogram`` (event, frequency, time), float32 or float64, chunked along ``event`` only;
+- ``spectrogram`` (event, frequency, time), float32 or float64, chunked along ``event`` only
+  (in new archives: Zarr shards of :data:`DEFAULT_SHARD_EVENTS` events, one-event inner
+  chunks; before: plain chunks of ``chunk_events``);
 - coordinates ``event`` (unique str ids), ``frequency`` (Hz), ``time`` (s) and per-event
   metadata on ``event`` (``starttime``, ``network``, ``station``, ``location``, ``channel``,
   ``source``, ``median``);
@@ -23,7 +25,8 @@ store without the attribute (written by other tools) is accepted.
 Damage
 ------
 Every array of a new archive is stored zstd-compressed, then checksummed
-(:func:`checksummed`: Zarr's crc32c codec last), so a damaged chunk is caught on read
+(:func:`checksummed`: Zarr's crc32c codec last; in a shard, every inner chunk and the
+shard index), so a damaged chunk is caught on read
 and named by its file (:mod:`specufex_dask.io.chunkread`). Zarr format 2 stores, which
 xarray writes with ``zarr_format=2``, are read but refused for writes
 (:func:`require_zarr_v3`), with the command that converts them.

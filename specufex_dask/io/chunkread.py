@@ -7,12 +7,17 @@ hand-off waits for a core. An archive's ``spectrogram`` is the simplest Zarr v3 
 there is (chunked along ``event`` only, little-endian, zstd or no compression, one file
 per chunk on a local disk, a crc32c after compression in archives written since
 checksums were added): for it the chunk files are read, checked and decoded here, in
-the task's own thread, as the Zarr v3 specification lays them out. Anything else
-(sharding, other codecs, remote stores, Zarr v2) is left to Zarr.
+the task's own thread, as the Zarr v3 specification lays them out. So are the shards of
+new archives (:class:`ShardedChunks`: one file of 256 events, each event an inner chunk
+encoded alike, the index at the end with its own crc32c), of which a read takes only the
+byte ranges of the rows it needs. Anything else (other codecs, a shard index first,
+remote stores, Zarr v2) is left to Zarr.
 
 Damage is named by its chunk file: a checksum that does not match, or a file that is
 missing where the array's fill value is NaN (no valid spectrogram holds a NaN, so Zarr
-never leaves such a chunk unwritten on purpose; the file was lost).
+never leaves such a chunk unwritten on purpose; the file was lost). In a shard, a
+damaged inner chunk names the shard file and its own events, a damaged index or a
+missing shard file all the shard's events.
 
 On the 10k benchmark archive (8-event chunks, 60 + 60 steps of 64 events, medians of
 four alternating runs) a 1-worker fit kept 0.95 cores busy in its worker instead of 1.12
@@ -472,7 +477,8 @@ def sharded_chunks(array: Any) -> ShardedChunks | None:
     index_codecs = tuple(type(codec) for codec in sharding.index_codecs)
     if index_codecs not in ((BytesCodec,), (BytesCodec, Crc32cCodec)):
         return None
-    if getattr(sharding.index_codecs[0].endian, "value", "little") != "little":
+    index_endian = getattr(sharding.index_codecs[0], "endian", None)
+    if getattr(index_endian, "value", index_endian) != "little":
         return None
     inner = _plain_layout(array, inner_shape, tuple(sharding.codecs))
     if inner is None:
