@@ -293,9 +293,10 @@ def _dask_by_shards(ds: xr.Dataset, path: str) -> xr.Dataset:
     shard_events = stored_shard_events(ds[SPECTROGRAM].encoding)
     if shard_events is None:
         return ds
+    others = [str(name) for name in ds.variables if name != SPECTROGRAM]
     with quiet_zarr():
-        lazy = xr.open_zarr(path, chunks=None)[SPECTROGRAM]
-    return ds.assign({SPECTROGRAM: lazy.chunk({EVENT: shard_events})})
+        lazy = xr.open_zarr(path, chunks=None, drop_variables=others)[SPECTROGRAM]
+    return ds.assign({SPECTROGRAM: lazy.variable.chunk({EVENT: shard_events})})
 
 
 def validate_archive(ds: xr.Dataset, where: str = "archive") -> None:
