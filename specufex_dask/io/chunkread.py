@@ -264,6 +264,9 @@ _NO_CHUNK = 2**64 - 1
 # Shard indexes kept per process (least recently used dropped first): 4 kB each for
 # 256-event shards of 1-event chunks, so 1024 of them cover 262k events in 4 MB.
 INDEX_CACHE = 1024
+_INDEX_DTYPE = np.dtype("<u8")
+# Keyed by the file's path, inode, size and modification time: Zarr rewrites a shard (an
+# append's last one) as a new file renamed into place, so a rewritten shard misses.
 _indexes: OrderedDict[tuple[str, int, int, int], np.ndarray] = OrderedDict()
 
 
@@ -314,9 +317,10 @@ class ShardedChunks:
         return _damage(f"store {store}, array {array!r}, shard {key}: shard file {path}",
                        problem, events, chunks.remedy)  # fmt: skip
 
-    def _shard_damage(self, path: Path, number: int, problem: str) -> ArchiveError:
+    def _shard_damage(self, number: int, problem: str) -> ArchiveError:
         first = number * self.shard_events
-        return self._damage(path, problem, self._rows(first, first + self.shard_events))
+        events = self._rows(first, first + self.shard_events)
+        return self._damage(self.path(number), problem, events)
 
     def path(self, number: int) -> Path:
         """The file of shard ``number``."""
@@ -335,7 +339,7 @@ class ShardedChunks:
         size = 16 * self.n_inner + 4 * self.index_crc32c
         if status.st_size < size:
             problem = f"the file ({status.st_size} bytes) is too short for its shard index"
-            raise self._shard_damage(self.path(number), number, problem)
+            raise self._shard_damage(number, problem)
         stored = np.frombuffer(os.pread(file.fileno(), size, status.st_size - size), np.uint8)
         try:
             pairs = _decoded(stored, self.index_crc32c, False, (self.n_inner, 2), _INDEX_DTYPE)
@@ -343,12 +347,12 @@ class ShardedChunks:
             problem = "checksum mismatch: the shard index is damaged"
             if str(damaged) != _MISMATCH:
                 problem = f"the shard index {damaged}"
-            raise self._shard_damage(self.path(number), number, problem) from None
+            raise self._shard_damage(number, problem) from None
         ends = pairs[:, 0] + pairs[:, 1]
         present = pairs[:, 0] != _NO_CHUNK
         if np.any(ends[present] > status.st_size - size):
             problem = "the shard index points past the end of the file (a damaged index)"
-            raise self._shard_damage(self.path(number), number, problem)
+            raise self._shard_damage(number, problem)
         _indexes[cache_key] = pairs
         if len(_indexes) > INDEX_CACHE:
             _indexes.popitem(last=False)
@@ -393,7 +397,7 @@ class ShardedChunks:
             file = path.open("rb", buffering=0)
         except FileNotFoundError:
             if chunks.dtype.kind == "f" and np.isnan(chunks.fill_value):
-                raise self._shard_damage(path, number, "the shard file is missing") from None
+                raise self._shard_damage(number, "the shard file is missing") from None
             values[:] = chunks.fill_value
             return values
         with file:
@@ -435,8 +439,9 @@ class ShardedChunks:
         try:
             self.shard_rows(number, local)
         except ArchiveError as first_problem:
+            # a missing file or a bad index spoils the whole shard: nothing more to name
             if "inner chunk" not in str(first_problem):
-                return [first_problem]  # the shard as a whole: nothing more to name
+                return [first_problem]
         else:
             return []
         found = []
@@ -446,9 +451,6 @@ class ShardedChunks:
             except ArchiveError as problem:
                 found.append(problem)
         return found
-
-
-_INDEX_DTYPE = np.dtype("<u8")
 
 
 def sharded_chunks(array: Any) -> ShardedChunks | None:
