@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from specufex_dask.ingest.preprocessing import to_decibels_above_median
-from specufex_dask.io.archive import DEFAULT_CHUNK_EVENTS
+from specufex_dask.io.archive import DEFAULT_CHUNK_EVENTS, DEFAULT_SHARD_EVENTS
 
 logger = logging.getLogger("bench_archive")
 
@@ -46,7 +46,10 @@ N_FREQUENCIES = 513
 N_TIMES = 51
 N_SOURCES = 8  # spectral bumps shared by all events: the structure the NMF should find
 # Bumped whenever synthetic_chunk changes, so that --reuse never takes an older archive.
-SYNTHETIC_VERSION = 2
+SYNTHETIC_VERSION = 3
+# Events per seeded Generator of the synthetic data, whatever the archive's layout, so that
+# sharded and unsharded archives of one seed hold the same values.
+GENERATOR_EVENTS = 8
 MEMORY_LIMIT = "4GiB"
 SAMPLE_SECONDS = 0.1
 
@@ -56,11 +59,12 @@ TARGETS = (
     "2 workers >= 1.7x the throughput of 1 worker"
 )
 CHUNK_NOTE = (
-    "chunk_events is the Zarr chunk length along event. An SVI step's tasks (>= 16 events "
-    "each, whole chunks) read their minibatch rows by path, and Zarr decompresses every chunk "
-    "holding one, so a step decompresses up to min(B, N/chunk) chunks of chunk_events x 513 x "
-    "51 float32 ({mb:.1f} MB each). The transform reads ranges of whole chunks, >= 256 events "
-    "per task, 2 tasks in flight per worker thread. No separate pass checks the values."
+    "Layouts of spectrogram: 'shards of S' holds S events per file in one-event inner chunks, "
+    "so a step decompresses only the B rows it draws; 'plain C' holds C events per chunk file "
+    "and a step decompresses up to min(B, N/C) chunks of C x 513 x 51 float32 ({mb:.1f} MB "
+    "each). An SVI step's tasks (>= 16 events each, whole shards or chunks) read their "
+    "minibatch rows by path. The transform reads ranges of >= 256 events per task, 2 tasks "
+    "in flight per worker thread. No separate pass checks the values."
 )
 
 
@@ -103,16 +107,28 @@ def synthetic_chunk(seed: int, start: int, stop: int) -> np.ndarray:
     return np.stack(spectrograms).astype(np.float32)
 
 
+def synthetic_events(seed: int, start: int, stop: int) -> np.ndarray:
+    """The synthetic spectrograms of events [start, stop): :func:`synthetic_chunk` of every
+    ``GENERATOR_EVENTS`` block, so they do not depend on how the range is cut."""
+    from specufex_dask.io.archive import region_bounds
+
+    blocks = region_bounds(start, stop, GENERATOR_EVENTS)
+    return np.concatenate([synthetic_chunk(seed, first, end) for first, end in blocks])
+
+
 def _write_chunk(store: str, seed: int, start: int, stop: int) -> tuple[int, int]:
     from specufex_dask.io import archive
 
     return archive.write_region(
-        store, archive.SPECTROGRAM, start, synthetic_chunk(seed, start, stop)
+        store, archive.SPECTROGRAM, start, synthetic_events(seed, start, stop)
     )
 
 
-def build_archive(path: Path, n_events: int, chunk_events: int, seed: int, client) -> float:
-    """Write the synthetic archive at ``path`` from the workers; return seconds taken."""
+def build_archive(
+    path: Path, n_events: int, chunk_events: int, seed: int, client, shard_events: int = 0
+) -> float:
+    """Write the synthetic archive at ``path`` from the workers (here without ``client``),
+    sharded by ``shard_events`` (0: plain chunks); return seconds taken."""
     from specufex_dask.io import archive
 
     began = time.perf_counter()
@@ -125,9 +141,15 @@ def build_archive(path: Path, n_events: int, chunk_events: int, seed: int, clien
         chunk_events=chunk_events,
         dtype=np.float32,
         overwrite=True,
+        shard_events=shard_events or None,
     )
     try:
         regions = writer.regions
+        if client is None:
+            for start, stop in regions:
+                _write_chunk(str(writer.store_path), seed, start, stop)
+            writer.commit()
+            return time.perf_counter() - began
         futures = client.map(
             _write_chunk,
             [str(writer.store_path)] * len(regions),
@@ -220,6 +242,8 @@ class RunResult:
     # per stage: mean cores busy in the driver process and in all workers together
     cores: dict[str, dict[str, float]] = field(default_factory=dict)
     code_version: str = ""
+    # events per shard of the spectrogram; 0 for plain chunks (as every run before shards)
+    shard_events: int = 0
 
     @property
     def total_seconds(self) -> float:
@@ -278,11 +302,13 @@ def run_once(args: argparse.Namespace, path: Path, n_workers: int) -> RunResult:
             fit_ended = time.perf_counter()
             cpu_after_fit = cpu_seconds(pids)
         peaks["fit"] = fit_memory.peaks
-        with MemorySampler(pids) as transform_memory:
-            model.transform_to_zarr(str(path))
-            transform_ended = time.perf_counter()
-            cpu_after_transform = cpu_seconds(pids)
-        peaks["transform"] = transform_memory.peaks
+        transform_ended, cpu_after_transform, peaks["transform"] = fit_ended, cpu_after_fit, {}
+        if not args.fit_only:
+            with MemorySampler(pids) as transform_memory:
+                model.transform_to_zarr(str(path))
+                transform_ended = time.perf_counter()
+                cpu_after_transform = cpu_seconds(pids)
+            peaks["transform"] = transform_memory.peaks
     finally:
         handle.close()
 
@@ -290,6 +316,10 @@ def run_once(args: argparse.Namespace, path: Path, n_workers: int) -> RunResult:
         return peaks[stage].get(name, 0) / 2**20
 
     nmf_rate = _step_rate(stamps["nmf"])
+    cores = {"fit": cores_busy(cpu_before_fit, cpu_after_fit, fit_ended - fit_began)}
+    if not args.fit_only:
+        transform_seconds = transform_ended - fit_ended
+        cores["transform"] = cores_busy(cpu_after_fit, cpu_after_transform, transform_seconds)
     return RunResult(
         n_events=int(args.one_size),
         workers=n_workers,
@@ -299,17 +329,30 @@ def run_once(args: argparse.Namespace, path: Path, n_workers: int) -> RunResult:
         before_first_step=stamps["nmf"][0] - fit_began if stamps["nmf"] else float("nan"),
         nmf_steps_per_s=nmf_rate,
         hmm_steps_per_s=_step_rate(stamps["hmm"]),
-        transform_events_per_s=args.one_size / (transform_ended - fit_ended),
+        transform_events_per_s=(
+            float("nan") if args.fit_only else args.one_size / (transform_ended - fit_ended)
+        ),
         driver_peak_mib={stage: mib(stage, "driver") for stage in peaks},
         worker_peak_mib={stage: max(mib(stage, name) for name in names) for stage in peaks},
-        cores={
-            "fit": cores_busy(cpu_before_fit, cpu_after_fit, fit_ended - fit_began),
-            "transform": cores_busy(
-                cpu_after_fit, cpu_after_transform, transform_ended - fit_ended
-            ),
-        },
+        cores=cores,
         code_version=code_version,
+        shard_events=stored_shard_events(path),
     )
+
+
+def stored_shard_events(path: Path) -> int:
+    """Events per shard of the archive's spectrogram; 0 when it is in plain chunks."""
+    import zarr
+
+    from specufex_dask.io import archive
+
+    shards = zarr.open_array(str(path), path=archive.SPECTROGRAM, mode="r").shards
+    return 0 if shards is None else int(shards[0])
+
+
+def layout_name(shard_events: int, chunk_events: int) -> str:
+    """How the table and the archive's file name show a layout."""
+    return f"shards of {shard_events}" if shard_events else f"plain {chunk_events}"
 
 
 def run_in_subprocess(args: argparse.Namespace, path: Path, n: int, k: int) -> RunResult:
@@ -318,6 +361,7 @@ def run_in_subprocess(args: argparse.Namespace, path: Path, n: int, k: int) -> R
         sys.executable, __file__, "--one-path", str(path), "--one-size", str(n),
         "--one-workers", str(k), "--nmf-steps", str(args.nmf_steps),
         "--hmm-steps", str(args.hmm_steps), "--batch-size", str(args.batch_size),
+        *(["--fit-only"] if args.fit_only else []),
     ]  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
@@ -360,26 +404,29 @@ def _cores(results: list[RunResult], stage: str) -> str:
     return f"{driver:.2f} + {workers:.2f}"
 
 
-def table(groups: dict[tuple[int, int], list[RunResult]], builds: dict[int, float]) -> str:
-    """Markdown table of medians over repeats, one row per (N, workers)."""
+def table(
+    groups: dict[tuple[int, int, int], list[RunResult]], builds: dict[tuple[int, int], float]
+) -> str:
+    """Markdown table of medians over repeats, one row per (N, layout, workers)."""
     header = (
-        "| N | workers | runs | build s | fit s | open+1st step s | NMF steps/s | "
+        "| N | layout | workers | runs | build s | fit s | open+1st step s | NMF steps/s | "
         "HMM steps/s | transform s | transform spectrograms/s | end-to-end s | "
         "driver peak MiB (fit/transform) | worker peak MiB (fit/transform) | "
         "cores busy in fit (driver + workers) | cores busy in transform | "
-        "speed-up vs 1 worker | code |\n|" + "---|" * 17
+        "speed-up vs 1 worker | code |\n|" + "---|" * 18
     )
     rows = [header]
-    for (n, k), results in sorted(groups.items()):
+    for (n, shard, k), results in sorted(groups.items()):
         total = _median(results, lambda r: r.total_seconds)
-        single = groups.get((n, 1))
+        single = groups.get((n, shard, 1))
         speedup = (
             f"{_median(single, lambda r: r.total_seconds) / total:.2f}x"
             if single and k != 1
             else ""
         )
         rows.append(
-            f"| {n} | {k} | {len(results)} | {builds.get(n, float('nan')):.0f} "
+            f"| {n} | {layout_name(shard, DEFAULT_CHUNK_EVENTS)} | {k} | {len(results)} "
+            f"| {builds.get((n, shard), float('nan')):.0f} "
             f"| {_median(results, lambda r: r.fit_seconds):.1f} "
             f"| {_median(results, lambda r: r.before_first_step):.1f} "
             f"| {_median(results, lambda r: r.nmf_steps_per_s):.2f} "
@@ -388,9 +435,9 @@ def table(groups: dict[tuple[int, int], list[RunResult]], builds: dict[int, floa
             f"| {_median(results, lambda r: r.transform_events_per_s):.0f} "
             f"| {total:.1f} "
             f"| {_median(results, lambda r: r.driver_peak_mib['fit']):.0f}"
-            f" / {_median(results, lambda r: r.driver_peak_mib['transform']):.0f} "
+            f" / {_median(results, lambda r: r.driver_peak_mib.get('transform', 0)):.0f} "
             f"| {_median(results, lambda r: r.worker_peak_mib['fit']):.0f}"
-            f" / {_median(results, lambda r: r.worker_peak_mib['transform']):.0f} "
+            f" / {_median(results, lambda r: r.worker_peak_mib.get('transform', 0)):.0f} "
             f"| {_cores(results, 'fit')} | {_cores(results, 'transform')} "
             f"| {speedup} | {', '.join(sorted({r.code_version for r in results}))} |"
         )
@@ -400,9 +447,11 @@ def table(groups: dict[tuple[int, int], list[RunResult]], builds: dict[int, floa
 # ----------------------------------------------------------------------------- main
 
 
-def kept_archive_fits(path: Path, n_events: int, chunk_events: int, seed: int) -> bool:
-    """Whether ``path`` is a complete synthetic archive of this size, chunking, seed and
-    generator version."""
+def kept_archive_fits(
+    path: Path, n_events: int, chunk_events: int, seed: int, shard_events: int = 0
+) -> bool:
+    """Whether ``path`` is a complete synthetic archive of this size, chunking (inner
+    chunks of one event when sharded), seed and generator version."""
     from specufex_dask.io import archive
 
     if not path.exists():
@@ -414,17 +463,22 @@ def kept_archive_fits(path: Path, n_events: int, chunk_events: int, seed: int) -
     chunks = ds[archive.SPECTROGRAM].encoding.get("chunks", (None,))
     return (
         ds.sizes[archive.EVENT] == n_events
-        and chunks[0] == chunk_events
+        and chunks[0] == (archive.SHARD_CHUNK_EVENTS if shard_events else chunk_events)
+        and stored_shard_events(path) == shard_events
         and ds.attrs.get("synthetic_seed") == seed
         and ds.attrs.get("synthetic_version") == SYNTHETIC_VERSION
     )
 
 
-def fresh_archive(path: Path, n_events: int, args: argparse.Namespace, connect) -> float:
+def fresh_archive(
+    path: Path, n_events: int, args: argparse.Namespace, connect, shard_events: int
+) -> float:
     """Build the archive on a 2-worker cluster of its own; return seconds taken."""
     with connect(workers=2, threads_per_worker=1, memory_limit=MEMORY_LIMIT,
                  dashboard_address="127.0.0.1:0") as handle:  # fmt: skip
-        seconds = build_archive(path, n_events, args.chunk_events, args.seed, handle.client)
+        seconds = build_archive(
+            path, n_events, args.chunk_events, args.seed, handle.client, shard_events
+        )
     logger.info("built %s in %.1f s", path, seconds)
     return seconds
 
@@ -435,8 +489,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument(
         "--chunk-events", type=int, default=DEFAULT_CHUNK_EVENTS,
-        help="events per Zarr chunk; an SVI step decompresses whole chunks (see the report)",
+        help="events per Zarr chunk of unsharded archives (--shard-events 0)",
     )  # fmt: skip
+    parser.add_argument(
+        "--shard-events", type=int, nargs="+", default=[DEFAULT_SHARD_EVENTS],
+        help="events per shard of one-event chunks (0: plain chunks of --chunk-events); "
+        "several layouts are run in turn, each on its own archive",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fit-only", action="store_true", help="no transform: the fit's numbers only"
+    )
     parser.add_argument("--nmf-steps", type=int, default=100)
     parser.add_argument("--hmm-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -479,50 +541,67 @@ def main(argv: list[str] | None = None) -> None:
     # user may hold other things (results written next to the archives, say)
     created_scratch = not args.scratch.exists()
     args.scratch.mkdir(parents=True, exist_ok=True)
-    groups: dict[tuple[int, int], list[RunResult]] = {}
-    builds: dict[int, float] = {}
+    groups: dict[tuple[int, int, int], list[RunResult]] = {}
+    builds: dict[tuple[int, int], float] = {}
     try:
         for n in args.sizes:
-            path = args.scratch / f"synthetic-{n}.zarr"
-            if args.reuse and kept_archive_fits(path, n, args.chunk_events, args.seed):
-                logger.info("reusing %s", path)
-                builds[n] = float("nan")
-            else:
-                builds[n] = fresh_archive(path, n, args, connect)
+            paths = {shard: archive_path(args, n, shard) for shard in args.shard_events}
+            for shard, path in paths.items():
+                if args.reuse and kept_archive_fits(path, n, args.chunk_events, args.seed, shard):
+                    logger.info("reusing %s", path)
+                    builds[(n, shard)] = float("nan")
+                else:
+                    builds[(n, shard)] = fresh_archive(path, n, args, connect, shard)
+            # layouts and worker counts alternate, so that load drifts hit all alike
             for repeat in range(args.repeats):
-                for k in args.workers:
-                    result = run_in_subprocess(args, path, n, k)
-                    groups.setdefault((n, k), []).append(result)
-                    logger.info("N=%d workers=%d repeat %d: %s", n, k, repeat, result)
+                for shard, path in paths.items():
+                    for k in args.workers:
+                        result = run_in_subprocess(args, path, n, k)
+                        groups.setdefault((n, shard, k), []).append(result)
+                        layout = layout_name(shard, args.chunk_events)
+                        logger.info("N=%d %s workers=%d repeat %d: %s", n, layout, k, repeat,
+                                    result)  # fmt: skip
             if not args.keep:
-                shutil.rmtree(path, ignore_errors=True)
+                for path in paths.values():
+                    shutil.rmtree(path, ignore_errors=True)
     finally:
         if args.json is not None and groups:
             records = [asdict(r) for results in groups.values() for r in results]
-            saved = {"builds": builds, "runs": records}
+            saved = {"builds": {f"{n}:{s}": t for (n, s), t in builds.items()}, "runs": records}
             args.json.write_text(json.dumps(saved, indent=1))
         if not args.keep:
             for n in args.sizes:
-                shutil.rmtree(args.scratch / f"synthetic-{n}.zarr", ignore_errors=True)
+                for shard in args.shard_events:
+                    shutil.rmtree(archive_path(args, n, shard), ignore_errors=True)
             if created_scratch and not any(args.scratch.iterdir()):
                 args.scratch.rmdir()
         print_report(args, groups, builds)
 
 
-def load_results(files: list[Path]) -> tuple[dict, dict[int, float]]:
-    """Runs and build times saved by earlier ``--json`` runs, merged."""
-    groups: dict[tuple[int, int], list[RunResult]] = {}
-    builds: dict[int, float] = {}
+def archive_path(args: argparse.Namespace, n_events: int, shard_events: int) -> Path:
+    """The synthetic archive of ``n_events`` in a layout (names differ by layout)."""
+    layout = f"-shard{shard_events}" if shard_events else ""
+    return args.scratch / f"synthetic-{n_events}{layout}.zarr"
+
+
+def load_results(files: list[Path]) -> tuple[dict, dict[tuple[int, int], float]]:
+    """Runs and build times saved by earlier ``--json`` runs, merged (runs saved before
+    shards were plain-chunk runs)."""
+    groups: dict[tuple[int, int, int], list[RunResult]] = {}
+    builds: dict[tuple[int, int], float] = {}
     for file in files:
         saved = json.loads(file.read_text())
-        builds.update({int(n): float(s) for n, s in saved["builds"].items()})
+        for key, seconds in saved["builds"].items():
+            n, _, shard = key.partition(":")
+            builds[(int(n), int(shard or 0))] = float(seconds)
         for record in saved["runs"]:
             result = RunResult(**record)
-            groups.setdefault((result.n_events, result.workers), []).append(result)
+            key = (result.n_events, result.shard_events, result.workers)
+            groups.setdefault(key, []).append(result)
     return groups, builds
 
 
-def print_report(args: argparse.Namespace, groups: dict, builds: dict[int, float]) -> None:
+def print_report(args: argparse.Namespace, groups: dict, builds: dict) -> None:
     """The header (date, machine, settings, notes), the table and the targets."""
     chunk_mb = args.chunk_events * N_FREQUENCIES * N_TIMES * 4 / 1e6
     print(f"\n# bench_archive {dt.datetime.now().isoformat(timespec='seconds')}")
@@ -531,7 +610,8 @@ def print_report(args: argparse.Namespace, groups: dict, builds: dict[int, float
         f"SpecUFEx(num_pat=75, num_state=15, nmf_steps={args.nmf_steps}, "
         f"hmm_steps={args.hmm_steps}, batch_size={args.batch_size}, dtype='float32'); "
         f"local cluster, threads_per_worker=1, memory_limit={MEMORY_LIMIT}; "
-        f"chunk_events={args.chunk_events}; medians where repeated (runs column)"
+        f"chunk_events={args.chunk_events} (plain layouts); medians where repeated (runs "
+        f"column){'; fit only' if args.fit_only else ''}"
     )
     print(CHUNK_NOTE.format(mb=chunk_mb))
     print("Build = writing the synthetic archive with 2 workers (not part of end-to-end).")

@@ -52,12 +52,13 @@ def test_write_then_open_round_trips_values_coords_and_attrs(tmp_path, rng):
         TIME,
         event_coords={"median": np.arange(5.0), "station": ["BAV"] * 5, "starttime": start},
         attrs={"spectrogram_parameters": {"fs": 100.0}, "note": "x"},
-        chunk_events=2,
         rejected=[RejectedInput("bad.mseed", "unreadable: garbage", "e9")],
+        shard_events=2,
     )
     ds = open_archive(path)
     assert isinstance(ds.spectrogram.data, da.Array)
-    assert ds.spectrogram.data.chunks[0] == (2, 2, 1)
+    assert ds.spectrogram.encoding["shards"][0] == 2
+    assert ds.spectrogram.data.chunks[0] == (2, 2, 1)  # whole shards, not inner chunks
     np.testing.assert_array_equal(ds.spectrogram.values, values)
     assert ds.event.values.tolist() == ["e0", "e1", "e2", "e3", "e4"]
     np.testing.assert_array_equal(ds["median"].values, np.arange(5.0))
@@ -70,10 +71,16 @@ def test_write_then_open_round_trips_values_coords_and_attrs(tmp_path, rng):
     assert _leftovers(tmp_path) == []
 
 
-def test_append_extends_without_rewriting_full_chunks(tmp_path, rng):
+LAYOUTS = {"sharded": {"shard_events": 2}, "plain": {"chunk_events": 2, "shard_events": None}}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_append_extends_without_rewriting_full_chunks(tmp_path, rng, layout):
+    """Appends to a sharded archive and to an unsharded one (as written before shards)
+    keep its layout and never rewrite a full shard or chunk."""
     first, second = _spectrograms(rng, 5), _spectrograms(rng, 6)
     path = tmp_path / "a.zarr"
-    write_spectrograms(path, first, list("abcde"), FREQUENCY, TIME, chunk_events=2)
+    write_spectrograms(path, first, list("abcde"), FREQUENCY, TIME, **layout)
     before = _chunk_files(path)
     lazy = da.from_array(second, chunks=4)
     write_spectrograms(
@@ -94,6 +101,7 @@ def test_append_extends_without_rewriting_full_chunks(tmp_path, rng):
     assert before["2/0/0"] != after["2/0/0"]
     assert read_rejected(ds) == [RejectedInput("x", "why", "")]
     assert ds.attrs[archive.COMPLETE_ATTR] is True
+    assert archive.stored_shard_events(ds.spectrogram.encoding) == layout["shard_events"]
 
 
 def test_append_rejects_existing_ids_and_leaves_archive_unchanged(tmp_path, rng):

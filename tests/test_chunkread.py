@@ -1,4 +1,5 @@
-"""Direct reads of plain local Zarr arrays against Zarr's own reads of the same arrays."""
+"""Direct reads of plain and sharded local Zarr arrays against Zarr's own reads of the same
+arrays."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
 from specufex_dask.io import archive
-from specufex_dask.io.chunkread import plain_chunks
+from specufex_dask.io.chunkread import damaged_chunks, plain_chunks, sharded_chunks
 from specufex_dask.parallel import engine
 
 SHAPE = (21, 5, 3)  # 21 rows in chunks of 4: the last chunk is partial
@@ -91,11 +92,12 @@ def test_rows_outside_the_array_are_refused(tmp_path: Path, rng) -> None:
         {"compressors": BloscCodec(cname="lz4", clevel=5)},
         {"compressors": GzipCodec()},
         {"chunks": (4, 5, 1)},  # chunked along another axis too
-        {"shards": (8, 5, 3)},
+        {"shards": {"shape": (8, 5, 3), "index_location": "start"}},
+        {"shards": (8, 5, 3), "chunks": (4, 5, 1)},
         {"zarr_format": 2},
         {"serializer": BytesCodec(endian="big")},
     ],
-    ids=["blosc", "gzip", "chunked-in-time", "sharded", "zarr-v2", "big-endian"],
+    ids="blosc gzip chunked-in-time index-first sharded-in-time zarr-v2 big-endian".split(),
 )
 def test_other_arrays_are_left_to_zarr(tmp_path: Path, rng, options: dict) -> None:
     array = _array(tmp_path / archive.SPECTROGRAM, rng, **options)
@@ -106,25 +108,34 @@ def test_other_arrays_are_left_to_zarr(tmp_path: Path, rng, options: dict) -> No
     np.testing.assert_array_equal(stored, _zarr_read(array, rows))
 
 
-def test_archives_are_read_directly(tmp_path: Path, rng) -> None:
+@pytest.mark.parametrize("shard_events", [4, None], ids=["sharded", "plain"])
+def test_archives_are_read_directly(tmp_path: Path, rng, shard_events) -> None:
     """The archives this package writes take the direct path (the fit depends on it)."""
     values = rng.gamma(1.0, 1.0, size=(10, 6, 4)).astype(np.float32)
     ids = np.array([f"e{i}" for i in range(10)])
     path = tmp_path / "events.zarr"
-    archive.write_spectrograms(path, values, ids, np.arange(6.0), np.arange(4.0), chunk_events=3)
+    archive.write_spectrograms(path, values, ids, np.arange(6.0), np.arange(4.0), chunk_events=3,
+                               shard_events=shard_events)  # fmt: skip
     array = zarr.open_array(path, path=archive.SPECTROGRAM, mode="r")
-    plain = plain_chunks(array)
-    assert plain is not None and plain.zstd
+    if shard_events is None:
+        plain = plain_chunks(array)
+        assert plain is not None and plain.zstd and plain.crc32c
+    else:
+        sharded = sharded_chunks(array)
+        assert sharded is not None and sharded.index_crc32c and sharded.shard_events == 4
+        assert sharded.chunks.chunk_shape == (1, 6, 4) and sharded.chunks.crc32c
     rows = np.array([0, 4, 5, 9])
     np.testing.assert_array_equal(engine.StoredRows(str(path), rows).read(), values[rows])
     np.testing.assert_array_equal(engine.StoredRows(str(path), slice(2, 8)).read(), values[2:8])
 
 
 def _small_archive(path: Path, rng: np.random.Generator) -> tuple[Path, np.ndarray]:
-    """20 events in chunks of 8: chunk 2 (events 16..19) is the partial last one."""
+    """20 events in plain chunks of 8 (as archives were written before shards): chunk 2
+    (events 16..19) is the partial last one."""
     values = rng.gamma(1.0, 1.0, size=(20, 6, 4))
     ids = np.array([f"e{i}" for i in range(20)])
-    archive.write_spectrograms(path, values, ids, np.arange(6.0), np.arange(4.0), chunk_events=8)
+    archive.write_spectrograms(path, values, ids, np.arange(6.0), np.arange(4.0), chunk_events=8,
+                               shard_events=None)  # fmt: skip
     return path, values
 
 
@@ -187,13 +198,16 @@ def test_archives_without_checksums_still_read(tmp_path: Path, rng, monkeypatch)
 
 
 def test_damage_read_through_zarr_is_named_by_its_file(tmp_path: Path, rng) -> None:
-    """A sharded array is left to Zarr, whose checksum error is traced to its shard file."""
+    """A shard with its index first is left to Zarr, whose checksum error is traced to
+    its shard file."""
     codecs = (ZstdCodec(), Crc32cCodec())
-    array = _array(tmp_path / archive.SPECTROGRAM, rng, shards=(8, 5, 3), compressors=codecs)
-    assert plain_chunks(array) is None
+    shards = {"shape": (8, 5, 3), "index_location": "start"}
+    array = _array(tmp_path / archive.SPECTROGRAM, rng, shards=shards, compressors=codecs)
+    assert plain_chunks(array) is None and sharded_chunks(array) is None
     damaged = tmp_path / archive.SPECTROGRAM / "c" / "1" / "0" / "0"
     data = bytearray(damaged.read_bytes())
-    data[:64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()  # the shard's first chunk
+    first = 2 * 16 + 4  # after the index of its 2 inner chunks
+    data[first : first + 64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
     damaged.write_bytes(bytes(data))
     with pytest.raises(archive.ArchiveError) as caught:
         engine.StoredRows(str(tmp_path), np.array([2, 9, 20])).read()
@@ -203,3 +217,63 @@ def test_damage_read_through_zarr_is_named_by_its_file(tmp_path: Path, rng) -> N
     )
     rows = np.array([2, 20])
     np.testing.assert_array_equal(engine.StoredRows(str(tmp_path), rows).read(), array[rows])
+
+
+@pytest.mark.parametrize(
+    ("chunks", "compressors"),
+    [((1, 5, 3), "auto"), ((4, 5, 3), (ZstdCodec(), Crc32cCodec())), ((2, 5, 3), None)],
+    ids=["inner-1", "inner-4-crc32c", "inner-2-raw"],
+)
+def test_sharded_rows_equal_zarrs_read(tmp_path: Path, rng, chunks, compressors) -> None:
+    """Shards of 8 rows (the last of 21 partial), read directly and by Zarr."""
+    array = _array(tmp_path / "a.zarr", rng, chunks=chunks, shards=(8, 5, 3),
+                   compressors=compressors)  # fmt: skip
+    sharded = sharded_chunks(array)
+    assert sharded is not None and sharded.inner_events == chunks[0]
+    for rows in _selections(rng):
+        np.testing.assert_array_equal(sharded.read(rows), _zarr_read(array, rows))
+
+
+def _sharded_archive(path: Path, rng: np.random.Generator) -> tuple[Path, np.ndarray]:
+    """10 events in shards of 4 one-event chunks: shard 2 (events 8, 9) is partial."""
+    values = rng.gamma(1.0, 1.0, size=(10, 6, 4)).astype(np.float32)
+    ids = np.array([f"e{i}" for i in range(10)])
+    archive.write_spectrograms(path, values, ids, np.arange(6.0), np.arange(4.0), shard_events=4)
+    return path, values
+
+
+def _inner_chunk_bytes(shard: Path, inner: int, n_inner: int = 4) -> slice:
+    """Where inner chunk ``inner`` lies in a shard file, from its index (the last
+    16 n + 4 bytes: uint64 offset and length pairs, then their crc32c)."""
+    data = shard.read_bytes()
+    pairs = np.frombuffer(data[-(16 * n_inner + 4) : -4], dtype="<u8").reshape(n_inner, 2)
+    offset, length = (int(v) for v in pairs[inner])
+    return slice(offset, offset + length)
+
+
+@pytest.mark.parametrize("where", ["inner chunk", "index", "missing"])
+def test_damage_in_a_shard_is_named(tmp_path: Path, rng, where: str) -> None:
+    path, values = _sharded_archive(tmp_path / "events.zarr", rng)
+    shard = path / archive.SPECTROGRAM / "c" / "1" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    start = f"store {path}, array 'spectrogram', shard c/1/0/0: shard file {shard}: "
+    if where == "inner chunk":
+        data[_inner_chunk_bytes(shard, 2).start + 3] ^= 0x10
+        expected = "inner chunk 2: checksum mismatch: the chunk is damaged; re-ingest the "
+        expected += "events 6..6"
+    elif where == "index":
+        data[-9] ^= 0x01
+        expected = "checksum mismatch: the shard index is damaged; re-ingest the events 4..7"
+    if where == "missing":
+        shard.unlink()
+        expected = "the shard file is missing; re-ingest the events 4..7"
+    else:
+        shard.write_bytes(bytes(data))
+    with pytest.raises(archive.ArchiveError) as caught:
+        engine.StoredRows(str(path), np.array([1, 6, 9])).read()
+    assert str(caught.value) == start + expected
+    assert damaged_chunks(path) == [start + expected]
+    # the other shards still read, and so do the sound inner chunks of this one
+    sound = np.array([0, 3, 8, 9] + ([4, 5, 7] if where == "inner chunk" else []))
+    sound.sort()
+    np.testing.assert_array_equal(engine.StoredRows(str(path), sound).read(), values[sound])

@@ -124,14 +124,14 @@ def test_import_h5_and_info(golden_archive, golden_dir, capsys):
     text = ok(run_cli("info", golden_archive)).stdout
     assert text.startswith(f"archive: {golden_archive}\n")
     assert f"events: {len(ids)}\n" in text
-    assert "4 events per chunk (3 chunks)" in text
+    assert "shards: 256 events per shard file (1 shard) in chunks of 1 event(s)" in text
     assert "fingerprint: 10 event x 15 state x 15 next_state" in text
     assert "cluster: missing" in text
     code, out, _ = call_main(capsys, "info", golden_archive, "--json")
     assert code == 0
     summary = json.loads(out)
     assert summary["n_events"] == 10
-    assert summary["chunks"] == [4, 241, 26]
+    assert (summary["chunks"], summary["shard_events"]) == ([1, 241, 26], 256)
     assert summary["outputs"]["activation"]["shape"] == [10, 75, 26]
     assert summary["rejected"] == []
     assert summary["configuration"]["history"][0]["command"] == "import-h5"
@@ -364,7 +364,9 @@ def test_spectrograms_on_a_running_scheduler(bav_dir, golden_dir, tmp_path, sche
     record = json.loads(stored.attrs["specufex_dask_config"])
     assert record["spectrograms"]["nfft"] == 2000
     assert record["spectrograms"]["events_per_chunk"] == 3
-    assert stored["spectrogram"].encoding["chunks"] == (3, 241, 26)
+    # the spectrograms are sharded whatever the chunk length of the other arrays
+    assert stored["spectrogram"].encoding["chunks"] == (1, 241, 26)
+    assert stored["spectrogram"].encoding["shards"] == (256, 241, 26)
 
 
 def test_bad_config_file(golden_archive, tmp_path, capsys):
@@ -544,7 +546,7 @@ def test_demo_runs_the_whole_pipeline(demo_run):
 
     text = ok(run_cli("info", archive_path)).stdout
     assert "events: 249\n" in text
-    assert "8 events per chunk (32 chunks)" in text
+    assert "256 events per shard file (1 shard)" in text
     assert "model: " in text and "model: none" not in text
     assert "fingerprint: 249 event x 15 state x 15 next_state" in text
 

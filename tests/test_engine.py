@@ -83,11 +83,14 @@ def spectrograms() -> np.ndarray:
     return _planted_spectrograms(20181)
 
 
-def _write(path: Path, values, chunk_events: int, frequency=FREQUENCY) -> str:
+def _write(path: Path, values, chunk_events: int, frequency=FREQUENCY, sharded=True) -> str:
+    """An archive in shards of ``chunk_events`` one-event chunks, or (``sharded`` False)
+    in plain chunks of ``chunk_events``, as archives were written before shards."""
     n = values.shape[0]
     archive.write_spectrograms(
-        path, values, EVENT_IDS[:n], frequency, TIME[: values.shape[2]], chunk_events=chunk_events
-    )
+        path, values, EVENT_IDS[:n], frequency, TIME[: values.shape[2]], chunk_events=chunk_events,
+        shard_events=chunk_events if sharded else None,
+    )  # fmt: skip
     return str(path)
 
 
@@ -486,6 +489,24 @@ def test_data_start_of_q_w_reads_the_sample_on_the_workers_with_the_same_bits(
         init="random",
     )  # fmt: skip
     assert model.nmf_.elbo_ == nmf.elbo_ and not np.allclose(nmf.W1, drawn.W1)
+
+
+def test_an_unsharded_archive_fits_to_the_same_bits_and_takes_appends(
+    reference: Reference, tmp_path: Path
+) -> None:
+    """The same events in plain chunks (as written before shards) give the model of the
+    sharded reference bit for bit, and the archive still takes appends."""
+    path = _write(tmp_path / "plain.zarr", reference.spectrograms, ARCHIVE_CHUNK, sharded=False)
+    assert zarr.open_array(path, path=archive.SPECTROGRAM).shards is None
+    assert zarr.open_array(reference.path, path=archive.SPECTROGRAM).shards[0] == ARCHIVE_CHUNK
+    model = SpecUFEx(**SETTINGS, client=False, checkpoint_every=100).fit(path)
+    assert_same_model(model, reference.model)
+    more = reference.spectrograms[:3] * 2
+    archive.write_spectrograms(path, more, ["new0", "new1", "new2"], FREQUENCY, TIME, mode="a")
+    appended = archive.open_archive(path)
+    assert appended.spectrogram.encoding.get("shards") is None
+    expected = np.concatenate([reference.spectrograms, more])
+    np.testing.assert_array_equal(appended.spectrogram.values, expected)
 
 
 @pytest.mark.parametrize("cluster", [1], indirect=True, ids=["1-workers"])

@@ -129,13 +129,16 @@ def test_a_pass_without_a_cluster_runs_in_waves(monkeypatch) -> None:
 def test_ingest_keeps_a_window_of_tasks_on_a_cluster(
     local_cluster, tmp_path: Path, rng: np.random.Generator, monkeypatch
 ) -> None:
+    from specufex_dask.ingest import driver
+
     _, client = local_cluster
+    monkeypatch.setattr(driver, "DEFAULT_SHARD_EVENTS", 1)  # one write task per event
     recorder = _Recorder(client, monkeypatch)
     waveforms = rng.standard_normal((10, 400))
     params = SpectrogramParameters(fs=20.0, window_s=2.0, fmin=1.0)
     report = ingest_arrays(waveforms, tmp_path / "w.zarr", params, client=client, chunk_events=1)
     assert report.n_written == 10
-    assert len(recorder.submitted) == 20  # one inspection per unit, one write per chunk
+    assert len(recorder.submitted) == 20  # one inspection per unit, one write per shard
     assert recorder.most_in_flight <= IN_FLIGHT_PER_THREAD
     alone = ingest_arrays(waveforms, tmp_path / "a.zarr", params, chunk_events=1)
     np.testing.assert_array_equal(
@@ -153,7 +156,7 @@ def test_dask_input_is_written_through_an_executor(local_cluster, tmp_path, rng,
     lazy = da.from_array(values, chunks=(2, -1, -1))
     ids, frequency, times = [f"e{i}" for i in range(9)], np.arange(4.0), np.arange(3.0)
     path = archive.write_spectrograms(
-        tmp_path / "d.zarr", lazy, ids, frequency, times, chunk_events=2,
+        tmp_path / "d.zarr", lazy, ids, frequency, times, shard_events=2,
         executor=TaskExecutor(client),
     )  # fmt: skip
     assert len(recorder.submitted) == 5  # one write per region

@@ -19,7 +19,7 @@ from specufex_dask.ingest.driver import (
     ingest_waveforms,
 )
 from specufex_dask.ingest.preprocessing import SpectrogramParameters, waveform_to_spectrogram
-from specufex_dask.io.archive import open_archive, read_rejected
+from specufex_dask.io.archive import DEFAULT_SHARD_EVENTS, open_archive, read_rejected
 
 GOLDEN_PARAMS = SpectrogramParameters(fs=100.0, nfft=2000, fmin=8, fmax=20, n_samples=2000)
 T0 = obspy.UTCDateTime("2020-05-01T00:00:00")
@@ -91,7 +91,9 @@ def test_catalog_ingest_reproduces_golden(tmp_path, bav_dir, golden_dir):
     ds = open_archive(report.path)
     ids = [row["ev_ID"] for row in rows]
     assert ds.event.values.tolist() == ids
-    assert ds.spectrogram.data.chunks[0] == (4, 4, 2)
+    # one shard of one-event chunks, one dask chunk
+    assert ds.spectrogram.encoding["chunks"][0] == 1 and ds.spectrogram.data.chunks[0] == (10,)
+    assert ds.spectrogram.encoding["shards"][0] == DEFAULT_SHARD_EVENTS
     assert _relative_error(ds.spectrogram.values, _golden(golden_dir, ids)) < 1e-10
     raw = _golden(golden_dir, ids, "raw_spectrograms")
     np.testing.assert_allclose(ds["median"].values, np.median(raw, axis=(1, 2)), rtol=1e-10)
@@ -188,8 +190,11 @@ def _sub_catalog(path, rows):
 
 
 def test_append_adds_events_keeps_full_chunks_and_reports_duplicates(
-    tmp_path, bav_dir, golden_dir
+    tmp_path, bav_dir, golden_dir, monkeypatch
 ):
+    from specufex_dask.ingest import driver
+
+    monkeypatch.setattr(driver, "DEFAULT_SHARD_EVENTS", 3)  # a full first shard
     rows = _catalog(bav_dir)
     out = tmp_path / "bav.zarr"
     options = {"waveform_dir": bav_dir / "waveforms", "chunk_events": 3}
@@ -424,3 +429,34 @@ def test_archives_with_the_old_source_name_read_and_append(bav_dir, tmp_path):
     names = [p.name for p in sorted((bav_dir / "waveforms").iterdir())[:6]]
     assert [Path(f).name for f in files] == names  # old and appended rows, one coordinate
     assert "input_file" not in open_archive(path, stored_names=True).coords
+
+
+def test_sharded_ingest_from_two_workers_reads_back_exactly(tmp_path, rng, monkeypatch):
+    """Two workers write shards of 4 events at once, and later append to the archive:
+    every row equals its spectrogram computed here, and full shards are never rewritten."""
+    from distributed import Client, LocalCluster
+
+    from specufex_dask.ingest import driver
+
+    monkeypatch.setattr(driver, "DEFAULT_SHARD_EVENTS", 4)
+    params = SpectrogramParameters(fs=20.0, window_s=2.0, fmin=1.0)
+    data = rng.standard_normal((16, 400))
+    expected = np.stack([waveform_to_spectrogram(row, params).transformed for row in data])
+    out = tmp_path / "sharded.zarr"
+    shard = out / "spectrogram" / "c"
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
+                     host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        options = {"client": client, "chunk_events": 2}  # 2 inspect tasks per shard
+        ingest_arrays(data[:10], out, params, event=[f"e{i}" for i in range(10)], **options)
+        ds = open_archive(out)
+        assert ds.spectrogram.encoding["shards"][0] == 4
+        np.testing.assert_array_equal(ds.spectrogram.values, expected[:10])
+        full = (shard / "1" / "0" / "0").read_bytes()
+        ingest_arrays(data[10:], out, params, event=[f"e{i}" for i in range(10, 16)],
+                      append=True, **options)  # fmt: skip
+    np.testing.assert_array_equal(open_archive(out).spectrogram.values, expected)
+    assert (shard / "1" / "0" / "0").read_bytes() == full
+    assert sorted(p.name for p in shard.iterdir()) == ["0", "1", "2", "3"]

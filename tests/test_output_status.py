@@ -56,7 +56,9 @@ def _archive(path: Path) -> str:
     events = [f"ev{i:02d}" for i in range(N_EVENTS)]
     frequency, time = np.arange(1.0, 13.0), np.arange(10.0)
     return str(
-        archive.write_spectrograms(path, values, events, frequency, time, chunk_events=CHUNK)
+        archive.write_spectrograms(
+            path, values, events, frequency, time, chunk_events=CHUNK, shard_events=CHUNK
+        )
     )
 
 
@@ -101,6 +103,7 @@ def test_a_killed_transform_shows_the_events_done_and_is_not_complete(
     for name in OUTPUTS:
         assert _status(dataset, name) == (written, False, True)
     summary = _info(capsys, path)
+    assert (summary["shard_events"], summary["chunks"][0]) == (CHUNK, 1)
     for name in OUTPUTS:
         output = summary["outputs"][name]
         assert (output["events_done"], output["complete"], output["model_match"]) == (
@@ -247,7 +250,7 @@ def test_damaged_and_lost_output_chunks_are_named_by_their_files(tmp_path: Path,
     assert main(["info", path, "--check"]) == 1
     out = capsys.readouterr().out
     assert "chunk files checked: 2 damaged or missing" in out
-    assert f"chunk file {lost}: the chunk file is missing; re-ingest the events 4..7" in out
+    assert f"shard file {lost}: the shard file is missing; re-ingest the events 4..7" in out
     lost.write_bytes(kept)
     damaged.unlink()  # a lost output chunk: once read as NaN values, now named
     error = _failing(capsys, "cluster", path, "--n-clusters", "2", "--quiet")

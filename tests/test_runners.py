@@ -25,7 +25,7 @@ def _archive(path: Path, rng: np.random.Generator, chunk_events: int = 4) -> str
     archive.write_spectrograms(
         path, values, [f"ev{i:02d}" for i in range(N_EVENTS)],
         np.linspace(1.0, 20.0, N_FREQUENCIES), np.arange(N_TIMES) * 0.5,
-        chunk_events=chunk_events,
+        chunk_events=chunk_events, shard_events=chunk_events,
     )  # fmt: skip
     return str(path)
 

@@ -262,7 +262,7 @@ def write_planted_archive(
     path: Path, shape: tuple[int, int, int], n_patterns: int, chunk_events: int
 ) -> str:
     """An archive of ``shape`` (events, frequencies, times) spectrograms made of
-    ``n_patterns`` planted patterns and noise, seeded."""
+    ``n_patterns`` planted patterns and noise, seeded, in shards of ``chunk_events``."""
     n_events, n_frequencies, n_times = shape
     rng = np.random.default_rng(1984)
     patterns = rng.gamma(2.0, 1.0, size=(n_frequencies, n_patterns))
@@ -275,7 +275,7 @@ def write_planted_archive(
         [f"ev{i:03d}" for i in range(n_events)],
         np.linspace(1.0, 30.0, n_frequencies),
         np.arange(n_times) * 0.5,
-        chunk_events=chunk_events,
+        shard_events=chunk_events,  # tasks of whole shards: ranges of chunk_events
     )
     return str(path)
 

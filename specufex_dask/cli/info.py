@@ -132,7 +132,11 @@ def _status_text(path: str | Path, output: dict[str, Any]) -> str:
 
 def archive_summary(path: str | Path, dataset, model) -> dict[str, Any]:
     """Everything ``info`` reports, as plain data."""
-    from specufex_dask.io.archive import read_rejected, spectrogram_parameters
+    from specufex_dask.io.archive import (
+        read_rejected,
+        spectrogram_parameters,
+        stored_shard_events,
+    )
 
     spectrogram = dataset["spectrogram"]
     chunks = _chunk_summary(spectrogram)
@@ -152,6 +156,7 @@ def archive_summary(path: str | Path, dataset, model) -> dict[str, Any]:
         "dtype": str(spectrogram.dtype),
         "chunks": chunks,
         "n_chunks": None if not chunks else math.ceil(n_events / chunks[0]),
+        "shard_events": stored_shard_events(spectrogram.encoding),
         "spectrogram_parameters": spectrogram_parameters(dataset),
         "outputs": {
             name: _output_summary(dataset[name], _applied_model(path, dataset))
@@ -193,7 +198,13 @@ def describe_archive(path: str | Path, dataset, model) -> list[str]:
         f"{s['n_times']} times ({s['time_range_s'][0]:g}-{s['time_range_s'][1]:g} s), "
         f"{s['dtype']}",
     ]
-    if s["chunks"]:
+    if s.get("shard_events"):
+        n_shards = math.ceil(s["n_events"] / s["shard_events"])
+        lines.append(
+            f"shards: {s['shard_events']} events per shard file ({plural(n_shards, 'shard')}) "
+            f"in chunks of {s['chunks'][0]} event(s), chunk shape {tuple(s['chunks'])}"
+        )
+    elif s["chunks"]:
         lines.append(
             f"chunks: {s['chunks'][0]} events per chunk ({plural(s['n_chunks'], 'chunk')}), "
             f"chunk shape {tuple(s['chunks'])}"

@@ -241,7 +241,8 @@ SPECTROGRAM_FLAGS = (
         ("--events-per-chunk",),
         "spectrograms",
         "events_per_chunk",
-        "events per Zarr chunk of the archive",
+        "events per ingest task and per Zarr chunk of imported outputs (new archives "
+        "store the spectrograms in shards of 256 one-event chunks)",
         int,
         "N",
         default_text=str(DEFAULT_CHUNK_EVENTS),

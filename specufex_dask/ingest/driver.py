@@ -72,6 +72,7 @@ from specufex_dask.ingest.windows import (
 )
 from specufex_dask.io.archive import (
     DEFAULT_CHUNK_EVENTS,
+    DEFAULT_SHARD_EVENTS,
     EVENT,
     INPUT_FILE,
     MEDIAN,
@@ -409,6 +410,8 @@ def _write(
             chunk_events=writing.chunk_events,
             dtype=writing.dtype,
             overwrite=writing.overwrite,
+            # write tasks fill whole shards (writer.regions), so workers never share one
+            shard_events=DEFAULT_SHARD_EVENTS,
         )
     try:
         write_arguments = (

@@ -2,7 +2,9 @@
 
 The schema is the shared contract of /work/notes/ARCHIVE.md:
 
-- ``spectrogram`` (event, frequency, time), float32 or float64, chunked along ``event`` only;
+- ``spectrogram`` (event, frequency, time), float32 or float64, chunked along ``event`` only
+  (in new archives: Zarr shards of :data:`DEFAULT_SHARD_EVENTS` events, one-event inner
+  chunks; before: plain chunks of ``chunk_events``);
 - coordinates ``event`` (unique str ids), ``frequency`` (Hz), ``time`` (s) and per-event
   metadata on ``event`` (``starttime``, ``network``, ``station``, ``location``, ``channel``,
   ``source``, ``median``);
@@ -23,7 +25,8 @@ store without the attribute (written by other tools) is accepted.
 Damage
 ------
 Every array of a new archive is stored zstd-compressed, then checksummed
-(:func:`checksummed`: Zarr's crc32c codec last), so a damaged chunk is caught on read
+(:func:`checksummed`: Zarr's crc32c codec last; in a shard, every inner chunk and the
+shard index), so a damaged chunk is caught on read
 and named by its file (:mod:`specufex_dask.io.chunkread`). Zarr format 2 stores, which
 xarray writes with ``zarr_format=2``, are read but refused for writes
 (:func:`require_zarr_v3`), with the command that converts them.
@@ -117,6 +120,16 @@ MODEL_VERSION_ATTR = "specufex_dask_model_version"
 # from 16-event ones, while a 256-event range costs the same (67 / 66 ms); with 4-event
 # chunks the random read costs 29 ms but the range 89 ms (Zarr's cost per chunk).
 DEFAULT_CHUNK_EVENTS = 8
+# New archives store ``spectrogram`` in Zarr shards (one file each) of
+# DEFAULT_SHARD_EVENTS events, each made of SHARD_CHUNK_EVENTS-event inner chunks with
+# their own zstd and crc32c: a step then decompresses only the rows it draws, while the
+# file count stays that of 256-event chunks. On 10k 513 x 51 float32 events, 64 random
+# rows read in 95-104 ms from 256-event shards, 239-312 ms from 8-event chunks; 512-event
+# shards read them in 78-92 ms but a 256-event range in 216-277 ms against 196-215
+# (benchmarks/bench_chunkread.py --layouts). Writers fill whole shards (a shard is one
+# object: two writers of one shard would race), so a write task holds 256 events.
+DEFAULT_SHARD_EVENTS = 256
+SHARD_CHUNK_EVENTS = 1
 # 1-D per-event coordinates are tiny; large chunks keep the file count low.
 _COORD_CHUNK = 65536
 _STARTTIME_ENCODING = {"units": "nanoseconds since 1970-01-01", "dtype": "int64"}
@@ -257,6 +270,8 @@ def open_archive(
                 f"cannot open {path_str} as an xarray Zarr store: {error}"
             ) from error
     validate_archive(ds, where=path_str)
+    if with_dask:
+        ds = _dask_by_shards(ds, path_str)
     if not stored_names and SOURCE in ds.coords and INPUT_FILE not in ds.variables:
         ds = ds.rename({SOURCE: INPUT_FILE})
     # imported here: the module reads the model group, whose module imports this one
@@ -265,6 +280,23 @@ def open_archive(
     for name, status in output_status(path_str, ds.sizes[EVENT]).items():
         ds[name].attrs.update(status.attrs())
     return ds
+
+
+def _dask_by_shards(ds: xr.Dataset, path: str) -> xr.Dataset:
+    """``ds`` with a sharded ``spectrogram`` (of the archive at ``path``) in dask chunks
+    of whole shards.
+
+    xarray makes a dask chunk of every inner chunk (one event): n_events tasks, each a
+    Zarr read (8 ms for 1000 tiny events), which rechunking would only add to; so the
+    array is built again from its lazily indexed form, one read per shard.
+    """
+    shard_events = stored_shard_events(ds[SPECTROGRAM].encoding)
+    if shard_events is None:
+        return ds
+    others = [str(name) for name in ds.variables if name != SPECTROGRAM]
+    with quiet_zarr():
+        lazy = xr.open_zarr(path, chunks=None, drop_variables=others)[SPECTROGRAM]
+    return ds.assign({SPECTROGRAM: lazy.variable.chunk({EVENT: shard_events})})
 
 
 def validate_archive(ds: xr.Dataset, where: str = "archive") -> None:
@@ -626,7 +658,9 @@ class ArchiveWriter:
     start, stop : int
         The new events occupy rows [start, stop) of every event-dim variable.
     chunk_events : int
-        Zarr chunk length along ``event``.
+        Zarr chunk length along ``event`` (of ``spectrogram`` when it is not sharded).
+    shard_events : int or None
+        Events per shard of ``spectrogram``; None when it is stored in plain chunks.
     """
 
     final_path: Path
@@ -638,11 +672,14 @@ class ArchiveWriter:
     overwrite: bool = False
     _old_rejected: int = 0
     _attrs: dict[str, Any] = field(default_factory=dict)
+    shard_events: int | None = None
 
     @property
     def regions(self) -> list[tuple[int, int]]:
-        """Chunk-aligned (start, stop) rows to fill."""
-        return region_bounds(self.start, self.stop, self.chunk_events)
+        """(start, stop) rows to fill, each covering whole shards of ``spectrogram`` (whole
+        chunks when unsharded), the first and last possibly partial: no two regions
+        touch the same stored file."""
+        return region_bounds(self.start, self.stop, self.shard_events or self.chunk_events)
 
     @classmethod
     def create(
@@ -659,6 +696,7 @@ class ArchiveWriter:
         extra_variables: Mapping[str, tuple[tuple[str, ...], tuple[int, ...]]] | None = None,
         extra_coords: Mapping[str, npt.ArrayLike] | None = None,
         overwrite: bool = False,
+        shard_events: int | None = DEFAULT_SHARD_EVENTS,
     ) -> ArchiveWriter:
         """Write the metadata of a new archive into a hidden sibling of ``path``.
 
@@ -675,7 +713,8 @@ class ArchiveWriter:
         attrs : mapping, optional
             Further attributes.
         chunk_events : int, default=8
-            Events per Zarr chunk.
+            Events per Zarr chunk of the extra variables, and of ``spectrogram`` when
+            ``shard_events`` is None.
         dtype : dtype, default=float64
             Of ``spectrogram`` and the extra variables.
         extra_variables : mapping name -> (dims, shape), optional
@@ -685,11 +724,17 @@ class ArchiveWriter:
             Dimension coordinates of the extra variables' other dims.
         overwrite : bool, default=False
             Replace an existing archive at ``path`` on commit.
+        shard_events : int or None, default=DEFAULT_SHARD_EVENTS
+            Events per shard of ``spectrogram`` (inner chunks of
+            :data:`SHARD_CHUNK_EVENTS` events); None stores it in plain chunks of
+            ``chunk_events`` events, as archives were written before.
         """
         final = Path(path)
         if final.exists() and not overwrite:
             raise ArchiveError(f"{final} already exists; pass overwrite=True or append")
         _check_chunk_events(chunk_events)
+        if shard_events is not None:
+            _check_shard_events(shard_events)
         coords = {name: _as_event_coordinate(name, v) for name, v in event_coords.items()}
         if EVENT not in coords:
             raise ValueError("event_coords must contain the event ids under 'event'")
@@ -704,13 +749,14 @@ class ArchiveWriter:
         time = np.asarray(time, dtype=np.float64)
         store = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
         dataset = _placeholder_dataset(
-            n_events, 0, coords, frequency, time, chunk_events, dtype, extra_variables
-        )
+            n_events, 0, coords, frequency, time, chunk_events, dtype, extra_variables,
+            spectrogram_events=shard_events,
+        )  # fmt: skip
         if extra_coords:
             dataset = dataset.assign_coords({k: np.asarray(v) for k, v in extra_coords.items()})
         all_attrs = {**_default_attrs(parameters), **dict(attrs or {}), COMPLETE_ATTR: False}
         dataset.attrs = all_attrs
-        encoding = _encoding(dataset, chunk_events)
+        encoding = _encoding(dataset, chunk_events, shard_events)
         try:
             dataset.to_zarr(
                 str(store),
@@ -723,7 +769,8 @@ class ArchiveWriter:
         except BaseException:
             shutil.rmtree(store, ignore_errors=True)
             raise
-        return cls(final, store, 0, n_events, chunk_events, False, overwrite, 0, all_attrs)
+        return cls(final, store, 0, n_events, chunk_events, False, overwrite, 0, all_attrs,
+                   shard_events=shard_events)  # fmt: skip
 
     @classmethod
     def append(
@@ -735,8 +782,9 @@ class ArchiveWriter:
     ) -> ArchiveWriter:
         """Extend an existing archive along ``event`` and mark it incomplete until commit.
 
-        Full chunks of the existing events are never rewritten; only the last, partially
-        filled chunk is extended in place.
+        Full chunks (shards) of the existing events are never rewritten; only the last,
+        partially filled one is extended in place, by the first region's writer alone.
+        The layout of ``spectrogram`` (sharded or plain) is the archive's.
         """
         require_zarr_v3(path, "appended events")
         ds = open_archive(path, stored_names=True)
@@ -770,6 +818,7 @@ class ArchiveWriter:
             )
         chunks = ds[SPECTROGRAM].encoding.get("chunks") or ds[SPECTROGRAM].data.chunksize
         chunk_events = int(chunks[0])
+        shard_events = stored_shard_events(ds[SPECTROGRAM].encoding)
         old_n = ds.sizes[EVENT]
         shape_tail = {SPECTROGRAM: (ds.sizes[FREQUENCY], ds.sizes[TIME])}
         variables: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
@@ -795,6 +844,7 @@ class ArchiveWriter:
             dtype,
             {k: v for k, v in variables.items() if k != SPECTROGRAM},
             spectrogram_tail=variables[SPECTROGRAM][1],
+            spectrogram_events=shard_events,
         )
         writer = cls(
             Path(path),
@@ -806,6 +856,7 @@ class ArchiveWriter:
             False,
             old_rejected,
             attrs,
+            shard_events=shard_events,
         )
         try:
             dataset.to_zarr(
@@ -886,6 +937,21 @@ def _check_chunk_events(chunk_events: int) -> None:
     check_positive_int("chunk_events", chunk_events, allow_none=False)
 
 
+def _check_shard_events(shard_events: int) -> None:
+    check_positive_int("shard_events", shard_events, allow_none=False)
+    if shard_events % SHARD_CHUNK_EVENTS:
+        raise ValueError(
+            f"shard_events must be a multiple of the inner chunk ({SHARD_CHUNK_EVENTS} "
+            f"events), got {shard_events}"
+        )
+
+
+def stored_shard_events(encoding: Mapping[str, Any]) -> int | None:
+    """Events per shard of a variable from its xarray encoding; None when unsharded."""
+    shards = encoding.get("shards")
+    return None if shards is None else int(shards[0])
+
+
 def _check_event_ids(ids: np.ndarray, where: str) -> None:
     as_str = _to_str(ids)
     unique, counts = np.unique(as_str, return_counts=True)
@@ -916,11 +982,20 @@ def _placeholder_dataset(
     dtype: npt.DTypeLike,
     extra_variables: Mapping[str, tuple[tuple[str, ...], tuple[int, ...]]] | None,
     spectrogram_tail: tuple[int, ...] | None = None,
+    spectrogram_events: int | None = None,
 ) -> xr.Dataset:
-    """Lazy zeros never computed: ``to_zarr(compute=False)`` only needs their metadata."""
+    """Lazy zeros never computed: ``to_zarr(compute=False)`` only needs their metadata.
+
+    Their dask chunks end where the stored ones do (xarray checks): ``chunk_events``,
+    or ``spectrogram_events`` (the shard) for the spectrogram when given.
+    """
     import dask.array as da
 
-    event_chunks = tuple(b - a for a, b in region_bounds(offset, offset + n_events, chunk_events))
+    def chunks_of(events: int) -> tuple[int, ...]:
+        return tuple(b - a for a, b in region_bounds(offset, offset + n_events, events))
+
+    event_chunks = chunks_of(chunk_events)
+    spectrogram_chunks = chunks_of(spectrogram_events or chunk_events)
     if spectrogram_tail is None:
         # a new archive: its axes are given
         assert frequency is not None and time is not None
@@ -928,7 +1003,9 @@ def _placeholder_dataset(
     variables: dict[str, tuple[tuple[str, ...], Any]] = {
         SPECTROGRAM: (
             (EVENT, FREQUENCY, TIME),
-            da.zeros((n_events, *spectrogram_tail), dtype=dtype, chunks=(event_chunks, -1, -1)),
+            da.zeros(
+                (n_events, *spectrogram_tail), dtype=dtype, chunks=(spectrogram_chunks, -1, -1)
+            ),
         )
     }
     for name, (dims, tail) in (extra_variables or {}).items():
@@ -953,7 +1030,9 @@ def checksummed() -> tuple[Any, ...]:
     return (ZstdCodec(), Crc32cCodec())
 
 
-def _encoding(dataset: xr.Dataset, chunk_events: int) -> dict[str, dict[str, Any]]:
+def _encoding(
+    dataset: xr.Dataset, chunk_events: int, shard_events: int | None = None
+) -> dict[str, dict[str, Any]]:
     encoding: dict[str, dict[str, Any]] = {
         str(name): {"compressors": checksummed()} for name in dataset.variables
     }
@@ -964,6 +1043,11 @@ def _encoding(dataset: xr.Dataset, chunk_events: int) -> dict[str, dict[str, Any
             encoding[str(name)]["chunks"] = (_COORD_CHUNK,)
         else:
             encoding[str(name)]["chunks"] = (chunk_events, *variable.shape[1:])
+        if name == SPECTROGRAM and shard_events is not None:
+            # the compressors then act on each inner chunk; Zarr's default index codecs
+            # end with a crc32c too, so a damaged index is caught as well
+            encoding[str(name)]["chunks"] = (SHARD_CHUNK_EVENTS, *variable.shape[1:])
+            encoding[str(name)]["shards"] = (shard_events, *variable.shape[1:])
         if name == STARTTIME:
             encoding[str(name)].update(_STARTTIME_ENCODING)
     return encoding
@@ -994,6 +1078,7 @@ def write_spectrograms(
     mode: str = "w",
     rejected: Sequence[RejectedInput] = (),
     executor: Any = None,
+    shard_events: int | None = DEFAULT_SHARD_EVENTS,
 ) -> Path:
     """Write spectrograms held in memory (NumPy) or lazily (dask) as an archive.
 
@@ -1013,7 +1098,7 @@ def write_spectrograms(
     attrs : mapping, optional
         Attributes; ``spectrogram_parameters`` may be given as a dict or a JSON string.
     chunk_events : int, default=8
-        Events per Zarr chunk.
+        Events per Zarr chunk when ``shard_events`` is None.
     mode : {"w", "w-", "a"}, default="w"
         Overwrite, create only, or append along ``event`` (ids must be new; frequency and
         time must equal the archive's).
@@ -1022,7 +1107,10 @@ def write_spectrograms(
     executor : specufex_dask.parallel.executor.Executor, optional
         Where the regions of dask input are computed and written, a bounded number at a
         time (e.g. ``TaskExecutor(client)``); without one they are computed and written
-        here one region (``chunk_events`` events) after another.
+        here one region (a shard, or ``chunk_events`` events) after another.
+    shard_events : int or None, default=DEFAULT_SHARD_EVENTS
+        Events per shard of a new archive's ``spectrogram``; None for plain chunks (see
+        :meth:`ArchiveWriter.create`). An append keeps the archive's layout.
 
     Returns
     -------
@@ -1067,7 +1155,8 @@ def write_spectrograms(
     intact = left_intact(Path(path), mode == "a")
     with naming_disk_full(path, f"{ids.size} spectrograms", values.nbytes, intact):
         writer = _writer(path, mode, coords, frequency, time, parameters, attrs, chunk_events,
-                         values.dtype if values.dtype.kind == "f" else np.float64)  # fmt: skip
+                         values.dtype if values.dtype.kind == "f" else np.float64,
+                         shard_events)  # fmt: skip
         try:
             _write_regions(writer, values, executor)
             return writer.commit(rejected)
@@ -1086,6 +1175,7 @@ def _writer(
     attrs: dict[str, Any],
     chunk_events: int,
     dtype: npt.DTypeLike,
+    shard_events: int | None = DEFAULT_SHARD_EVENTS,
 ) -> ArchiveWriter:
     """The writer of :func:`write_spectrograms`: appending after checking the axes, or
     creating (``mode`` "w" replaces an archive on commit)."""
@@ -1100,6 +1190,7 @@ def _writer(
             chunk_events=chunk_events,
             dtype=dtype,
             overwrite=mode == "w",
+            shard_events=shard_events,
         )
     ds = open_archive(path)
     for name, axis in ((FREQUENCY, frequency), (TIME, time)):

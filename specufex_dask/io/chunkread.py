@@ -7,12 +7,17 @@ hand-off waits for a core. An archive's ``spectrogram`` is the simplest Zarr v3 
 there is (chunked along ``event`` only, little-endian, zstd or no compression, one file
 per chunk on a local disk, a crc32c after compression in archives written since
 checksums were added): for it the chunk files are read, checked and decoded here, in
-the task's own thread, as the Zarr v3 specification lays them out. Anything else
-(sharding, other codecs, remote stores, Zarr v2) is left to Zarr.
+the task's own thread, as the Zarr v3 specification lays them out. So are the shards of
+new archives (:class:`ShardedChunks`: one file of 256 events, each event an inner chunk
+encoded alike, the index at the end with its own crc32c), of which a read takes only the
+byte ranges of the rows it needs. Anything else (other codecs, a shard index first,
+remote stores, Zarr v2) is left to Zarr.
 
 Damage is named by its chunk file: a checksum that does not match, or a file that is
 missing where the array's fill value is NaN (no valid spectrogram holds a NaN, so Zarr
-never leaves such a chunk unwritten on purpose; the file was lost).
+never leaves such a chunk unwritten on purpose; the file was lost). In a shard, a
+damaged inner chunk names the shard file and its own events, a damaged index or a
+missing shard file all the shard's events.
 
 On the 10k benchmark archive (8-event chunks, 60 + 60 steps of 64 events, medians of
 four alternating runs) a 1-worker fit kept 0.95 cores busy in its worker instead of 1.12
@@ -21,6 +26,8 @@ for the same time (53.9 s against 54.3), and a 2-worker fit took 34.7 s instead 
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -32,7 +39,14 @@ import numpy as np
 from specufex_dask.io.archive import SPECTROGRAM, ArchiveError
 from specufex_dask.io.status import OUTPUTS, TRANSFORMED
 
-__all__ = ["PlainChunks", "damaged_chunks", "plain_chunks", "read_rows"]
+__all__ = [
+    "PlainChunks",
+    "ShardedChunks",
+    "damaged_chunks",
+    "plain_chunks",
+    "read_rows",
+    "sharded_chunks",
+]
 
 # How Zarr's Crc32cCodec reports a mismatch (it raises a plain ValueError).
 _ZARR_MISMATCH = "checksum do not match"
@@ -55,6 +69,33 @@ def _zstd() -> Any:
     from numcodecs import Zstd
 
     return Zstd()
+
+
+class _Damaged(Exception):
+    """What is wrong with a stored chunk's bytes (named by the caller, who knows where)."""
+
+
+def _decoded(
+    data: np.ndarray, crc32c: bool, zstd: bool, shape: tuple[int, ...], dtype: np.dtype
+) -> np.ndarray:
+    """A chunk's values from its stored bytes (a uint8 array): the trailing crc32c
+    checked when there is one, then zstd-decoded when ``zstd``.
+
+    Raises
+    ------
+    _Damaged
+        The checksum does not match, or the bytes are not a chunk of ``shape``.
+    """
+    if crc32c:
+        data, stored = data[:-4], data[-4:].tobytes()
+        if len(stored) != 4 or _crc32c()(data).to_bytes(4, "little") != stored:
+            raise _Damaged(_MISMATCH)
+    try:
+        if zstd:
+            data = _zstd().decode(data)
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
+    except (RuntimeError, ValueError) as error:
+        raise _Damaged(f"cannot be read as a {shape} {dtype} chunk ({error})") from error
 
 
 def _damage(where: str, problem: str, events: str, remedy: str = REINGEST) -> ArchiveError:
@@ -132,45 +173,49 @@ class PlainChunks:
             if self.dtype.kind == "f" and np.isnan(self.fill_value):
                 raise self._damage(path, number, "the chunk file is missing") from None
             return np.full(self.chunk_shape, self.fill_value, dtype=self.dtype)
-        if self.crc32c:
-            data, stored = data[:-4], data[-4:].tobytes()
-            if len(stored) != 4 or _crc32c()(data).to_bytes(4, "little") != stored:
-                raise self._damage(path, number, _MISMATCH)
         try:
-            if self.zstd:
-                data = _zstd().decode(data)
-            return np.frombuffer(data, dtype=self.dtype).reshape(self.chunk_shape)
-        except (RuntimeError, ValueError) as error:
-            problem = f"cannot be read as a {self.chunk_shape} {self.dtype} chunk ({error})"
-            raise self._damage(path, number, problem) from error
+            return _decoded(data, self.crc32c, self.zstd, self.chunk_shape, self.dtype)
+        except _Damaged as damaged:
+            raise self._damage(path, number, str(damaged)) from damaged.__cause__
 
     def read(self, rows: slice | np.ndarray) -> np.ndarray:
         """Rows of the array: a slice with step 1, or sorted indices."""
-        if isinstance(rows, slice):
-            start, stop, step = rows.indices(self.length)
-            if step != 1:
-                raise ValueError(f"rows must be a slice with step 1, got {rows}")
-            rows = np.arange(start, stop)
-        rows = np.asarray(rows, dtype=np.int64)
-        if rows.size and (rows[0] < 0 or rows[-1] >= self.length):
-            raise IndexError(f"rows {rows[0]}..{rows[-1]} out of 0..{self.length - 1}")
+        rows = _checked_rows(rows, self.length)
         values = np.empty((rows.size, *self.chunk_shape[1:]), dtype=self.dtype)
         per_chunk = self.chunk_shape[0]
         numbers = rows // per_chunk
         # rows are sorted, so each chunk's rows are one run: decoded once, copied once
-        bounds = np.flatnonzero(np.diff(numbers)) + 1
-        for first, stop in zip(np.r_[0, bounds], np.r_[bounds, rows.size], strict=True):
-            if first == stop:
-                continue
+        for first, stop in _runs(numbers):
             number = int(numbers[first])
             values[first:stop] = self.chunk(number)[rows[first:stop] - number * per_chunk]
         return values
 
 
+def _runs(numbers: np.ndarray) -> list[tuple[int, int]]:
+    """``(first, stop)`` of every run of equal values in sorted ``numbers``."""
+    if not numbers.size:
+        return []
+    bounds = np.flatnonzero(np.diff(numbers)) + 1
+    return list(zip(np.r_[0, bounds].tolist(), np.r_[bounds, numbers.size].tolist(), strict=True))
+
+
+def _checked_rows(rows: slice | np.ndarray, length: int) -> np.ndarray:
+    """Sorted row indices of ``rows`` (a slice with step 1, or sorted indices) checked
+    against an array of ``length`` rows."""
+    if isinstance(rows, slice):
+        start, stop, step = rows.indices(length)
+        if step != 1:
+            raise ValueError(f"rows must be a slice with step 1, got {rows}")
+        rows = np.arange(start, stop)
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size and (rows[0] < 0 or rows[-1] >= length):
+        raise IndexError(f"rows {rows[0]}..{rows[-1]} out of 0..{length - 1}")
+    return rows
+
+
 def plain_chunks(array: Any) -> PlainChunks | None:
     """The chunk files of ``array`` (an opened ``zarr.Array``) if it is plain enough to
     read directly (see the module's docstring), else None."""
-    from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
     from zarr.core.chunk_grids import RegularChunkGrid
     from zarr.storage import LocalStore
 
@@ -180,7 +225,16 @@ def plain_chunks(array: Any) -> PlainChunks | None:
     grid = metadata.chunk_grid
     if not isinstance(grid, RegularChunkGrid) or grid.chunk_shape[1:] != array.shape[1:]:
         return None
-    codecs = tuple(metadata.codecs)
+    return _plain_layout(array, tuple(grid.chunk_shape), tuple(metadata.codecs))
+
+
+def _plain_layout(
+    array: Any, chunk_shape: tuple[int, ...], codecs: tuple[Any, ...]
+) -> PlainChunks | None:
+    """The :class:`PlainChunks` of ``array`` (an opened local ``zarr.Array``) whose chunks
+    of ``chunk_shape`` are encoded by ``codecs``, if those are plain, else None."""
+    from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+
     crc32c = bool(codecs) and type(codecs[-1]) is Crc32cCodec
     codecs = codecs[:-1] if crc32c else codecs
     if not codecs or type(codecs[0]) is not BytesCodec or len(codecs) > 2:
@@ -194,8 +248,8 @@ def plain_chunks(array: Any) -> PlainChunks | None:
         return None
     return PlainChunks(
         directory=Path(array.store.root) / array.path,
-        key=metadata.encode_chunk_key,
-        chunk_shape=tuple(grid.chunk_shape),
+        key=array.metadata.encode_chunk_key,
+        chunk_shape=chunk_shape,
         length=int(array.shape[0]),
         dtype=dtype,
         fill_value=array.fill_value,
@@ -205,13 +259,242 @@ def plain_chunks(array: Any) -> PlainChunks | None:
     )
 
 
+# Zarr's sharding codec marks an inner chunk without bytes by this offset and length.
+_NO_CHUNK = 2**64 - 1
+# Shard indexes kept per process (least recently used dropped first): 4 kB each for
+# 256-event shards of 1-event chunks, so 1024 of them cover 262k events in 4 MB.
+INDEX_CACHE = 1024
+_INDEX_DTYPE = np.dtype("<u8")
+# Keyed by the file's path, inode, size and modification time: Zarr rewrites a shard (an
+# append's last one) as a new file renamed into place, so a rewritten shard misses.
+_indexes: OrderedDict[tuple[str, int, int, int], np.ndarray] = OrderedDict()
+
+
+@dataclass(frozen=True)
+class ShardedChunks:
+    """The shard files of a local Zarr v3 array sharded along its first axis only.
+
+    Every shard file holds the inner chunks of ``shard_events`` rows, each encoded as
+    a :class:`PlainChunks` chunk is, then the shard index: (offset, length) of every
+    inner chunk as little-endian uint64 pairs in C order, and its crc32c (the layout
+    of the Zarr v3 sharding specification, ``zarr/codecs/sharding.py``). A read takes
+    the index (cached, see :data:`INDEX_CACHE`) and then only the byte ranges of the
+    inner chunks holding the rows asked for.
+
+    Attributes
+    ----------
+    chunks : PlainChunks
+        The inner chunks' layout and encoding (its ``key`` names shard files and its
+        ``chunk_shape`` is an inner chunk's).
+    shard_events : int
+        Rows per shard (all but the last hold them all; the last is stored whole).
+    index_crc32c : bool
+        Whether the shard index ends with its crc32c.
+    """
+
+    chunks: PlainChunks
+    shard_events: int
+    index_crc32c: bool
+
+    @property
+    def inner_events(self) -> int:
+        """Rows per inner chunk."""
+        return self.chunks.chunk_shape[0]
+
+    @property
+    def n_inner(self) -> int:
+        """Inner chunks per shard."""
+        return self.shard_events // self.inner_events
+
+    def _rows(self, first: int, stop: int) -> str:
+        return f"{first}..{min(stop, self.chunks.length) - 1}"
+
+    def _damage(self, path: Path, problem: str, events: str) -> ArchiveError:
+        chunks = self.chunks
+        store = chunks.directory.parent if chunks.store is None else chunks.store
+        array = chunks.directory.relative_to(store).as_posix()
+        key = path.relative_to(chunks.directory).as_posix()
+        return _damage(f"store {store}, array {array!r}, shard {key}: shard file {path}",
+                       problem, events, chunks.remedy)  # fmt: skip
+
+    def _shard_damage(self, number: int, problem: str) -> ArchiveError:
+        first = number * self.shard_events
+        events = self._rows(first, first + self.shard_events)
+        return self._damage(self.path(number), problem, events)
+
+    def path(self, number: int) -> Path:
+        """The file of shard ``number``."""
+        key = self.chunks.key((number,) + (0,) * (len(self.chunks.chunk_shape) - 1))
+        return self.chunks.directory / key
+
+    def index(self, number: int, file: Any) -> np.ndarray:
+        """The (n_inner, 2) offsets and lengths of shard ``number`` read from ``file`` (an
+        open binary file), checked; cached by the file's identity, size and time."""
+        status = os.fstat(file.fileno())
+        cache_key = (str(self.path(number)), status.st_ino, status.st_size, status.st_mtime_ns)
+        index = _indexes.get(cache_key)
+        if index is not None:
+            _indexes.move_to_end(cache_key)
+            return index
+        size = 16 * self.n_inner + 4 * self.index_crc32c
+        if status.st_size < size:
+            problem = f"the file ({status.st_size} bytes) is too short for its shard index"
+            raise self._shard_damage(number, problem)
+        stored = np.frombuffer(os.pread(file.fileno(), size, status.st_size - size), np.uint8)
+        try:
+            pairs = _decoded(stored, self.index_crc32c, False, (self.n_inner, 2), _INDEX_DTYPE)
+        except _Damaged as damaged:
+            problem = "checksum mismatch: the shard index is damaged"
+            if str(damaged) != _MISMATCH:
+                problem = f"the shard index {damaged}"
+            raise self._shard_damage(number, problem) from None
+        ends = pairs[:, 0] + pairs[:, 1]
+        present = pairs[:, 0] != _NO_CHUNK
+        if np.any(ends[present] > status.st_size - size):
+            problem = "the shard index points past the end of the file (a damaged index)"
+            raise self._shard_damage(number, problem)
+        _indexes[cache_key] = pairs
+        if len(_indexes) > INDEX_CACHE:
+            _indexes.popitem(last=False)
+        return pairs
+
+    def _inner(self, number: int, inner: int, data: np.ndarray | None) -> np.ndarray:
+        """Inner chunk ``inner`` of shard ``number`` from its stored bytes (None when the
+        index has none)."""
+        chunks = self.chunks
+        if data is None:
+            if chunks.dtype.kind == "f" and np.isnan(chunks.fill_value):
+                problem = f"inner chunk {inner} is missing from the shard"
+                raise self._inner_damage(number, inner, problem)
+            return np.full(chunks.chunk_shape, chunks.fill_value, dtype=chunks.dtype)
+        try:
+            return _decoded(data, chunks.crc32c, chunks.zstd, chunks.chunk_shape, chunks.dtype)
+        except _Damaged as damaged:
+            problem = f"inner chunk {inner}: {damaged}"
+            raise self._inner_damage(number, inner, problem) from damaged.__cause__
+
+    def _inner_damage(self, number: int, inner: int, problem: str) -> ArchiveError:
+        first = number * self.shard_events + inner * self.inner_events
+        events = self._rows(first, first + self.inner_events)
+        return self._damage(self.path(number), problem, events)
+
+    def shard_rows(self, number: int, local: np.ndarray) -> np.ndarray:
+        """Rows ``local`` (sorted, within the shard) of shard ``number``; only the inner
+        chunks holding them are read and decoded.
+
+        Raises
+        ------
+        ArchiveError
+            Naming the shard file and the events of a missing shard, of a damaged
+            index or of a damaged inner chunk.
+        """
+        chunks = self.chunks
+        values = np.empty((local.size, *chunks.chunk_shape[1:]), dtype=chunks.dtype)
+        if not local.size:
+            return values
+        path = self.path(number)
+        try:
+            file = path.open("rb", buffering=0)
+        except FileNotFoundError:
+            if chunks.dtype.kind == "f" and np.isnan(chunks.fill_value):
+                raise self._shard_damage(number, "the shard file is missing") from None
+            values[:] = chunks.fill_value
+            return values
+        with file:
+            index = self.index(number, file)
+            inner_of = local // self.inner_events
+            runs = _runs(inner_of)
+            whole = None
+            if 2 * len(runs) >= self.n_inner:
+                # most of the shard: one read of the file beats a read per inner chunk
+                whole = np.frombuffer(file.read(), np.uint8)
+            for first, stop in runs:
+                inner = int(inner_of[first])
+                offset, length = index[inner].tolist()
+                data = None
+                if offset != _NO_CHUNK and whole is not None:
+                    data = whole[offset : offset + length]
+                elif offset != _NO_CHUNK:
+                    data = np.frombuffer(os.pread(file.fileno(), length, offset), np.uint8)
+                rows = local[first:stop] - inner * self.inner_events
+                values[first:stop] = self._inner(number, inner, data)[rows]
+        return values
+
+    def read(self, rows: slice | np.ndarray) -> np.ndarray:
+        """Rows of the array: a slice with step 1, or sorted indices."""
+        rows = _checked_rows(rows, self.chunks.length)
+        values = np.empty((rows.size, *self.chunks.chunk_shape[1:]), dtype=self.chunks.dtype)
+        numbers = rows // self.shard_events
+        for first, stop in _runs(numbers):
+            number = int(numbers[first])
+            local = rows[first:stop] - number * self.shard_events
+            values[first:stop] = self.shard_rows(number, local)
+        return values
+
+    def problems(self, number: int) -> list[ArchiveError]:
+        """Every damaged or missing part of shard ``number`` (an empty list when sound)."""
+        first = number * self.shard_events
+        stop = min(first + self.shard_events, self.chunks.length)
+        local = np.arange(stop - first)
+        try:
+            self.shard_rows(number, local)
+        except ArchiveError as first_problem:
+            # a missing file or a bad index spoils the whole shard: nothing more to name
+            if "inner chunk" not in str(first_problem):
+                return [first_problem]
+        else:
+            return []
+        found = []
+        for inner in range(-(-local.size // self.inner_events)):
+            try:
+                self.shard_rows(number, local[inner * self.inner_events :][:1])
+            except ArchiveError as problem:
+                found.append(problem)
+        return found
+
+
+def sharded_chunks(array: Any) -> ShardedChunks | None:
+    """The shard files of ``array`` (an opened ``zarr.Array``) if it is sharded along its
+    first axis only and its inner chunks are plain (see :func:`plain_chunks`), else None."""
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+    from zarr.core.chunk_grids import RegularChunkGrid
+    from zarr.storage import LocalStore
+
+    metadata = array.metadata
+    if metadata.zarr_format != 3 or not isinstance(array.store, LocalStore):
+        return None
+    codecs = tuple(metadata.codecs)
+    if len(codecs) != 1 or type(codecs[0]) is not ShardingCodec:
+        return None
+    sharding = codecs[0]
+    grid = metadata.chunk_grid
+    inner_shape = tuple(sharding.chunk_shape)
+    if (
+        not isinstance(grid, RegularChunkGrid)
+        or tuple(grid.chunk_shape[1:]) != tuple(array.shape[1:])
+        or inner_shape[1:] != tuple(array.shape[1:])
+        or getattr(sharding.index_location, "value", sharding.index_location) != "end"
+    ):
+        return None
+    index_codecs = tuple(type(codec) for codec in sharding.index_codecs)
+    if index_codecs not in ((BytesCodec,), (BytesCodec, Crc32cCodec)):
+        return None
+    index_endian = getattr(sharding.index_codecs[0], "endian", None)
+    if getattr(index_endian, "value", index_endian) != "little":
+        return None
+    inner = _plain_layout(array, inner_shape, tuple(sharding.codecs))
+    if inner is None:
+        return None
+    return ShardedChunks(inner, int(grid.chunk_shape[0]), len(index_codecs) == 2)
+
+
 def read_rows(array: Any, rows: slice | np.ndarray) -> np.ndarray:
     """Rows (a slice with step 1, or sorted indices) of ``array`` (an opened
     ``zarr.Array`` chunked along its first axis): directly when it is plain, else
     through Zarr; a checksum mismatch is named by its chunk either way."""
-    plain = plain_chunks(array)
-    if plain is not None:
-        return plain.read(rows)
+    direct = plain_chunks(array) or sharded_chunks(array)
+    if direct is not None:
+        return direct.read(rows)
     try:
         return _zarr_rows(array, rows)
     except ValueError as error:
@@ -257,7 +540,8 @@ def damaged_chunks(path: str | Path, limit: int = 10) -> list[str]:
     that Zarr found wrong, NaN values in a written output), or to check an archive. The
     spectrograms are checked everywhere; the transform's outputs only in chunks whose
     events are all marked transformed (elsewhere a missing file is a transform not yet
-    done). Arrays that are not plain (:func:`plain_chunks`) are skipped.
+    done). Arrays that are neither plain (:func:`plain_chunks`) nor sharded plainly
+    (:func:`sharded_chunks`, the spectrograms only) are skipped.
 
     Parameters
     ----------
@@ -284,6 +568,11 @@ def damaged_chunks(path: str | Path, limit: int = 10) -> list[str]:
         array = group.get(name)
         if not isinstance(array, zarr.Array) or array.ndim == 0:
             continue
+        if name == SPECTROGRAM and (sharded := sharded_chunks(array)) is not None:
+            problems += _shard_problems(sharded, limit - len(problems))
+            if len(problems) >= limit:
+                return problems
+            continue
         plain = plain_chunks(array)
         if plain is None:
             continue
@@ -300,4 +589,14 @@ def damaged_chunks(path: str | Path, limit: int = 10) -> list[str]:
                 problems.append(str(error))
                 if len(problems) >= limit:
                     return problems
+    return problems
+
+
+def _shard_problems(sharded: ShardedChunks, limit: int) -> list[str]:
+    """Up to ``limit`` lines naming the damaged or missing parts of every shard."""
+    problems: list[str] = []
+    for number in range(-(-sharded.chunks.length // sharded.shard_events)):
+        problems += [str(problem) for problem in sharded.problems(number)]
+        if len(problems) >= limit:
+            return problems[:limit]
     return problems

@@ -193,7 +193,7 @@ class EventChunks:
     shape : (N, D, M)
     dtype : numpy dtype
     storage_chunk_events : int
-        Events per storage chunk (all but the last).
+        Events per storage chunk (all but the last): per shard when the array is sharded.
     path : str or None
         The archive, when the data came from one.
     array : dask.array.Array or None
@@ -247,7 +247,8 @@ class EventChunks:
             "frequency_known": archive.FREQUENCY in data.coords,
         }
         if stored:
-            storage_chunk = int(data.encoding["chunks"][0])
+            # a shard is one stored file, read by one task of a step (its index once)
+            storage_chunk = int((data.encoding.get("shards") or data.encoding["chunks"])[0])
             n_full, rest = divmod(data.shape[0], storage_chunk)
             return cls(
                 bounds=_bounds([storage_chunk] * n_full + ([rest] if rest else [])),

@@ -33,9 +33,10 @@ __all__ = ["StoredRows", "stored_task"]
 class StoredRows:
     """Events of an archive's ``spectrogram`` that a task reads itself, by path.
 
-    The task opens the Zarr array where it runs and reads only these rows (every
-    storage chunk they touch is still decompressed whole; a plain local array is read
-    on the task's own thread, see :mod:`specufex_dask.io.chunkread`), so no dask-array
+    The task opens the Zarr array where it runs and reads only these rows (of a sharded
+    array only their inner chunks are decompressed, of a plain one every chunk they
+    touch; a local archive is read on the task's own thread, see
+    :mod:`specufex_dask.io.chunkread`), so no dask-array
     graph of the archive is built or sent, and a task rerun after a lost worker simply
     reads them again.
 
