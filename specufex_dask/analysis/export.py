@@ -311,11 +311,10 @@ def _model_source(archive: str | Path) -> str | None:
     """Where the model that made the outputs is stored: the archive, or the other
     archive (or saved model) a ``transform --model`` applied; None when that model was
     given otherwise (the estimators' files, or in Python)."""
-    import zarr
-
+    from specufex_dask.io.location import zarr_group
     from specufex_dask.io.status import applied_model
 
-    attrs = zarr.open_group(str(archive), mode="r", use_consolidated=False).attrs
+    attrs = zarr_group(archive, mode="r").attrs
     record = applied_model(dict(attrs), str(archive))
     if record is None:
         return str(archive)
