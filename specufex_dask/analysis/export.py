@@ -199,7 +199,7 @@ def write_quakeml(archive: str | Path, out: str | Path) -> Path:
         )
     if CLUSTER not in table:
         raise ArchiveError(f"{archive}: no cluster labels; run `specufex-dask cluster` first")
-    catalog = Catalog(description=f"clusters of {Path(archive).name} by specufex-dask")
+    catalog = Catalog(description=f"clusters of {Path(str(archive)).name} by specufex-dask")
     for row in table.itertuples(index=False, name=None):
         values = dict(zip(table.columns, row, strict=True))
         event = Event()

@@ -634,10 +634,10 @@ def require_reachable(location: ArchiveLocation) -> None:
     ArchiveError
         Naming the bucket and the URL (the storage options are not shown).
     """
-    fs, _ = location.filesystem()
     bucket = location.bucket
-    if location.url.startswith("memory://") or not bucket:
-        return
+    if location.url.startswith("memory://") or not bucket or location.exists():
+        return  # an archive found proves its bucket (a reader may not look at buckets)
+    fs, _ = location.filesystem()
     try:
         found = fs.exists(bucket)
     except PermissionError as error:

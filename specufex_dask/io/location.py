@@ -184,11 +184,12 @@ class ArchiveLocation:
         return url_to_fs(self.url, **self.storage_options)
 
     def exists(self) -> bool:
-        """Whether anything is stored at the location."""
+        """Whether anything is stored at the location: at a URL, a Zarr group's metadata
+        object (one HEAD request, where a prefix would need a listing)."""
         if self.local:
             return self.path.exists()
         fs, root = self.filesystem()
-        return bool(fs.exists(root))
+        return any(fs.exists(f"{root}/{name}") for name in ("zarr.json", ".zgroup"))
 
     def remove(self) -> None:
         """Delete everything stored at the location (nothing there is fine)."""
@@ -198,8 +199,10 @@ class ArchiveLocation:
             shutil.rmtree(self.url, ignore_errors=True)
             return
         fs, root = self.filesystem()
-        if fs.exists(root):
+        try:
             fs.rm(root, recursive=True)
+        except FileNotFoundError:
+            pass
 
 
 ArchivePath = Union[str, "os.PathLike[str]", ArchiveLocation]
