@@ -143,7 +143,7 @@ def s3_server() -> Iterator[S3Server]:
     endpoint = f"http://127.0.0.1:{port}"
     # dummy credentials: nothing may reach a real AWS account from the tests
     saved = {name: os.environ.get(name) for name in _AWS_VARIABLES}
-    os.environ.update(dict(zip(_AWS_VARIABLES, ("testing", "testing", "us-east-1"))))
+    os.environ.update(dict(zip(_AWS_VARIABLES, ("testing", "testing", "us-east-1"), strict=True)))
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
