@@ -182,7 +182,9 @@ def test_ingest_on_workers_into_s3_reads_back_as_the_local_ingest(
     spectrograms into the bucket."""
     ensure_workers(cluster, client, 1)  # the one the test before left, when it ran
     folder = tmp_path / "waveforms"
-    shutil.copytree(bav_dir / "waveforms", folder)
+    folder.mkdir()
+    for source in sorted((bav_dir / "waveforms").iterdir())[:3]:  # three keep it quick
+        shutil.copy(source, folder)
     (folder / "broken.mseed").write_bytes(b"not a waveform")
     options = "".join(f"  {key}: {value}\n" for key, value in s3_server.options.items())
     config = tmp_path / "bav.yaml"
@@ -199,7 +201,7 @@ def test_ingest_on_workers_into_s3_reads_back_as_the_local_ingest(
     finally:
         cluster.stop_workers()
     out, err = capsys.readouterr()
-    assert "ingested 10 of 11 inputs" in out and f"archive: {url}" in out
+    assert "ingested 3 of 4 inputs" in out and f"archive: {url}" in out
     assert s3_server.options["secret"] not in out + err
     stored = archive.open_archive(ArchiveLocation(url, s3_server.options), with_dask=False)
     expected = archive.open_archive(local, with_dask=False)

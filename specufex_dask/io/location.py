@@ -30,6 +30,9 @@ __all__ = [
     "is_local",
     "mask_options",
     "parse_storage_option",
+    "store_or_path",
+    "zarr_array",
+    "zarr_group",
 ]
 
 SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session", "auth")
