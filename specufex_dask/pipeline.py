@@ -47,9 +47,15 @@ from specufex_dask.inference.params import (
 from specufex_dask.inference.seeding import resolve_seed
 from specufex_dask.inference.steps import HMMStepParameters, NMFStepParameters
 from specufex_dask.inference.svi import SeededMinibatches, SVIProgress, run_svi
-from specufex_dask.io.archive import FREQUENCY, MODEL_GROUP
+from specufex_dask.io.archive import FREQUENCY
 from specufex_dask.io.lease import archive_lease
-from specufex_dask.io.modelgroup import model_token, stored_model_token, write_model_dataset
+from specufex_dask.io.location import ArchivePath, as_location, zarr_group
+from specufex_dask.io.modelgroup import (
+    model_group_name,
+    model_token,
+    stored_model_token,
+    write_model_dataset,
+)
 from specufex_dask.io.status import record_applied_model
 from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
 from specufex_dask.parallel.engine import (
@@ -268,14 +274,21 @@ class SpecUFEx(ParameterContract):
             dtype=self._dtype,
         )
 
-    def fit(self, data: Any, *, resume: bool = False, stage: str = "all") -> SpecUFEx:
+    def fit(
+        self,
+        data: Any,
+        *,
+        resume: bool = False,
+        stage: str = "all",
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> SpecUFEx:
         """Fit the NMF, then the HMM, by distributed SVI.
 
         Parameters
         ----------
-        data : str, xarray.Dataset or xarray.DataArray
-            An archive path (the model and checkpoints are then written to its
-            ``model`` group), or spectrograms with dims (event, frequency, time).
+        data : str, ArchiveLocation, xarray.Dataset or xarray.DataArray
+            An archive path or fsspec URL (the model and checkpoints are then written
+            to its ``model`` group), or spectrograms with dims (event, frequency, time).
         resume : bool, default=False
             Continue from the archive's last checkpoint; the result equals an
             uninterrupted fit. Only the resumable settings (step budgets, ``tol``,
@@ -291,6 +304,9 @@ class SpecUFEx(ParameterContract):
             the NMF's. With the NMF's settings, ``"nmf"`` then ``"hmm"`` gives the
             model of ``"all"``. With ``resume=True`` an interrupted refit goes on, its
             HMM settings compared with the refit's.
+        storage_options : mapping, optional
+            Options of the fsspec file system of an archive URL (``endpoint_url``,
+            ``key``...); workers open the archive with them where they run.
 
         Raises
         ------
@@ -315,7 +331,7 @@ class SpecUFEx(ParameterContract):
         self._check_parameters()
         if stage not in FIT_STAGES:
             raise ValueError(f"stage={stage!r}: expected one of {', '.join(FIT_STAGES)}")
-        chunks = EventChunks.from_data(data, self.chunk_events)
+        chunks = EventChunks.from_data(_located(data, storage_options), self.chunk_events)
         if stage == "hmm" and chunks.path is None:
             raise ValueError(
                 "stage='hmm' refits the HMM on the NMF stored in an archive: give its path"
@@ -658,7 +674,13 @@ class SpecUFEx(ParameterContract):
         self._check_frequencies(chunks)
         return lazy_transform(chunks, *self._parameters())
 
-    def transform_to_zarr(self, path: str, *, resume: bool = False) -> None:
+    def transform_to_zarr(
+        self,
+        path: ArchivePath,
+        *,
+        resume: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
         """Compute every event's outputs and write them into the archive at ``path``.
 
         Workers write their chunk's regions directly. With ``resume=True`` chunks already
@@ -672,9 +694,13 @@ class SpecUFEx(ParameterContract):
         a model :meth:`save` wrote, :meth:`from_estimators`) is recorded with the
         outputs (:func:`specufex_dask.io.status.record_applied_model`): they then count
         as made by the matching model, and the archive's own model stays as it was.
+
+        ``path`` may be an fsspec URL, with its ``storage_options``.
         """
         self._check_parameters()
-        chunks = EventChunks.from_data(path, self.chunk_events)
+        chunks = EventChunks.from_data(_located(path, storage_options), self.chunk_events)
+        assert chunks.path is not None
+        path = chunks.path
         self._check_frequencies(chunks)
         client = self._client()
         token = self.model_token()
@@ -794,12 +820,19 @@ class SpecUFEx(ParameterContract):
 
     @classmethod
     def from_archive(
-        cls, path: str, *, client: Any = None, progress: Progress | None = None
+        cls,
+        path: ArchivePath,
+        *,
+        client: Any = None,
+        progress: Progress | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> SpecUFEx:
         """The fitted model stored in ``<path>/model``, with the settings of its fit
         (those a checkpoint stores; for older ones, those its models tell, and the
-        patterns kept as ``num_pat``)."""
-        state = read_model_group(str(path))
+        patterns kept as ``num_pat``). ``path`` may be an fsspec URL, with its
+        ``storage_options``."""
+        path = _located(path, storage_options)
+        state = read_model_group(path)
         if state is None or state[1] is None or state[2].get("stage") != "done":
             raise ValueError(f"{path} holds no completely fitted model; run fit first")
         nmf, hmm, saved = state
@@ -810,7 +843,7 @@ class SpecUFEx(ParameterContract):
         }
         model = cls(**stored, client=client, progress=progress)
         model.nmf_, model.hmm_ = nmf, hmm
-        model.frequency_ = _model_frequency(str(path))
+        model.frequency_ = _model_frequency(path)
         model.source_ = str(path)
         _, model.progress_ = _from_checkpoint(saved, nmf, hmm)
         model._record_steps()
@@ -951,7 +984,7 @@ def _axis_text(n_frequencies: int, axis: np.ndarray | None) -> str:
     return f"{n_frequencies} frequencies ({axis[0]:g}..{axis[-1]:g} Hz)"
 
 
-def _leased(path: str | None, command: str) -> AbstractContextManager:
+def _leased(path: ArchivePath | None, command: str) -> AbstractContextManager:
     """The lease of the archive at ``path`` (:func:`archive_lease`): one writer at a
     time; nothing for spectrograms given in memory."""
     return nullcontext() if path is None else archive_lease(path, command)
@@ -965,10 +998,15 @@ def _step_runners(client: Any, chunks: EventChunks) -> AbstractContextManager:
     return ActorExecutor(client)
 
 
-def _model_frequency(path: str) -> np.ndarray | None:
+def _located(data: Any, storage_options: Mapping[str, Any] | None) -> Any:
+    """``data``, or the location of the archive URL ``data`` with ``storage_options``."""
+    return data if storage_options is None else as_location(data, storage_options)
+
+
+def _model_frequency(path: ArchivePath) -> np.ndarray | None:
     """The frequency axis stored with the model (None when the group has none)."""
     import zarr
 
-    model = zarr.open_group(path, mode="r", use_consolidated=False)[MODEL_GROUP]
+    model = zarr_group(path, mode="r")[model_group_name(path) or "model"]
     axis = model.get(FREQUENCY) if isinstance(model, zarr.Group) else None
     return np.asarray(axis[:]) if isinstance(axis, zarr.Array) else None

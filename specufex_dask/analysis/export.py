@@ -199,7 +199,7 @@ def write_quakeml(archive: str | Path, out: str | Path) -> Path:
         )
     if CLUSTER not in table:
         raise ArchiveError(f"{archive}: no cluster labels; run `specufex-dask cluster` first")
-    catalog = Catalog(description=f"clusters of {Path(archive).name} by specufex-dask")
+    catalog = Catalog(description=f"clusters of {Path(str(archive)).name} by specufex-dask")
     for row in table.itertuples(index=False, name=None):
         values = dict(zip(table.columns, row, strict=True))
         event = Event()
@@ -311,11 +311,10 @@ def _model_source(archive: str | Path) -> str | None:
     """Where the model that made the outputs is stored: the archive, or the other
     archive (or saved model) a ``transform --model`` applied; None when that model was
     given otherwise (the estimators' files, or in Python)."""
-    import zarr
-
+    from specufex_dask.io.location import zarr_group
     from specufex_dask.io.status import applied_model
 
-    attrs = zarr.open_group(str(archive), mode="r", use_consolidated=False).attrs
+    attrs = zarr_group(archive, mode="r").attrs
     record = applied_model(dict(attrs), str(archive))
     if record is None:
         return str(archive)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 from specufex_dask.cli.config import Config, config_to_json
 from specufex_dask.common import __version__, quiet_zarr
-from specufex_dask.io.archive import MODEL_GROUP, consolidate
+from specufex_dask.io.archive import consolidate
+from specufex_dask.io.location import ArchivePath, as_location, zarr_group
 
 __all__ = [
     "CONFIG_ATTR",
@@ -25,34 +25,35 @@ CONFIG_ATTR = "specufex_dask_config"
 OUTPUT_VARIABLES = ("activation", "state_probability", "transition", "fingerprint", "cluster")
 
 
-def open_archive(path: str | Path):
+def open_archive(path: ArchivePath):
     """The archive as an xarray Dataset (:func:`specufex_dask.io.archive.open_archive`)."""
     from specufex_dask.io.archive import open_archive as open_zarr_archive
 
     return open_zarr_archive(path)
 
 
-def open_model(path: str | Path):
+def open_model(path: ArchivePath):
     """The ``model`` group as a Dataset, or None when the archive holds no model."""
     import xarray as xr
 
-    if not (Path(path) / MODEL_GROUP).exists():
+    from specufex_dask.io.modelgroup import model_group_name
+
+    group = model_group_name(path)
+    if group is None:
         return None
     with quiet_zarr():
-        return xr.open_zarr(str(path), group=MODEL_GROUP, chunks=None)
+        return xr.open_zarr(as_location(path).open_store("r"), group=group, chunks=None)
 
 
 def record_configuration(
-    path: str | Path, config: Config, sections: Sequence[str], command: str
+    path: ArchivePath, config: Config, sections: Sequence[str], command: str
 ) -> None:
     """Add the sections a command used to the archive attribute ``specufex_dask_config``.
 
     The attribute is a JSON object: one entry per section (the last value used) and
     ``history``, the list of commands that wrote to the archive with their sections.
     """
-    import zarr
-
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    group = zarr_group(path, mode="r+")
     raw = group.attrs.get(CONFIG_ATTR)
     record = json.loads(raw) if isinstance(raw, str) else {}
     record.update(json.loads(config_to_json(config, list(sections))))
@@ -63,27 +64,26 @@ def record_configuration(
     consolidate(path)
 
 
-def write_event_variable(path: str | Path, variable) -> None:
+def write_event_variable(path: ArchivePath, variable) -> None:
     """Add (or replace) one per-event variable of the archive, keeping the archive's
     attributes; a replaced variable gets the new one's attributes (xarray's append mode
     would keep the old ones: the settings of an earlier clustering)."""
     import xarray as xr
-    import zarr
 
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    group = zarr_group(path, mode="r+")
     attrs = dict(group.attrs)
     if variable.name in group:
         del group[variable.name]
     bare = variable.drop_vars(list(variable.coords))
     dataset = xr.Dataset({variable.name: bare}, attrs=attrs)
-    dataset.to_zarr(str(path), mode="a", consolidated=True)
+    dataset.to_zarr(as_location(path).open_store("a"), mode="a", consolidated=True)
 
 
 # Errors whose cause may be a damaged or lost chunk file that the reader could not name.
 _DAMAGE_SIGNS = ("checksum do not match", "NaN or infinite values", "non-finite value")
 
 
-def damage_behind(archive: str | Path | None, error: BaseException) -> str | None:
+def damage_behind(archive: ArchivePath | None, error: BaseException) -> str | None:
     """The damaged or missing chunk files behind ``error``, when it looks like their doing.
 
     A read through xarray meets a wrong checksum as Zarr's bare "stored and computed

@@ -113,7 +113,7 @@ def _cluster_and_store(archive: str | Path, config: Config, reporter: Reporter):
     problem = output_problem(dataset, "fingerprint", str(archive))
     if problem is not None:
         raise CommandError(problem)
-    require_writable(str(archive), "cluster labels")
+    require_writable(archive, "cluster labels")
     settings = config.clustering
     counts = settings.n_clusters
     reporter.say(

@@ -413,6 +413,26 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class StorageOptionsConfig:
+    """The ``storage_options`` section: keywords of the fsspec file system of an archive
+    given as a URL (``endpoint_url``, ``key``, ``secret``, ``anon``...), any keys.
+
+    They reach the workers with the archive's location; they are never recorded in the
+    archive, and secret-looking ones are masked when the configuration is shown.
+
+    Attributes
+    ----------
+    options : dict, default={}
+        The keywords; ``--storage-option key=value`` flags are added on top.
+    """
+
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def _check(self, name: str) -> None:
+        return None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration: one attribute per section of the YAML file."""
 
@@ -423,6 +443,7 @@ class Config:
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
     dask: ClusterConfig = field(default_factory=ClusterConfig)
+    storage_options: StorageOptionsConfig = field(default_factory=StorageOptionsConfig)
 
     @property
     def cluster(self) -> ClusterConfig:
@@ -430,8 +451,13 @@ class Config:
         return self.dask
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Plain nested dict of every section (JSON and YAML serialisable)."""
-        return dataclasses.asdict(self)
+        """Plain nested dict of every section (JSON and YAML serialisable); the storage
+        options as one mapping, their secrets masked."""
+        from specufex_dask.io.location import mask_options
+
+        everything = dataclasses.asdict(self)
+        everything["storage_options"] = mask_options(self.storage_options.options)
+        return everything
 
 
 def _require(condition: bool, key: str, value: Any, expected: str) -> None:
@@ -544,6 +570,8 @@ def _updated_section(section: Any, name: str, values: Mapping[str, Any], source:
             f"section '{name}' in {source} must be a mapping of keys to values, got "
             f"{type(values).__name__} {values!r}"
         )
+    if isinstance(section, StorageOptionsConfig):  # free keys: the file system's own
+        return StorageOptionsConfig({**section.options, **dict(values)})
     hints = typing.get_type_hints(type(section))
     known = sorted(hints)
     changes = {}

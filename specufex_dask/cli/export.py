@@ -81,7 +81,7 @@ def cmd_export(args: argparse.Namespace, config: Config, reporter: Reporter) -> 
         else:
             reporter.say("no QuakeML: the events have no origin times (source_origin_time)")
     if "h5" in formats:
-        name = f"SpecUFEx_{Path(args.archive).stem}.h5"
+        name = f"SpecUFEx_{Path(str(args.archive)).stem}.h5"
         written.append(export.write_workflow_h5(args.archive, outdir / name))
     for path in written:
         print(path)

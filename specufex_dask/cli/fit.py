@@ -79,7 +79,7 @@ def fit_archive(
     what = {"all": f"fitting {nmf} and {hmm}", "nmf": f"fitting only the {nmf}"}
     refit = f"refitting the {hmm} on the stored NMF"
     reporter.say(f"{what.get(stage, refit)}, {tol}, on {archive}")
-    model.fit(str(archive), resume=resume, stage=stage)
+    model.fit(archive, resume=resume, stage=stage)
     # a refit leaves the NMF, and the record of the settings it was fitted with
     sections = [s for s in FIT_SECTIONS if not (stage == "hmm" and s == "nmf")]
     record_configuration(archive, config, sections, "fit" if stage == "all" else f"fit {stage}")
@@ -93,7 +93,7 @@ def transform_archive(
     source = getattr(model, "source_", None)
     other = f" with the model of {source}" if source and source != str(archive) else ""
     reporter.say(f"transforming every event of {archive}{other}")
-    model.transform_to_zarr(str(archive), resume=resume)
+    model.transform_to_zarr(archive, resume=resume)
     record_configuration(archive, config, ["dask"], "transform")
 
 
@@ -197,7 +197,7 @@ def applied_model(archive: str | Path, sources: list[str] | None):
                 f"{archive} holds no fitted model; run `specufex-dask fit {archive}` first, "
                 "or give one with --model"
             )
-        return SpecUFEx.from_archive(str(archive))
+        return SpecUFEx.from_archive(archive)
     if len(sources) == 2:
         nmf = BayesianNonparametricNMF.load(sources[0])
         hmm = BayesianHMM.load(sources[1])
@@ -219,7 +219,7 @@ def cmd_transform(args: argparse.Namespace, config: Config, reporter: Reporter) 
     """Write activations, state probabilities, transitions and fingerprints."""
     open_archive(args.archive).close()
     model = applied_model(args.archive, args.model)
-    model.check_frequencies(str(args.archive))  # before a cluster starts
+    model.check_frequencies(args.archive)  # before a cluster starts
     with _lease(args.archive, "transform"), dask_client(config, reporter) as client:
         model = with_run_settings(model, config, reporter, client)
         transform_archive(args.archive, model, reporter, config, args.resume)

@@ -93,7 +93,7 @@ def _lease_summary(path: str | Path) -> dict[str, Any] | None:
     """Who holds the archive's lease (a writer at work, or one that died), or None."""
     import time
 
-    from specufex_dask.io.lease import lease_path, read_lease
+    from specufex_dask.io.lease import lease_file, read_lease
 
     holder = read_lease(path)
     if holder is None:
@@ -105,7 +105,7 @@ def _lease_summary(path: str | Path) -> dict[str, Any] | None:
         "owner": holder.owner,
         "started": holder.started,
         "heartbeat_age_s": round(time.time() - holder.heartbeat, 1),
-        "file": str(lease_path(path)),
+        "file": str(lease_file(path).path),
         "description": holder.describe(time.time()),
     }
 

@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from specufex_dask.cli import cluster, demo, export, fit, import_h5, info, ingest, plot
 from specufex_dask.cli.archive import damage_behind
@@ -15,6 +16,7 @@ from specufex_dask.cli.config import Config, ConfigError, section_types
 from specufex_dask.cli.options import effective_config
 from specufex_dask.cli.progress import Reporter
 from specufex_dask.common import __version__, ignore_zarr_warnings
+from specufex_dask.io.location import ArchiveLocation, is_local, parse_storage_option
 
 # distributed's report of a failed task (see specufex_dask.parallel.workersetup): not
 # imported from there, which loads distributed
@@ -48,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     general.add_argument("--quiet", action="store_true", help="print no progress")
     general.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        metavar="KEY=VALUE",
+        action="append",
+        type=_storage_option,
+        default=[],
+        help="option of the fsspec file system of an ARCHIVE given as a URL (s3://, gs://, "
+        "memory://), e.g. endpoint_url=http://127.0.0.1:9000; repeatable; the value is "
+        "read as JSON when it parses (true, 3), else as text; adds to the configuration "
+        "section storage_options",
+    )
+    general.add_argument(
         "--debug", action="store_true", help="show the full traceback of an error"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -65,6 +79,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if prepare is not None:
         prepare(args)
     return args
+
+
+def _storage_option(text: str) -> tuple[str, Any]:
+    try:
+        return parse_storage_option(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _located_archive(args: argparse.Namespace, config: Config) -> None:
+    """Make ``args.archive`` a URL's location, with the storage options of the
+    configuration and the flags; a local path stays as given (the configuration's
+    options are for URLs; flags with a local path are refused)."""
+    archive = getattr(args, "archive", None)
+    flags = dict(args.storage_options)
+    if archive is None or isinstance(archive, ArchiveLocation):
+        return
+    if is_local(archive):
+        if flags:
+            raise CommandError(
+                f"--storage-option is only for an ARCHIVE given as a URL, not {archive}"
+            )
+        return
+    args.archive = ArchiveLocation(archive, {**config.storage_options.options, **flags})
 
 
 def _one_line(error: BaseException) -> str:
@@ -121,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reporter = Reporter(quiet=args.quiet, debug=args.debug)
     try:
         config = effective_config(args)
+        _located_archive(args, config)
         return int(args.handler(args, config, reporter) or 0)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -88,6 +88,7 @@ from specufex_dask.io.archive import (
     write_region,
 )
 from specufex_dask.io.lease import archive_lease
+from specufex_dask.io.location import ArchiveLocation, ArchivePath, as_location
 from specufex_dask.parallel.executor import executor_for
 
 logger = logging.getLogger(__name__)
@@ -113,8 +114,8 @@ class IngestReport:
 
     Attributes
     ----------
-    path : Path
-        The archive.
+    path : Path or ArchiveLocation
+        The archive (its location, at a URL).
     n_inputs : int
         Inputs seen (files, array rows, windows).
     n_written : int
@@ -127,7 +128,7 @@ class IngestReport:
         The resolved preprocessing parameters stored in the archive.
     """
 
-    path: Path
+    path: Path | ArchiveLocation
     n_inputs: int
     n_written: int
     rejected: tuple[RejectedInput, ...]
@@ -243,7 +244,7 @@ def _spectrogram(record: Any, params: SpectrogramParameters) -> Spectrogram:
 
 
 def _write_unit_region(
-    store_path: str,
+    store_path: str | ArchiveLocation,
     start: int,
     pieces: Sequence[tuple[Any, Sequence[int]]],
     params: SpectrogramParameters,
@@ -277,7 +278,7 @@ def _map(function: Any, arguments: Iterable[tuple], client: Any) -> list[Any]:
 
 def _run(
     units: Sequence[Any],
-    out_path: str | Path,
+    out_path: ArchivePath,
     params: SpectrogramParameters,
     writing: _Writing,
     pre_rejected: Sequence[RejectedInput] = (),
@@ -293,27 +294,28 @@ def _run(
 
 def _write_archive(
     units: Sequence[Any],
-    out_path: str | Path,
+    out_path: ArchivePath,
     params: SpectrogramParameters,
     writing: _Writing,
     pre_rejected: Sequence[RejectedInput] = (),
     catalog: tuple[Sequence[str], Mapping[str, np.ndarray]] | None = None,
 ) -> IngestReport:
     started = _time.perf_counter()
-    out_path = Path(out_path)
+    location = as_location(out_path)
+    target = location.path if location.local else location
     client, append = writing.client, writing.append
     check_positive_int("chunk_events", writing.chunk_events, allow_none=False)
     if params.remove_response is not None:
         try:
             check_inventory(params.remove_response)
         except ValueError as error:
-            raise IngestError(f"{error}; nothing written to {out_path}") from None
-    if not append and out_path.exists() and not writing.overwrite:
-        raise IngestError(f"{out_path} already exists; pass append=True or overwrite=True")
+            raise IngestError(f"{error}; nothing written to {target}") from None
+    if not append and location.exists() and not writing.overwrite:
+        raise IngestError(f"{target} already exists; pass append=True or overwrite=True")
     existing: set[str] = set()
     archive_parameters: dict[str, Any] = {}
     if append:
-        archive = open_archive(out_path)
+        archive = open_archive(target)
         existing = {str(e) for e in archive[EVENT].values.tolist()}
         archive_parameters = spectrogram_parameters(archive)
         archive.close()
@@ -323,7 +325,7 @@ def _write_archive(
         fs = params.fs if params.fs is not None else archive_parameters["fs"]
         n_samples = params.n_samples or archive_parameters.get("n_samples")
         expected = replace(params.resolved(fs), n_samples=n_samples)
-        _check_same_parameters(out_path, archive_parameters, expected)
+        _check_same_parameters(target, archive_parameters, expected)
 
     arguments = ((i, unit, params) for i, unit in enumerate(units))
     inspections = [
@@ -359,9 +361,9 @@ def _write_archive(
     if not good:
         message = f"no valid input among {n_inputs}: {_reason_counts(rejected)}"
         examples = "; ".join(f"{r.source}: {r.reason}" for r in rejected[:5])
-        raise IngestError(f"{message} (e.g. {examples}); nothing written to {out_path}", rejected)
+        raise IngestError(f"{message} (e.g. {examples}); nothing written to {target}", rejected)
     if append:
-        _check_same_parameters(out_path, archive_parameters, resolved)
+        _check_same_parameters(target, archive_parameters, resolved)
 
     # _resolve_shape fixed both once there is a good input
     assert resolved.fs is not None and resolved.n_samples is not None
@@ -371,11 +373,11 @@ def _write_archive(
         coords.update(catalog_coordinates(catalog[1], catalog[0], [r.event for r in good]))
     n_bytes = len(good) * frequency.size * time.size * np.dtype(writing.dtype).itemsize
     with naming_disk_full(
-        out_path, f"{len(good)} spectrograms", n_bytes, left_intact(out_path, append)
+        target, f"{len(good)} spectrograms", n_bytes, left_intact(target, append)
     ):
-        _write(units, good, out_path, coords, frequency, time, resolved, rejected, writing)
+        _write(units, good, target, coords, frequency, time, resolved, rejected, writing)
     report = IngestReport(
-        path=out_path,
+        path=target,
         n_inputs=n_inputs,
         n_written=len(good),
         rejected=tuple(rejected),
@@ -389,7 +391,7 @@ def _write_archive(
 def _write(
     units: Sequence[Any],
     good: Sequence[_Inspection],
-    out_path: Path,
+    out_path: Path | ArchiveLocation,
     coords: dict[str, np.ndarray],
     frequency: np.ndarray,
     time: np.ndarray,
@@ -416,7 +418,7 @@ def _write(
     try:
         write_arguments = (
             (
-                str(writer.store_path), start,
+                writer.target, start,
                 _group_by_unit(good[start - writer.start : stop - writer.start], units),
                 resolved, np.dtype(writing.dtype).str,
             )
@@ -465,7 +467,9 @@ def _resolve_shape(
 
 
 def _check_same_parameters(
-    path: Path, archive_parameters: Mapping[str, Any], resolved: SpectrogramParameters
+    path: Path | ArchiveLocation,
+    archive_parameters: Mapping[str, Any],
+    resolved: SpectrogramParameters,
 ) -> None:
     new = resolved.to_dict()
     # An archive written before the waveform steps existed had them all off.
@@ -506,7 +510,9 @@ def _event_coords(good: Sequence[_Inspection]) -> dict[str, np.ndarray]:
     return coords
 
 
-def _only_known(path: Path, coords: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _only_known(
+    path: Path | ArchiveLocation, coords: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     archive = open_archive(path)
     known = set(map(str, archive.coords))
     archive.close()
@@ -543,7 +549,7 @@ def _check_medians(
 
 def _ingest_files(
     inputs: _FileInputs,
-    out_path: str | Path,
+    out_path: ArchivePath,
     params: SpectrogramParameters | None,
     writing: _Writing,
     select: Mapping[str, str] | None,
@@ -570,7 +576,7 @@ def _ingest_files(
 
 def _ingest_catalog_windows(
     catalog: Path,
-    out_path: str | Path,
+    out_path: ArchivePath,
     params: SpectrogramParameters | None,
     event_column: str | None,
     windows: _Windows,
@@ -625,7 +631,7 @@ def _pre_post(window: Sequence[float] | None) -> tuple[float, float]:
 
 def ingest_waveforms(
     sources: str | Path | Iterable[str | Path],
-    out_path: str | Path,
+    out_path: ArchivePath,
     params: SpectrogramParameters | None = None,
     *,
     client: Any = None,
@@ -643,8 +649,9 @@ def ingest_waveforms(
     ----------
     sources : str, Path or iterable of them
         A folder, a glob pattern, a file, or a list of those.
-    out_path : str or Path
-        The archive to create (or extend with ``append=True``).
+    out_path : str, Path or ArchiveLocation
+        The archive to create (or extend with ``append=True``): a path, or a URL
+        (with its storage options, an ``ArchiveLocation``).
     params : SpectrogramParameters, optional
         Preprocessing; defaults to ``SpectrogramParameters()``.
     client : distributed.Client, optional
@@ -690,7 +697,7 @@ _FILE_COLUMNS = ("file", "filename", "path", "waveform")
 
 def ingest_catalog(
     catalog: str | Path,
-    out_path: str | Path,
+    out_path: ArchivePath,
     params: SpectrogramParameters | None = None,
     *,
     waveform_dir: str | Path | None = None,
@@ -717,7 +724,7 @@ def ingest_catalog(
     ----------
     catalog : str or Path
         CSV with a header row.
-    out_path : str or Path
+    out_path : str, Path or ArchiveLocation
         The archive.
     params : SpectrogramParameters, optional
         Preprocessing.
@@ -794,7 +801,7 @@ def ingest_catalog(
 
 def ingest_arrays(
     waveforms: npt.ArrayLike,
-    out_path: str | Path,
+    out_path: ArchivePath,
     params: SpectrogramParameters | None = None,
     *,
     sampling_rate: float | None = None,
@@ -812,7 +819,7 @@ def ingest_arrays(
     ----------
     waveforms : array-like of shape (n_events, n_samples)
         One waveform per row (NaN rows, constant rows... are rejected like bad files).
-    out_path : str or Path
+    out_path : str, Path or ArchiveLocation
         The archive.
     params : SpectrogramParameters, optional
         Preprocessing.
@@ -860,7 +867,7 @@ def ingest_arrays(
 
 def ingest_continuous(
     traces: Any,
-    out_path: str | Path,
+    out_path: ArchivePath,
     window_length_s: float,
     step_s: float,
     params: SpectrogramParameters | None = None,
@@ -883,7 +890,7 @@ def ingest_continuous(
     ----------
     traces : obspy Stream or Trace, or files as in :func:`ingest_waveforms`
         Continuous data; each file is one task.
-    out_path : str or Path
+    out_path : str, Path or ArchiveLocation
         The archive.
     window_length_s, step_s : float
         Window length and the step between window starts, in seconds.
@@ -974,7 +981,7 @@ def _ingest_windows(
     events: Sequence[CatalogEvent],
     columns: Mapping[str, np.ndarray],
     source: str,
-    out_path: str | Path,
+    out_path: ArchivePath,
     params: SpectrogramParameters | None,
     windows: _Windows,
     writing: _Writing,
@@ -1002,7 +1009,7 @@ def _ingest_windows(
 
 def ingest_quakeml(
     quakeml: str | Path,
-    out_path: str | Path,
+    out_path: ArchivePath,
     params: SpectrogramParameters | None = None,
     *,
     waveforms: str | Path | Iterable[str | Path],
@@ -1032,7 +1039,7 @@ def ingest_quakeml(
     ----------
     quakeml : str or Path
         Read with ``obspy.read_events``.
-    out_path : str or Path
+    out_path : str, Path or ArchiveLocation
         The archive.
     params : SpectrogramParameters, optional
         Preprocessing (``n_samples`` defaults to the window's length).

@@ -53,6 +53,15 @@ import numpy.typing as npt
 import xarray as xr
 
 from specufex_dask.common import __version__, check_positive_int, quiet_zarr
+from specufex_dask.io.location import (
+    ArchiveLocation,
+    ArchivePath,
+    as_location,
+    is_local,
+    store_or_path,
+    zarr_array,
+    zarr_group,
+)
 
 if TYPE_CHECKING:
     import zarr
@@ -177,8 +186,8 @@ def _to_str(values: npt.ArrayLike) -> np.ndarray:
     return np.array([str(v) for v in np.asarray(values).tolist()], dtype=str)
 
 
-def _is_local(path: str | Path) -> bool:
-    return "://" not in str(path)
+def _is_local(path: ArchivePath) -> bool:
+    return path.local if isinstance(path, ArchiveLocation) else is_local(path)
 
 
 def member_array(group: zarr.Group, name: str, refusal: str) -> zarr.Array:
@@ -197,29 +206,33 @@ def member_array(group: zarr.Group, name: str, refusal: str) -> zarr.Array:
     return member
 
 
-def _live_attrs(path: str | Path) -> dict[str, Any]:
+def _live_attrs(path: ArchivePath) -> dict[str, Any]:
     """Group attributes read from the group's own metadata, never from consolidated copies."""
-    import zarr
-
-    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
-    return dict(group.attrs)
+    return dict(zarr_group(path, mode="r").attrs)
 
 
 def open_archive(
-    path: str | Path, *, with_dask: bool = True, stored_names: bool = False
+    path: ArchivePath,
+    *,
+    with_dask: bool = True,
+    stored_names: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """Open an archive lazily (dask-backed) and validate its schema.
 
     Parameters
     ----------
-    path : str or Path
-        The Zarr group written by ingest, :func:`write_spectrograms` or the h5 import.
+    path : str, Path or ArchiveLocation
+        The Zarr group written by ingest, :func:`write_spectrograms` or the h5 import:
+        a local path or an fsspec URL (``s3://bucket/x.zarr``, ``memory://x.zarr``).
     with_dask : bool, default=True
         Dask arrays in the storage chunks; False gives xarray's lazily indexed arrays,
         cheaper to open when only metadata and encodings are needed.
     stored_names : bool, default=False
         Keep the names as stored: an archive written before :data:`INPUT_FILE` was
         named so has ``source`` in its place, which is otherwise renamed.
+    storage_options : mapping, optional
+        Options of the fsspec file system of a URL (``endpoint_url``, ``key``...).
 
     Returns
     -------
@@ -248,11 +261,15 @@ def open_archive(
     >>> ds.spectrogram.dims, ds.spectrogram.shape
     (('event', 'frequency', 'time'), (2, 3, 4))
     """
-    path_str = str(path)
-    if _is_local(path) and not Path(path).exists():
+    location = as_location(path, storage_options)
+    path_str = str(path)  # as given; a location shows its URL, never its options
+    if not location.local:
+        require_reachable(location)
+    if not location.exists():
         raise ArchiveError(f"archive not found: {path_str} does not exist")
+    source = store_or_path(location)
     try:
-        attrs = _live_attrs(path_str)
+        attrs = _live_attrs(source)
     except Exception as error:  # zarr raises several types for "not a group"
         raise ArchiveError(f"{path_str} is not a Zarr group: {error}") from error
     if attrs.get(COMPLETE_ATTR) is False:
@@ -264,7 +281,7 @@ def open_archive(
         json_attribute(attrs, name, path_str, fix)
     with quiet_zarr():  # stores from other writers may lack consolidated metadata
         try:
-            ds = xr.open_zarr(path_str, chunks={} if with_dask else None)
+            ds = xr.open_zarr(location.open_store("r"), chunks={} if with_dask else None)
         except Exception as error:
             raise ArchiveError(
                 f"cannot open {path_str} as an xarray Zarr store: {error}"
@@ -277,7 +294,7 @@ def open_archive(
     # imported here: the module reads the model group, whose module imports this one
     from specufex_dask.io.status import output_status
 
-    for name, status in output_status(path_str, ds.sizes[EVENT]).items():
+    for name, status in output_status(source, ds.sizes[EVENT]).items():
         ds[name].attrs.update(status.attrs())
     return ds
 
@@ -370,24 +387,26 @@ def spectrogram_parameters(ds: xr.Dataset, where: str | None = None) -> dict[str
 
     ``where`` (default the store xarray opened) is named when the attribute is not a
     JSON object."""
-    where = where or str(ds.encoding.get("source", "the archive"))
+    where = where or str(ds.encoding.get("source") or "the archive")
     value = json_attribute(ds.attrs, PARAMETERS_ATTR, where, JSON_ATTRS[PARAMETERS_ATTR])
     return {} if value is None else dict(value)
 
 
-def zarr_format(path: str | Path) -> int | None:
+def zarr_format(path: ArchivePath) -> int | None:
     """The Zarr format of the local group at ``path`` (2 or 3), None when it is neither."""
-    folder = Path(path)
+    if not _is_local(path):
+        return None
+    folder = as_location(path).path
     if (folder / "zarr.json").is_file():
         return 3
     return 2 if (folder / ".zgroup").is_file() else None
 
 
-def require_zarr_v3(path: str | Path, what: str) -> None:
+def require_zarr_v3(path: ArchivePath, what: str) -> None:
     """Refuse to write ``what`` into a Zarr format 2 store, saying how to convert it."""
     if not _is_local(path) or zarr_format(path) != 2:
         return
-    source = Path(path)
+    source = as_location(path).path
     target = source.with_name(f"{source.stem}-v3{source.suffix or '.zarr'}")
     command = (
         f"python -c \"import xarray as xr; xr.open_zarr('{source}').drop_encoding()"
@@ -425,12 +444,12 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def disk_full(path: str | Path, what: str, n_bytes: float, intact: str) -> DiskFullError:
+def disk_full(path: ArchivePath, what: str, n_bytes: float, intact: str) -> DiskFullError:
     """The one-line error of a write of ``n_bytes`` that ran out of space under ``path``.
 
     ``intact`` says what is left as it was and how to go on.
     """
-    free = _free_space(Path(path))
+    free = _free_space(as_location(path).path) if _is_local(path) else 0
     return DiskFullError(
         f"disk full: writing {what} ({_size(n_bytes)}) to {path} failed with {_size(free)} "
         f"free there; {intact}"
@@ -522,18 +541,18 @@ def check_spectrogram_values(
 # ----------------------------------------------------------------------------- writing
 
 
-def left_intact(path: Path, appending: bool) -> str:
+def left_intact(path: ArchivePath, appending: bool) -> str:
     """What a failed write of an archive leaves as it was, once :meth:`ArchiveWriter.abort`
     undid the rest, and how to go on."""
     if appending:
         return f"the append was rolled back: {path} is as before; free space and rerun"
-    if path.exists():
+    if as_location(path).exists():
         return f"the archive at {path} is unchanged; free space and rerun"
     return f"nothing was left at {path}; free space and rerun"
 
 
 @contextlib.contextmanager
-def naming_disk_full(path: str | Path, what: str, n_bytes: float, intact: str) -> Iterator[None]:
+def naming_disk_full(path: ArchivePath, what: str, n_bytes: float, intact: str) -> Iterator[None]:
     """Turn running out of disk space inside the block into :func:`disk_full`'s error.
 
     Any error whose chain holds ENOSPC counts (workers' errors arrive as themselves,
@@ -569,20 +588,21 @@ def region_bounds(start: int, stop: int, chunk_events: int) -> list[tuple[int, i
     return bounds
 
 
-def write_region(path: str | Path, name: str, start: int, block: npt.ArrayLike) -> tuple[int, int]:
+def write_region(
+    path: ArchivePath, name: str, start: int, block: npt.ArrayLike
+) -> tuple[int, int]:
     """Write ``block`` into rows ``[start, start + len(block))`` of array ``name``.
 
-    Meant to run on workers: it opens the array by path and touches nothing else. Callers
-    must give chunk-aligned regions (see :func:`region_bounds`).
+    Meant to run on workers: it opens the array by path (or location: a URL and its
+    storage options) and touches nothing else. Callers must give chunk-aligned regions
+    (see :func:`region_bounds`).
 
     Returns
     -------
     (start, stop) : tuple of int
     """
-    import zarr
-
     values = np.asarray(block)
-    array = zarr.open_array(str(path), path=name, mode="r+")
+    array = zarr_array(path, name, mode="r+")
     stop = start + values.shape[0]
     if stop > array.shape[0] or values.shape[1:] != tuple(array.shape[1:]):
         raise ValueError(
@@ -626,19 +646,41 @@ def _default_attrs(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
     return attrs
 
 
-def consolidate(path: str | Path) -> None:
+def consolidate(path: ArchivePath) -> None:
     """Rewrite the archive's consolidated metadata (which xarray reads) after a change."""
     import zarr
 
     with quiet_zarr():
-        zarr.consolidate_metadata(str(path))
+        zarr.consolidate_metadata(as_location(path).open_store("r+"))
 
 
-def _put_attrs(path: str | Path, attrs: Mapping[str, Any]) -> None:
-    import zarr
+def _put_attrs(path: ArchivePath, attrs: Mapping[str, Any]) -> None:
+    zarr_group(path, mode="r+").attrs.put(dict(attrs))
 
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-    group.attrs.put(dict(attrs))
+
+def require_reachable(location: ArchiveLocation) -> None:
+    """Refuse a URL whose bucket (or container) does not exist, in one line.
+
+    Raises
+    ------
+    ArchiveError
+        Naming the bucket and the URL (the storage options are not shown).
+    """
+    bucket = location.bucket
+    if location.url.startswith("memory://") or not bucket or location.exists():
+        return  # an archive found proves its bucket (a reader may not look at buckets)
+    fs, _ = location.filesystem()
+    try:
+        found = fs.exists(bucket)
+    except PermissionError as error:
+        raise ArchiveError(
+            f"store {location}: access to bucket {bucket!r} was refused ({error}); check "
+            "the credentials in the storage options"
+        ) from None
+    if not found:
+        raise ArchiveError(
+            f"store {location}: bucket {bucket!r} does not exist; create it or fix the URL"
+        )
 
 
 @dataclass
@@ -651,10 +693,12 @@ class ArchiveWriter:
 
     Attributes
     ----------
-    final_path : Path
-        Where the archive lives once committed.
-    store_path : Path
-        Where to write now (a hidden sibling for new archives).
+    final_path : Path or ArchiveLocation
+        Where the archive lives once committed (a location for a URL).
+    store_path : Path or ArchiveLocation
+        Where to write now (a hidden sibling for new local archives; a new archive at a
+        URL is written in place, marked incomplete until :meth:`commit`, since object
+        stores rename nothing).
     start, stop : int
         The new events occupy rows [start, stop) of every event-dim variable.
     chunk_events : int
@@ -663,8 +707,8 @@ class ArchiveWriter:
         Events per shard of ``spectrogram``; None when it is stored in plain chunks.
     """
 
-    final_path: Path
-    store_path: Path
+    final_path: Path | ArchiveLocation
+    store_path: Path | ArchiveLocation
     start: int
     stop: int
     chunk_events: int
@@ -681,10 +725,19 @@ class ArchiveWriter:
         touch the same stored file."""
         return region_bounds(self.start, self.stop, self.shard_events or self.chunk_events)
 
+    @property
+    def target(self) -> str | ArchiveLocation:
+        """:attr:`store_path` as the region writers take it (a plain path, or the
+        location of a URL with its storage options): what workers are sent."""
+        return store_or_path(self.store_path)
+
+    def _store(self, mode: str) -> Any:
+        return as_location(self.store_path).open_store(mode)
+
     @classmethod
     def create(
         cls,
-        path: str | Path,
+        path: ArchivePath,
         *,
         event_coords: Mapping[str, npt.ArrayLike],
         frequency: npt.ArrayLike,
@@ -729,8 +782,8 @@ class ArchiveWriter:
             :data:`SHARD_CHUNK_EVENTS` events); None stores it in plain chunks of
             ``chunk_events`` events, as archives were written before.
         """
-        final = Path(path)
-        if final.exists() and not overwrite:
+        final = _final_path(path)
+        if as_location(final).exists() and not overwrite:
             raise ArchiveError(f"{final} already exists; pass overwrite=True or append")
         _check_chunk_events(chunk_events)
         if shard_events is not None:
@@ -747,7 +800,7 @@ class ArchiveWriter:
                 )
         frequency = np.asarray(frequency, dtype=np.float64)
         time = np.asarray(time, dtype=np.float64)
-        store = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
+        store = _partial_store(final, overwrite)
         dataset = _placeholder_dataset(
             n_events, 0, coords, frequency, time, chunk_events, dtype, extra_variables,
             spectrogram_events=shard_events,
@@ -759,7 +812,7 @@ class ArchiveWriter:
         encoding = _encoding(dataset, chunk_events, shard_events)
         try:
             dataset.to_zarr(
-                str(store),
+                as_location(store).open_store("w-"),
                 mode="w-",
                 compute=False,
                 zarr_format=3,
@@ -767,7 +820,7 @@ class ArchiveWriter:
                 encoding=encoding,
             )
         except BaseException:
-            shutil.rmtree(store, ignore_errors=True)
+            as_location(store).remove()
             raise
         return cls(final, store, 0, n_events, chunk_events, False, overwrite, 0, all_attrs,
                    shard_events=shard_events)  # fmt: skip
@@ -775,7 +828,7 @@ class ArchiveWriter:
     @classmethod
     def append(
         cls,
-        path: str | Path,
+        path: ArchivePath,
         *,
         event_coords: Mapping[str, npt.ArrayLike],
         extra_variables: Mapping[str, tuple[tuple[str, ...], tuple[int, ...]]] | None = None,
@@ -847,8 +900,8 @@ class ArchiveWriter:
             spectrogram_events=shard_events,
         )
         writer = cls(
-            Path(path),
-            Path(path),
+            _final_path(path),
+            _final_path(path),
             old_n,
             old_n + n_new,
             chunk_events,
@@ -860,34 +913,32 @@ class ArchiveWriter:
         )
         try:
             dataset.to_zarr(
-                str(path), mode="a", append_dim=EVENT, compute=False, consolidated=False
-            )
+                as_location(path).open_store("a"), mode="a", append_dim=EVENT, compute=False,
+                consolidated=False,
+            )  # fmt: skip
             _extend_outputs(path, outputs, old_n + n_new)
         except BaseException:
             writer.abort()
             raise
         return writer
 
-    def commit(self, rejected: Sequence[RejectedInput] = ()) -> Path:
+    def commit(self, rejected: Sequence[RejectedInput] = ()) -> Path | ArchiveLocation:
         """Write the rejected table and final attributes; move a new archive into place."""
         if rejected:
             table = _rejected_dataset(rejected)
             if self._old_rejected:
-                table.to_zarr(
-                    str(self.store_path), mode="a", append_dim=REJECTED, consolidated=False
-                )
+                table.to_zarr(self._store("a"), mode="a", append_dim=REJECTED, consolidated=False)
             else:
                 chunking = {
                     name: {"chunks": (_COORD_CHUNK,), "compressors": checksummed()}
                     for name in table.data_vars
                 }
-                table.to_zarr(
-                    str(self.store_path), mode="a", consolidated=False, encoding=chunking
-                )
+                table.to_zarr(self._store("a"), mode="a", consolidated=False, encoding=chunking)
         # xarray's mode="a" replaced the group attributes: put ours back, completeness last.
         _put_attrs(self.store_path, {**self._attrs, COMPLETE_ATTR: True})
         consolidate(self.store_path)
-        if not self.appending:
+        if not self.appending and self.store_path != self.final_path:
+            assert isinstance(self.store_path, Path) and isinstance(self.final_path, Path)
             _move_into_place(self.store_path, self.final_path, self.overwrite)
         logger.info(
             "archive %s committed (%d new events)", self.final_path, self.stop - self.start
@@ -897,11 +948,9 @@ class ArchiveWriter:
     def abort(self) -> None:
         """Undo: delete a new archive's temporary store, or shrink an append back."""
         if not self.appending:
-            shutil.rmtree(self.store_path, ignore_errors=True)
+            as_location(self.store_path).remove()
             return
-        import zarr
-
-        group = zarr.open_group(str(self.store_path), mode="r+", use_consolidated=False)
+        group = zarr_group(self.store_path, mode="r+")
         for name, array in group.arrays():
             # zarr 2 metadata (never written here) has no dimension names
             dims = getattr(array.metadata, "dimension_names", None) or ()
@@ -915,13 +964,11 @@ class ArchiveWriter:
         logger.warning("append to %s rolled back to %d events", self.final_path, self.start)
 
 
-def _extend_outputs(path: str | Path, names: Sequence[str], n_events: int) -> None:
+def _extend_outputs(path: ArchivePath, names: Sequence[str], n_events: int) -> None:
     """Grow event-major result variables; the new rows read as their fill value."""
     if not names:
         return
-    import zarr
-
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    group = zarr_group(path, mode="r+")
     for name in names:
         refusal = f"{path}: {name} is a group, not an event-major variable"
         array = member_array(group, name, refusal)
@@ -1053,6 +1100,23 @@ def _encoding(
     return encoding
 
 
+def _final_path(path: ArchivePath) -> Path | ArchiveLocation:
+    """Where an archive lives: a local Path, or the location of a URL."""
+    location = as_location(path)
+    return location.path if location.local else location
+
+
+def _partial_store(final: Path | ArchiveLocation, overwrite: bool) -> Path | ArchiveLocation:
+    """Where a new archive is written: a hidden sibling folder renamed into place on
+    commit, or, at a URL (no renames), the target itself, after removing what an
+    overwrite replaces (the incomplete attribute guards it until the commit)."""
+    if isinstance(final, Path):
+        return final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
+    if overwrite:
+        final.remove()
+    return final
+
+
 def _move_into_place(store: Path, final: Path, overwrite: bool) -> None:
     retired = None
     if final.exists():
@@ -1067,7 +1131,7 @@ def _move_into_place(store: Path, final: Path, overwrite: bool) -> None:
 
 
 def write_spectrograms(
-    path: str | Path,
+    path: ArchivePath,
     spectrogram: npt.ArrayLike,
     event: Sequence[Hashable] | npt.ArrayLike,
     frequency: npt.ArrayLike,
@@ -1079,13 +1143,14 @@ def write_spectrograms(
     rejected: Sequence[RejectedInput] = (),
     executor: Any = None,
     shard_events: int | None = DEFAULT_SHARD_EVENTS,
-) -> Path:
+    storage_options: Mapping[str, Any] | None = None,
+) -> Path | ArchiveLocation:
     """Write spectrograms held in memory (NumPy) or lazily (dask) as an archive.
 
     Parameters
     ----------
-    path : str or Path
-        The archive (a local directory).
+    path : str, Path or ArchiveLocation
+        The archive: a local directory or an fsspec URL.
     spectrogram : array-like of shape (n_events, n_frequencies, n_times)
         NumPy or dask array. NumPy input is checked for negative or non-finite values;
         dask input is not (that needs a pass; the fitting engine checks it).
@@ -1111,11 +1176,13 @@ def write_spectrograms(
     shard_events : int or None, default=DEFAULT_SHARD_EVENTS
         Events per shard of a new archive's ``spectrogram``; None for plain chunks (see
         :meth:`ArchiveWriter.create`). An append keeps the archive's layout.
+    storage_options : mapping, optional
+        Options of the fsspec file system of a URL.
 
     Returns
     -------
-    Path
-        The archive path.
+    Path or ArchiveLocation
+        The archive path (the location, for a URL).
 
     Examples
     --------
@@ -1152,7 +1219,9 @@ def write_spectrograms(
     parameters = attrs.pop(PARAMETERS_ATTR, None)
     if isinstance(parameters, str):
         parameters = json.loads(parameters)
-    intact = left_intact(Path(path), mode == "a")
+    if storage_options is not None:
+        path = as_location(path, storage_options)
+    intact = left_intact(path, mode == "a")
     with naming_disk_full(path, f"{ids.size} spectrograms", values.nbytes, intact):
         writer = _writer(path, mode, coords, frequency, time, parameters, attrs, chunk_events,
                          values.dtype if values.dtype.kind == "f" else np.float64,
@@ -1166,7 +1235,7 @@ def write_spectrograms(
 
 
 def _writer(
-    path: str | Path,
+    path: ArchivePath,
     mode: str,
     coords: dict[str, Any],
     frequency: np.ndarray,
@@ -1207,7 +1276,7 @@ def _write_regions(writer: ArchiveWriter, values: Any, executor: Any) -> None:
 
     if isinstance(values, da.Array) and executor is not None:
         offset = writer.start
-        store = str(writer.store_path)
+        store = writer.target
         executor.write_outputs(
             write_region,
             (
@@ -1220,4 +1289,4 @@ def _write_regions(writer: ArchiveWriter, values: Any, executor: Any) -> None:
     # dask's current scheduler as a lazy read) and written here.
     for start, stop in writer.regions:
         block = np.asarray(values[start - writer.start : stop - writer.start])
-        write_region(writer.store_path, SPECTROGRAM, start, block)
+        write_region(writer.target, SPECTROGRAM, start, block)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from specufex_dask.io.archive import SPECTROGRAM, ArchiveError
+from specufex_dask.io.location import ArchivePath, zarr_group
 from specufex_dask.io.status import OUTPUTS, TRANSFORMED
 
 __all__ = [
@@ -516,7 +517,7 @@ def _zarr_damage(array: Any, rows: slice | np.ndarray) -> ArchiveError:
     per_file = (array.shards or array.chunks)[0]
     if isinstance(rows, slice):
         rows = np.arange(*rows.indices(array.shape[0]))
-    root = getattr(array.store, "root", array.store)  # a LocalStore's folder
+    root, url = _store_names(array.store)
     where = f"store {root}, array {array.path!r}"
     for number in np.unique(np.asarray(rows) // per_file).tolist():
         first, stop = number * per_file, min((number + 1) * per_file, array.shape[0])
@@ -529,11 +530,27 @@ def _zarr_damage(array: Any, rows: slice | np.ndarray) -> ArchiveError:
             where = f"{where}, chunk {key}"
             if isinstance(root, Path):
                 where = f"{where}: chunk file {root / array.path / key}"
+            elif url is not None:
+                where = f"{where}: object {url}/{array.path}/{key}"
             return _damage(where, _MISMATCH, f"{first}..{stop - 1}")
     return _damage(where, _MISMATCH, f"{rows[0]}..{rows[-1]}")
 
 
-def damaged_chunks(path: str | Path, limit: int = 10) -> list[str]:
+def _store_names(store: Any) -> tuple[Any, str | None]:
+    """How errors name a store: a LocalStore's folder; an FsspecStore's URL (twice: the
+    object keys are under it); else the store itself."""
+    root = getattr(store, "root", None)  # a LocalStore's folder
+    if root is not None:
+        return root, None
+    fs, path = getattr(store, "fs", None), getattr(store, "path", None)
+    if fs is None or path is None:
+        return store, None
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    url = f"{protocol}://{path.rstrip('/')}"
+    return url, url
+
+
+def damaged_chunks(path: ArchivePath, limit: int = 10) -> list[str]:
     """Check every chunk of an archive's event arrays: the damaged or missing ones.
 
     A full pass over the files, for when a read failed without saying where (a checksum
@@ -558,7 +575,7 @@ def damaged_chunks(path: str | Path, limit: int = 10) -> list[str]:
     """
     import zarr
 
-    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    group = zarr_group(path, mode="r")
     done = None
     if TRANSFORMED in group:
         markers = group[TRANSFORMED]

@@ -11,13 +11,19 @@ A second writer is refused with a one-line :class:`ArchiveBusy` naming the holde
 is stale once its heartbeat is older than the timeout and, when it was taken on this host,
 its process is not running; a stale lease is broken with a one-line warning.
 
-The file operations go through :class:`LeaseFile` (local files), so that a lease in an
-fsspec store can be added beside it.
+The file operations go through :class:`LeaseFile` (local files) or :class:`LeaseObject`
+(an archive at an fsspec URL: the object ``.<name>.specufex_dask_lease.json`` beside the
+archive's prefix). An object is created with a conditional PUT (``If-None-Match: *``) on
+S3 and in ``memory://``, which is as atomic as ``O_EXCL``; on other file systems fsspec
+checks for the object and then writes it, and the taker reads the object back after
+:data:`SETTLE_S` to see whether it won, which is best effort only (two takers within
+that time may both believe they hold it). Heartbeats replace the object whole (one PUT).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import getpass
 import json
 import logging
@@ -32,13 +38,15 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from specufex_dask.io.archive import ArchiveError, _is_local
+from specufex_dask.io.archive import ArchiveError, require_reachable
+from specufex_dask.io.location import ArchiveLocation, ArchivePath, as_location, mask_options
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "LEASE_SUFFIX",
     "ArchiveBusy",
     "LeaseFile",
+    "LeaseObject",
     "LeaseHolder",
     "archive_lease",
     "lease_path",
@@ -52,6 +60,11 @@ DEFAULT_TIMEOUT_S = 60.0
 # an unreadable lease is most likely being written this instant: look again a few times
 _UNREADABLE_RETRIES = 5
 _RETRY_S = 0.05
+SETTLE_S = 0.5
+"""Seconds a taker of a lease object without a conditional create waits before reading
+it back to see whether it won."""
+# fsspec file systems whose pipe_file(mode="create") is a conditional create
+_CONDITIONAL = ("S3FileSystem", "MemoryFileSystem")
 
 
 class ArchiveBusy(ArchiveError):
@@ -164,22 +177,94 @@ class LeaseFile:
         """Delete the file (gone already is fine)."""
         self.path.unlink(missing_ok=True)
 
-
-def lease_path(archive: str | os.PathLike) -> Path:
-    """The lease file of ``archive``: ``.<name>.specufex_dask_lease.json`` beside it."""
-    if not _is_local(os.fspath(archive)):
-        raise ArchiveError(
-            f"{archive}: leases are only implemented for archives on a local file system"
-        )
-    folder = Path(os.path.abspath(archive))
-    return folder.with_name(f".{folder.name}{LEASE_SUFFIX}")
+    def beside(self, suffix: str) -> LeaseFile:
+        """The file of this one's name with ``suffix`` added."""
+        return LeaseFile(self.path.with_name(self.path.name + suffix))
 
 
-def read_lease(archive: str | os.PathLike) -> LeaseHolder | None:
+class LeaseObject:
+    """The lease's operations on an object of an fsspec file system.
+
+    Parameters
+    ----------
+    location : ArchiveLocation
+        The object (its URL and storage options).
+    """
+
+    def __init__(self, location: ArchiveLocation) -> None:
+        self.location = location
+        self.path = location.url  # named in messages: never the storage options
+        self._fs, self._key = location.filesystem()
+
+    def create(self, data: bytes) -> bool:
+        """Create the object holding ``data``; False when it exists (see the module's
+        docstring for how atomic that is)."""
+        try:
+            self._fs.pipe_file(self._key, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as error:
+            # S3 answers 412 to a conditional PUT on an existing key (PreconditionFailed)
+            if error.errno == errno.EINVAL and self.read() is not None:
+                return False
+            raise
+        if type(self._fs).__name__ in _CONDITIONAL:
+            return True
+        time.sleep(SETTLE_S)
+        return self.read() == data
+
+    def read(self) -> bytes | None:
+        """The content, or None without an object."""
+        try:
+            return bytes(self._fs.cat_file(self._key))
+        except FileNotFoundError:
+            return None
+
+    def modified(self) -> float | None:
+        """Last change of the object (seconds since the epoch), or None without one."""
+        try:
+            info = self._fs.info(self._key)
+        except FileNotFoundError:
+            return None
+        stamp = info.get("LastModified", info.get("mtime", info.get("created")))
+        if isinstance(stamp, datetime):
+            return stamp.timestamp()
+        return None if stamp is None else float(stamp)
+
+    def replace(self, data: bytes) -> None:
+        """Write new content whole (one PUT: a reader sees the old or the new)."""
+        self._fs.pipe_file(self._key, data)
+
+    def remove(self) -> None:
+        """Delete the object (gone already is fine)."""
+        with contextlib.suppress(FileNotFoundError):
+            self._fs.rm_file(self._key)
+
+    def beside(self, suffix: str) -> LeaseObject:
+        """The object of this one's name with ``suffix`` added."""
+        return LeaseObject(ArchiveLocation(self.location.url + suffix,
+                                           self.location.storage_options))  # fmt: skip
+
+
+def lease_path(archive: ArchivePath) -> Path:
+    """The lease file of a local ``archive``: ``.<name>.specufex_dask_lease.json`` beside it."""
+    location = as_location(archive)
+    if not location.local:
+        raise ArchiveError(f"{archive}: a URL has a lease object, not a file (lease_file)")
+    return location.path.with_name(f".{location.path.name}{LEASE_SUFFIX}")
+
+
+def lease_file(archive: ArchivePath) -> LeaseFile | LeaseObject:
+    """The lease of ``archive``: a file beside a local one, an object beside a URL's."""
+    location = as_location(archive)
+    if location.local:
+        return LeaseFile(lease_path(location))
+    return LeaseObject(location.sibling(f".{location.name}{LEASE_SUFFIX}"))
+
+
+def read_lease(archive: ArchivePath) -> LeaseHolder | None:
     """The holder of ``archive``'s lease, or None when nobody holds a readable one."""
-    if not _is_local(os.fspath(archive)):
-        return None
-    data = LeaseFile(lease_path(archive)).read()
+    data = lease_file(archive).read()
     return None if data is None else LeaseHolder.from_bytes(data)
 
 
@@ -236,7 +321,9 @@ def _stale(holder: LeaseHolder, now: float, timeout: float) -> str | None:
 class _Lease:
     """A lease this process holds, its heartbeat thread, and how often it was entered."""
 
-    def __init__(self, file: LeaseFile, holder: LeaseHolder, interval: float) -> None:
+    def __init__(
+        self, file: LeaseFile | LeaseObject, holder: LeaseHolder, interval: float
+    ) -> None:
         self.file = file
         self.holder = holder
         self.depth = 1
@@ -285,7 +372,7 @@ def _with_heartbeat(holder: LeaseHolder, now: float) -> LeaseHolder:
     return LeaseHolder(**fields)
 
 
-_held: dict[Path, _Lease] = {}
+_held: dict[str, _Lease] = {}
 _held_lock = threading.Lock()
 
 
@@ -301,20 +388,31 @@ def _new_holder(command: str) -> LeaseHolder:
         pid=os.getpid(),
         pid_start=_process_start(os.getpid()),
         command=command,
-        argv=" ".join(sys.argv),
+        argv=" ".join(_masked(argument) for argument in sys.argv),
         started=now,
         heartbeat=now,
         token=uuid.uuid4().hex,
     )
 
 
-def _break_stale(file: LeaseFile, stale: LeaseHolder | None, timeout: float) -> None:
+def _masked(argument: str) -> str:
+    """A command-line argument as the lease records it: ``key=value`` with a secret key
+    (``--storage-option secret=...``) masked."""
+    name, equals, value = argument.partition("=")
+    if not equals:
+        return argument
+    if "=" in value:  # --storage-option=key=value
+        return f"{name}={_masked(value)}"
+    return f"{name}={mask_options({name.lstrip('-'): value})[name.lstrip('-')]}"
+
+
+def _break_stale(file: LeaseFile | LeaseObject, stale: LeaseHolder | None, timeout: float) -> None:
     """Delete a stale lease, if it is still the one judged stale.
 
     Breakers take a guard file first, so that two of them cannot both break a lease and
     then delete each other's new one.
     """
-    guard = LeaseFile(file.path.with_name(file.path.name + ".break"))
+    guard = file.beside(".break")
     if not guard.create(b""):
         changed = guard.modified()
         if changed is not None and time.time() - changed > timeout:
@@ -330,7 +428,7 @@ def _break_stale(file: LeaseFile, stale: LeaseHolder | None, timeout: float) -> 
         guard.remove()
 
 
-def _refusal(archive: str | os.PathLike, file: LeaseFile, holder: LeaseHolder | None,
+def _refusal(archive: ArchivePath, file: LeaseFile | LeaseObject, holder: LeaseHolder | None,
              timeout: float) -> ArchiveBusy:  # fmt: skip
     now = time.time()
     who = "a writer whose lease file is unreadable" if holder is None else holder.describe(now)
@@ -341,7 +439,7 @@ def _refusal(archive: str | os.PathLike, file: LeaseFile, holder: LeaseHolder | 
     )
 
 
-def _take(archive: str | os.PathLike, file: LeaseFile, command: str,
+def _take(archive: ArchivePath, file: LeaseFile | LeaseObject, command: str,
           timeout: float) -> LeaseHolder:  # fmt: skip
     """Create the lease file, breaking a stale one; raise :class:`ArchiveBusy` if held."""
     unreadable = 0
@@ -351,10 +449,7 @@ def _take(archive: str | os.PathLike, file: LeaseFile, command: str,
             if file.create(holder.to_bytes()):
                 return holder
         except OSError as error:
-            raise ArchiveError(
-                f"cannot create the lease file {file.path} of archive {archive}: {error}; "
-                "the folder holding the archive must be writable"
-            ) from error
+            raise _cannot_create(archive, file, error) from error
         data = file.read()
         if data is None:
             continue  # released this instant
@@ -380,9 +475,24 @@ def _take(archive: str | os.PathLike, file: LeaseFile, command: str,
         _break_stale(file, current, timeout)
 
 
+def _cannot_create(archive: ArchivePath, file: LeaseFile | LeaseObject,
+                   error: OSError) -> ArchiveError:  # fmt: skip
+    """The one-line error of a lease that could not be written."""
+    if isinstance(file, LeaseFile):
+        return ArchiveError(
+            f"cannot create the lease file {file.path} of archive {archive}: {error}; "
+            "the folder holding the archive must be writable"
+        )
+    refused = "access denied" if isinstance(error, PermissionError) else str(error)
+    return ArchiveError(
+        f"store {archive}: writing refused (creating the lease object {file.path}: "
+        f"{refused}); the bucket must be writable with the given storage options"
+    )
+
+
 @contextlib.contextmanager
 def archive_lease(
-    archive: str | os.PathLike,
+    archive: ArchivePath,
     command: str,
     *,
     timeout: float = DEFAULT_TIMEOUT_S,
@@ -392,8 +502,9 @@ def archive_lease(
 
     Parameters
     ----------
-    archive : str or PathLike
-        The archive (it need not exist yet: an ingest leases the archive it creates).
+    archive : str, PathLike or ArchiveLocation
+        The archive (it need not exist yet: an ingest leases the archive it creates): a
+        path or a URL.
     command : str
         What this process does to it, shown to a refused writer.
     timeout : float, default=60
@@ -426,14 +537,18 @@ def archive_lease(
     >>> read_lease("events.zarr") is None
     True
     """
-    path = lease_path(archive)
+    location = as_location(archive)
+    file = lease_file(location)
+    path = str(file.path)
     with _held_lock:
         lease = _held.get(path)
         if lease is not None:
             lease.depth += 1
     if lease is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        file = LeaseFile(path)
+        if isinstance(file, LeaseFile):
+            file.path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            require_reachable(location)
         holder = _take(archive, file, command, timeout)
         try:
             lease = _Lease(file, holder, timeout / 4 if heartbeat_s is None else heartbeat_s)

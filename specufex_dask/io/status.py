@@ -35,6 +35,7 @@ import numpy as np
 
 from specufex_dask.io import archive
 from specufex_dask.io.archive import TRANSFORM_COMPLETE_ATTR, TRANSFORM_TOKEN_ATTR
+from specufex_dask.io.location import ArchivePath, zarr_group
 from specufex_dask.io.modelgroup import stored_model_token
 
 __all__ = [
@@ -59,13 +60,11 @@ APPLIED_MODEL_ATTR = "specufex_dask_transform_applied_model"
 """The archive's record of a model from elsewhere that the transform applied."""
 
 
-def record_applied_model(path: str, token: str, source: str | None) -> None:
+def record_applied_model(path: ArchivePath, token: str, source: str | None) -> None:
     """Record that the transform of archive ``path`` applies the model of ``token``
     from ``source`` (another archive or a saved model); ``source=None`` (the archive's
     own model) removes the record."""
-    import zarr
-
-    group = zarr.open_group(path, mode="r+", use_consolidated=False)
+    group = zarr_group(path, mode="r+")
     if source is None:
         if APPLIED_MODEL_ATTR not in group.attrs:
             return
@@ -75,7 +74,7 @@ def record_applied_model(path: str, token: str, source: str | None) -> None:
     archive.consolidate(path)
 
 
-def applied_model(attrs: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+def applied_model(attrs: Mapping[str, Any], path: ArchivePath) -> dict[str, Any] | None:
     """The record of :data:`APPLIED_MODEL_ATTR` in an archive's attributes (``token``
     and ``source`` of the model a ``transform --model`` applied), or None without one.
 
@@ -85,11 +84,13 @@ def applied_model(attrs: Mapping[str, Any], path: str) -> dict[str, Any] | None:
         When the attribute is not JSON, naming it, the store and the fix.
     """
     fix = f"run `specufex-dask transform {path}` (or with --model) again"
-    record: dict[str, Any] | None = archive.json_attribute(attrs, APPLIED_MODEL_ATTR, path, fix)
+    record: dict[str, Any] | None = archive.json_attribute(
+        attrs, APPLIED_MODEL_ATTR, str(path), fix
+    )
     return record
 
 
-def _applied_token(attrs: dict[str, Any], path: str) -> str | None:
+def _applied_token(attrs: dict[str, Any], path: ArchivePath) -> str | None:
     """The token of :data:`APPLIED_MODEL_ATTR`, or None without the record."""
     record = applied_model(attrs, path)
     return None if record is None else record.get("token")
@@ -134,15 +135,13 @@ def _events_done(group: Any, n_events: int, complete_attr: Any) -> int | None:
     return n_events if complete_attr is True else None
 
 
-def output_status(path: str, n_events: int) -> dict[str, OutputStatus]:
+def output_status(path: ArchivePath, n_events: int) -> dict[str, OutputStatus]:
     """The :class:`OutputStatus` of each of the :data:`OUTPUTS` the archive holds.
 
     Reads the archive's attributes, the done markers only while the transform is not
     complete, and the model group's arrays only when an output records a token.
     """
-    import zarr
-
-    group = zarr.open_group(path, mode="r", use_consolidated=False)
+    group = zarr_group(path, mode="r")
     attrs = dict(group.attrs)
     present = [name for name in OUTPUTS if name in group]
     if not present:
@@ -177,7 +176,7 @@ def output_status(path: str, n_events: int) -> dict[str, OutputStatus]:
     return statuses
 
 
-def output_problem(dataset: Any, name: str, path: str) -> str | None:
+def output_problem(dataset: Any, name: str, path: ArchivePath) -> str | None:
     """Why output ``name`` of an archive opened by ``open_archive`` cannot be used, as
     a one-line message telling how to fix it; None when it can (or nothing is known)."""
     variable = dataset[name]

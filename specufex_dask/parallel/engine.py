@@ -57,6 +57,7 @@ from specufex_dask.io.archive import (
     TRANSFORM_COMPLETE_ATTR,
     TRANSFORM_TOKEN_ATTR,
 )
+from specufex_dask.io.location import ArchiveLocation, ArchivePath, store_or_path, zarr_group
 from specufex_dask.io.modelgroup import (
     model_attribute,
     read_model_dataset,
@@ -194,8 +195,9 @@ class EventChunks:
     dtype : numpy dtype
     storage_chunk_events : int
         Events per storage chunk (all but the last): per shard when the array is sharded.
-    path : str or None
-        The archive, when the data came from one.
+    path : str, ArchiveLocation or None
+        The archive, when the data came from one: its absolute path, or the location
+        of a URL (with its storage options; workers open it where they run).
     array : dask.array.Array or None
         The spectrograms, in their storage chunks; None when ``stored``.
     frequency_known : bool
@@ -212,18 +214,20 @@ class EventChunks:
     shape: tuple[int, int, int]
     dtype: np.dtype
     storage_chunk_events: int
-    path: str | None = None
+    path: str | ArchiveLocation | None = None
     array: Any = None
     frequency_known: bool = True
     stored: bool = False
 
     @classmethod
     def from_data(cls, data: Any, chunk_events: int = archive.DEFAULT_CHUNK_EVENTS):
-        """From an archive path, an xarray Dataset (with ``spectrogram``) or DataArray."""
+        """From an archive path, URL or location, an xarray Dataset (with
+        ``spectrogram``) or DataArray."""
         path = None
-        if isinstance(data, (str, os.PathLike)):
-            # Workers open it by this path, and their working folder may not be ours.
-            path = os.path.abspath(data) if archive._is_local(os.fspath(data)) else str(data)
+        if isinstance(data, (str, os.PathLike, ArchiveLocation)):
+            # Workers open it by this path (their working folder may not be ours), or by
+            # the URL and storage options of a location.
+            path = store_or_path(data)
             # No dask array yet: its graph grows with the number of storage chunks (12 MiB
             # of driver memory at 100k events) and tasks that read by path never use it.
             data = archive.open_archive(path, with_dask=False)
@@ -375,7 +379,7 @@ def _read(source: Any, local: np.ndarray | None = None) -> np.ndarray:
 
 
 def _where(source: Any) -> str:
-    return source.path if isinstance(source, StoredRows) else ""
+    return str(source.path) if isinstance(source, StoredRows) else ""
 
 
 def _checked(block: np.ndarray, ids: np.ndarray, where: str = "") -> np.ndarray:
@@ -448,10 +452,13 @@ def _task_transform_to_zarr(source, ids, start, path, nmf, hmm) -> tuple[int, in
 # ----------------------------------------------------------------------------- driver side
 
 
-def require_writable(path: str, what: str) -> None:
-    """Fail before any work when the archive cannot take ``what``."""
+def require_writable(path: ArchivePath, what: str) -> None:
+    """Fail before any work when the archive cannot take ``what`` (at a URL, the lease
+    is the first write: a bucket refusing writes is named when it is taken)."""
+    if isinstance(path, ArchiveLocation) and not path.local:
+        return
     archive.require_zarr_v3(path, what)
-    folder = Path(path)
+    folder = Path(str(path))
     # Root may write anywhere; an archive whose write bits are all cleared was still
     # meant to be left alone.
     if not all(
@@ -485,7 +492,7 @@ def bad_values(chunks: EventChunks, client: Any) -> BadValues | None:
     arguments = ((source, chunks.event[start:stop]) for start, stop, source in chunks.sources())
     _pass_executor(client).map_events(_task_check, arguments, found.__setitem__)
     problems = [problem for number in sorted(found) for problem in found[number]]
-    return BadValues(_bad_values_message(problems, chunks.path or "")) if problems else None
+    return BadValues(_bad_values_message(problems, str(chunks.path or ""))) if problems else None
 
 
 @contextmanager
@@ -640,13 +647,18 @@ def output_chunk_events(tasks: EventChunks) -> int:
 
 
 def _prepare_outputs(
-    path: str, shape: tuple[int, int, int], chunk_events: int, K: int, S: int, dtype, token: str
+    path: ArchivePath,
+    shape: tuple[int, int, int],
+    chunk_events: int,
+    K: int,
+    S: int,
+    dtype,
+    token: str,
 ) -> None:
     """Create empty output arrays, ``chunk_events`` per chunk, and the done markers."""
-    import zarr
 
     N, _, M = shape
-    group = zarr.open_group(path, mode="r+", use_consolidated=False)
+    group = zarr_group(path, mode="r+")
     shapes = {
         archive.ACTIVATION: (N, K, M),
         archive.STATE_PROBABILITY: (N, S, M),
@@ -668,11 +680,13 @@ def _prepare_outputs(
     archive.consolidate(path)
 
 
-def _resumable(path: str, n_events: int, chunk_events: int, token: str) -> np.ndarray | None:
+def _resumable(
+    path: ArchivePath, n_events: int, chunk_events: int, token: str
+) -> np.ndarray | None:
     """Done markers of an earlier transform with the same model and chunks, or None."""
     import zarr
 
-    group = zarr.open_group(path, mode="r", use_consolidated=False)
+    group = zarr_group(path, mode="r")
     if group.attrs.get(TRANSFORM_TOKEN_ATTR) != token or TRANSFORMED not in group:
         return None
     markers = group[TRANSFORMED]
@@ -684,12 +698,11 @@ def _resumable(path: str, n_events: int, chunk_events: int, token: str) -> np.nd
     return np.asarray(markers[:])
 
 
-def _mark_complete(path: str, complete: bool, token: str) -> None:
+def _mark_complete(path: ArchivePath, complete: bool, token: str) -> None:
     """Set the transform's completeness, with the token of the model it used (which an
     attribute write of another program may have dropped since the outputs were made)."""
-    import zarr
 
-    group = zarr.open_group(path, mode="r+", use_consolidated=False)
+    group = zarr_group(path, mode="r+")
     group.attrs.update({TRANSFORM_COMPLETE_ATTR: complete, TRANSFORM_TOKEN_ATTR: token})
     archive.consolidate(path)
 
@@ -814,7 +827,7 @@ class BackgroundCheckpoints:
         The archive; None (spectrograms given in memory) writes nothing.
     """
 
-    def __init__(self, path: str | None):
+    def __init__(self, path: ArchivePath | None):
         self._path = path
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="specufex-checkpoint")
         self._pending: Future | None = None
@@ -830,7 +843,7 @@ class BackgroundCheckpoints:
         dataset = model_group_dataset(nmf, hmm, progress)
         self._pending = self._executor.submit(self._write, self._path, dataset)
 
-    def _write(self, path: str, dataset: xr.Dataset) -> None:
+    def _write(self, path: ArchivePath, dataset: xr.Dataset) -> None:
         if self._frequency is None:
             self._frequency = stored_frequency(path, dataset.sizes[archive.FREQUENCY])
         dataset = dataset.assign_coords({archive.FREQUENCY: self._frequency})
@@ -861,12 +874,12 @@ def _scalars_and_settings(model: Any) -> dict[str, Any]:
     return {"scalars": scalars, "settings": settings, "elbo_": list(map(float, model.elbo_))}
 
 
-def read_model_group(path: str):
+def read_model_group(path: ArchivePath):
     """``(nmf, hmm or None, progress)`` from ``<archive>/model``, or None without one."""
     dataset = read_model_dataset(path, FORMAT_VERSION)
     if dataset is None:
         return None
-    where = str(Path(path) / archive.MODEL_GROUP)
+    where = f"{path}/{archive.MODEL_GROUP}"
     nmf_state = model_attribute(dataset, "nmf_state", path)
     nmf = build_model(
         BayesianNonparametricNMF,

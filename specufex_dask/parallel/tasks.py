@@ -25,6 +25,7 @@ import numpy as np
 
 from specufex_dask.io import archive
 from specufex_dask.io.chunkread import read_rows
+from specufex_dask.io.location import ArchiveLocation, zarr_array
 
 __all__ = ["StoredRows", "stored_task"]
 
@@ -42,21 +43,19 @@ class StoredRows:
 
     Attributes
     ----------
-    path : str
-        The archive.
+    path : str or ArchiveLocation
+        The archive: its path, or the location of a URL (opened where the task runs).
     rows : slice or ndarray of int
         A range of events, or sorted event indices.
     """
 
-    path: str
+    path: str | ArchiveLocation
     rows: slice | np.ndarray
 
     def read(self) -> np.ndarray:
         """The rows as an (n, D, M) float array (other dtypes become float64, as in
         :meth:`specufex_dask.parallel.engine.EventChunks.from_data`)."""
-        import zarr
-
-        array = zarr.open_array(self.path, path=archive.SPECTROGRAM, mode="r")
+        array = zarr_array(self.path, archive.SPECTROGRAM, mode="r")
         values = read_rows(array, self.rows)
         return values if values.dtype.kind == "f" else values.astype(np.float64)
 
