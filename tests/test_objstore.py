@@ -56,10 +56,13 @@ def _spectrograms() -> tuple[np.ndarray, list[str]]:
 
 
 def _write(path) -> None:
+    """The test archive, in shards of ``CHUNK_EVENTS`` one-event chunks: several shards,
+    so a task per shard can fail and a shard object can be damaged."""
     values, ids = _spectrograms()
     archive.write_spectrograms(
         path, values, ids, np.linspace(1.0, 20.0, N_FREQUENCIES), np.arange(N_TIMES) * 0.5,
-        chunk_events=CHUNK_EVENTS, rejected=[archive.RejectedInput("bad.mseed", "unreadable")],
+        chunk_events=CHUNK_EVENTS, shard_events=CHUNK_EVENTS,
+        rejected=[archive.RejectedInput("bad.mseed", "unreadable")],
     )  # fmt: skip
 
 
@@ -205,7 +208,8 @@ def test_ingest_on_workers_into_s3_reads_back_as_the_local_ingest(
     assert s3_server.options["secret"] not in out + err
     stored = archive.open_archive(ArchiveLocation(url, s3_server.options), with_dask=False)
     expected = archive.open_archive(local, with_dask=False)
-    assert stored.spectrogram.encoding["chunks"][0] == 4
+    assert stored.spectrogram.encoding["shards"][0] == archive.DEFAULT_SHARD_EVENTS
+    assert stored.spectrogram.encoding["chunks"] == expected.spectrogram.encoding["chunks"]
     # read here: the module's client, dask's default scheduler, has no workers left
     xr.testing.assert_identical(stored.load().drop_encoding(), expected.load().drop_encoding())
     assert archive.read_rejected(stored) == archive.read_rejected(expected)

@@ -288,7 +288,7 @@ def open_archive(
             ) from error
     validate_archive(ds, where=path_str)
     if with_dask:
-        ds = _dask_by_shards(ds, path_str)
+        ds = _dask_by_shards(ds, location)
     if not stored_names and SOURCE in ds.coords and INPUT_FILE not in ds.variables:
         ds = ds.rename({SOURCE: INPUT_FILE})
     # imported here: the module reads the model group, whose module imports this one
@@ -299,9 +299,9 @@ def open_archive(
     return ds
 
 
-def _dask_by_shards(ds: xr.Dataset, path: str) -> xr.Dataset:
-    """``ds`` with a sharded ``spectrogram`` (of the archive at ``path``) in dask chunks
-    of whole shards.
+def _dask_by_shards(ds: xr.Dataset, location: ArchiveLocation) -> xr.Dataset:
+    """``ds`` with a sharded ``spectrogram`` (of the archive at ``location``) in dask
+    chunks of whole shards.
 
     xarray makes a dask chunk of every inner chunk (one event): n_events tasks, each a
     Zarr read (8 ms for 1000 tiny events), which rechunking would only add to; so the
@@ -312,7 +312,8 @@ def _dask_by_shards(ds: xr.Dataset, path: str) -> xr.Dataset:
         return ds
     others = [str(name) for name in ds.variables if name != SPECTROGRAM]
     with quiet_zarr():
-        lazy = xr.open_zarr(path, chunks=None, drop_variables=others)[SPECTROGRAM]
+        store = location.open_store("r")
+        lazy = xr.open_zarr(store, chunks=None, drop_variables=others)[SPECTROGRAM]
     return ds.assign({SPECTROGRAM: lazy.variable.chunk({EVENT: shard_events})})
 
 
