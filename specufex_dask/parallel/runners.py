@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -63,6 +64,19 @@ START_TIMEOUT_S = 60.0
 RETRY_AFTER_S = 30.0
 # Rows read ahead for the whole cluster at most (a full-batch step reads none ahead).
 READ_AHEAD_MAX_BYTES = 256 * 2**20
+# Timings of this many recent calls are kept in each process (a few floats per step).
+TIMES_KEPT = 10_000
+
+CALL_TIMES: deque[dict[str, float]] = deque(maxlen=TIMES_KEPT)
+"""On a worker, per call of its :class:`StepRunner` (``time.time()`` stamps, seconds):
+``start`` and ``end`` of the call, ``wait_read`` (waiting for the read ahead still
+running), ``compute`` (the tasks: reads not done ahead, kernels, summation tree),
+``read_ahead`` (the previous call's read ahead, on its own thread) and ``events``.
+What ``benchmarks/bench_archive.py --profile`` collects; nothing else reads it."""
+
+STEP_TIMES: deque[dict[str, float]] = deque(maxlen=TIMES_KEPT)
+"""On the driver, per step of :meth:`StepRunners.nodes`: ``start``, ``sent`` (every
+worker's call made), ``end`` (every result back), ``events`` and ``calls``."""
 
 
 def _rows_key(source: StoredRows) -> tuple:
@@ -89,6 +103,7 @@ class StepRunner:
         self._ahead: dict[tuple, np.ndarray] = {}
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="specufex-read-ahead")
         self._reading: Future | None = None
+        self._read_s = 0.0  # the last read ahead's seconds
 
     def read_ahead(self, sources: list[StoredRows]) -> int:
         """Read the rows of the next step's tasks, replacing what an earlier call read.
@@ -96,12 +111,14 @@ class StepRunner:
         A read that fails is left for the step, which reads again and reports it.
         Returns how many sources were read.
         """
+        began = time.perf_counter()
         self._ahead = {}
         for source in sources:
             try:
                 self._ahead[_rows_key(source)] = source.read()
             except Exception:  # noqa: BLE001 - the step's own read raises it properly
                 logger.debug("reading %s ahead failed; the step will read it", source.path)
+        self._read_s = time.perf_counter() - began
         return len(self._ahead)
 
     def run(
@@ -119,9 +136,11 @@ class StepRunner:
         left unused are dropped by the next read ahead); a read ahead still running is
         waited for first. With ``threads`` > 1 the tasks run on that many threads.
         """
+        start, began = time.time(), time.perf_counter()
         if self._reading is not None:
             self._reading.result()  # read_ahead leaves its failures to the steps
             self._reading = None
+        waited = time.perf_counter()
 
         def nodes_of(task: tuple) -> dict:
             source, *rest = task
@@ -131,8 +150,15 @@ class StepRunner:
         merged: dict = {}
         for part in map_groups(nodes_of, tasks, threads):
             merged.update(part)
+        computed = time.perf_counter()
+        read_s, self._read_s = self._read_s, 0.0
         if ahead:
             self._reading = self._reader.submit(self.read_ahead, list(ahead))
+        CALL_TIMES.append({
+            "start": start, "end": time.time(), "wait_read": waited - began,
+            "compute": computed - waited, "read_ahead": read_s,
+            "events": float(sum(len(task[2]) for task in tasks)),
+        })  # fmt: skip
         return merged
 
 
@@ -242,6 +268,7 @@ class StepRunners:
         of an archive's events, merged; the rows of the minibatch ``following`` are read
         ahead for the next step. Raises on any failure of a call."""
         chunks, index, group_events = request.chunks, request.index, request.group_events
+        start = time.time()
         self._follow_cluster()
         calls = []
         for runner, address, threads, groups, ahead in zip(
@@ -255,9 +282,14 @@ class StepRunners:
             ]
             if tasks or ahead:
                 calls.append((runner.run(request.function, tasks, threads, ahead), address))
+        sent = time.time()
         nodes: dict = {}
         for call, address in calls:
             nodes.update(self._result(call, address))
+        STEP_TIMES.append({
+            "start": start, "sent": sent, "end": time.time(), "events": float(len(index)),
+            "calls": float(len(calls)),
+        })  # fmt: skip
         return nodes
 
 
