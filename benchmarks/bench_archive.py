@@ -326,6 +326,10 @@ def run_once(args: argparse.Namespace, path: Path, n_workers: int) -> RunResult:
 
     def progress(stage: str, info: dict) -> None:
         stamps[stage].append(time.perf_counter())
+        if args.mode != "fixed" and stage != "transform" and info["step"] % 100 == 0:
+            # long fits: a line now and then, on the terminal of the bench
+            line = f"N={args.one_size} {stage} step {info['step']} of {info['total']}"
+            print(f"{line}: ELBO {info['elbo']:.6g}, {load_line()}", file=sys.stderr, flush=True)
 
     handle = connect(workers=n_workers, threads_per_worker=1, memory_limit=MEMORY_LIMIT,
                      dashboard_address="127.0.0.1:0")  # fmt: skip
@@ -453,7 +457,7 @@ class DriverTimers:
 def _worker_call_times() -> list[dict[str, float]]:
     from specufex_dask.parallel import runners
 
-    return list(runners.CALL_TIMES)
+    return list(getattr(runners, "CALL_TIMES", ()))  # none in code before they were kept
 
 
 def _ms(values: list[float]) -> float:
@@ -488,7 +492,7 @@ def step_breakdown(stamps: dict, timers: DriverTimers, client, fit_began: float)
 
     # wall clocks of the two processes, against the perf_counter of the stamps
     offset = time.time() - time.perf_counter()
-    steps = sorted(runners.STEP_TIMES, key=lambda step: step["start"])
+    steps = sorted(getattr(runners, "STEP_TIMES", ()), key=lambda step: step["start"])
     calls = sorted(
         (call for worker in client.run(_worker_call_times).values() for call in worker),
         key=lambda call: call["start"],
@@ -565,9 +569,11 @@ def run_in_subprocess(args: argparse.Namespace, path: Path, n: int, k: int) -> R
         "--passes", str(args.passes), *(["--converged"] if args.converged else []),
         *(["--profile"] if args.profile else []),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    # the long fits' progress lines go straight to this terminal
+    stderr = None if args.mode != "fixed" else subprocess.PIPE
+    completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
     if completed.returncode != 0:
-        raise RuntimeError(f"run N={n} workers={k} failed:\n{completed.stderr[-4000:]}")
+        raise RuntimeError(f"run N={n} workers={k} failed:\n{(completed.stderr or '')[-4000:]}")
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     return RunResult(**result)
 

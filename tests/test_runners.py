@@ -88,6 +88,33 @@ def test_a_call_reads_the_next_calls_rows_after_its_own(tmp_path: Path, rng) -> 
     np.testing.assert_array_equal(got.basis_counts, before.basis_counts)
 
 
+def test_a_call_records_its_events_and_the_read_ahead_it_waited_for(
+    tmp_path: Path, rng, monkeypatch
+) -> None:
+    path = _archive(tmp_path / "a.zarr", rng)
+    params = _params(rng)
+    read = StoredRows.read
+
+    def slow_read(self):
+        time.sleep(0.05)
+        return read(self)
+
+    monkeypatch.setattr(StoredRows, "read", slow_read)
+    monkeypatch.setattr(runners, "CALL_TIMES", runners.deque(maxlen=2))
+    runner = StepRunner()
+    first = _task(path, np.array([0, 1, 5]), 0, 3, params)
+    runner.run(engine.task_nodes, [first], ahead=[StoredRows(path, np.array([2, 3]))])
+    runner.run(engine.task_nodes, [_task(path, np.array([2, 3]), 0, 2, params)])
+    earlier, later = runners.CALL_TIMES
+    assert (earlier["events"], later["events"]) == (3.0, 2.0)
+    # the first call read its own rows; the second's were read ahead, on the reader thread
+    assert earlier["compute"] >= 0.05 and earlier["read_ahead"] == 0.0
+    assert later["read_ahead"] >= 0.05
+    assert later["start"] >= earlier["end"] >= earlier["start"]
+    runner.run(engine.task_nodes, [first])
+    assert runners.CALL_TIMES[-1]["read_ahead"] == 0.0  # each read ahead is counted once
+
+
 def test_rows_read_ahead_are_not_taken_for_other_rows(tmp_path: Path, rng) -> None:
     path = _archive(tmp_path / "a.zarr", rng)
     params = _params(rng)
@@ -196,6 +223,7 @@ def test_runners_follow_the_workers_and_match_the_tasks(
         pool = on_actors.runners
         first = engine.nmf_statistics(chunks, index, params, client, on_actors, following)
         assert pool._addresses == sorted(client.nthreads())
+        assert (runners.STEP_TIMES[-1]["events"], runners.STEP_TIMES[-1]["calls"]) == (32, 1)
         np.testing.assert_array_equal(first.basis_counts, by_tasks.basis_counts)
 
         cluster.scale(2)
