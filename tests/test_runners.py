@@ -237,6 +237,36 @@ def test_runners_follow_the_workers_and_match_the_tasks(
     assert "step runners failed" not in caplog.text  # the runners ran both steps
 
 
+def _one_node(source, local, ids, position, total, *arguments, values=None) -> dict:
+    return {(0, position): float(len(ids))}
+
+
+def test_calls_go_to_the_workers_without_the_scheduler_relaying_them(
+    local_cluster, tmp_path: Path, rng, monkeypatch
+) -> None:
+    cluster, client = local_cluster
+    path = _archive(tmp_path / "a.zarr", rng)
+    relayed: list[str] = []
+    proxy = cluster.scheduler.handlers["proxy"]
+
+    async def counted_proxy(*args, **kwargs):
+        relayed.append(kwargs.get("worker", ""))
+        return await proxy(*args, **kwargs)
+
+    monkeypatch.setitem(cluster.scheduler.handlers, "proxy", counted_proxy)
+    task = _task(path, np.array([3, 4]), 0, 2, _params(rng))
+    with StepRunners(client) as pool:
+        pool._follow_cluster()
+        assert pool._runners[0].run(_one_node, [task]).result() == {(0, 0): 2.0}
+        assert relayed == []
+        # told not to talk to workers directly, the client's calls go through the scheduler
+        monkeypatch.setattr(client, "direct_to_workers", False)
+        pool.release()
+        pool._follow_cluster()
+        assert pool._runners[0].run(_one_node, [task]).result() == {(0, 0): 2.0}
+        assert relayed == [pool._addresses[0]]
+
+
 def test_a_fit_runs_its_steps_on_the_runners(local_cluster, tmp_path: Path, rng, monkeypatch):
     from specufex_dask import SpecUFEx
 

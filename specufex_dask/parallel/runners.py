@@ -37,6 +37,7 @@ runners, and 32.0 and 21.1 s on runners reading ahead.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -77,6 +78,59 @@ What ``benchmarks/bench_archive.py --profile`` collects; nothing else reads it."
 STEP_TIMES: deque[dict[str, float]] = deque(maxlen=TIMES_KEPT)
 """On the driver, per step of :meth:`StepRunners.nodes`: ``start``, ``sent`` (every
 worker's call made), ``end`` (every result back), ``events`` and ``calls``."""
+
+
+def _calls_direct(client: Any) -> bool:
+    """Whether the driver calls the runners' workers directly rather than through the
+    scheduler, which otherwise relays every call and its answer (both a few hundred kB:
+    the step's parameters, its statistics).
+
+    Dask's own setting (``direct_to_workers`` of the client) decides when given. Else
+    direct when the scheduler runs in this process (the client's cluster object is
+    here) or on this host's loopback: the workers it reaches, this process reaches too.
+    A remote scheduler may be all a driver can reach, so its calls stay relayed.
+    """
+    setting = getattr(client, "direct_to_workers", None)
+    if setting is not None:
+        return bool(setting)
+    if getattr(client, "cluster", None) is not None:
+        return True
+    address = str(getattr(getattr(client, "scheduler", None), "address", ""))
+    return any(f"://{host}:" in address for host in ("127.0.0.1", "localhost", "[::1]"))
+
+
+@functools.cache
+def _direct_actor_class() -> type:
+    """Distributed's actor handle, calling the actor's worker directly from a client.
+
+    Distributed's own relays a client's calls through the scheduler unless the client
+    is set to talk to workers directly for everything (its gathers too).
+    """
+    from distributed.actor import Actor
+
+    class DirectActor(Actor):
+        @property
+        def _worker_rpc(self) -> Any:
+            if self._worker is None and self._client is not None:
+                return self._client.rpc(self._address)
+            return super()._worker_rpc
+
+    return DirectActor
+
+
+def _direct_actor(actor: Any, client: Any) -> Any:
+    """A copy of the handle ``actor`` whose calls from ``client`` go straight to its
+    worker (made without binding a client anew); anything but a distributed actor as
+    it is."""
+    from distributed.actor import Actor
+
+    if not isinstance(actor, Actor):
+        return actor
+    direct = object.__new__(_direct_actor_class())
+    direct.key = actor.key
+    vars(direct).update(vars(actor))
+    direct._client = client
+    return direct
 
 
 def _rows_key(source: StoredRows) -> tuple:
@@ -220,6 +274,8 @@ class StepRunners:
         self._futures = futures
         wait(futures, timeout=START_TIMEOUT_S)
         self._runners = [future.result() for future in futures]
+        if _calls_direct(self._client):
+            self._runners = [_direct_actor(runner, self._client) for runner in self._runners]
         self._addresses = addresses
         self._threads = [int(nthreads[address]) for address in addresses]
 
