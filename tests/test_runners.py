@@ -13,9 +13,10 @@ import pytest
 from specufex_dask.inference.stats import tree_root
 from specufex_dask.inference.steps import NMFStepParameters
 from specufex_dask.io import archive
-from specufex_dask.parallel import engine, executor, runners
+from specufex_dask.parallel import engine, executor, runners, tasks
 from specufex_dask.parallel.engine import EventChunks, StoredRows
 from specufex_dask.parallel.runners import ActorExecutor, StepRunner, StepRunners
+from specufex_dask.parallel.tasks import stored_task
 
 N_EVENTS, N_FREQUENCIES, N_TIMES, N_PATTERNS = 40, 12, 9, 4
 
@@ -113,6 +114,23 @@ def test_a_call_records_its_events_and_the_read_ahead_it_waited_for(
     assert later["start"] >= earlier["end"] >= earlier["start"]
     runner.run(engine.task_nodes, [first])
     assert runners.CALL_TIMES[-1]["read_ahead"] == 0.0  # each read ahead is counted once
+
+
+def test_an_archives_ids_stay_in_it_until_a_task_names_an_event(tmp_path: Path, rng) -> None:
+    path = _archive(tmp_path / "a.zarr", rng)
+    chunks = EventChunks.from_data(path)
+    assert isinstance(chunks.event, tasks.StoredEventIds) and len(chunks.event) == N_EVENTS
+    ids = chunks.event[np.array([3, 17, 30])]
+    assert len(ids) == 3 and "values" not in vars(ids)  # nothing read yet
+    assert [ids[0], ids[2]] == ["ev03", "ev30"]
+    assert list(chunks.event[5:8].values) == ["ev05", "ev06", "ev07"]
+    assert np.asarray(chunks.event).tolist() == [f"ev{i:02d}" for i in range(N_EVENTS)]
+    values = np.full((N_EVENTS, N_FREQUENCIES, N_TIMES), 1.0, np.float32)
+    values[17, 0, 0] = -1.0
+    _overwrite(path, values)
+    task = stored_task(chunks, np.array([3, 17, 30]), 0, 3, (engine._nmf_leaves, _params(rng)))
+    with pytest.raises(engine.BadValues, match="events ev17: 1 negative"):
+        engine.task_nodes(*task)
 
 
 def test_rows_read_ahead_are_not_taken_for_other_rows(tmp_path: Path, rng) -> None:

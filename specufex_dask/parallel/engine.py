@@ -177,6 +177,16 @@ def _shows_stored_values(data: xr.DataArray) -> bool:
     return np.dtype(encoding.get("dtype", data.dtype)) == data.dtype
 
 
+def _event_ids(data: xr.DataArray, path: str | None) -> Any:
+    """The event ids of ``data``: left in the archive at ``path`` when given (tasks read
+    them by path, and only to name bad events), else an object array of str."""
+    if archive.EVENT not in data.coords:
+        return np.arange(data.shape[0]).astype(str)
+    if path is not None:
+        return tasks.StoredEventIds(path, int(data.shape[0]))
+    return np.array([str(v) for v in data[archive.EVENT].values.tolist()], dtype=object)
+
+
 @dataclass
 class EventChunks:
     """A spectrogram collection split into ranges of consecutive events, one per task.
@@ -186,8 +196,9 @@ class EventChunks:
     bounds : list of (start, stop)
         Event range of every task: the storage chunks, or runs of whole storage chunks
         after :meth:`merged`.
-    event : ndarray of str
-        Event ids.
+    event : ndarray of str or StoredEventIds
+        Event ids; left in the archive when ``stored`` (indexing gives the ids of those
+        events, read when first used; ``np.asarray`` reads them all).
     frequency : ndarray
         Frequencies (Hz), or bin indices when unknown.
     shape : (N, D, M)
@@ -232,11 +243,7 @@ class EventChunks:
         if path is not None and not stored:
             data = _spectrogram_of(archive.open_archive(path))
         common: dict[str, Any] = {
-            "event": (
-                np.array([str(v) for v in data[archive.EVENT].values.tolist()], dtype=object)
-                if archive.EVENT in data.coords
-                else np.arange(data.shape[0]).astype(str)
-            ),
+            "event": _event_ids(data, path if stored else None),
             "frequency": (
                 data[archive.FREQUENCY].values
                 if archive.FREQUENCY in data.coords
@@ -603,7 +610,7 @@ def lazy_transform(chunks: EventChunks, nmf_params, hmm_params) -> xr.Dataset:
     variables = {
         name: (dims[name], dask.array.concatenate(parts, axis=0)) for name, parts in pieces.items()
     }
-    return xr.Dataset(variables, coords={archive.EVENT: chunks.event})
+    return xr.Dataset(variables, coords={archive.EVENT: np.asarray(chunks.event)})
 
 
 def output_chunk_events(tasks: EventChunks) -> int:

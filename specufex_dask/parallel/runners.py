@@ -126,7 +126,7 @@ def _direct_actor(actor: Any, client: Any) -> Any:
 
     if not isinstance(actor, Actor):
         return actor
-    direct = object.__new__(_direct_actor_class())
+    direct: Any = object.__new__(_direct_actor_class())
     direct.key = actor.key
     vars(direct).update(vars(actor))
     direct._client = client
