@@ -4,6 +4,7 @@ ahead used exactly once, runners that follow the cluster's workers and notice a 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def test_rows_read_ahead_are_used_once(tmp_path: Path, rng: np.random.Generator)
     np.testing.assert_array_equal(second.basis_counts, after.basis_counts)
 
 
-def test_a_call_reads_the_next_calls_rows_after_its_own(tmp_path: Path, rng) -> None:
+def test_a_call_reads_the_next_calls_rows_on_its_reader_thread(tmp_path: Path, rng) -> None:
     path = _archive(tmp_path / "a.zarr", rng)
     params = _params(rng)
     rows = np.array([2, 3, 17])
@@ -131,6 +132,26 @@ def test_an_archives_ids_stay_in_it_until_a_task_names_an_event(tmp_path: Path, 
     task = stored_task(chunks, np.array([3, 17, 30]), 0, 3, (engine._nmf_leaves, _params(rng)))
     with pytest.raises(engine.BadValues, match="events ev17: 1 negative"):
         engine.task_nodes(*task)
+
+
+def test_the_next_steps_rows_are_read_while_the_tasks_run(tmp_path: Path, rng, monkeypatch):
+    path = _archive(tmp_path / "a.zarr", rng)
+    reading = threading.Event()
+    read = StoredRows.read
+
+    def flagged(self):
+        reading.set()
+        return read(self)
+
+    def waits_for_the_read(source, *rest, values=None) -> dict:
+        assert reading.wait(10), "the next step's rows were not being read"
+        return {(0, 0): 1.0}
+
+    monkeypatch.setattr(StoredRows, "read", flagged)
+    runner = StepRunner()
+    task = _task(path, np.array([0, 1]), 0, 2, _params(rng))
+    ahead = [StoredRows(path, np.array([5, 6]))]
+    assert runner.run(waits_for_the_read, [task], ahead=ahead) == {(0, 0): 1.0}
 
 
 def test_rows_read_ahead_are_not_taken_for_other_rows(tmp_path: Path, rng) -> None:

@@ -12,8 +12,10 @@ While the driver folds a step's statistics and updates the globals, the workers 
 sit idle, and reading a task's rows (decompressing every chunk a minibatch event sits
 in) is a third of a fit task's time. So each call also names the rows the runner will
 get in the next step (the minibatches are drawn from the seed and the step number only,
-so they are known a step ahead), and the runner reads them on a thread of its own once
-it has returned the step's statistics, in the gap it would otherwise wait through.
+so they are known a step ahead), and the runner reads them on a thread of its own,
+started with the step's tasks: a core the tasks leave free (more cores than worker
+threads, the gap of the driver's update) reads the next step's rows meanwhile. A runner
+then holds the rows of two steps at most.
 
 The driver reaches the runners through :class:`ActorExecutor`, the actor implementation
 of :class:`specufex_dask.parallel.executor.Executor`. Actors are not fault tolerant by
@@ -166,14 +168,15 @@ class StepRunner:
         Returns how many sources were read.
         """
         began = time.perf_counter()
-        self._ahead = {}
+        read: dict[tuple, np.ndarray] = {}
         for source in sources:
             try:
-                self._ahead[_rows_key(source)] = source.read()
+                read[_rows_key(source)] = source.read()
             except Exception:  # noqa: BLE001 - the step's own read raises it properly
                 logger.debug("reading %s ahead failed; the step will read it", source.path)
+        self._ahead = read
         self._read_s = time.perf_counter() - began
-        return len(self._ahead)
+        return len(read)
 
     def run(
         self,
@@ -183,31 +186,35 @@ class StepRunner:
         ahead: Sequence[StoredRows] = (),
     ) -> dict:
         """Tree nodes of ``function(*task, values=...)`` for every step task of ``tasks``
-        (see :mod:`specufex_dask.parallel.tasks`), merged; then :meth:`read_ahead` of
-        ``ahead`` starts on the runner's reader thread.
+        (see :mod:`specufex_dask.parallel.tasks`), merged, while :meth:`read_ahead` of
+        ``ahead`` runs on the runner's reader thread.
 
         Rows read ahead are used once, for the task with the same path and rows (rows
-        left unused are dropped by the next read ahead); a read ahead still running is
-        waited for first. With ``threads`` > 1 the tasks run on that many threads.
+        left unused are dropped); a read ahead still running is waited for first. The
+        next one starts before the tasks do, so that a core the tasks leave free (a
+        worker with more cores than threads, the gap of the driver's update) reads the
+        next step's rows meanwhile. With ``threads`` > 1 the tasks run on that many
+        threads.
         """
         start, began = time.time(), time.perf_counter()
         if self._reading is not None:
             self._reading.result()  # read_ahead leaves its failures to the steps
             self._reading = None
         waited = time.perf_counter()
+        current, self._ahead = self._ahead, {}
+        read_s, self._read_s = self._read_s, 0.0
+        if ahead:
+            self._reading = self._reader.submit(self.read_ahead, list(ahead))
 
         def nodes_of(task: tuple) -> dict:
             source, *rest = task
-            values = self._ahead.pop(_rows_key(source), None)
+            values = current.pop(_rows_key(source), None)
             return function(source, *rest, values=values)
 
         merged: dict = {}
         for part in map_groups(nodes_of, tasks, threads):
             merged.update(part)
         computed = time.perf_counter()
-        read_s, self._read_s = self._read_s, 0.0
-        if ahead:
-            self._reading = self._reader.submit(self.read_ahead, list(ahead))
         CALL_TIMES.append({
             "start": start, "end": time.time(), "wait_read": waited - began,
             "compute": computed - waited, "read_ahead": read_s,
