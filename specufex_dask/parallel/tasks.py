@@ -69,17 +69,9 @@ def _rows_length(rows: slice | np.ndarray) -> int:
 
 @dataclass(frozen=True, eq=False)
 class StoredIds:
-    """Ids of some events of an archive, read from its ``event`` array when first asked
-    for: a task names its events only when they hold bad values, so a step neither
-    sends ids nor reads them.
-
-    Attributes
-    ----------
-    path : str
-        The archive.
-    rows : slice or ndarray of int
-        A range of events, or sorted event indices.
-    """
+    """Ids of the events ``rows`` of the archive at ``path`` (as in :class:`StoredRows`),
+    read from its ``event`` array when first asked for: a task names its events only
+    when they hold bad values, so a step neither sends ids nor reads them."""
 
     path: str
     rows: slice | np.ndarray
