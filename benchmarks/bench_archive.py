@@ -12,9 +12,21 @@ while a background thread samples the resident memory (RSS) of the driver proces
 every worker process. The driver process also hosts the scheduler and the nannies of the
 local cluster, so its RSS includes them.
 
+Fit modes: fixed step budgets (``--nmf-steps``, ``--hmm-steps``; the default),
+``--converged`` (the stopping rule and step budgets of ``specufex-dask run``: the
+settings of the command line's default configuration, ``cli.config.Config``), or
+``--passes P`` (P full passes over the events per stage, no early stop). Every run
+reports per stage its seconds, steps, passes (steps * batch / N) and final ELBO.
+
+``--profile`` adds where a step's time goes (the step runners' timings and timers
+around the driver's fold, update and checkpoints) and the kernels' own rate for the
+same stages, dtype and cores, measured by ``bench_kernels.py``'s functions in the same
+run, just before and just after each run (the faster of the two is compared).
+
 Usage: python benchmarks/bench_archive.py [--sizes 1000 10000] [--workers 1 2]
        [--chunk-events 16] [--nmf-steps 100] [--hmm-steps 100] [--batch-size 64]
-       [--repeats 1] [--scratch /work/bench-scratch] [--keep]
+       [--converged | --passes P] [--profile] [--repeats 1]
+       [--scratch /work/bench-scratch] [--keep]
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import bench_kernels
 import numpy as np
 
 from specufex_dask.ingest.preprocessing import to_decibels_above_median
@@ -244,6 +257,17 @@ class RunResult:
     code_version: str = ""
     # events per shard of the spectrogram; 0 for plain chunks (as every run before shards)
     shard_events: int = 0
+    mode: str = "fixed"
+    # per stage ("nmf", "hmm"): seconds (the HMM's include its start from data), steps
+    # run, passes over the events, final ELBO
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    # --profile: medians per step and stage (ms), see step_breakdown
+    breakdown: dict[str, dict[str, float]] = field(default_factory=dict)
+    # --profile: the kernels' spectrograms/s for this run's cores (kernel_rates), the
+    # faster of the measures just before and just after the run (both in the list)
+    kernel_rates: dict[str, float] = field(default_factory=dict)
+    kernel_rates_measured: dict[str, list[float]] = field(default_factory=dict)
+    load: str = ""
 
     @property
     def total_seconds(self) -> float:
@@ -271,6 +295,53 @@ def _step_rate(stamps: list[float]) -> float:
     return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
+def fit_settings(args: argparse.Namespace, n_events: int) -> dict:
+    """The SpecUFEx settings of the fit of ``args.mode`` on ``n_events``.
+
+    ``converged``: the stopping rule, step budgets, batch size and checkpoints of the
+    command line's default configuration (what ``specufex-dask run`` fits with);
+    ``passes``: ``args.passes`` full passes per stage, no early stop; ``fixed``:
+    ``--nmf-steps`` and ``--hmm-steps``, no early stop.
+    """
+    if args.mode == "converged":
+        from specufex_dask.cli.config import Config
+
+        config = Config()
+        return {
+            "nmf_steps": config.nmf.steps, "hmm_steps": config.hmm.steps,
+            "batch_size": config.nmf.batch_size, "tol": config.nmf.tol,
+            "checkpoint_every": config.fit.checkpoint_every,
+        }  # fmt: skip
+    if args.mode == "passes":
+        steps = -(-args.passes * n_events // args.batch_size)
+        return {"nmf_steps": steps, "hmm_steps": steps, "batch_size": args.batch_size,
+                "tol": None}  # fmt: skip
+    return {"nmf_steps": args.nmf_steps, "hmm_steps": args.hmm_steps,
+            "batch_size": args.batch_size, "tol": None}  # fmt: skip
+
+
+def stage_summary(model, stamps: dict[str, list[float]], fit_began: float, n: int) -> dict:
+    """Per stage: seconds, steps, passes over the ``n`` events, final ELBO."""
+    batch = model._batch_size() or n
+    nmf_end = stamps["nmf"][-1] if stamps["nmf"] else fit_began
+    ends = {
+        "nmf": (fit_began, nmf_end),
+        "hmm": (nmf_end, stamps["hmm"][-1] if stamps["hmm"] else nmf_end),
+    }
+    models = {"nmf": model.nmf_, "hmm": model.hmm_}
+    return {
+        stage: {
+            "seconds": ends[stage][1] - ends[stage][0],
+            "steps": float(model.n_steps_[stage]),
+            "passes": model.n_steps_[stage] * min(batch, n) / n,
+            "elbo": float(models[stage].elbo_[-1]) if models[stage].elbo_ else float("nan"),
+            "converged": float(model.converged_[stage]),
+            "batch": float(min(batch, n)),
+        }
+        for stage in ("nmf", "hmm")
+    }
+
+
 def run_once(args: argparse.Namespace, path: Path, n_workers: int) -> RunResult:
     """Start a cluster, fit and transform ``path``, measure; runs in its own process."""
     from specufex_dask import SpecUFEx
@@ -281,6 +352,10 @@ def run_once(args: argparse.Namespace, path: Path, n_workers: int) -> RunResult:
 
     def progress(stage: str, info: dict) -> None:
         stamps[stage].append(time.perf_counter())
+        if args.mode != "fixed" and stage != "transform" and info["step"] % 100 == 0:
+            # long fits: a line now and then, on the terminal of the bench
+            line = f"N={args.one_size} {stage} step {info['step']} of {info['total']}"
+            print(f"{line}: ELBO {info['elbo']:.6g}, {load_line()}", file=sys.stderr, flush=True)
 
     handle = connect(workers=n_workers, threads_per_worker=1, memory_limit=MEMORY_LIMIT,
                      dashboard_address="127.0.0.1:0")  # fmt: skip
@@ -291,10 +366,11 @@ def run_once(args: argparse.Namespace, path: Path, n_workers: int) -> RunResult:
         names = {f"worker{i}": pid for i, pid in enumerate(sorted(worker_pids.values()))}
         peaks: dict[str, dict[str, int]] = {}
         model = SpecUFEx(
-            75, 15, nmf_steps=args.nmf_steps, hmm_steps=args.hmm_steps,
-            batch_size=args.batch_size, dtype="float32", client=client, progress=progress,
+            75, 15, **fit_settings(args, args.one_size), dtype="float32", client=client,
+            progress=progress,
         )  # fmt: skip
         pids = {"driver": os.getpid(), **names}
+        timers = DriverTimers.installed() if args.profile else None
         with MemorySampler(pids) as fit_memory:
             cpu_before_fit = cpu_seconds(pids)
             fit_began = time.perf_counter()
@@ -302,6 +378,10 @@ def run_once(args: argparse.Namespace, path: Path, n_workers: int) -> RunResult:
             fit_ended = time.perf_counter()
             cpu_after_fit = cpu_seconds(pids)
         peaks["fit"] = fit_memory.peaks
+        breakdown = {}
+        if timers is not None:
+            timers.remove()
+            breakdown = step_breakdown(stamps, timers, client, fit_began)
         transform_ended, cpu_after_transform, peaks["transform"] = fit_ended, cpu_after_fit, {}
         if not args.fit_only:
             with MemorySampler(pids) as transform_memory:
@@ -337,6 +417,10 @@ def run_once(args: argparse.Namespace, path: Path, n_workers: int) -> RunResult:
         cores=cores,
         code_version=code_version,
         shard_events=stored_shard_events(path),
+        mode=args.mode,
+        stages=stage_summary(model, stamps, fit_began, args.one_size),
+        breakdown=breakdown,
+        load=load_line(),
     )
 
 
@@ -355,6 +439,172 @@ def layout_name(shard_events: int, chunk_events: int) -> str:
     return f"shards of {shard_events}" if shard_events else f"plain {chunk_events}"
 
 
+def load_line() -> str:
+    """The machine's load averages and this moment, for the record."""
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f} at {dt.datetime.now():%H:%M}"
+
+
+# ----------------------------------------------------------------------------- profile
+
+
+@dataclass
+class DriverTimers:
+    """Seconds of the driver's own work per call, timed by wrapping its functions.
+
+    ``parameters``: building a step's parameters; ``fold``: adding the step's tree
+    nodes; ``update``: the global update (with the step's ELBO); ``checkpoint``: what a
+    checkpoint costs the fit's thread (the copy of the state, waiting for the previous
+    write); ``checkpoint_write``: the write on its own thread. Keeps the originals to
+    put back (:meth:`remove`).
+    """
+
+    seconds: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    originals: list[tuple[object, str, Callable]] = field(default_factory=list)
+
+    def wrap(self, owner: object, name: str, label: str) -> None:
+        original = getattr(owner, name)
+        record = self.seconds.setdefault(label, [])
+
+        def timed(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                record.append((began, time.perf_counter() - began))
+
+        self.originals.append((owner, name, original))
+        setattr(owner, name, timed)
+
+    @classmethod
+    def installed(cls) -> DriverTimers:
+        from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
+        from specufex_dask.parallel import engine, runners
+
+        timers = cls()
+        for model in (BayesianNonparametricNMF, BayesianHMM):
+            timers.wrap(model, "step_parameters", "parameters")
+            timers.wrap(model, "svi_update", "update")
+        timers.wrap(runners.ActorExecutor, "fold", "fold")
+        timers.wrap(engine.BackgroundCheckpoints, "write", "checkpoint")
+        timers.wrap(engine.BackgroundCheckpoints, "_write", "checkpoint_write")
+        return timers
+
+    def remove(self) -> None:
+        for owner, name, original in reversed(self.originals):
+            setattr(owner, name, original)
+
+    def per_stage(self, label: str, begin: float, end: float) -> list[float]:
+        """Seconds of the calls of ``label`` that began in ``[begin, end)``."""
+        return [s for at, s in self.seconds.get(label, []) if begin <= at < end]
+
+
+def _worker_call_times() -> list[dict[str, float]]:
+    from specufex_dask.parallel import runners
+
+    return list(getattr(runners, "CALL_TIMES", ()))  # none in code before they were kept
+
+
+def _ms(values: list[float]) -> float:
+    return 1e3 * statistics.median(values) if values else float("nan")
+
+
+def _stage_of_steps(steps: list[dict], begin: float, end: float) -> list[dict]:
+    return [step for step in steps if begin <= step["start"] < end]
+
+
+def _calls_of_step(calls: list[dict], step: dict, following: dict | None) -> list[dict]:
+    """The workers' calls that began between this step's start and the next one's."""
+    until = following["start"] if following is not None else float("inf")
+    return [call for call in calls if step["start"] <= call["start"] < until]
+
+
+def step_breakdown(stamps: dict, timers: DriverTimers, client, fit_began: float) -> dict:
+    """Medians (ms) per step of each stage, from the step runners' timings
+    (``runners.STEP_TIMES`` here, ``runners.CALL_TIMES`` on each worker) and ``timers``.
+
+    ``step``: wall time between consecutive steps' progress; ``driver build``: the
+    driver's time from entering the step to having sent every worker its call;
+    ``to worker``: from then until the later worker starts; ``wait read ahead``,
+    ``compute`` (reads not done ahead, kernels, the summation tree) and ``read ahead``
+    (on the worker's reader thread, overlapping): a worker's, the slower one's;
+    ``back``: from the later worker's end to the driver having every result (their
+    serialisation and transfer); ``parameters``, ``fold``, ``update``: the driver's;
+    ``checkpoint``: the fit's thread's time for checkpoints, per step;
+    ``checkpoint write``: the writer thread's, per step.
+    """
+    from specufex_dask.parallel import runners
+
+    # wall clocks of the two processes, against the perf_counter of the stamps
+    offset = time.time() - time.perf_counter()
+    steps = sorted(getattr(runners, "STEP_TIMES", ()), key=lambda step: step["start"])
+    calls = sorted(
+        (call for worker in client.run(_worker_call_times).values() for call in worker),
+        key=lambda call: call["start"],
+    )
+    nmf_end = stamps["nmf"][-1] if stamps["nmf"] else fit_began
+    hmm_end = stamps["hmm"][-1] if stamps["hmm"] else nmf_end
+    result = {}
+    for stage, begin, end in (("nmf", fit_began, nmf_end), ("hmm", nmf_end, hmm_end)):
+        mine = _stage_of_steps(steps, begin + offset, end + offset)
+        rows: dict[str, list[float]] = {name: [] for name in (
+            "driver build", "to worker", "wait read ahead", "compute", "read ahead", "back",
+        )}  # fmt: skip
+        for number, step in enumerate(mine):
+            following = mine[number + 1] if number + 1 < len(mine) else None
+            its = _calls_of_step(calls, step, following)
+            if not its:
+                continue
+            rows["driver build"].append(step["sent"] - step["start"])
+            rows["to worker"].append(max(call["start"] for call in its) - step["sent"])
+            for name, key in (("wait read ahead", "wait_read"), ("compute", "compute"),
+                              ("read ahead", "read_ahead")):  # fmt: skip
+                rows[name].append(max(call[key] for call in its))
+            rows["back"].append(step["end"] - max(call["end"] for call in its))
+        n_steps = max(1, len(stamps[stage]))
+        walls = np.diff(stamps[stage]).tolist()
+        summary = {"step": _ms(walls), "steps": float(len(stamps[stage]))}
+        summary.update({name: _ms(values) for name, values in rows.items()})
+        for label in ("parameters", "fold", "update"):
+            summary[label] = _ms(timers.per_stage(label, begin, end))
+        for label in ("checkpoint", "checkpoint_write"):
+            total = sum(timers.per_stage(label, begin, end))
+            summary[label.replace("_", " ")] = 1e3 * total / n_steps
+        result[stage] = summary
+    return result
+
+
+def kernel_rates(cores: int, repeats: int) -> dict[str, float]:
+    """Spectrograms/s of the kernels of each pipeline stage on ``cores`` processes
+    (513 x 51 float32, one BLAS thread each), by ``bench_kernels``'s own timing.
+
+    ``nmf fit``: its NMF fit step; ``hmm fit``: an NMF transform (the step computes
+    the activations where it reads the rows) plus its HMM fit step; ``transform``: its
+    NMF transform plus HMM transform.
+    """
+    rng = np.random.default_rng(0)
+    problems = {
+        "NMF": bench_kernels._problem(rng, 32, N_FREQUENCIES, N_TIMES, np.float32),
+        "HMM": bench_kernels._problem(rng, 256, N_FREQUENCIES, N_TIMES, np.float32),
+    }
+    seconds = {}
+    for stage in ("NMF transform", "NMF fit step", "HMM transform", "HMM fit step"):
+        problem = problems[stage[:3]]
+        with bench_kernels._blas_single_thread():
+            run = bench_kernels._stage_runner(stage, problem)
+            runs = bench_kernels._runs_per_repeat(run)
+            if cores == 1:
+                seconds[stage] = bench_kernels._median_seconds(run, repeats, runs)
+        if cores == 2:
+            seconds[stage] = bench_kernels._two_process_seconds(stage, problem, repeats, runs)
+        seconds[stage] /= len(problem["X"])
+    return {
+        "nmf fit": 1 / seconds["NMF fit step"],
+        "hmm fit": 1 / (seconds["NMF transform"] + seconds["HMM fit step"]),
+        "transform": 1 / (seconds["NMF transform"] + seconds["HMM transform"]),
+    }
+
+
 def run_in_subprocess(args: argparse.Namespace, path: Path, n: int, k: int) -> RunResult:
     """A fresh interpreter per run, so the driver's peak RSS belongs to this run only."""
     command = [
@@ -362,10 +612,14 @@ def run_in_subprocess(args: argparse.Namespace, path: Path, n: int, k: int) -> R
         "--one-workers", str(k), "--nmf-steps", str(args.nmf_steps),
         "--hmm-steps", str(args.hmm_steps), "--batch-size", str(args.batch_size),
         *(["--fit-only"] if args.fit_only else []),
+        "--passes", str(args.passes), *(["--converged"] if args.converged else []),
+        *(["--profile"] if args.profile else []),
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    # the long fits' progress lines go straight to this terminal
+    stderr = None if args.mode != "fixed" else subprocess.PIPE
+    completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
     if completed.returncode != 0:
-        raise RuntimeError(f"run N={n} workers={k} failed:\n{completed.stderr[-4000:]}")
+        raise RuntimeError(f"run N={n} workers={k} failed:\n{(completed.stderr or '')[-4000:]}")
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     return RunResult(**result)
 
@@ -447,6 +701,82 @@ def table(
 # ----------------------------------------------------------------------------- main
 
 
+def stage_table(groups: dict[tuple[int, int, int], list[RunResult]]) -> str:
+    """Markdown table of each run's stages (seconds, steps, passes, final ELBO),
+    transform and peaks."""
+    rows = [
+        "| N | workers | mode | NMF s | NMF steps | NMF passes | NMF final ELBO | HMM s "
+        "| HMM steps | HMM passes | HMM final ELBO | fit s | transform s | transform "
+        "events/s | end-to-end s | driver / worker peak MiB | load |\n|" + "---|" * 17
+    ]
+    for (n, _shard, k), results in sorted(groups.items()):
+        for r in results:
+            if not r.stages:
+                continue
+            nmf, hmm = r.stages["nmf"], r.stages["hmm"]
+
+            def cells(stage: dict) -> str:
+                stop = " (converged)" if stage.get("converged") else ""
+                return (
+                    f"{stage['seconds']:.1f} | {stage['steps']:.0f}{stop} | "
+                    f"{stage['passes']:.2f} | {stage['elbo']:.6g}"
+                )
+
+            rows.append(
+                f"| {n} | {k} | {r.mode} | {cells(nmf)} | {cells(hmm)} | {r.fit_seconds:.1f} "
+                f"| {r.transform_seconds:.1f} | {r.transform_events_per_s:.0f} "
+                f"| {r.total_seconds:.1f} | {max(r.driver_peak_mib.values()):.0f} / "
+                f"{max(r.worker_peak_mib.values()):.0f} | {r.load} |"
+            )
+    return "\n".join(rows)
+
+
+BREAKDOWN_COLUMNS = (
+    "step", "driver build", "to worker", "wait read ahead", "compute", "read ahead", "back",
+    "parameters", "fold", "update", "checkpoint", "checkpoint write",
+)  # fmt: skip
+
+
+def breakdown_table(groups: dict[tuple[int, int, int], list[RunResult]]) -> str:
+    """Markdown table of the step breakdown (ms), one row per run and stage."""
+    rows = [
+        "| N | workers | stage | "
+        + " | ".join(BREAKDOWN_COLUMNS)
+        + " |\n|"
+        + "---|" * (3 + len(BREAKDOWN_COLUMNS))
+    ]
+    for (n, _shard, k), results in sorted(groups.items()):
+        for r in results:
+            for stage, values in r.breakdown.items():
+                cells = " | ".join(f"{values.get(c, float('nan')):.1f}" for c in BREAKDOWN_COLUMNS)
+                rows.append(f"| {n} | {k} | {stage} | {cells} |")
+    return "\n".join(rows)
+
+
+def rate_table(groups: dict[tuple[int, int, int], list[RunResult]]) -> str:
+    """Markdown table of the pipeline's spectrograms/s against the kernels' (same run)."""
+    rows = [
+        "| N | workers | stage | pipeline spectrograms/s | kernels spectrograms/s (before / "
+        "after the run) | fraction of the faster |\n|---|---|---|---:|---:|---:|"
+    ]
+    for (n, _shard, k), results in sorted(groups.items()):
+        for r in results:
+            batch = r.stages["nmf"]["batch"] if r.stages else 64.0
+            pipeline = {
+                "nmf fit": r.nmf_steps_per_s * batch,
+                "hmm fit": r.hmm_steps_per_s * batch,
+                "transform": r.transform_events_per_s,
+            }
+            for stage, rate in pipeline.items():
+                kernel = r.kernel_rates.get(stage, float("nan"))
+                both = " / ".join(f"{v:.0f}" for v in r.kernel_rates_measured.get(stage, []))
+                rows.append(
+                    f"| {n} | {k} | {stage} | {rate:.0f} | {both or f'{kernel:.0f}'} "
+                    f"| {rate / kernel:.0%} |"
+                )
+    return "\n".join(rows)
+
+
 def kept_archive_fits(
     path: Path, n_events: int, chunk_events: int, seed: int, shard_events: int = 0
 ) -> bool:
@@ -502,6 +832,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nmf-steps", type=int, default=100)
     parser.add_argument("--hmm-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=64)
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument(
+        "--converged", action="store_true",
+        help="fit with the stopping rule and step budgets of `specufex-dask run`",
+    )  # fmt: skip
+    modes.add_argument(
+        "--passes", type=int, default=0,
+        help="fit this many full passes over the events per stage (no early stop)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="time the parts of a step and the kernels' own rate in the same run",
+    )  # fmt: skip
+    parser.add_argument("--kernel-repeats", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=20240601)
     parser.add_argument("--scratch", type=Path, default=Path("/work/bench-scratch"))
@@ -519,7 +863,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--one-path", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--one-workers", type=int, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.mode = "converged" if args.converged else "passes" if args.passes else "fixed"
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -556,7 +902,21 @@ def main(argv: list[str] | None = None) -> None:
             for repeat in range(args.repeats):
                 for shard, path in paths.items():
                     for k in args.workers:
+                        before = kernel_rates(k, args.kernel_repeats) if args.profile else {}
                         result = run_in_subprocess(args, path, n, k)
+                        if args.profile:
+                            # the machine's load moves: the kernels are timed on both sides
+                            after = kernel_rates(k, args.kernel_repeats)
+                            result.kernel_rates_measured = {
+                                stage: [before[stage], after[stage]] for stage in before
+                            }
+                            result.kernel_rates = {
+                                stage: max(pair)
+                                for stage, pair in result.kernel_rates_measured.items()
+                            }
+                            logger.info(
+                                "kernel spectrograms/s on %d cores: %s", k, result.kernel_rates
+                            )
                         groups.setdefault((n, shard, k), []).append(result)
                         layout = layout_name(shard, args.chunk_events)
                         logger.info("N=%d %s workers=%d repeat %d: %s", n, layout, k, repeat,
@@ -621,6 +981,14 @@ def print_report(args: argparse.Namespace, groups: dict, builds: dict) -> None:
     )
     if groups:
         print(table(groups, builds))
+        print(f"\nFit per stage ({args.mode} mode): seconds, steps, passes, final ELBO\n")
+        print(stage_table(groups))
+        profiled = {key: runs for key, runs in groups.items() if runs[0].breakdown}
+        if profiled:
+            print("\nWhere a step's time goes (ms, medians over the steps of a stage)\n")
+            print(breakdown_table(profiled))
+            print("\nThe pipeline against its kernels (spectrograms/s, same run)\n")
+            print(rate_table(profiled))
     print(f"\nTargets: {TARGETS}")
 
 

@@ -4,6 +4,7 @@ ahead used exactly once, runners that follow the cluster's workers and notice a 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import pytest
 from specufex_dask.inference.stats import tree_root
 from specufex_dask.inference.steps import NMFStepParameters
 from specufex_dask.io import archive
-from specufex_dask.parallel import engine, executor, runners
+from specufex_dask.parallel import engine, executor, runners, tasks
 from specufex_dask.parallel.engine import EventChunks, StoredRows
 from specufex_dask.parallel.runners import ActorExecutor, StepRunner, StepRunners
+from specufex_dask.parallel.tasks import stored_task
 
 N_EVENTS, N_FREQUENCIES, N_TIMES, N_PATTERNS = 40, 12, 9, 4
 
@@ -71,7 +73,7 @@ def test_rows_read_ahead_are_used_once(tmp_path: Path, rng: np.random.Generator)
     np.testing.assert_array_equal(second.basis_counts, after.basis_counts)
 
 
-def test_a_call_reads_the_next_calls_rows_after_its_own(tmp_path: Path, rng) -> None:
+def test_a_call_reads_the_next_calls_rows_on_its_reader_thread(tmp_path: Path, rng) -> None:
     path = _archive(tmp_path / "a.zarr", rng)
     params = _params(rng)
     rows = np.array([2, 3, 17])
@@ -86,6 +88,70 @@ def test_a_call_reads_the_next_calls_rows_after_its_own(tmp_path: Path, rng) -> 
     _overwrite(path, np.full((N_EVENTS, N_FREQUENCIES, N_TIMES), 3.0, np.float32))
     got = tree_root(runner.run(engine.task_nodes, [_task(path, rows, 0, 3, params)]), 3)
     np.testing.assert_array_equal(got.basis_counts, before.basis_counts)
+
+
+def test_a_call_records_its_events_and_the_read_ahead_it_waited_for(
+    tmp_path: Path, rng, monkeypatch
+) -> None:
+    path = _archive(tmp_path / "a.zarr", rng)
+    params = _params(rng)
+    read = StoredRows.read
+
+    def slow_read(self):
+        time.sleep(0.05)
+        return read(self)
+
+    monkeypatch.setattr(StoredRows, "read", slow_read)
+    monkeypatch.setattr(runners, "CALL_TIMES", runners.deque(maxlen=2))
+    runner = StepRunner()
+    first = _task(path, np.array([0, 1, 5]), 0, 3, params)
+    runner.run(engine.task_nodes, [first], ahead=[StoredRows(path, np.array([2, 3]))])
+    runner.run(engine.task_nodes, [_task(path, np.array([2, 3]), 0, 2, params)])
+    earlier, later = runners.CALL_TIMES
+    assert (earlier["events"], later["events"]) == (3.0, 2.0)
+    # the first call read its own rows; the second's were read ahead, on the reader thread
+    assert earlier["compute"] >= 0.05 and earlier["read_ahead"] == 0.0
+    assert later["read_ahead"] >= 0.05
+    assert later["start"] >= earlier["end"] >= earlier["start"]
+    runner.run(engine.task_nodes, [first])
+    assert runners.CALL_TIMES[-1]["read_ahead"] == 0.0  # each read ahead is counted once
+
+
+def test_an_archives_ids_stay_in_it_until_a_task_names_an_event(tmp_path: Path, rng) -> None:
+    path = _archive(tmp_path / "a.zarr", rng)
+    chunks = EventChunks.from_data(path)
+    assert isinstance(chunks.event, tasks.StoredEventIds) and len(chunks.event) == N_EVENTS
+    ids = chunks.event[np.array([3, 17, 30])]
+    assert len(ids) == 3 and "values" not in vars(ids)  # nothing read yet
+    assert [ids[0], ids[2]] == ["ev03", "ev30"]
+    assert list(chunks.event[5:8].values) == ["ev05", "ev06", "ev07"]
+    assert np.asarray(chunks.event).tolist() == [f"ev{i:02d}" for i in range(N_EVENTS)]
+    values = np.full((N_EVENTS, N_FREQUENCIES, N_TIMES), 1.0, np.float32)
+    values[17, 0, 0] = -1.0
+    _overwrite(path, values)
+    task = stored_task(chunks, np.array([3, 17, 30]), 0, 3, (engine._nmf_leaves, _params(rng)))
+    with pytest.raises(engine.BadValues, match="events ev17: 1 negative"):
+        engine.task_nodes(*task)
+
+
+def test_the_next_steps_rows_are_read_while_the_tasks_run(tmp_path: Path, rng, monkeypatch):
+    path = _archive(tmp_path / "a.zarr", rng)
+    reading = threading.Event()
+    read = StoredRows.read
+
+    def flagged(self):
+        reading.set()
+        return read(self)
+
+    def waits_for_the_read(source, *rest, values=None) -> dict:
+        assert reading.wait(10), "the next step's rows were not being read"
+        return {(0, 0): 1.0}
+
+    monkeypatch.setattr(StoredRows, "read", flagged)
+    runner = StepRunner()
+    task = _task(path, np.array([0, 1]), 0, 2, _params(rng))
+    ahead = [StoredRows(path, np.array([5, 6]))]
+    assert runner.run(waits_for_the_read, [task], ahead=ahead) == {(0, 0): 1.0}
 
 
 def test_rows_read_ahead_are_not_taken_for_other_rows(tmp_path: Path, rng) -> None:
@@ -196,6 +262,7 @@ def test_runners_follow_the_workers_and_match_the_tasks(
         pool = on_actors.runners
         first = engine.nmf_statistics(chunks, index, params, client, on_actors, following)
         assert pool._addresses == sorted(client.nthreads())
+        assert (runners.STEP_TIMES[-1]["events"], runners.STEP_TIMES[-1]["calls"]) == (32, 1)
         np.testing.assert_array_equal(first.basis_counts, by_tasks.basis_counts)
 
         cluster.scale(2)
@@ -207,6 +274,36 @@ def test_runners_follow_the_workers_and_match_the_tasks(
         np.testing.assert_array_equal(second.basis_counts, expected.basis_counts)
         assert second.elbo == expected.elbo
     assert "step runners failed" not in caplog.text  # the runners ran both steps
+
+
+def _one_node(source, local, ids, position, total, *arguments, values=None) -> dict:
+    return {(0, position): float(len(ids))}
+
+
+def test_calls_go_to_the_workers_without_the_scheduler_relaying_them(
+    local_cluster, tmp_path: Path, rng, monkeypatch
+) -> None:
+    cluster, client = local_cluster
+    path = _archive(tmp_path / "a.zarr", rng)
+    relayed: list[str] = []
+    proxy = cluster.scheduler.handlers["proxy"]
+
+    async def counted_proxy(*args, **kwargs):
+        relayed.append(kwargs.get("worker", ""))
+        return await proxy(*args, **kwargs)
+
+    monkeypatch.setitem(cluster.scheduler.handlers, "proxy", counted_proxy)
+    task = _task(path, np.array([3, 4]), 0, 2, _params(rng))
+    with StepRunners(client) as pool:
+        pool._follow_cluster()
+        assert pool._runners[0].run(_one_node, [task]).result() == {(0, 0): 2.0}
+        assert relayed == []
+        # told not to talk to workers directly, the client's calls go through the scheduler
+        monkeypatch.setattr(client, "direct_to_workers", False)
+        pool.release()
+        pool._follow_cluster()
+        assert pool._runners[0].run(_one_node, [task]).result() == {(0, 0): 2.0}
+        assert relayed == [pool._addresses[0]]
 
 
 def test_a_fit_runs_its_steps_on_the_runners(local_cluster, tmp_path: Path, rng, monkeypatch):

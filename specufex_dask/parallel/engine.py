@@ -26,6 +26,7 @@ tasks and any number of workers.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -178,6 +179,16 @@ def _shows_stored_values(data: xr.DataArray) -> bool:
     return np.dtype(encoding.get("dtype", data.dtype)) == data.dtype
 
 
+def _event_ids(data: xr.DataArray, path: str | None) -> Any:
+    """The event ids of ``data``: left in the archive at ``path`` when given (tasks read
+    them by path, and only to name bad events), else an object array of str."""
+    if archive.EVENT not in data.coords:
+        return np.arange(data.shape[0]).astype(str)
+    if path is not None:
+        return tasks.StoredEventIds(path, int(data.shape[0]))
+    return np.array([str(v) for v in data[archive.EVENT].values.tolist()], dtype=object)
+
+
 @dataclass
 class EventChunks:
     """A spectrogram collection split into ranges of consecutive events, one per task.
@@ -187,8 +198,9 @@ class EventChunks:
     bounds : list of (start, stop)
         Event range of every task: the storage chunks, or runs of whole storage chunks
         after :meth:`merged`.
-    event : ndarray of str
-        Event ids.
+    event : ndarray of str or StoredEventIds
+        Event ids; left in the archive when ``stored`` (indexing gives the ids of those
+        events, read when first used; ``np.asarray`` reads them all).
     frequency : ndarray
         Frequencies (Hz), or bin indices when unknown.
     shape : (N, D, M)
@@ -236,11 +248,7 @@ class EventChunks:
         if path is not None and not stored:
             data = _spectrogram_of(archive.open_archive(path))
         common: dict[str, Any] = {
-            "event": (
-                np.array([str(v) for v in data[archive.EVENT].values.tolist()], dtype=object)
-                if archive.EVENT in data.coords
-                else np.arange(data.shape[0]).astype(str)
-            ),
+            "event": _event_ids(data, path if stored else None),
             "frequency": (
                 data[archive.FREQUENCY].values
                 if archive.FREQUENCY in data.coords
@@ -629,7 +637,7 @@ def lazy_transform(chunks: EventChunks, nmf_params, hmm_params) -> xr.Dataset:
     variables = {
         name: (dims[name], dask.array.concatenate(parts, axis=0)) for name, parts in pieces.items()
     }
-    return xr.Dataset(variables, coords={archive.EVENT: chunks.event})
+    return xr.Dataset(variables, coords={archive.EVENT: np.asarray(chunks.event)})
 
 
 def output_chunk_events(tasks: EventChunks) -> int:
@@ -816,10 +824,13 @@ class BackgroundCheckpoints:
 
     A checkpoint (15 small Zarr arrays, two renames, the archive's metadata) takes about
     100 ms; written in line, every worker would sit idle that long each time.
-    :meth:`write` copies the state at once, so the fit goes on changing it, and first
+    :meth:`write` copies the models at once, so the fit goes on changing them, and first
     waits for the previous write, raising its error: a failed checkpoint stops the fit
-    at the next one. Leaving the ``with`` block waits for the last write, also when the
-    fit is failing, so its last checkpoint is on disk.
+    at the next one. The rest (the derived arrays, ``E[ln W]`` a digamma over the whole
+    dictionary, and the Dataset) is built on the writer thread: in line it cost the fit
+    a few ms per checkpoint, as long as the driver's whole global update. Leaving the
+    ``with`` block waits for the last write, also when the fit is failing, so its last
+    checkpoint is on disk.
 
     Parameters
     ----------
@@ -840,10 +851,17 @@ class BackgroundCheckpoints:
         if self._path is None:
             return
         self.wait()
-        dataset = model_group_dataset(nmf, hmm, progress)
-        self._pending = self._executor.submit(self._write, self._path, dataset)
+        state = copy.deepcopy((nmf, hmm, progress))
+        self._pending = self._executor.submit(self._write, self._path, *state)
 
-    def _write(self, path: ArchivePath, dataset: xr.Dataset) -> None:
+    def _write(
+        self,
+        path: ArchivePath,
+        nmf: BayesianNonparametricNMF,
+        hmm: BayesianHMM | None,
+        progress: dict,
+    ) -> None:
+        dataset = model_group_dataset(nmf, hmm, progress)
         if self._frequency is None:
             self._frequency = stored_frequency(path, dataset.sizes[archive.FREQUENCY])
         dataset = dataset.assign_coords({archive.FREQUENCY: self._frequency})

@@ -12,8 +12,10 @@ While the driver folds a step's statistics and updates the globals, the workers 
 sit idle, and reading a task's rows (decompressing every chunk a minibatch event sits
 in) is a third of a fit task's time. So each call also names the rows the runner will
 get in the next step (the minibatches are drawn from the seed and the step number only,
-so they are known a step ahead), and the runner reads them on a thread of its own once
-it has returned the step's statistics, in the gap it would otherwise wait through.
+so they are known a step ahead), and the runner reads them on a thread of its own,
+started with the step's tasks: a core the tasks leave free (more cores than worker
+threads, the gap of the driver's update) reads the next step's rows meanwhile. A runner
+then holds the rows of two steps at most.
 
 The driver reaches the runners through :class:`ActorExecutor`, the actor implementation
 of :class:`specufex_dask.parallel.executor.Executor`. Actors are not fault tolerant by
@@ -37,8 +39,10 @@ runners, and 32.0 and 21.1 s on runners reading ahead.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -63,6 +67,72 @@ START_TIMEOUT_S = 60.0
 RETRY_AFTER_S = 30.0
 # Rows read ahead for the whole cluster at most (a full-batch step reads none ahead).
 READ_AHEAD_MAX_BYTES = 256 * 2**20
+# Timings of this many recent calls are kept in each process (a few floats per step).
+TIMES_KEPT = 10_000
+
+CALL_TIMES: deque[dict[str, float]] = deque(maxlen=TIMES_KEPT)
+"""On a worker, per call of its :class:`StepRunner` (``time.time()`` stamps, seconds):
+``start`` and ``end`` of the call, ``wait_read`` (waiting for the read ahead still
+running), ``compute`` (the tasks: reads not done ahead, kernels, summation tree),
+``read_ahead`` (the previous call's read ahead, on its own thread) and ``events``.
+What ``benchmarks/bench_archive.py --profile`` collects; nothing else reads it."""
+
+STEP_TIMES: deque[dict[str, float]] = deque(maxlen=TIMES_KEPT)
+"""On the driver, per step of :meth:`StepRunners.nodes`: ``start``, ``sent`` (every
+worker's call made), ``end`` (every result back), ``events`` and ``calls``."""
+
+
+def _calls_direct(client: Any) -> bool:
+    """Whether the driver calls the runners' workers directly rather than through the
+    scheduler, which otherwise relays every call and its answer (both a few hundred kB:
+    the step's parameters, its statistics).
+
+    Dask's own setting (``direct_to_workers`` of the client) decides when given. Else
+    direct when the scheduler runs in this process (the client's cluster object is
+    here) or on this host's loopback: the workers it reaches, this process reaches too.
+    A remote scheduler may be all a driver can reach, so its calls stay relayed.
+    """
+    setting = getattr(client, "direct_to_workers", None)
+    if setting is not None:
+        return bool(setting)
+    if getattr(client, "cluster", None) is not None:
+        return True
+    address = str(getattr(getattr(client, "scheduler", None), "address", ""))
+    return any(f"://{host}:" in address for host in ("127.0.0.1", "localhost", "[::1]"))
+
+
+@functools.cache
+def _direct_actor_class() -> type:
+    """Distributed's actor handle, calling the actor's worker directly from a client.
+
+    Distributed's own relays a client's calls through the scheduler unless the client
+    is set to talk to workers directly for everything (its gathers too).
+    """
+    from distributed.actor import Actor
+
+    class DirectActor(Actor):
+        @property
+        def _worker_rpc(self) -> Any:
+            if self._worker is None and self._client is not None:
+                return self._client.rpc(self._address)
+            return super()._worker_rpc
+
+    return DirectActor
+
+
+def _direct_actor(actor: Any, client: Any) -> Any:
+    """A copy of the handle ``actor`` whose calls from ``client`` go straight to its
+    worker (made without binding a client anew); anything but a distributed actor as
+    it is."""
+    from distributed.actor import Actor
+
+    if not isinstance(actor, Actor):
+        return actor
+    direct: Any = object.__new__(_direct_actor_class())
+    direct.key = actor.key
+    vars(direct).update(vars(actor))
+    direct._client = client
+    return direct
 
 
 def _rows_key(source: StoredRows) -> tuple:
@@ -89,6 +159,7 @@ class StepRunner:
         self._ahead: dict[tuple, np.ndarray] = {}
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="specufex-read-ahead")
         self._reading: Future | None = None
+        self._read_s = 0.0  # the last read ahead's seconds
 
     def read_ahead(self, sources: list[StoredRows]) -> int:
         """Read the rows of the next step's tasks, replacing what an earlier call read.
@@ -96,13 +167,16 @@ class StepRunner:
         A read that fails is left for the step, which reads again and reports it.
         Returns how many sources were read.
         """
-        self._ahead = {}
+        began = time.perf_counter()
+        read: dict[tuple, np.ndarray] = {}
         for source in sources:
             try:
-                self._ahead[_rows_key(source)] = source.read()
+                read[_rows_key(source)] = source.read()
             except Exception:  # noqa: BLE001 - the step's own read raises it properly
                 logger.debug("reading %s ahead failed; the step will read it", source.path)
-        return len(self._ahead)
+        self._ahead = read
+        self._read_s = time.perf_counter() - began
+        return len(read)
 
     def run(
         self,
@@ -112,27 +186,40 @@ class StepRunner:
         ahead: Sequence[StoredRows] = (),
     ) -> dict:
         """Tree nodes of ``function(*task, values=...)`` for every step task of ``tasks``
-        (see :mod:`specufex_dask.parallel.tasks`), merged; then :meth:`read_ahead` of
-        ``ahead`` starts on the runner's reader thread.
+        (see :mod:`specufex_dask.parallel.tasks`), merged, while :meth:`read_ahead` of
+        ``ahead`` runs on the runner's reader thread.
 
         Rows read ahead are used once, for the task with the same path and rows (rows
-        left unused are dropped by the next read ahead); a read ahead still running is
-        waited for first. With ``threads`` > 1 the tasks run on that many threads.
+        left unused are dropped); a read ahead still running is waited for first. The
+        next one starts before the tasks do, so that a core the tasks leave free (a
+        worker with more cores than threads, the gap of the driver's update) reads the
+        next step's rows meanwhile. With ``threads`` > 1 the tasks run on that many
+        threads.
         """
+        start, began = time.time(), time.perf_counter()
         if self._reading is not None:
             self._reading.result()  # read_ahead leaves its failures to the steps
             self._reading = None
+        waited = time.perf_counter()
+        current, self._ahead = self._ahead, {}
+        read_s, self._read_s = self._read_s, 0.0
+        if ahead:
+            self._reading = self._reader.submit(self.read_ahead, list(ahead))
 
         def nodes_of(task: tuple) -> dict:
             source, *rest = task
-            values = self._ahead.pop(_rows_key(source), None)
+            values = current.pop(_rows_key(source), None)
             return function(source, *rest, values=values)
 
         merged: dict = {}
         for part in map_groups(nodes_of, tasks, threads):
             merged.update(part)
-        if ahead:
-            self._reading = self._reader.submit(self.read_ahead, list(ahead))
+        computed = time.perf_counter()
+        CALL_TIMES.append({
+            "start": start, "end": time.time(), "wait_read": waited - began,
+            "compute": computed - waited, "read_ahead": read_s,
+            "events": float(sum(len(task[2]) for task in tasks)),
+        })  # fmt: skip
         return merged
 
 
@@ -194,6 +281,8 @@ class StepRunners:
         self._futures = futures
         wait(futures, timeout=START_TIMEOUT_S)
         self._runners = [future.result() for future in futures]
+        if _calls_direct(self._client):
+            self._runners = [_direct_actor(runner, self._client) for runner in self._runners]
         self._addresses = addresses
         self._threads = [int(nthreads[address]) for address in addresses]
 
@@ -242,6 +331,7 @@ class StepRunners:
         of an archive's events, merged; the rows of the minibatch ``following`` are read
         ahead for the next step. Raises on any failure of a call."""
         chunks, index, group_events = request.chunks, request.index, request.group_events
+        start = time.time()
         self._follow_cluster()
         calls = []
         for runner, address, threads, groups, ahead in zip(
@@ -255,9 +345,14 @@ class StepRunners:
             ]
             if tasks or ahead:
                 calls.append((runner.run(request.function, tasks, threads, ahead), address))
+        sent = time.time()
         nodes: dict = {}
         for call, address in calls:
             nodes.update(self._result(call, address))
+        STEP_TIMES.append({
+            "start": start, "sent": sent, "end": time.time(), "events": float(len(index)),
+            "calls": float(len(calls)),
+        })  # fmt: skip
         return nodes
 
 

@@ -19,6 +19,7 @@ those arguments for a run of an archive's minibatch; an executor may pass ``valu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from specufex_dask.io import archive
 from specufex_dask.io.chunkread import read_rows
 from specufex_dask.io.location import ArchiveLocation, zarr_array
 
-__all__ = ["StoredRows", "stored_task"]
+__all__ = ["StoredEventIds", "StoredIds", "StoredRows", "stored_task"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +59,64 @@ class StoredRows:
         array = zarr_array(self.path, archive.SPECTROGRAM, mode="r")
         values = read_rows(array, self.rows)
         return values if values.dtype.kind == "f" else values.astype(np.float64)
+
+
+def _rows_length(rows: slice | np.ndarray) -> int:
+    if isinstance(rows, slice):
+        return len(range(rows.start or 0, rows.stop, rows.step or 1))
+    return len(rows)
+
+
+@dataclass(frozen=True, eq=False)
+class StoredIds:
+    """Ids of the events ``rows`` of the archive at ``path`` (as in :class:`StoredRows`),
+    read from its ``event`` array when first asked for: a task names its events only
+    when they hold bad values, so a step neither sends ids nor reads them."""
+
+    path: str
+    rows: slice | np.ndarray
+
+    def __len__(self) -> int:
+        return _rows_length(self.rows)
+
+    def __getitem__(self, position: int) -> str:
+        return str(self.values[position])
+
+    @cached_property
+    def values(self) -> np.ndarray:
+        """The ids as an object array of str (what ``EventChunks.from_data`` makes)."""
+        import zarr
+
+        array = zarr.open_array(self.path, path=archive.EVENT, mode="r")
+        rows = self.rows if isinstance(self.rows, slice) else np.asarray(self.rows)
+        ids = array.get_orthogonal_selection((rows,))
+        return np.array([str(v) for v in np.asarray(ids).tolist()], dtype=object)
+
+
+@dataclass(frozen=True, eq=False)
+class StoredEventIds:
+    """The ``event`` column of an archive of ``n_events``, not held in memory: indexing
+    it with a slice or sorted indices gives their :class:`StoredIds`, and
+    ``np.asarray`` reads it all.
+
+    A driver holding every id as a Python str would need about 70 bytes an event (70
+    MB at 1M events) for ids it uses only to name bad events.
+    """
+
+    path: str
+    n_events: int
+
+    def __len__(self) -> int:
+        return self.n_events
+
+    def __getitem__(self, rows: slice | np.ndarray) -> StoredIds:
+        if isinstance(rows, slice):
+            rows = slice(*rows.indices(self.n_events))
+        return StoredIds(self.path, rows)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        values = self[:].values
+        return values if dtype is None else values.astype(dtype)
 
 
 def stored_task(chunks: Any, index: np.ndarray, first: int, stop: int, arguments: tuple) -> tuple:
