@@ -179,7 +179,7 @@ def _shows_stored_values(data: xr.DataArray) -> bool:
     return np.dtype(encoding.get("dtype", data.dtype)) == data.dtype
 
 
-def _event_ids(data: xr.DataArray, path: str | None) -> Any:
+def _event_ids(data: xr.DataArray, path: str | ArchiveLocation | None) -> Any:
     """The event ids of ``data``: left in the archive at ``path`` when given (tasks read
     them by path, and only to name bad events), else an object array of str."""
     if archive.EVENT not in data.coords:

@@ -73,7 +73,7 @@ class StoredIds:
     read from its ``event`` array when first asked for: a task names its events only
     when they hold bad values, so a step neither sends ids nor reads them."""
 
-    path: str
+    path: str | ArchiveLocation
     rows: slice | np.ndarray
 
     def __len__(self) -> int:
@@ -85,9 +85,7 @@ class StoredIds:
     @cached_property
     def values(self) -> np.ndarray:
         """The ids as an object array of str (what ``EventChunks.from_data`` makes)."""
-        import zarr
-
-        array = zarr.open_array(self.path, path=archive.EVENT, mode="r")
+        array = zarr_array(self.path, archive.EVENT)
         rows = self.rows if isinstance(self.rows, slice) else np.asarray(self.rows)
         ids = array.get_orthogonal_selection((rows,))
         return np.array([str(v) for v in np.asarray(ids).tolist()], dtype=object)
@@ -103,7 +101,7 @@ class StoredEventIds:
     MB at 1M events) for ids it uses only to name bad events.
     """
 
-    path: str
+    path: str | ArchiveLocation
     n_events: int
 
     def __len__(self) -> int:
