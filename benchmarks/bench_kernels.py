@@ -19,8 +19,14 @@ processes, the slower one's time over the whole batch), and for the NMF stages t
 fraction of this machine's square-matmul GFLOP/s (same dtype, one BLAS thread for
 "1 core" and two for "2 cores", measured in the same run) that their matrix products
 reach, counting 2 D K M flops per product (two products per fixed-point iteration).
-The reference package takes 142, 291, 46 and 45 ms per 513 x 51 spectrogram for the
+The reference package took 142, 291, 46 and 45 ms per 513 x 51 spectrogram for the
 four stages; the targets are 1, 3, 0.5 and 1 ms.
+
+When the reference package (``specufex``) is importable, the same four stages of it are
+timed in the same run on the same spectrograms (its ``BayesianNonparametricNMF`` and
+``BayesianHMM``: ``transform`` and one ``fit`` of a batch, one BLAS thread, batches of
+``--reference-batch``), and a second table prints its ms per spectrogram and its time
+over ours on one core.
 """
 
 from __future__ import annotations
@@ -231,6 +237,58 @@ def nmf_matmul_flops(stage: str, D: int, M: int) -> float:
     return (2 * NMF_INNER_ITERATIONS + 1) * per_product
 
 
+def _reference_package():
+    """The reference package's module, or None when it is not installed."""
+    try:
+        import specufex
+    except ImportError:
+        return None
+    return specufex
+
+
+def _reference_stage_seconds(reference, X: np.ndarray, repeats: int) -> dict[str, float]:
+    """Median seconds per spectrogram of the reference's four stages on the batch ``X``.
+
+    Written against the reference's public API (its README): ``BayesianNonparametricNMF
+    (X.shape)`` with ``fit(X)`` and ``transform(X) -> Vs``, and ``BayesianHMM(num_pat,
+    gain)`` with ``fit(Vs)`` and ``transform(Vs) -> (fingerprints, As, gams)``; each
+    ``fit`` call is one SVI step on the batch. The models are fitted once before timing
+    so that every timed call starts from a fitted state, as ours do.
+    """
+    nmf = reference.BayesianNonparametricNMF(X.shape)
+    nmf.fit(X)
+    Vs = nmf.transform(X)
+    hmm = reference.BayesianHMM(nmf.num_pat, nmf.gain)
+    hmm.fit(Vs)
+    runs = {
+        "NMF transform": lambda: nmf.transform(X),
+        "NMF fit step": lambda: nmf.fit(X),
+        "HMM transform": lambda: hmm.transform(Vs),
+        "HMM fit step": lambda: hmm.fit(Vs),
+    }
+    with _blas_single_thread():
+        return {
+            stage: _median_seconds(run, repeats, runs=1) / len(X) for stage, run in runs.items()
+        }
+
+
+def _reference_rows(
+    reference, X: np.ndarray, repeats: int, ours: dict[tuple[str, int, int, str], float]
+) -> list[str]:
+    """Table rows of the reference's ms per spectrogram and its time over ours."""
+    _, D, M = X.shape
+    dtype = X.dtype.name
+    try:
+        seconds = _reference_stage_seconds(reference, X, repeats)
+    except Exception as error:  # the reference's API is only known from its README
+        return [f"| all | {D}x{M} | {dtype} | failed: {type(error).__name__}: {error} | |"]
+    return [
+        f"| {stage} | {D}x{M} | {dtype} | {value * 1e3:.1f} | "
+        f"{value / ours[stage, D, M, dtype]:.1f}x |"
+        for stage, value in seconds.items()
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -240,7 +298,12 @@ def main() -> None:
         help="sequences per HMM batch (the kernel runs them in cache-sized blocks)",
     )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="cProfile each stage once")
+    parser.add_argument(
+        "--reference-batch", type=int, default=8,
+        help="spectrograms per batch of the reference package's stages, when importable",
+    )  # fmt: skip
     args = parser.parse_args()
+    reference = _reference_package()
 
     peaks = {
         (dtype, cores): matmul_gflops(dtype, args.repeats, cores)
@@ -260,6 +323,8 @@ def main() -> None:
     )
     print("|---|---|---|---:|---:|---:|")  # fmt: skip
     rng = np.random.default_rng(0)
+    ours: dict[tuple[str, int, int, str], float] = {}
+    reference_rows: list[str] = []
     for D, M in SIZES:
         for dtype in (np.float64, np.float32):
             problems = {
@@ -278,6 +343,7 @@ def main() -> None:
                         pstats.Stats(profiler).sort_stats("tottime").print_stats(8)
                     runs = _runs_per_repeat(run)
                     per_spectrogram = {1: _median_seconds(run, args.repeats, runs) / batch}
+                ours[stage, D, M, np.dtype(dtype).name] = per_spectrogram[1]
                 seconds = _two_process_seconds(stage, problem, args.repeats, runs)
                 per_spectrogram[2] = seconds / batch
                 efficiency = ""
@@ -293,6 +359,19 @@ def main() -> None:
                     f"{efficiency} |",
                     flush=True,
                 )
+            if reference is not None:
+                X = problems["NMF"]["X"][: args.reference_batch]
+                reference_rows += _reference_rows(reference, X, args.repeats, ours)
+    if reference is None:
+        print("\nreference package (specufex) not importable: its stages were not timed")
+        return
+    print(
+        f"\nreference package (specufex {getattr(reference, '__version__', '?')}), "
+        f"batches of {args.reference_batch}, 1 core:\n"
+    )
+    print("| stage | size | dtype | reference ms/spec | reference / ours (1 core) |")
+    print("|---|---|---|---:|---:|")  # fmt: skip
+    print("\n".join(reference_rows))
 
 
 if __name__ == "__main__":
