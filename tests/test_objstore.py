@@ -24,6 +24,7 @@ from workerprocesses import (
     install_gate,
 )
 
+from specufex_dask.cli.archive import open_model
 from specufex_dask.cli.main import main
 from specufex_dask.io import archive, modelgroup
 from specufex_dask.io.lease import ArchiveBusy, archive_lease, read_lease
@@ -249,7 +250,9 @@ def test_a_checkpoint_is_never_half_visible(s3_server, bucket, local_fit, tmp_pa
     assert "hmm_state" in modelgroup.read_model_dataset(location, engine.FORMAT_VERSION).attrs
 
 
-def test_a_damaged_chunk_is_named_by_its_object(s3_server, bucket, tmp_path) -> None:
+def test_damage_is_named_by_its_object_when_read_and_when_checked(
+    s3_server, bucket, tmp_path, capsys
+) -> None:
     location = ArchiveLocation(_url(bucket, tmp_path), s3_server.options)
     _write(location)
     fs, root = location.filesystem()
@@ -262,6 +265,53 @@ def test_a_damaged_chunk_is_named_by_its_object(s3_server, bucket, tmp_path) -> 
     with pytest.raises(archive.ArchiveError) as error:
         read_rows(zarr_array(location, "spectrogram"), slice(0, N_EVENTS))
     assert f"object s3://{key}" in str(error.value) and "2..3" in str(error.value)
+    lost = f"{root}/spectrogram/c/2/0/0"
+    fs.rm_file(lost)
+    flags = [f"--storage-option={k}={v}" for k, v in s3_server.options.items()]
+    with dask.config.set(scheduler="sync"):  # not the module's client, whose workers died
+        assert main(["info", location.url, "--check", *flags]) == 1
+    report = capsys.readouterr().out
+    assert "chunk files checked: 2 damaged or missing" in report
+    assert f"object s3://{key}: checksum mismatch" in report and "events 2..3" in report
+    assert f"object s3://{lost}: the object is missing; re-ingest the events 4..5" in report
+
+
+def test_transform_applies_the_model_of_another_archive_at_a_url(
+    s3_server, bucket, local_fit, tmp_path, local_cluster
+) -> None:
+    """``transform B --model A`` with both at URLs: A's model is read with B's storage
+    options, and B's outputs are those of the local fit."""
+    local, _ = local_fit
+    source = ArchiveLocation(f"s3://{bucket}/{tmp_path.name}-model.zarr", s3_server.options)
+    _write(source)
+    modelgroup.write_model_dataset(source, open_model(local).load())
+    target = _url(bucket, tmp_path)
+    _write(ArchiveLocation(target, s3_server.options))
+    flags = [f"--storage-option={k}={v}" for k, v in s3_server.options.items()]
+    scheduler = ["--scheduler", local_cluster[0].scheduler_address, "--quiet"]
+    assert main(["transform", target, "--model", source.url, *flags, *scheduler]) == 0
+    expected = _outputs(local)
+    for name, values in _outputs(ArchiveLocation(target, s3_server.options)).items():
+        assert np.array_equal(values, expected[name]), name
+
+
+def test_import_h5_writes_an_archive_at_a_url_as_at_a_path(
+    s3_server, bucket, tmp_path, capsys
+) -> None:
+    """The golden workflow file imported to S3 and to a folder: the same variables."""
+    from tests.conftest import GOLDEN
+
+    h5 = str(GOLDEN / "SpecUFEx_test1.h5")
+    url = _url(bucket, tmp_path)
+    flags = [f"--storage-option={k}={v}" for k, v in s3_server.options.items()]
+    assert main(["import-h5", h5, url, "--events-per-chunk", "10", *flags]) == 0
+    assert f"into {url} with" in capsys.readouterr().out
+    assert main(["import-h5", h5, str(tmp_path / "local.zarr"), "--events-per-chunk", "10"]) == 0
+    local = archive.open_archive(tmp_path / "local.zarr", with_dask=False)
+    remote = archive.open_archive(ArchiveLocation(url, s3_server.options), with_dask=False)
+    assert remote.spectrogram.shape[0] == 10 and set(remote.variables) == set(local.variables)
+    for name in local.variables:
+        np.testing.assert_array_equal(remote[name].values, local[name].values, err_msg=name)
 
 
 def test_a_missing_bucket_is_one_error_line(s3_server, tmp_path, capsys) -> None:

@@ -41,8 +41,11 @@ def open_model(path: ArchivePath):
     group = model_group_name(path)
     if group is None:
         return None
+    store = as_location(path).open_store("r")
     with quiet_zarr():
-        return xr.open_zarr(as_location(path).open_store("r"), group=group, chunks=None)
+        # the root's consolidated metadata does not follow a model group switched in
+        # at a URL (io/modelgroup.py): read the group's own
+        return xr.open_zarr(store, group=group, chunks=None, consolidated=False)
 
 
 def record_configuration(

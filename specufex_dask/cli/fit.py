@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from specufex_dask.cli.config import FIT_KEYS, Config
 from specufex_dask.cli.options import FIT_OPTIONS, TRANSFORM_OPTIONS, OptionGroups, add_options
 from specufex_dask.cli.progress import Reporter
 from specufex_dask.inference.params import ResumeMismatch
+from specufex_dask.io.location import ArchiveLocation, is_local
 
 __all__ = [
     "COMMANDS",
@@ -184,10 +186,15 @@ def with_run_settings(model: Any, config: Config, reporter: Reporter, client: An
     return model
 
 
-def applied_model(archive: str | Path, sources: list[str] | None):
+def applied_model(
+    archive: str | Path | ArchiveLocation,
+    sources: list[str] | None,
+    storage_options: Mapping[str, Any] | None = None,
+):
     """The fitted :class:`~specufex_dask.pipeline.SpecUFEx` that ``transform`` applies:
     the archive's own, or that of ``--model`` (another archive, a model saved by
-    ``SpecUFEx.save``, or an NMF file and an HMM file saved by the estimators)."""
+    ``SpecUFEx.save``, or an NMF file and an HMM file saved by the estimators). Another
+    archive at a URL is opened with ``storage_options``."""
     from specufex_dask.models import BayesianHMM, BayesianNonparametricNMF
     from specufex_dask.pipeline import SpecUFEx
 
@@ -203,22 +210,34 @@ def applied_model(archive: str | Path, sources: list[str] | None):
         hmm = BayesianHMM.load(sources[1])
         return SpecUFEx.from_estimators(nmf, hmm, source=" and ".join(sources))
     (source,) = sources
-    if not Path(source).is_dir():
+    model_source: str | ArchiveLocation = source
+    if not is_local(source):
+        model_source = ArchiveLocation(source, storage_options or {})
+    if isinstance(model_source, ArchiveLocation):
+        found = model_source.exists()
+    else:
+        found = Path(source).is_dir()
+    if not found:
         raise CommandError(
             f"--model {source}: not an archive or a model saved by SpecUFEx.save; for the "
             "estimators' files give two, the NMF's then the HMM's"
         )
-    if open_model(source) is None:
+    if open_model(model_source) is None:
         raise CommandError(
             f"--model {source} holds no fitted model; run `specufex-dask fit {source}` first"
         )
-    return SpecUFEx.from_archive(source)
+    return SpecUFEx.from_archive(model_source)
 
 
 def cmd_transform(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
     """Write activations, state probabilities, transitions and fingerprints."""
     open_archive(args.archive).close()
-    model = applied_model(args.archive, args.model)
+    # a model at a URL is read with the archive's storage options (the configuration's
+    # when the archive is a local path)
+    options: Mapping[str, Any] = config.storage_options.options
+    if isinstance(args.archive, ArchiveLocation):
+        options = args.archive.storage_options
+    model = applied_model(args.archive, args.model, options)
     model.check_frequencies(args.archive)  # before a cluster starts
     with _lease(args.archive, "transform"), dask_client(config, reporter) as client:
         model = with_run_settings(model, config, reporter, client)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from specufex_dask.io.archive import SPECTROGRAM, ArchiveError
-from specufex_dask.io.location import ArchivePath, zarr_group
+from specufex_dask.io.location import ArchivePath, as_location, zarr_group
 from specufex_dask.io.status import OUTPUTS, TRANSFORMED
 
 __all__ = [
@@ -557,13 +557,15 @@ def damaged_chunks(path: ArchivePath, limit: int = 10) -> list[str]:
     that Zarr found wrong, NaN values in a written output), or to check an archive. The
     spectrograms are checked everywhere; the transform's outputs only in chunks whose
     events are all marked transformed (elsewhere a missing file is a transform not yet
-    done). Arrays that are neither plain (:func:`plain_chunks`) nor sharded plainly
-    (:func:`sharded_chunks`, the spectrograms only) are skipped.
+    done). Plain local arrays (:func:`plain_chunks`, :func:`sharded_chunks`) are checked
+    file by file; anything else (an archive on an object store, another layout) chunk
+    by chunk through Zarr, a chunk without an object being missing where the fill value
+    is NaN.
 
     Parameters
     ----------
-    path : str or Path
-        A local archive.
+    path : str, Path or ArchiveLocation
+        The archive: a folder or a URL.
     limit : int, default=10
         Stop after this many problems.
 
@@ -576,6 +578,13 @@ def damaged_chunks(path: ArchivePath, limit: int = 10) -> list[str]:
     import zarr
 
     group = zarr_group(path, mode="r")
+    # through fsspec's own blocking calls: Zarr's async store calls, run from here, can
+    # wait forever on an object store's file system made in another event loop
+    fs, root = as_location(path).filesystem()
+
+    def stored(key: str) -> bool:
+        return bool(fs.exists(f"{root}/{key}"))
+
     done = None
     if TRANSFORMED in group:
         markers = group[TRANSFORMED]
@@ -592,6 +601,9 @@ def damaged_chunks(path: ArchivePath, limit: int = 10) -> list[str]:
             continue
         plain = plain_chunks(array)
         if plain is None:
+            problems += _zarr_problems(array, name, done, stored, limit - len(problems))
+            if len(problems) >= limit:
+                return problems
             continue
         if name in OUTPUTS:
             plain = PlainChunks(**{**plain.__dict__, "remedy": RETRANSFORM})
@@ -606,6 +618,46 @@ def damaged_chunks(path: ArchivePath, limit: int = 10) -> list[str]:
                 problems.append(str(error))
                 if len(problems) >= limit:
                     return problems
+    return problems
+
+
+def _zarr_problems(
+    array: Any, name: str, done: np.ndarray | None, stored: Callable[[str], bool], limit: int
+) -> list[str]:
+    """Up to ``limit`` lines naming the damaged or missing stored chunks (shards, when
+    sharded) of ``array``, read through Zarr: the check of an archive on an object store
+    or of a layout the direct readers do not take.
+
+    A chunk is damaged when Zarr cannot decode it, and missing when no object holds it
+    while the array's fill value is NaN; the transform's outputs are checked only where
+    ``done`` marks every event of the chunk transformed. ``stored`` tells whether an
+    object key under the archive's root exists.
+    """
+    per_file = (array.shards or array.chunks)[0]
+    length = int(array.shape[0])
+    remedy = RETRANSFORM if name in OUTPUTS else REINGEST
+    root, url = _store_names(array.store)
+    nan_fill = np.dtype(array.dtype).kind == "f" and np.isnan(array.fill_value)
+    problems: list[str] = []
+    for number in range(-(-length // per_file)):
+        first, stop = number * per_file, min((number + 1) * per_file, length)
+        if name in OUTPUTS and (done is None or not done[first:stop].all()):
+            continue
+        key = array.metadata.encode_chunk_key((number,) + (0,) * (array.ndim - 1))
+        where = f"store {root}, array {array.path!r}, chunk {key}"
+        if url is not None:
+            where = f"{where}: object {url}/{array.path}/{key}"
+        events = f"{first}..{stop - 1}"
+        if nan_fill and not stored(f"{array.path}/{key}"):
+            problems.append(str(_damage(where, "the object is missing", events, remedy)))
+        else:
+            try:
+                array[first:stop]
+            except Exception as error:  # noqa: BLE001 - whatever stops Zarr decoding it
+                problem = _MISMATCH if _ZARR_MISMATCH in str(error) else f"unreadable ({error})"
+                problems.append(str(_damage(where, problem, events, remedy)))
+        if len(problems) >= limit:
+            break
     return problems
 
 

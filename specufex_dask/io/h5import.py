@@ -35,6 +35,7 @@ from specufex_dask.io.archive import (
     ArchiveWriter,
     write_region,
 )
+from specufex_dask.io.location import ArchiveLocation, ArchivePath, as_location
 
 logger = logging.getLogger(__name__)
 
@@ -100,21 +101,22 @@ def _present_outputs(h5: Any, ids: list[str], where: str) -> dict[str, tuple[str
 
 def import_specufex_h5(
     h5_path: str | Path,
-    out_path: str | Path,
+    out_path: ArchivePath,
     *,
     chunk_events: int = DEFAULT_CHUNK_EVENTS,
     overwrite: bool = False,
     include_outputs: bool = True,
     attrs: Mapping[str, Any] | None = None,
-) -> Path:
+) -> Path | ArchiveLocation:
     """Convert a SpecUFEx workflow HDF5 file into an archive.
 
     Parameters
     ----------
     h5_path : str or Path
         The workflow file.
-    out_path : str or Path
-        The archive to create.
+    out_path : str, Path or ArchiveLocation
+        The archive to create: a folder, or a URL (with its storage options in an
+        :class:`~specufex_dask.io.location.ArchiveLocation`).
     chunk_events : int, default=8
         Events per Zarr chunk; also how many events are held in memory at once.
     overwrite : bool, default=False
@@ -126,8 +128,8 @@ def import_specufex_h5(
 
     Returns
     -------
-    Path
-        The archive.
+    Path or ArchiveLocation
+        The archive: a :class:`~pathlib.Path` for a local one.
 
     Raises
     ------
@@ -191,7 +193,8 @@ def import_specufex_h5(
             writer.abort()
             raise
     logger.info("imported %d events from %s into %s", len(ids), h5_path, out_path)
-    return Path(out_path)
+    location = as_location(out_path)
+    return Path(location.url) if location.local else location
 
 
 def _stack(h5: Any, group: str, ids: list[str], shape: tuple[int, ...], where: str) -> np.ndarray:
