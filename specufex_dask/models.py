@@ -272,7 +272,7 @@ class BayesianNonparametricNMF(_SVIModel):
         Use the annealing temperature ``1 + 0.75**(step - 1)``; False fixes T = 1.
     min_pattern_share : float, None or "auto", default="auto"
         Once annealing is over, prune a pattern whose share ``A1[k] / sum(A1)`` of the
-        data's counts falls below this. "auto": 1e-3 in the default mode, None (only the
+        data's counts falls below this. "auto": 1e-2 in the default mode, None (only the
         reference's ``E[a] <= 1e-3``) in compat mode.
     merge_cosine : float or None, default=None
         Once annealing is over, merge two patterns whose ``E[W]`` columns have at least
@@ -426,7 +426,7 @@ class BayesianNonparametricNMF(_SVIModel):
             self.start_from_frames(spectrogram_frames(X[self.init_sample(len(X))]))
 
     def _min_pattern_share(self) -> float | None:
-        """``min_pattern_share`` with "auto" decided: None in compat mode, else 1e-3."""
+        """``min_pattern_share`` with "auto" decided: None in compat mode, else 1e-2."""
         share = self.min_pattern_share
         if isinstance(share, str):
             return None if self.compat == "specufex" else MIN_PATTERN_SHARE

@@ -54,7 +54,7 @@ COMPAT_MODES = ("default", "specufex")
 LIKELIHOOD_SCALES = ("frames", "spectrograms")
 HMM_INITS = ("data", "random")
 """Starts of q(B) (the HMM's ``init``) and of q(W) (the NMF's)."""
-MIN_PATTERN_SHARE = 1e-3
+MIN_PATTERN_SHARE = 1e-2
 """Default share of the data's counts below which the default mode prunes a pattern."""
 AUTO_BATCH_SIZE = 64
 """The pipeline's events per SVI step for ``batch_size="auto"`` in the default mode."""
