@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import dask
 import dask.array as da
 import h5py
 import numpy as np
@@ -205,8 +206,51 @@ def test_open_archive_names_what_is_wrong(tmp_path, rng):
         {"spectrogram": (("event", "frequency", "time"), np.ones((2, 3, 4)))},
         coords={"event": np.array(["a", "a"], dtype=object)},
     ).to_zarr(duplicated, zarr_format=3, consolidated=False)
-    with pytest.raises(ArchiveError, match="not unique"):
-        open_archive(duplicated)
+    for indexed in (True, False):
+        with pytest.raises(ArchiveError, match=r"d.zarr: event ids are not unique, e.g. \['a'\]"):
+            open_archive(duplicated, indexed=indexed)
+
+
+def test_duplicate_ids_are_found_across_blocks_and_as_str():
+    ids = xr.Variable("event", np.array([f"e{i}" for i in range(50)] + ["e7", "e31", "e7"]))
+    assert archive.duplicate_ids(ids, block=8) == ["e31", "e7"]
+    assert archive.duplicate_ids(ids, limit=1, block=8) == ["e31"]
+    assert archive.duplicate_ids(ids[:50], block=8) == []
+    # ids that differ as objects but not as text repeat
+    assert archive.duplicate_ids(xr.Variable("event", np.array([1, "1", 2], dtype=object))) == [
+        "1"
+    ]
+
+
+def test_duplicate_ids_never_reports_a_hash_collision(monkeypatch):
+    import pandas as pd
+
+    # every id hashes alike: only the comparison of the strings can tell them apart
+    monkeypatch.setattr(
+        pd.util, "hash_array", lambda values, **_: np.zeros(len(values), np.uint64)
+    )
+    ids = xr.Variable("event", np.array(["a", "b", "c", "d", "e"]))
+    assert archive.duplicate_ids(ids, block=2) == []
+    assert archive.duplicate_ids(xr.Variable("event", ["a", "b", "a"]), block=2) == ["a"]
+
+
+def test_an_unindexed_open_keeps_the_ids_in_the_store(tmp_path, rng):
+    path = write_spectrograms(
+        tmp_path / "a.zarr", _spectrograms(rng, 3), ["x", "y", "z"], FREQUENCY, TIME,
+        event_coords={"station": ["S1", "S2", "S3"]},
+    )  # fmt: skip
+    def refuse(*args, **kwargs):
+        raise AssertionError("the ids were read through the scheduler dask was given")
+
+    for with_dask in (True, False):
+        with dask.config.set(scheduler=refuse):  # as a client no worker serves
+            ds = open_archive(path, with_dask=with_dask, indexed=False)
+        assert len(ds.indexes) == 0
+        assert not ds.event.variable._in_memory
+        assert ds.event.values.tolist() == ["x", "y", "z"]
+        assert ds.station.values.tolist() == ["S1", "S2", "S3"]
+        np.testing.assert_array_equal(ds.frequency.values, FREQUENCY)
+    assert list(open_archive(path).indexes) == ["event", "frequency", "time"]
 
 
 def test_open_archive_accepts_store_of_other_writers(tmp_path, rng):

@@ -117,6 +117,30 @@ def test_a_call_records_its_events_and_the_read_ahead_it_waited_for(
     assert runners.CALL_TIMES[-1]["read_ahead"] == 0.0  # each read ahead is counted once
 
 
+def test_opening_an_archive_for_a_fit_holds_no_index_of_its_ids(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import tracemalloc
+
+    n = 50_000
+    monkeypatch.setattr(archive, "_COORD_CHUNK", 4096)  # chunks of ids, as at 1M events
+    path = archive.write_spectrograms(
+        tmp_path / "a.zarr", np.ones((n, 1, 1), np.float32), [f"ev{i:07d}" for i in range(n)],
+        [1.0], [0.0], chunk_events=65536, shard_events=None,
+    )  # fmt: skip
+    monkeypatch.setattr(archive, "_ID_BLOCK", 2048)  # the duplicate check's block, scaled down
+    tracemalloc.start()
+    try:
+        chunks = EventChunks.from_data(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(chunks.event) == n
+    # a pandas index of the ids and a sort of them as str take over 200 bytes an event;
+    # the duplicate check keeps 8 (a hash), beside one stored chunk of ids as it reads them
+    assert peak < 60 * n, f"opening took {peak / n:.0f} bytes an event"
+
+
 def test_an_archives_ids_stay_in_it_until_a_task_names_an_event(tmp_path: Path, rng) -> None:
     path = _archive(tmp_path / "a.zarr", rng)
     chunks = EventChunks.from_data(path)

@@ -25,11 +25,15 @@ CONFIG_ATTR = "specufex_dask_config"
 OUTPUT_VARIABLES = ("activation", "state_probability", "transition", "fingerprint", "cluster")
 
 
-def open_archive(path: ArchivePath):
-    """The archive as an xarray Dataset (:func:`specufex_dask.io.archive.open_archive`)."""
+def open_archive(path: ArchivePath, check_only: bool = False):
+    """The archive as an xarray Dataset (:func:`specufex_dask.io.archive.open_archive`).
+
+    ``check_only``: for a check of the archive before a command's work, without dask
+    arrays or an index of the event ids (no selection by label then).
+    """
     from specufex_dask.io.archive import open_archive as open_zarr_archive
 
-    return open_zarr_archive(path)
+    return open_zarr_archive(path, with_dask=not check_only, indexed=not check_only)
 
 
 def open_model(path: ArchivePath):

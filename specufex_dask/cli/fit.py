@@ -159,7 +159,7 @@ def _fit_and_maybe_transform(
 ) -> int:
     """``fit``, or with ``command`` "run" also the transform, under one lease and one
     cluster; a resume that does not match the checkpoint is refused."""
-    open_archive(args.archive).close()
+    open_archive(args.archive, check_only=True).close()
     try:
         with _lease(args.archive, command), dask_client(config, reporter) as client:
             model = fit_archive(args.archive, config, reporter, client, args.resume, args.stage)
@@ -231,7 +231,7 @@ def applied_model(
 
 def cmd_transform(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
     """Write activations, state probabilities, transitions and fingerprints."""
-    open_archive(args.archive).close()
+    open_archive(args.archive, check_only=True).close()
     # a model at a URL is read with the archive's storage options (the configuration's
     # when the archive is a local path)
     options: Mapping[str, Any] = config.storage_options.options

@@ -141,6 +141,8 @@ DEFAULT_SHARD_EVENTS = 256
 SHARD_CHUNK_EVENTS = 1
 # 1-D per-event coordinates are tiny; large chunks keep the file count low.
 _COORD_CHUNK = 65536
+# Ids duplicate_ids converts to str and hashes at a time (about 5 MB as str).
+_ID_BLOCK = _COORD_CHUNK
 _STARTTIME_ENCODING = {"units": "nanoseconds since 1970-01-01", "dtype": "int64"}
 
 
@@ -217,6 +219,7 @@ def open_archive(
     with_dask: bool = True,
     stored_names: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    indexed: bool = True,
 ) -> xr.Dataset:
     """Open an archive lazily (dask-backed) and validate its schema.
 
@@ -233,6 +236,12 @@ def open_archive(
         named so has ``source`` in its place, which is otherwise renamed.
     storage_options : mapping, optional
         Options of the fsspec file system of a URL (``endpoint_url``, ``key``...).
+    indexed : bool, default=True
+        Give the dimension coordinates xarray's (pandas) indexes, which selection by
+        label (``ds.sel(event=...)``) needs. False leaves every coordinate, the event
+        ids above all, lazily in the store: a fit or transform, which names events only
+        when they hold bad values, then does not hold the ids (about 210 bytes an
+        event as an index).
 
     Returns
     -------
@@ -281,7 +290,11 @@ def open_archive(
         json_attribute(attrs, name, path_str, fix)
     with quiet_zarr():  # stores from other writers may lack consolidated metadata
         try:
-            ds = xr.open_zarr(location.open_store("r"), chunks={} if with_dask else None)
+            ds = xr.open_zarr(
+                location.open_store("r"),
+                chunks={} if with_dask else None,
+                create_default_indexes=indexed,
+            )
         except Exception as error:
             raise ArchiveError(
                 f"cannot open {path_str} as an xarray Zarr store: {error}"
@@ -353,11 +366,77 @@ def validate_archive(ds: xr.Dataset, where: str = "archive") -> None:
             f"({ARCHIVE_VERSION}); upgrade specufex-dask"
         )
     if EVENT in ds.coords:
-        ids = ds[EVENT].values
-        unique, counts = np.unique(_to_str(ids), return_counts=True)
-        if unique.size != ids.size:
-            duplicated = unique[counts > 1][:5].tolist()
+        duplicated = duplicate_ids(ds[EVENT].variable)
+        if duplicated:
             raise ArchiveError(f"{where}: event ids are not unique, e.g. {duplicated}")
+
+
+def _str_objects(values: npt.ArrayLike) -> np.ndarray:
+    """An object array of the str of every value (of str, object or StringDType input)."""
+    return np.array([str(v) for v in np.asarray(values).tolist()], dtype=object)
+
+
+def _id_hashes(ids: xr.Variable, block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(ids as str, their 64-bit hashes)`` of every ``block`` consecutive ids of the
+    1-D ``ids``, in order.
+
+    A lazy variable is read one stored chunk at a time (at least ``block`` ids): a read
+    decodes whole chunks, and the decoded chunk is far smaller than its ids as Python str.
+    """
+    import dask
+    import pandas as pd
+
+    chunks = ids.encoding.get("chunks") or (block,)
+    read = max(block, int(chunks[0]))
+    for start in range(0, ids.shape[0], read):
+        # a dask variable is read here, never by the cluster a client may have set up
+        with dask.config.set(scheduler="synchronous"):
+            values = np.asarray(ids[start : start + read].values)
+        for first in range(0, values.size, block):
+            as_str = _str_objects(values[first : first + block])
+            yield as_str, pd.util.hash_array(as_str, categorize=False)
+
+
+def duplicate_ids(ids: xr.Variable, limit: int = 5, block: int | None = None) -> list[str]:
+    """Up to ``limit`` ids that occur more than once in ``ids`` (compared as str).
+
+    Only the ids' 64-bit hashes are kept (8 bytes an id, against about 210 for a pandas
+    index of them), the ids themselves hashed ``block`` at a time; ids whose hashes
+    repeat are then compared as str, so two ids whose hashes collide are never reported.
+
+    Parameters
+    ----------
+    ids : xarray.Variable
+        The 1-D ids, in memory or lazily in a store.
+    limit : int, default=5
+        How many repeated ids to return at most.
+    block : int, optional
+        Ids converted and hashed at a time; 65536 by default.
+
+    Returns
+    -------
+    list of str
+        Repeated ids, sorted; empty when every id is unique.
+
+    Examples
+    --------
+    >>> duplicate_ids(xr.Variable("event", ["b", "a", "b", "c", "a"]), block=2)
+    ['a', 'b']
+    """
+    block = _ID_BLOCK if block is None else block
+    hashes = np.empty(ids.shape[0], dtype=np.uint64)
+    start = 0
+    for _, block_hashes in _id_hashes(ids, block):
+        hashes[start : start + block_hashes.size] = block_hashes
+        start += block_hashes.size
+    hashes.sort()
+    repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+    del hashes
+    if not repeated.size:
+        return []
+    candidates = [as_str[np.isin(found, repeated)] for as_str, found in _id_hashes(ids, block)]
+    unique, counts = np.unique(np.concatenate(candidates).astype(str), return_counts=True)
+    return [str(v) for v in unique[counts > 1][:limit]]
 
 
 def json_attribute(attrs: Mapping[str, Any], name: str, where: str, fix: str) -> Any:

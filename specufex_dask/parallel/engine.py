@@ -242,7 +242,8 @@ class EventChunks:
             path = store_or_path(data)
             # No dask array yet: its graph grows with the number of storage chunks (12 MiB
             # of driver memory at 100k events) and tasks that read by path never use it.
-            data = archive.open_archive(path, with_dask=False)
+            # No index of the ids either (213 MiB at 1M events): they stay in the store.
+            data = archive.open_archive(path, with_dask=False, indexed=False)
         data = _spectrogram_of(data)
         stored = path is not None and _shows_stored_values(data)
         if path is not None and not stored:
