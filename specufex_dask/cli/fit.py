@@ -211,12 +211,11 @@ def applied_model(
         return SpecUFEx.from_estimators(nmf, hmm, source=" and ".join(sources))
     (source,) = sources
     model_source: str | ArchiveLocation = source
-    if not is_local(source):
-        model_source = ArchiveLocation(source, storage_options or {})
-    if isinstance(model_source, ArchiveLocation):
-        found = model_source.exists()
-    else:
+    if is_local(source):
         found = Path(source).is_dir()
+    else:
+        model_source = ArchiveLocation(source, storage_options or {})
+        found = model_source.exists()
     if not found:
         raise CommandError(
             f"--model {source}: not an archive or a model saved by SpecUFEx.save; for the "

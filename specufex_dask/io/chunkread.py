@@ -526,14 +526,27 @@ def _zarr_damage(array: Any, rows: slice | np.ndarray) -> ArchiveError:
         except ValueError as error:
             if _ZARR_MISMATCH not in str(error):
                 raise
-            key = array.metadata.encode_chunk_key((number,) + (0,) * (array.ndim - 1))
-            where = f"{where}, chunk {key}"
-            if isinstance(root, Path):
-                where = f"{where}: chunk file {root / array.path / key}"
-            elif url is not None:
-                where = f"{where}: object {url}/{array.path}/{key}"
+            where = _chunk_where(array, _chunk_key(array, number))
             return _damage(where, _MISMATCH, f"{first}..{stop - 1}")
     return _damage(where, _MISMATCH, f"{rows[0]}..{rows[-1]}")
+
+
+def _chunk_key(array: Any, number: int) -> str:
+    """The key of stored chunk (shard) ``number`` along the first axis, under the array."""
+    key: str = array.metadata.encode_chunk_key((number,) + (0,) * (array.ndim - 1))
+    return key
+
+
+def _chunk_where(array: Any, key: str) -> str:
+    """How errors name the stored chunk ``key`` of ``array``: store, array and chunk, and
+    its file (a local store) or object (a URL)."""
+    root, url = _store_names(array.store)
+    where = f"store {root}, array {array.path!r}, chunk {key}"
+    if isinstance(root, Path):
+        return f"{where}: chunk file {root / array.path / key}"
+    if url is not None:
+        return f"{where}: object {url}/{array.path}/{key}"
+    return where
 
 
 def _store_names(store: Any) -> tuple[Any, str | None]:
@@ -636,17 +649,14 @@ def _zarr_problems(
     per_file = (array.shards or array.chunks)[0]
     length = int(array.shape[0])
     remedy = RETRANSFORM if name in OUTPUTS else REINGEST
-    root, url = _store_names(array.store)
     nan_fill = np.dtype(array.dtype).kind == "f" and np.isnan(array.fill_value)
     problems: list[str] = []
     for number in range(-(-length // per_file)):
         first, stop = number * per_file, min((number + 1) * per_file, length)
         if name in OUTPUTS and (done is None or not done[first:stop].all()):
             continue
-        key = array.metadata.encode_chunk_key((number,) + (0,) * (array.ndim - 1))
-        where = f"store {root}, array {array.path!r}, chunk {key}"
-        if url is not None:
-            where = f"{where}: object {url}/{array.path}/{key}"
+        key = _chunk_key(array, number)
+        where = _chunk_where(array, key)
         events = f"{first}..{stop - 1}"
         if nan_fill and not stored(f"{array.path}/{key}"):
             problems.append(str(_damage(where, "the object is missing", events, remedy)))
