@@ -214,13 +214,13 @@ class _SVIModel(ParameterContract):
         if batches == "seeded":
             per_pass = math.ceil(n / self.batch_size)
             budget = self.max_steps if self.max_steps is not None else per_pass
-            monitor = StageMonitor(self.tol, min(per_pass, MAX_WINDOW), steady_count=False)
+            monitor = StageMonitor(self.tol, min(per_pass, MAX_WINDOW), noise_aware=False)
             source: SeededMinibatches | InOrder | Everything = SeededMinibatches(
                 self._seed, self._batch_purpose, n, self.batch_size, first=self.step
             )
         else:
             budget = n if batches == "in order" else 1
-            monitor = StageMonitor(None, 1, steady_count=False)
+            monitor = StageMonitor(None, 1, noise_aware=False)
             source = InOrder() if batches == "in order" else Everything()
         last: SVIProgress | None = None
         for last in run_svi(  # noqa: B007 - the last record is what the loop leaves

@@ -110,12 +110,14 @@ class SpecUFEx(ParameterContract):
         step, step size 1); "auto" is 64, and 1 with ``compat="specufex"`` (which
         refuses any other value).
     tol : float or None, default=1e-4
-        A stage stops before its budget once the mean ELBO of the last window of steps
-        (one pass, at most 20 steps) differs from the window's before by less than
-        ``tol`` relative, and the NMF's live patterns (the HMM's states in use: holding
-        1 % of a minibatch's frames) did not change over the last window, and at least
-        200 steps ran (or the whole budget, if smaller)
-        (:class:`specufex_dask.inference.convergence.StageMonitor`). None runs every step.
+        A stage stops before its budget once the mean ELBO of the last window of steps (a
+        quarter of the steps run, at least one pass or 20 steps, at most 250) differs
+        from the window's before by less than ``tol`` relative or by less than one
+        standard error of the steps' noise, the NMF's live patterns did not change over
+        the last window (the HMM's states in use, holding 1 % of a minibatch's frames,
+        moved by less than 0.5 on average), and at least 200 steps ran (or the whole
+        budget, if smaller) (:class:`specufex_dask.inference.convergence.StageMonitor`).
+        None runs every step.
     random_state : int, default=0
         Seed of the initial states and of every minibatch.
     checkpoint_every : int, default=10
@@ -629,7 +631,7 @@ class SpecUFEx(ParameterContract):
         if last is None or not last.converged:
             monitor = StageMonitor(
                 self.tol, window, model.elbo_, last.counts if last else (),
-                min(MIN_STOP_STEPS, budget),
+                min(MIN_STOP_STEPS, budget), noisy_count=stage == "hmm",
             )  # fmt: skip
             records = run_svi(
                 stage, **arguments, budget=budget, monitor=monitor,

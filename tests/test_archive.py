@@ -239,6 +239,7 @@ def test_an_unindexed_open_keeps_the_ids_in_the_store(tmp_path, rng):
         tmp_path / "a.zarr", _spectrograms(rng, 3), ["x", "y", "z"], FREQUENCY, TIME,
         event_coords={"station": ["S1", "S2", "S3"]},
     )  # fmt: skip
+
     def refuse(*args, **kwargs):
         raise AssertionError("the ids were read through the scheduler dask was given")
 

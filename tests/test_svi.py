@@ -75,7 +75,7 @@ def test_the_loop_runs_the_budget_draws_seeded_minibatches_and_reads_ahead() -> 
 def test_the_loop_stops_on_the_step_it_converged() -> None:
     records, calls, _ = _toy_loop([-10.0] * 20, budget=20, tol=1e-6, window=2)
     assert [r.converged for r in records] == [False, False, False, True]
-    assert len(calls) == 4 and records[-1].counts == (5, 5, 5)
+    assert len(calls) == 4 and records[-1].counts == (5, 5, 5, 5)
 
 
 def test_in_order_batches_are_the_reference_one_event_per_step() -> None:

@@ -177,9 +177,10 @@ class NMFConfig:
         Spectrograms per SVI step; "auto" is 64, and 1 with ``fit.compat: specufex``
         (which refuses any other value).
     tol : float or None, default=1e-4
-        Stop a fit (NMF and HMM) before its step budget once the relative change of the
-        window-mean ELBO falls below this and the patterns (states in use) stay the same
-        over the window; None runs every step.
+        Stop a fit (NMF and HMM) before its step budget once the change of the
+        window-mean ELBO falls below this relative (or within its noise) and the patterns
+        (states in use, on average) held still over the window
+        (:class:`specufex_dask.inference.convergence.StageMonitor`); None runs every step.
     """
 
     num_pat: int = _FIT["num_pat"].default

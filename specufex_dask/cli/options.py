@@ -279,8 +279,8 @@ NMF_FLAGS = (
         "nmf",
         "tol",
         "stop a stage before its most steps once the window-mean ELBO changes by less than "
-        "TOL relative and the live patterns (HMM: states in use) held still over the window; "
-        "'none' runs every step",
+        "TOL relative or than its noise, and the live patterns (HMM: states in use, on "
+        "average) held still over the window; 'none' runs every step",
         _optional_float,
         "TOL",
     ),

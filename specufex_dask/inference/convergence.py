@@ -1,20 +1,32 @@
 """When a stage of the pipeline's fit stops: a settled ELBO and a settled model size.
 
-The ELBO of a minibatch step is a noisy estimate, and it can level off while the model
-is still reorganising: the NMF may still be pruning patterns, the HMM still moving frames
-onto states it had left empty (or off states it is about to lose). A stage of
-:class:`specufex_dask.pipeline.SpecUFEx` therefore stops only when both have settled:
+The ELBO of a minibatch step is a noisy estimate (at 100k events of 513 x 51 it moved by
+several per cent from one 64-event step to the next), and it can level off while the
+model is still reorganising: the NMF may still be pruning patterns, the HMM still moving
+frames onto states it had left empty (or off states it is about to lose). A stage of
+:class:`specufex_dask.pipeline.SpecUFEx` therefore stops only when both have settled
+(:class:`StageMonitor`):
 
-* the ELBO rule of :class:`ConvergenceMonitor` (the means of the
-  last two windows of steps differ by less than ``tol`` relative), and
-* a count that did not change over the last window of steps: the NMF's live patterns,
-  or the HMM's states in use in the minibatch (:func:`states_in_use`), and
+* the ELBO: the means of the last two windows of steps differ by less than ``tol``
+  relative, or by less than one standard error of that difference (the noise of a step,
+  estimated from successive differences, shrinks as the windows grow). A window is a
+  quarter of the steps run, at least ``window`` (one pass, at most 20 steps) and at
+  most ``MAX_NOISY_WINDOW``: a fixed window of 20 steps never settled within 1e-4 at
+  100k, where the stage then ran to its budget of three passes;
+* the count: the NMF's live patterns (a property of the global model, with no noise)
+  did not change over the last window, so a stage still pruning now and then runs on
+  until a quarter of its steps passed without a prune; the HMM's states in use in the
+  minibatch (:func:`states_in_use`), which move by one or two from one minibatch to the
+  next, are compared as means: the last window's differs from the window's before by
+  at most ``COUNT_SLACK``;
 * at least ``min_steps`` steps (``MIN_STOP_STEPS`` in the pipeline): patterns that the
   data do not use are pruned by a slow decay of their share, so the pattern count is
   steady long before it is settled. On the real KW1 record (1 h) the NMF met the first
   two rules at step 40 with all 75 patterns; after 200 steps it keeps 30.
 
-The step budget is an upper bound; :func:`auto_steps` is the default one.
+The in-memory estimators keep the plain rule of :class:`ConvergenceMonitor` (fixed
+windows, no count). The step budget is an upper bound; :func:`auto_steps` is the
+default one.
 """
 
 from __future__ import annotations
@@ -28,11 +40,15 @@ from numpy.typing import NDArray
 from specufex_dask.inference.diagnostics import MIN_STATE_SHARE
 
 __all__ = [
+    "COUNT_SLACK",
+    "MAX_NOISY_WINDOW",
     "MAX_WINDOW",
     "ConvergenceMonitor",
     "MIN_STOP_STEPS",
     "StageMonitor",
     "auto_steps",
+    "means_settled",
+    "noisy_window",
     "states_in_use",
     "window_steps",
 ]
@@ -44,6 +60,12 @@ MIN_STOP_STEPS = 200
 
 # Longest ELBO averaging window: one pass over a large archive is too long to wait for.
 MAX_WINDOW = 20
+MAX_NOISY_WINDOW = 250
+"""Longest window of the pipeline's rule (which grows its windows to a quarter of the
+steps run): 500 steps of history decide a stop at most."""
+COUNT_SLACK = 0.5
+"""Largest change of a window's mean count (patterns, states in use) that counts as
+settled: less than one pattern or state on average."""
 
 
 class ConvergenceMonitor:
@@ -105,30 +127,62 @@ def states_in_use(
     return int(np.count_nonzero(np.asarray(state_counts) / n_frames >= share))
 
 
+def noisy_window(n_steps: int, window: int) -> int:
+    """Steps per window of the pipeline's rule after ``n_steps`` steps: a quarter of
+    them, at least ``window`` and at most ``MAX_NOISY_WINDOW``."""
+    return max(1, min(max(int(window), n_steps // 4), MAX_NOISY_WINDOW))
+
+
+def means_settled(values: NDArray[Any], window: int, tol: float) -> bool:
+    """Whether the means of the last two windows of ``values`` differ by at most ``tol``
+    relative to the latest or by at most one standard error of their difference.
+
+    The standard error takes each step's noise from the successive differences of the
+    last two windows (their variance is twice the noise's when the trend is small
+    beside it), so a series that drifts slowly under a large noise counts as settled
+    once the drift over a window is within what the windows' means can resolve.
+    """
+    latest, previous = values[-window:], values[-2 * window : -window]
+    change = abs(float(latest.mean()) - float(previous.mean()))
+    if change <= tol * abs(float(latest.mean())):
+        return True
+    steps = np.diff(values[-2 * window :])
+    if len(steps) < 2:
+        return False
+    noise = float(np.std(steps, ddof=1)) / np.sqrt(2.0)
+    return bool(change <= noise * np.sqrt(2.0 / window))
+
+
 class StageMonitor:
-    """The stopping rule of one stage: the ELBO rule AND a count steady over a window.
+    """The stopping rule of one stage (see the module's docstring).
 
     Parameters
     ----------
     tol : float or None
         Relative ELBO tolerance; None never stops early.
     window : int
-        Steps per window (of the ELBO means, and over which the count must not change).
+        The shortest window of steps (one pass over the events, at most 20).
     history : iterable of float
         ELBOs of the steps already done (a resumed fit).
     counts : iterable of int
-        Counts of the steps already done; only the last ``window + 1`` are kept.
+        Counts of the steps already done; only the last ``2 * MAX_NOISY_WINDOW`` are
+        kept.
     min_steps : int, default=0
         Steps (those of ``history`` included) before the stage may stop.
-    steady_count : bool, default=True
-        Whether the count must hold still; False is the ELBO rule alone (the in-memory
-        estimators' :class:`ConvergenceMonitor`).
+    noise_aware : bool, default=True
+        The pipeline's rule: growing windows, the standard-error test and the count
+        rule. False is :class:`ConvergenceMonitor`'s rule alone, with windows of
+        ``window`` steps (the in-memory estimators').
+    noisy_count : bool, default=False
+        Compare the windows' mean counts (the HMM's states in use in a minibatch)
+        instead of asking the count not to change over the last window (the NMF's live
+        patterns).
 
     Attributes
     ----------
     counts : list of int
-        The count of the last ``window + 1`` steps at most (what a checkpoint must keep
-        for a resumed fit to stop where an uninterrupted one does).
+        The count of the last ``2 * MAX_NOISY_WINDOW`` steps at most (what a checkpoint
+        must keep for a resumed fit to stop where an uninterrupted one does).
     converged : bool
     """
 
@@ -140,28 +194,50 @@ class StageMonitor:
         counts: Iterable[int] = (),
         min_steps: int = 0,
         *,
-        steady_count: bool = True,
+        noise_aware: bool = True,
+        noisy_count: bool = False,
     ) -> None:
+        self.tol = tol
+        self.noisy_count = noisy_count
         self.min_steps = int(min_steps)
-        self.steady_count = steady_count
+        self.noise_aware = noise_aware
         self._elbo = ConvergenceMonitor(tol, window)
         self._elbo.history = [float(value) for value in history]
         self.window = self._elbo.window
-        self.counts = [int(count) for count in counts][-(self.window + 1) :]
+        self.counts = [int(count) for count in counts][-2 * MAX_NOISY_WINDOW :]
         self.converged = False
 
-    def count_steady(self) -> bool:
-        """Whether the count stayed the same over the last ``window`` steps."""
-        return len(self.counts) > self.window and len(set(self.counts)) == 1
+    def current_window(self) -> int:
+        """Steps per window of the rule at this point of the stage."""
+        if not self.noise_aware:
+            return self.window
+        return noisy_window(len(self._elbo.history), self.window)
 
     def report(self, elbo: float, count: int, ready: bool = True) -> bool:
         """Record a step's ELBO and count; return True once the stage has converged.
 
         ``ready=False`` (the NMF still annealing) records without testing.
         """
-        elbo_settled = self._elbo.report(elbo, ready)
-        self.counts = (self.counts + [int(count)])[-(self.window + 1) :]
+        self.counts = (self.counts + [int(count)])[-2 * MAX_NOISY_WINDOW :]
+        if not self.noise_aware:
+            settled = self._elbo.report(elbo, ready)
+        else:
+            self._elbo.history.append(float(elbo))
+            settled = ready and self._settled()
         enough = len(self._elbo.history) >= self.min_steps
-        steady = self.count_steady() or not self.steady_count
-        self.converged = elbo_settled and steady and enough
+        self.converged = settled and enough
         return self.converged
+
+    def _settled(self) -> bool:
+        """The ELBO and the count rules of the pipeline, on the windows of now."""
+        window = self.current_window()
+        history = self._elbo.history
+        if self.tol is None or len(history) < 2 * window or len(self.counts) < 2 * window:
+            return False
+        counts = np.asarray(self.counts[-2 * window :], dtype=float)
+        if self.noisy_count:
+            count_settled = abs(counts[window:].mean() - counts[:window].mean()) <= COUNT_SLACK
+        else:  # the step before the window and every step of it
+            count_settled = bool(np.all(counts[-window - 1 :] == counts[-1]))
+        elbos = np.asarray(history[-2 * window :], dtype=float)
+        return bool(count_settled and means_settled(elbos, window, self.tol))
