@@ -104,7 +104,7 @@ class SpecUFEx(ParameterContract):
         schedule (as its README uses it) and forward-backward.
     nmf_steps, hmm_steps : int or None, default=None
         Most SVI steps of each stage; None: three passes over the events at
-        ``batch_size``, and at least 200 (:func:`specufex_dask.inference.convergence.auto_steps`).
+        ``batch_size``, and at least 1000 (:func:`specufex_dask.inference.convergence.auto_steps`).
     batch_size : int, None or "auto", default="auto"
         Events per SVI step; None is full-batch variational Bayes (every event in every
         step, step size 1); "auto" is 64, and 1 with ``compat="specufex"`` (which

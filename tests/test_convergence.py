@@ -164,7 +164,7 @@ def test_states_in_use_hold_one_percent_of_the_frames() -> None:
 
 @pytest.mark.parametrize(
     ("n_events", "batch", "window", "budget"),
-    [(32, 8, 4, 200), (10, 10, 1, 200), (10_000, 64, 20, 471), (100_000, 64, 20, 4689)],
+    [(32, 8, 4, 1000), (10, 10, 1, 1000), (10_000, 64, 20, 1000), (100_000, 64, 20, 4689)],
 )
 def test_window_and_automatic_budget(n_events: int, batch: int, window: int, budget: int) -> None:
     assert window_steps(n_events, batch) == window

@@ -1260,7 +1260,7 @@ def test_the_hmm_does_not_stop_while_its_states_in_use_change(
     assert set(calls) == {SETTINGS["batch_size"] * N_TIMES}  # the minibatch's frames
 
 
-def test_the_default_budget_is_at_least_200_steps(planted_data: xr.DataArray) -> None:
+def test_the_default_budget_is_at_least_1000_steps(planted_data: xr.DataArray) -> None:
     seen: list[tuple[str, int]] = []
 
     def first_step(stage: str, info: dict) -> None:
@@ -1273,8 +1273,8 @@ def test_the_default_budget_is_at_least_200_steps(planted_data: xr.DataArray) ->
     assert (model.nmf_steps, model.hmm_steps, model.tol) == (None, None, 1e-4)
     with pytest.raises(Interrupted):
         model.fit(planted_data)
-    # 3 passes of 32 events at 8 per step are 12 steps: the floor of 200 applies
-    assert set(seen) == {("nmf", 200), ("hmm", 200)}
+    # 3 passes of 32 events at 8 per step are 12 steps: the floor of 1000 applies
+    assert set(seen) == {("nmf", 1000), ("hmm", 1000)}
 
 
 @pytest.mark.parametrize("stage", ["nmf", "hmm"])

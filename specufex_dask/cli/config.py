@@ -172,7 +172,7 @@ class NMFConfig:
         Number of patterns the fit starts with; unused patterns are pruned.
     steps : int or None, default=None
         Most stochastic variational inference (SVI) steps; None: three passes over the
-        events at ``batch_size``, and at least 200.
+        events at ``batch_size``, and at least 1000 (stopped earlier by ``tol``).
     batch_size : int or "auto", default="auto"
         Spectrograms per SVI step; "auto" is 64, and 1 with ``fit.compat: specufex``
         (which refuses any other value).

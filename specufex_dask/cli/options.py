@@ -110,7 +110,7 @@ def _none_or(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
-AUTO_STEPS = "auto: 3 passes over the events, at least 200"
+AUTO_STEPS = "auto: 3 passes over the events, at least 1000"
 
 
 SPECTROGRAM_FLAGS = (
