@@ -52,6 +52,7 @@ import numpy as np
 
 from specufex_dask.ingest.preprocessing import to_decibels_above_median
 from specufex_dask.io.archive import DEFAULT_CHUNK_EVENTS, DEFAULT_SHARD_EVENTS
+from specufex_dask.parallel.allocator import keep_work_arrays
 
 logger = logging.getLogger("bench_archive")
 
@@ -580,8 +581,10 @@ def kernel_rates(cores: int, repeats: int) -> dict[str, float]:
 
     ``nmf fit``: its NMF fit step; ``hmm fit``: an NMF transform (the step computes
     the activations where it reads the rows) plus its HMM fit step; ``transform``: its
-    NMF transform plus HMM transform.
+    NMF transform plus HMM transform. Timed with the allocator thresholds the workers
+    get (:func:`specufex_dask.parallel.allocator.keep_work_arrays`).
     """
+    keep_work_arrays()  # the workers' allocator thresholds (the worker setup's)
     rng = np.random.default_rng(0)
     problems = {
         "NMF": bench_kernels._problem(rng, 32, N_FREQUENCIES, N_TIMES, np.float32),

@@ -45,6 +45,7 @@ import numpy as np
 from specufex_dask.inference.updates import NMFPrior, hmm_global_update, nmf_global_update
 from specufex_dask.kernels.hmm import fingerprints, hmm_local_step
 from specufex_dask.kernels.nmf import expected_log, nmf_local_step, nmf_transform
+from specufex_dask.parallel.allocator import keep_work_arrays
 
 N_PATTERNS, N_STATES = 75, 15
 SIZES = ((241, 26), (513, 51))
@@ -327,7 +328,15 @@ def main() -> None:
         "--clock", choices=("wall", "cpu"), default="wall",
         help="time by the wall clock, or by the timing thread's CPU time (a busy machine)",
     )  # fmt: skip
+    parser.add_argument(
+        "--default-allocator", action="store_true",
+        help="time with the C allocator's own thresholds instead of the workers' "
+        "(specufex_dask.parallel.allocator)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if not args.default_allocator:
+        # the pipeline's workers run with these thresholds (the worker setup)
+        keep_work_arrays()
     global _clock
     _clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     reference = _reference_package()

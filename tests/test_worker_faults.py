@@ -135,6 +135,64 @@ def test_the_worker_preload_holds_one_blas_thread_for_good() -> None:
     assert json.loads(done.stdout.splitlines()[-1]) == [[2], [1]]
 
 
+_MAPPED_BLOCKS = textwrap.dedent("""
+    import ctypes
+    import numpy as np
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+
+    _libc = ctypes.CDLL("libc.so.6")
+    _libc.mallinfo2.restype = MallInfo2
+
+    def mapped_for_a_frame_block():
+        \"\"\"Blocks glibc maps of its own for one 8 x 513 x 51 float32 array (837 kB).\"\"\"
+        before = _libc.mallinfo2().hblks
+        block = np.ones((8, 513, 51), dtype=np.float32)
+        mapped = _libc.mallinfo2().hblks - before
+        del block
+        return mapped
+""")
+
+
+def test_workers_keep_the_kernels_work_arrays_on_the_heap() -> None:
+    """With the nanny's ``MALLOC_TRIM_THRESHOLD_=65536`` every array above 128 kB is
+    mapped and unmapped anew; the worker setup (preload and plugin) keeps such an array
+    on the heap. Both in a fresh process and on a nanny's worker."""
+    from distributed import Client, LocalCluster
+
+    from specufex_dask.parallel.workersetup import limit_worker_blas
+
+    code = _MAPPED_BLOCKS + textwrap.dedent("""
+        from specufex_dask.parallel import workersetup
+        before = mapped_for_a_frame_block()
+        workersetup.dask_setup(None)
+        print(before, mapped_for_a_frame_block())
+    """)
+    environment = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment,
+        timeout=WAIT_S, check=True,
+    )  # fmt: skip
+    assert done.stdout.split() == ["1", "0"]
+
+    # the helper goes to the worker as text (a ctypes structure does not pickle)
+    count = (
+        f"(lambda ns: (exec({_MAPPED_BLOCKS!r}, ns), ns['mapped_for_a_frame_block']())[1])({{}})"
+    )
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1",
+                     dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        before = next(iter(client.run(eval, count).values()))
+        limit_worker_blas(client)
+        after = next(iter(client.run(eval, count).values()))
+    assert (before, after) == (1, 0)
+
+
 # ----------------------------------------------------------------------------- processes
 
 

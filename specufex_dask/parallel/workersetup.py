@@ -1,5 +1,7 @@
 """What the package sets up on the Dask workers it uses: one BLAS thread per process,
-and, for the command line, quiet task failures.
+an allocator that keeps the kernels' work arrays
+(:func:`specufex_dask.parallel.allocator.keep_work_arrays`), and, for the command line,
+quiet task failures.
 
 Bits must not depend on how a worker was started. A nanny starts its worker with
 ``OPENBLAS_NUM_THREADS=1`` (distributed's ``pre-spawn-environ``), but ``dask worker
@@ -34,6 +36,7 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from specufex_dask.inference.steps import hold_single_threaded_blas
+from specufex_dask.parallel.allocator import keep_work_arrays
 
 __all__ = [
     "BLAS_PLUGIN",
@@ -70,10 +73,12 @@ _limited_clients: weakref.WeakSet = weakref.WeakSet()
 def dask_setup(worker: Any = None) -> None:
     """Entry point of ``dask worker --preload specufex_dask.parallel.workersetup``."""
     hold_single_threaded_blas()
+    keep_work_arrays()
 
 
 class SingleThreadedBlas(WorkerPlugin):
-    """Worker plugin: BLAS limited to one thread in the worker's process, for good.
+    """Worker plugin: BLAS limited to one thread in the worker's process, for good, and
+    the allocator's thresholds raised (:func:`~specufex_dask.parallel.allocator.keep_work_arrays`).
 
     Idempotent: registering it again (another executor, another fit) does nothing on
     the workers that have it. A worker in the process that registers it (a cluster of
@@ -89,6 +94,7 @@ class SingleThreadedBlas(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         if self.registered_from != _this_process():
             hold_single_threaded_blas()
+            keep_work_arrays()
 
 
 def _is_task_failure(record: logging.LogRecord) -> bool:
