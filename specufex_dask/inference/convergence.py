@@ -109,7 +109,9 @@ class ConvergenceMonitor:
 
 
 def window_steps(n_events: int, batch: int) -> int:
-    """Steps per convergence window: one pass over the events, at most ``MAX_WINDOW``."""
+    """The shortest convergence window: one pass over the events, at most ``MAX_WINDOW``
+    steps (the in-memory estimators' window; the pipeline's grows from it,
+    :func:`noisy_window`)."""
     return min(-(-n_events // batch), MAX_WINDOW)
 
 
