@@ -268,6 +268,8 @@ class RunResult:
     # faster of the measures just before and just after the run (both in the list)
     kernel_rates: dict[str, float] = field(default_factory=dict)
     kernel_rates_measured: dict[str, list[float]] = field(default_factory=dict)
+    # the kernels with the fit's final number of patterns (most steps run after pruning)
+    kernel_rates_fitted: dict[str, float] = field(default_factory=dict)
     load: str = ""
 
     @property
@@ -338,6 +340,7 @@ def stage_summary(model, stamps: dict[str, list[float]], fit_began: float, n: in
             "elbo": float(models[stage].elbo_[-1]) if models[stage].elbo_ else float("nan"),
             "converged": float(model.converged_[stage]),
             "batch": float(min(batch, n)),
+            "patterns": float(model.nmf_.num_pat),
         }
         for stage in ("nmf", "hmm")
     }
@@ -575,7 +578,7 @@ def step_breakdown(stamps: dict, timers: DriverTimers, client, fit_began: float)
     return result
 
 
-def kernel_rates(cores: int, repeats: int) -> dict[str, float]:
+def kernel_rates(cores: int, repeats: int, n_patterns: int = 75) -> dict[str, float]:
     """Spectrograms/s of the kernels of each pipeline stage on ``cores`` processes
     (513 x 51 float32, one BLAS thread each), by ``bench_kernels``'s own timing.
 
@@ -587,8 +590,8 @@ def kernel_rates(cores: int, repeats: int) -> dict[str, float]:
     keep_work_arrays()  # the workers' allocator thresholds (the worker setup's)
     rng = np.random.default_rng(0)
     problems = {
-        "NMF": bench_kernels._problem(rng, 32, N_FREQUENCIES, N_TIMES, np.float32),
-        "HMM": bench_kernels._problem(rng, 256, N_FREQUENCIES, N_TIMES, np.float32),
+        "NMF": bench_kernels._problem(rng, 32, N_FREQUENCIES, N_TIMES, np.float32, n_patterns),
+        "HMM": bench_kernels._problem(rng, 256, N_FREQUENCIES, N_TIMES, np.float32, n_patterns),
     }
     seconds = {}
     for stage in ("NMF transform", "NMF fit step", "HMM transform", "HMM fit step"):
@@ -760,7 +763,8 @@ def rate_table(groups: dict[tuple[int, int, int], list[RunResult]]) -> str:
     """Markdown table of the pipeline's spectrograms/s against the kernels' (same run)."""
     rows = [
         "| N | workers | stage | pipeline spectrograms/s | kernels spectrograms/s (before / "
-        "after the run) | fraction of the faster |\n|---|---|---|---:|---:|---:|"
+        "after the run) | fraction of the faster | kernels at the fit's final patterns "
+        "| fraction of those |\n|---|---|---|---:|---:|---:|---:|---:|"
     ]
     for (n, _shard, k), results in sorted(groups.items()):
         for r in results:
@@ -773,9 +777,12 @@ def rate_table(groups: dict[tuple[int, int, int], list[RunResult]]) -> str:
             for stage, rate in pipeline.items():
                 kernel = r.kernel_rates.get(stage, float("nan"))
                 both = " / ".join(f"{v:.0f}" for v in r.kernel_rates_measured.get(stage, []))
+                fitted = r.kernel_rates_fitted.get(stage, float("nan"))
+                patterns = r.stages["nmf"].get("patterns", float("nan")) if r.stages else 75
                 rows.append(
                     f"| {n} | {k} | {stage} | {rate:.0f} | {both or f'{kernel:.0f}'} "
-                    f"| {rate / kernel:.0%} |"
+                    f"| {rate / kernel:.0%} | {fitted:.0f} (K = {patterns:.0f}) "
+                    f"| {rate / fitted:.0%} |"
                 )
     return "\n".join(rows)
 
@@ -917,6 +924,10 @@ def main(argv: list[str] | None = None) -> None:
                                 stage: max(pair)
                                 for stage, pair in result.kernel_rates_measured.items()
                             }
+                            fitted = int(result.stages["nmf"].get("patterns", 75))
+                            result.kernel_rates_fitted = kernel_rates(
+                                k, args.kernel_repeats, fitted
+                            )
                             logger.info(
                                 "kernel spectrograms/s on %d cores: %s", k, result.kernel_rates
                             )

@@ -59,21 +59,25 @@ def _blas_single_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _problem(rng: np.random.Generator, n: int, D: int, M: int, dtype: type) -> dict:
-    """Globals and a batch of spectrograms with the structure the kernels see in practice."""
-    prior = NMFPrior.default(D, N_PATTERNS)
-    W1 = rng.gamma(10.0, 0.1, size=(D, N_PATTERNS)) * 50.0
-    W2 = np.full((D, N_PATTERNS), 50.0)
-    A1 = rng.gamma(5.0, 0.2, size=(1, N_PATTERNS)) * 20.0
-    A2 = np.full((1, N_PATTERNS), 20.0)
+def _problem(
+    rng: np.random.Generator, n: int, D: int, M: int, dtype: type, n_patterns: int = N_PATTERNS
+) -> dict:
+    """Globals and a batch of spectrograms with the structure the kernels see in practice
+    (``n_patterns`` patterns: 75 as a fit starts, fewer once it has pruned)."""
+    K = n_patterns
+    prior = NMFPrior.default(D, K)
+    W1 = rng.gamma(10.0, 0.1, size=(D, K)) * 50.0
+    W2 = np.full((D, K), 50.0)
+    A1 = rng.gamma(5.0, 0.2, size=(1, K)) * 20.0
+    A2 = np.full((1, K), 20.0)
     log_basis = expected_log(W1, W2) + expected_log(A1, A2)
     basis_weight = ((W1 / W2) * (A1 / A2)).sum(axis=0)
-    activations = rng.gamma(0.3, 1.0, size=(n, N_PATTERNS, M))
+    activations = rng.gamma(0.3, 1.0, size=(n, K, M))
     X = rng.poisson((W1 / W2) @ activations * 3.0).astype(dtype)
     V = nmf_transform(X, log_basis, basis_weight, h01=prior.h01, h02=prior.h02)
     gain = (W1 / W2).sum(axis=0)
-    B1 = rng.gamma(1.0, 1.0, size=(N_STATES, N_PATTERNS)) * 1e3
-    B2 = np.full((N_STATES, N_PATTERNS), 30.0)
+    B1 = rng.gamma(1.0, 1.0, size=(N_STATES, K)) * 1e3
+    B2 = np.full((N_STATES, K), 30.0)
     return {
         "X": X, "U": (V * gain[:, None]).astype(dtype), "prior": prior,
         "W1": W1, "W2": W2, "A1": A1, "A2": A2, "log_basis": log_basis,
