@@ -203,7 +203,6 @@ class StageMonitor:
         noise_aware: bool = True,
         noisy_count: bool = False,
     ) -> None:
-        self.tol = tol
         self.noisy_count = noisy_count
         self.min_steps = int(min_steps)
         self.noise_aware = noise_aware
@@ -212,12 +211,6 @@ class StageMonitor:
         self.window = self._elbo.window
         self.counts = [int(count) for count in counts][-2 * MAX_NOISY_WINDOW :]
         self.converged = False
-
-    def current_window(self) -> int:
-        """Steps per window of the rule at this point of the stage."""
-        if not self.noise_aware:
-            return self.window
-        return noisy_window(len(self._elbo.history), self.window)
 
     def report(self, elbo: float, count: int, ready: bool = True) -> bool:
         """Record a step's ELBO and count; return True once the stage has converged.
@@ -236,9 +229,9 @@ class StageMonitor:
 
     def _settled(self) -> bool:
         """The ELBO and the count rules of the pipeline, on the windows of now."""
-        window = self.current_window()
-        history = self._elbo.history
-        if self.tol is None or len(history) < 2 * window or len(self.counts) < 2 * window:
+        history, tol = self._elbo.history, self._elbo.tol
+        window = noisy_window(len(history), self.window)
+        if tol is None or len(history) < 2 * window or len(self.counts) < 2 * window:
             return False
         counts = np.asarray(self.counts[-2 * window :], dtype=float)
         if self.noisy_count:
@@ -246,4 +239,4 @@ class StageMonitor:
         else:  # the step before the window and every step of it
             count_settled = bool(np.all(counts[-window - 1 :] == counts[-1]))
         elbos = np.asarray(history[-2 * window :], dtype=float)
-        return bool(count_settled and means_settled(elbos, window, self.tol))
+        return bool(count_settled and means_settled(elbos, window, tol))
