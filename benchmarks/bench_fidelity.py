@@ -16,16 +16,17 @@ Methods: the reference README's loop (one spectrogram or sequence per ``fit`` ca
 600 NMF calls, 300 HMM calls, K0 = 75, S = 15) and the pipeline (``SpecUFEx`` with its
 defaults, in-process), each in the default mode and with ``compat="specufex"``; on the
 real records also ``specufex-dask run`` with its defaults on an archive; ablations of the
-default mode's choices; two baselines without a model (k-means on the flattened
-spectrograms and on the mean spectrum). Every model is fitted on 80 % of the events
+default mode's choices; baselines without a model (k-means and spectral clustering of the
+flattened spectrograms and of the mean spectrum). Every model is fitted on 80 % of the events
 (seeded split) and scored on all of them:
 
-* ARI (planted only): k-means with one cluster per class on the fingerprints, after the
-  ``specufex-dask cluster`` default transform (and the alternatives, as ablations);
+* ARI (planted only): one cluster per class, by the ``specufex-dask cluster`` default
+  (spectral clustering of the idf-transformed fingerprints' neighbour graph) and by the
+  alternatives (k-means, other transforms), as ablations;
 * patterns kept, states in use (>= 1 % of all frames), distinct fingerprints;
 * held-out ELBO per frame of the other 20 % (NMF term, HMM term; the same default-mode
   local steps for every model, :func:`specufex_dask.inference.diagnostics.heldout_elbo_per_frame`);
-* silhouette of that k-means; seconds of the fit.
+* silhouette of the default clustering; seconds of the fit.
 
 Planted rows average over ``--seeds`` fit seeds (data seed fixed per difficulty); the real
 records run the same seeds. ``--quick`` runs 2 seeds, 300 planted events, no CLI rows.
@@ -198,7 +199,12 @@ ABLATIONS: dict[str, Callable[[np.ndarray, int], tuple]] = {
     "minibatch: merge cos 0.95": lambda X, s: fit_minibatch(X, s, {"merge_cosine": 0.95}),
     "minibatch: 8 states": lambda X, s: fit_minibatch(X, s, None, None, n_states=8),
 }
-BASELINES = ("k-means on spectrograms", "k-means on mean spectrum")
+BASELINES = (
+    "k-means on spectrograms",
+    "k-means on mean spectrum",
+    "spectral on spectrograms",
+    "spectral on mean spectrum",
+)
 # Rows in fidelity.json that this script no longer makes: the main methods' defaults when
 # the NMF's default was likelihood_scale="frames", when it was min_pattern_share=1e-3,
 # and when the pipeline's default budget was at least 200 steps (not 1000) under the
@@ -212,15 +218,28 @@ RECORDED = (
     "cli: budget 200",
 )
 ORDER = [*METHODS, *ABLATIONS, *RECORDED, *BASELINES]
-# (transform, PCA components) of the fingerprints before k-means
+# (transform, PCA components, clustering) of the fingerprints; the first is the `cluster`
+# command's default, the others its alternatives (keys as fidelity.json stores them).
 FEATURES = {
-    "idf": ("idf", None),
-    "hellinger": ("hellinger", None),
-    "raw": ("none", None),
-    "sqrt": ("sqrt", None),
-    "hellinger+pca8": ("hellinger", 8),
+    "spectral idf": ("idf", None, "spectral"),
+    "idf": ("idf", None, "kmeans"),
+    "spectral hellinger": ("hellinger", None, "spectral"),
+    "hellinger": ("hellinger", None, "kmeans"),
+    "raw": ("none", None, "kmeans"),
+    "sqrt": ("sqrt", None, "kmeans"),
+    "hellinger+pca8": ("hellinger", 8, "kmeans"),
 }
-DEFAULT_FEATURES = "idf"
+DEFAULT_FEATURES = "spectral idf"
+# How the table heads each FEATURES column.
+COLUMN_NAMES = {
+    "spectral idf": "ARI (spectral idf; baselines as named)",
+    "idf": "ARI k-means idf",
+    "spectral hellinger": "ARI spectral hellinger",
+    "hellinger": "ARI k-means hellinger",
+    "raw": "ARI k-means raw",
+    "sqrt": "ARI k-means sqrt",
+    "hellinger+pca8": "ARI k-means hellinger+pca8",
+}
 
 
 # ----------------------------------------------------------------------------- scores
@@ -239,6 +258,22 @@ def _kmeans(features: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarra
 
     labels = KMeans(n_clusters, n_init=N_INIT, random_state=seed).fit_predict(features)
     return labels, _silhouette(features, labels)
+
+
+def _spectral(features: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """Spectral clustering as the `cluster` command makes it, on any features."""
+    from sklearn.cluster import SpectralClustering
+
+    from specufex_dask.analysis.clustering import SPECTRAL_NEIGHBOURS
+
+    spectral = SpectralClustering(
+        n_clusters,
+        affinity="nearest_neighbors",
+        n_neighbors=SPECTRAL_NEIGHBOURS,
+        assign_labels="discretize",
+        random_state=seed,
+    )
+    return spectral.fit_predict(features)
 
 
 def supervised_ari(features: np.ndarray, truth: np.ndarray | None, seed: int) -> float:
@@ -289,13 +324,14 @@ def score_model(nmf, hmm, X: np.ndarray, test: np.ndarray, truth, n_clusters: in
         "distinct": distinct_fraction(prints),
     }
     result["nmf_elbo"], result["hmm_elbo"] = heldout_elbo_per_frame(nmf, hmm, X[test])
-    for name, (transform, components) in FEATURES.items():
+    for name, (transform, components, method) in FEATURES.items():
         clustering = cluster_fingerprints(
             fingerprint,
             n_clusters,
             n_init=N_INIT,
             transform=transform,
             pca_components=components,
+            method=method,
             random_state=seed,
         )
         labels = clustering.labels.values
@@ -310,8 +346,13 @@ def score_model(nmf, hmm, X: np.ndarray, test: np.ndarray, truth, n_clusters: in
 
 
 def score_baseline(name: str, X: np.ndarray, truth, n_clusters: int, seed: int) -> dict:
-    features = X.reshape(len(X), -1) if name == BASELINES[0] else X.mean(axis=2)
-    labels, silhouette = _kmeans(features, n_clusters, seed)
+    """The ARI of k-means or spectral clustering of spectrograms or mean spectra."""
+    features = X.reshape(len(X), -1) if name.endswith("spectrograms") else X.mean(axis=2)
+    if name.startswith("spectral"):
+        labels = _spectral(features, n_clusters, seed)
+        silhouette = _silhouette(features, labels)
+    else:
+        labels, silhouette = _kmeans(features, n_clusters, seed)
     ceiling = supervised_ari(features, truth, seed)
     return {"ari": _ari(truth, labels), "silhouette": silhouette, "ari supervised": ceiling}
 
@@ -352,7 +393,7 @@ def _mean(values: list[float], fmt: str = ".3g") -> str:
 
 def table(results: list[dict]) -> str:
     """Markdown table: one row per data set and method, means (± sd) over seeds."""
-    ari_columns = " | ".join(f"ARI {name}" for name in FEATURES)
+    ari_columns = " | ".join(COLUMN_NAMES[name] for name in FEATURES)
     lines = [
         f"| data | method | {ari_columns} | ARI supervised | patterns | states >= 1 % "
         "| distinct | held-out ELBO/frame NMF | HMM | silhouette | s |",
