@@ -143,6 +143,7 @@ def test_cluster_labels_equal_sklearn(golden_archive, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(
         "clustering:\n  n_clusters: 5\n  pca_components: 4\n  n_init: 3\n  transform: sqrt\n"
+        "  method: kmeans\n"
     )
     result = ok(
         run_cli(
@@ -174,6 +175,7 @@ def test_cluster_labels_equal_sklearn(golden_archive, tmp_path):
         "n_init": 3,
         "transform": "none",
         "method": "kmeans",
+        "n_neighbors": 20,
         "pca_variance": None,
         "scale": False,
         "silhouette_sample": 5000,
@@ -231,6 +233,20 @@ def hellinger_features(fingerprint: np.ndarray) -> np.ndarray:
     return features.reshape(n_events, -1)
 
 
+def spectral_labels(features: np.ndarray, n_clusters: int, n_neighbors: int) -> np.ndarray:
+    """scikit-learn's spectral clustering of the features' neighbour graph, seed 0."""
+    from sklearn.cluster import SpectralClustering
+
+    spectral = SpectralClustering(
+        n_clusters,
+        affinity="nearest_neighbors",
+        n_neighbors=n_neighbors,
+        assign_labels="discretize",
+        random_state=0,
+    )
+    return spectral.fit_predict(features)
+
+
 def idf_features(fingerprint: np.ndarray) -> np.ndarray:
     """hellinger_features with each column times sqrt(log((1 + n) / (1 + n_j))), n_j the
     events whose joint probability there is >= 1e-3 (the others' entries 0), then rows at
@@ -257,14 +273,16 @@ def test_cluster_defaults_to_the_idf_transform(golden_archive, tmp_path, capsys)
     assert code == 0, err
     stored = xr.open_zarr(archive)
     assert stored["cluster"].attrs["transform"] == "idf"
-    assert "(kmeans on the idf fingerprints" in out
+    assert "(spectral on the idf fingerprints" in out
     features = idf_features(stored["fingerprint"].values)
-    expected = KMeans(n_clusters=3, n_init=30, random_state=0).fit_predict(features)
+    # 10 events in 3 clusters: the graph's neighbours are cut to 2 (self included)
+    assert stored["cluster"].attrs["n_neighbors"] == 2
+    expected = spectral_labels(features, 3, n_neighbors=2)
     np.testing.assert_array_equal(stored["cluster"].values, expected)
     assert json.loads(stored.attrs["specufex_dask_config"])["clustering"]["transform"] == ("idf")
     # a configuration file's value reaches the clustering too
     config = tmp_path / "run.yaml"
-    config.write_text("clustering: {n_clusters: 2, transform: sqrt}\n")
+    config.write_text("clustering: {n_clusters: 2, transform: sqrt, method: kmeans}\n")
     code, out, err = call_main(capsys, "cluster", archive, "--config", config, "--quiet")
     assert code == 0, err
     stored = xr.open_zarr(archive)
@@ -495,20 +513,16 @@ def test_demo_runs_the_whole_pipeline(demo_run):
     assert f"NMF patterns kept: {n_patterns} of 75" in result.stdout
     assert f"HMM states in use (>= 1 % of all frames): {n_states} of 15" in result.stdout
     assert "distinct fingerprints: " in result.stdout
-    # Labels: k-means with the demo's settings (5 clusters, no PCA, seed 0) on the
-    # idf features of the fingerprints.
+    # Labels: spectral clustering with the demo's settings (5 clusters, 20 neighbours, no
+    # PCA, seed 0) of the idf features of the fingerprints.
     fingerprint = archive["fingerprint"].values
     labels = archive["cluster"].values
     assert archive["cluster"].attrs["transform"] == "idf"
-    # k-means on these features has near-equal optima, and which one the same seed finds
-    # depends on the process's thread count: the labels must be an optimum as good as
-    # an independent k-means finds, with the inertia they store.
     features = idf_features(fingerprint)
+    np.testing.assert_array_equal(labels, spectral_labels(features, 5, n_neighbors=20))
     means = np.array([features[labels == c].mean(axis=0) for c in range(5)])
     inertia = float(((features - means[labels]) ** 2).sum())
     assert inertia == pytest.approx(archive["cluster"].attrs["inertia"], rel=1e-9)
-    independent = KMeans(n_clusters=5, n_init=30, random_state=0).fit(features)
-    assert inertia <= independent.inertia_ * 1.01
     for cluster, count in enumerate(np.bincount(labels, minlength=5)):
         assert f"  cluster {cluster}: {count} event" in result.stdout
     # The clusters' mean fingerprints differ, well beyond what clusters of the same sizes

@@ -174,7 +174,7 @@ def test_the_old_cluster_section_is_read_with_a_message_on_stderr(tmp_path, caps
     err = capsys.readouterr().err
     assert err == (
         f"specufex-dask: warning: configuration section 'cluster' in {path} is now called "
-        "'dask' (the Dask cluster; k-means settings are in 'clustering'): rename it\n"
+        "'dask' (the Dask cluster; the clustering's settings are in 'clustering'): rename it\n"
     )
     with pytest.warns(DeprecationWarning, match="section 'cluster' in .* now called 'dask'"):
         assert load_config(path).dask.workers == 2

@@ -81,6 +81,7 @@ VALUES = {
     "clustering.n_init": ("7", 7),
     "clustering.transform": ("sqrt", "sqrt"),
     "clustering.method": ("ward", "ward"),
+    "clustering.n_neighbors": ("12", 12),
     "clustering.pca_variance": ("0.8", 0.8),
     "clustering.scale": ("", True),  # "": the bare on-flag
     "clustering.silhouette_sample": ("300", 300),

@@ -322,7 +322,7 @@ def test_sampled_silhouette_is_close_to_the_exact_one(rng):
     assert not np.array_equal(estimate, exact)  # it did sample
 
 
-@pytest.mark.parametrize("method", ["kmeans", "ward"])
+@pytest.mark.parametrize("method", ["kmeans", "ward", "spectral"])
 def test_a_sweep_finds_the_planted_number_of_clusters(rng, method):
     fingerprint, truth = fingerprints_of_groups(rng, [40, 25, 60, 15, 30], noise=0.015)
     result = cluster_fingerprints(
@@ -406,3 +406,77 @@ def test_bad_sweeps_and_settings_are_named(rng):
         cluster_fingerprints(fingerprint, 2, pca_variance=1.5)
     with pytest.raises(ValueError, match=r"method must be one of .*got 'dbscan'"):
         cluster_fingerprints(fingerprint, 2, method="dbscan")
+    with pytest.raises(ValueError, match="n_neighbors must be at least 1, got 0"):
+        cluster_fingerprints(fingerprint, 2, method="spectral", n_neighbors=0)
+
+
+def two_rings(rng, sizes=(150, 150), radii=(1.0, 3.0), noise=0.1):
+    """Fingerprints (2 x 2) whose first two entries lie on concentric rings: groups that
+    no partition by nearest centroid separates, but that are connected along themselves."""
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    angle = rng.uniform(0, 2 * np.pi, truth.size)
+    radius = np.asarray(radii)[truth] + noise * rng.standard_normal(truth.size)
+    values = np.zeros((truth.size, 2, 2))
+    values[:, 0, 0] = 5 + radius * np.cos(angle)
+    values[:, 0, 1] = 5 + radius * np.sin(angle)
+    events = [f"e{i}" for i in range(truth.size)]
+    fingerprint = xr.DataArray(
+        values, dims=("event", "state", "next_state"), coords={"event": events}
+    )
+    return fingerprint, truth
+
+
+def test_spectral_follows_the_neighbour_graph_where_kmeans_cuts_across(rng):
+    from sklearn.metrics import adjusted_rand_score
+
+    fingerprint, truth = two_rings(rng)
+    spectral = cluster_fingerprints(fingerprint, 2, method="spectral", random_state=1)
+    assert same_partition(spectral.labels.values, truth)
+    kmeans = cluster_fingerprints(fingerprint, 2, method="kmeans", random_state=1)
+    assert adjusted_rand_score(truth, kmeans.labels.values) < 0.1
+    attrs = spectral.labels.attrs
+    assert attrs["method"] == "spectral" and attrs["n_neighbors"] == 20
+    assert attrs["graph_events"] == 300
+    assert attrs["long_name"] == "spectral cluster of the fingerprint"
+
+
+def test_spectral_equals_sklearn_on_the_same_neighbour_graph(rng):
+    from sklearn.cluster import SpectralClustering
+
+    fingerprint, _ = fingerprints_of_groups(rng, [30, 20, 25], noise=0.2)
+    result = cluster_fingerprints(fingerprint, 3, method="spectral", n_neighbors=7, random_state=5)
+    reference = SpectralClustering(
+        3, affinity="nearest_neighbors", n_neighbors=7, assign_labels="discretize",
+        random_state=5,
+    )  # fmt: skip
+    expected = reference.fit_predict(fingerprint.values.reshape(75, -1))
+    np.testing.assert_array_equal(result.labels.values, expected)
+
+
+def test_spectral_beyond_its_sample_labels_the_rest_by_their_neighbours(rng, monkeypatch):
+    from sklearn.cluster import SpectralClustering
+    from sklearn.neighbors import KNeighborsClassifier
+
+    import specufex_dask.analysis.clustering as clustering
+
+    monkeypatch.setattr(clustering, "SPECTRAL_SAMPLE", 80)
+    fingerprint, truth = fingerprints_of_groups(rng, [120, 90, 90], noise=0.03)
+    result = cluster_fingerprints(
+        fingerprint, 3, method="spectral", n_neighbors=10, random_state=2
+    )
+    features = fingerprint.values.reshape(300, -1)
+    members = np.sort(np.random.default_rng(2).choice(300, 80, replace=False))
+    graph_labels = SpectralClustering(
+        3, affinity="nearest_neighbors", n_neighbors=10, assign_labels="discretize",
+        random_state=2,
+    ).fit_predict(features[members])  # fmt: skip
+    np.testing.assert_array_equal(result.labels.values[members], graph_labels)
+    others = np.setdiff1d(np.arange(300), members)
+    vote = KNeighborsClassifier(10).fit(features[members], graph_labels)
+    np.testing.assert_array_equal(result.labels.values[others], vote.predict(features[others]))
+    assert same_partition(result.labels.values, truth)
+    assert result.labels.attrs["graph_events"] == 80
+    assert result.labels.attrs["n_neighbors"] == 10
+    # 20 neighbours of 80 graph events in 3 clusters: at most half the mean cluster size
+    fewer = cluster_fingerprints(fingerprint, 3, method="spectral", random_state=2)
+    assert fewer.labels.attrs["n_neighbors"] == 80 // 6

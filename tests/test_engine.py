@@ -1236,6 +1236,23 @@ def test_without_tol_every_step_runs(planted_data: xr.DataArray) -> None:
     assert not any(info["converged"] for infos in reported.values() for info in infos)
 
 
+def test_the_reference_mode_runs_its_whole_budget(planted_data: xr.DataArray) -> None:
+    """The default mode stops these stages before 500 steps (the test above); the
+    reference's mode, whose prune is slow, runs every step of its budget."""
+    settings = {**CONVERGING, "compat": "specufex", "batch_size": 1, "nmf_steps": 260}
+    settings["hmm_steps"] = 230
+    model, reported = _fit_reporting(planted_data, settings)
+    assert model.n_steps_ == {"nmf": 260, "hmm": 230}
+    assert len(model.nmf_.elbo_) == 260
+    # the rule would have stopped both stages before (it held at some earlier step)
+    for stage in ("nmf", "hmm"):
+        elbo = np.array([info["elbo"] for info in reported[stage]])
+        count = np.array(
+            [info["n_patterns" if stage == "nmf" else "n_states"] for info in reported[stage]]
+        )
+        assert any(_rule_holds(elbo[:n], count[:n], stage) for n in range(200, len(elbo))), stage
+
+
 def test_the_hmm_does_not_stop_while_its_states_in_use_change(
     planted_data: xr.DataArray, monkeypatch
 ) -> None:

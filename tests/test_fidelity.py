@@ -105,10 +105,13 @@ def test_on_the_same_activations_the_random_start_collapses(kw1_half_hour) -> No
 
 
 def test_planted_waveform_classes_are_told_apart() -> None:
-    """Four planted seismic-like classes (medium level, 200 events): k-means on the
-    fingerprints with the `cluster` command's default transform (idf) tells them apart;
-    on the Hellinger and the raw fingerprints it does markedly worse (measured: 0.698,
-    0.586, 0.403; fit seed 1: 0.659, 0.323, 0.344)."""
+    """Four planted seismic-like classes (medium level, 200 events): the `cluster`
+    command's default (spectral clustering of the idf fingerprints) tells them apart; the
+    Hellinger and the raw fingerprints do markedly worse (measured: spectral 0.829 on
+    idf, 0.660 on hellinger; k-means 0.698 on idf, 0.586 on hellinger, 0.403 on the raw
+    fingerprints). At fit seeds 1 and 2 spectral and k-means come out within 0.05 of each
+    other (0.608 / 0.659, 0.543 / 0.576); the benchmark's converged fits of 600 events are
+    where the two methods are told apart."""
     planted = datasets.planted_waveforms(200, difficulty="medium", seed=3)
     X = datasets.planted_spectrograms(planted)
     model = SpecUFEx(K0, S, nmf_steps=100, hmm_steps=100, random_state=0, client=False)
@@ -118,13 +121,15 @@ def test_planted_waveform_classes_are_told_apart() -> None:
     fingerprint = fingerprint.assign_coords(event=np.arange(len(X)))
     from sklearn.metrics import adjusted_rand_score
 
-    def ari(transform: str) -> float:
-        labels = cluster_fingerprints(fingerprint, 4, transform=transform, n_init=30).labels
-        return adjusted_rand_score(planted.labels, labels.values)
+    def ari(transform: str, method: str = "spectral") -> float:
+        clustering = cluster_fingerprints(
+            fingerprint, 4, transform=transform, method=method, n_init=30
+        )
+        return adjusted_rand_score(planted.labels, clustering.labels.values)
 
     idf = ari("idf")
-    assert idf >= 0.55
-    assert idf >= ari("hellinger") + 0.1 and idf >= ari("none") + 0.15
+    assert idf >= 0.75
+    assert idf >= ari("hellinger") + 0.1 and idf >= ari("none", "kmeans") + 0.3
 
 
 def test_nmf_recovers_planted_patterns_and_prunes_the_rest() -> None:

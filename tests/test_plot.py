@@ -206,6 +206,12 @@ def test_cluster_summary_examples_are_typical_in_the_clustered_features(archive)
     figure = plot.plot_cluster_summary(data, n_examples=1)
     titles = [axes.get_title() for axes in figure.axes]
     assert titles[0] == "9 events in 3 clusters (k-means on the hellinger fingerprints)"
+    data["cluster"].attrs["method"] = "spectral"
+    figure = plot.plot_cluster_summary(data, n_examples=1)
+    assert (
+        figure.axes[0].get_title()
+        == "9 events in 3 clusters (spectral on the hellinger fingerprints)"
+    )
     for cluster, event in enumerate(expected):
         assert f"cluster {cluster}: BAV {event}" in titles
 

@@ -10,6 +10,7 @@ settings always give the same labels. scikit-learn is an optional extra
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -433,17 +434,25 @@ def _seeded_members(n_events: int, sample: int, random_state: int) -> NDArray[np
 
 
 def _neighbour_graph(
-    features: NDArray[np.float64], n_neighbors: int, random_state: int, sample: int
+    features: NDArray[np.float64],
+    n_neighbors: int,
+    largest_n_clusters: int,
+    random_state: int,
+    sample: int,
 ):
     """The symmetric nearest-neighbour affinity of at most ``sample`` seeded events.
 
     Each event is joined to its ``n_neighbors`` nearest (itself included), with weight 1
-    both ways and 1/2 where only one of the two counts the other among its nearest.
+    both ways and 1/2 where only one of the two counts the other among its nearest. In
+    small collections the neighbours are at most half the mean cluster size: events of a
+    cluster smaller than their number of neighbours would be joined to other clusters.
     """
     from sklearn.neighbors import kneighbors_graph
 
     members = _seeded_members(features.shape[0], sample, random_state)
-    neighbours = min(n_neighbors, members.size - 1)
+    half_cluster = members.size // (2 * largest_n_clusters)
+    # An event counts as its own first neighbour: 2 is the fewest that join events.
+    neighbours = min(n_neighbors, max(half_cluster, 2), members.size - 1)
     if neighbours < 1:
         raise ValueError(f"spectral clustering needs at least 2 events, got {members.size}")
     connectivity = kneighbors_graph(features[members], neighbours, include_self=True)
@@ -470,7 +479,10 @@ def _spectral(
     spectral = sklearn.cluster.SpectralClustering(
         n_clusters, affinity="precomputed", assign_labels="discretize", random_state=random_state
     )
-    member_labels = spectral.fit_predict(affinity).astype(np.int64)
+    with warnings.catch_warnings():
+        # Groups of events that share no neighbours are the clearest clusters there are.
+        warnings.filterwarnings("ignore", "Graph is not fully connected", UserWarning)
+        member_labels = spectral.fit_predict(affinity).astype(np.int64)
     if members.size == features.shape[0]:
         return member_labels
     labels = np.empty(features.shape[0], dtype=np.int64)
@@ -656,7 +668,9 @@ def cluster_fingerprints(
         Events the mean silhouette of a sweep is computed over, and references of the
         per-event silhouettes (:func:`sampled_silhouette`); exact up to this many events.
     n_neighbors : int, default=SPECTRAL_NEIGHBOURS
-        Neighbours of each event in the graph of spectral clustering (at least 1).
+        Neighbours of each event in the graph of spectral clustering, itself included (at
+        least 1; at most half the mean cluster size of the largest number of clusters
+        asked for, but not below 2).
 
     Returns
     -------
@@ -700,7 +714,7 @@ def cluster_fingerprints(
     )
     tree = _ward_tree(features, random_state, WARD_SAMPLE) if method == "ward" else None
     graph = (
-        _neighbour_graph(features, n_neighbors, random_state, SPECTRAL_SAMPLE)
+        _neighbour_graph(features, n_neighbors, max(candidates), random_state, SPECTRAL_SAMPLE)
         if method == "spectral"
         else None
     )

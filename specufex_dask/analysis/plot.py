@@ -581,7 +581,10 @@ def plot_cluster_summary(data: xr.Dataset, *, n_examples: int = 2) -> Figure:
     sizes_axes.set_ylabel("events")
     sizes_axes.set_ylim(0, counts.max() * 1.2)
     transform = data["cluster"].attrs.get("transform")
-    on = f" (k-means on the {transform} fingerprints)" if transform else ""
+    from specufex_dask.analysis.clustering import METHOD_NAMES
+
+    method = METHOD_NAMES.get(data["cluster"].attrs.get("method", "kmeans"), "k-means")
+    on = f" ({method} on the {transform} fingerprints)" if transform else ""
     sizes_axes.set_title(f"{len(labels)} events in {n_clusters} clusters{on}")
 
     means = [fingerprints[labels == cluster].mean(axis=0) for cluster in clusters]

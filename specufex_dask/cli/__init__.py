@@ -11,8 +11,8 @@ Modules: ``main`` (parsing and dispatch), ``options`` (the flags that set config
 keys, declared once), ``progress`` (the progress printer), ``base`` (what the commands
 share), ``archive`` (the archive as the commands read and write it), and one module per
 command or family of commands: ``ingest`` (spectrograms), ``import_h5``, ``fit`` (fit,
-transform, run), ``info``, ``cluster`` (k-means), ``plot``, ``demo``. The names below are
-also importable from here, as before the split.
+transform, run), ``info``, ``cluster`` (spectral, k-means or Ward), ``plot``, ``demo``.
+The names below are also importable from here, as before the split.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``specufex-dask cluster``: k-means on the fingerprints (not the Dask cluster: that is
+"""``specufex-dask cluster``: clusters of the fingerprints (not the Dask cluster: that is
 the ``dask`` section of the configuration)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def register(commands: Commands) -> None:
     """Add the ``cluster`` command."""
     cluster = commands.add(
         "cluster",
-        "k-means or Ward on the fingerprints",
+        "spectral clustering, k-means or Ward on the fingerprints",
         "Group the events by k-means (or Ward) on their fingerprints (transformed, "
         "optionally scaled and projected on principal components) and store the labels in "
         "the archive as the variable `cluster` (event; labels 0 to K-1), with the settings "
@@ -44,7 +44,7 @@ def register(commands: Commands) -> None:
 
 
 def cmd_cluster(args: argparse.Namespace, config: Config, reporter: Reporter) -> int:
-    """k-means on the fingerprints; store the labels as ``cluster``."""
+    """Cluster the fingerprints; store the labels as ``cluster``."""
     result = run_clustering(args.archive, config, reporter)
     labels = np.asarray(result.labels.values)
     clusters, counts = np.unique(labels, return_counts=True)
@@ -81,6 +81,7 @@ def clustering_arguments(config: Config) -> dict[str, Any]:
         "random_state": settings.random_state,
         "n_init": settings.n_init,
         "method": settings.method,
+        "n_neighbors": settings.n_neighbors,
         "pca_variance": settings.pca_variance,
         "scale": settings.scale,
         "silhouette_sample": settings.silhouette_sample,
@@ -88,7 +89,7 @@ def clustering_arguments(config: Config) -> dict[str, Any]:
 
 
 def run_clustering(archive: str | Path, config: Config, reporter: Reporter):
-    """k-means with ``config.clustering`` on the fingerprints of ``archive``; store the
+    """Cluster with ``config.clustering`` the fingerprints of ``archive``; store the
     labels as ``cluster`` and return the ClusteringResult.
 
     Holds the archive's lease throughout; refuses a read-only archive before any work,

@@ -2,7 +2,7 @@
 
 A configuration is a tree of frozen dataclasses whose sections mirror the SpecUFEx
 workflows: ``spectrograms`` (waveform preprocessing), ``nmf`` and ``hmm`` (the two fits),
-``fit`` (settings shared by both fits), ``clustering`` (k-means on fingerprints),
+``fit`` (settings shared by both fits), ``clustering`` (clusters of fingerprints),
 ``plot`` (figures) and ``dask`` (the Dask cluster that does the work; still read under its
 old name ``cluster``, with a DeprecationWarning).
 
@@ -235,7 +235,7 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class ClusteringConfig:
-    """Clustering of the fingerprints (k-means or Ward), optionally after PCA.
+    """Clustering of the fingerprints (spectral, k-means or Ward), optionally after PCA.
 
     Attributes
     ----------
@@ -259,9 +259,16 @@ class ClusteringConfig:
         classes best in the fidelity benchmark (k-means adjusted Rand index 0.95 / 0.75 /
         0.51 at the easy / medium / hard levels, against 0.93 / 0.62 / 0.34 for
         "hellinger" and 0.52 / 0.36 / 0.22 for the raw fingerprints, "none").
-    method : {"kmeans", "ward"}, default="kmeans"
-        k-means, or Ward's hierarchical clustering (tree on at most 5000 seeded events,
-        the others joining the nearest Ward centroid).
+    method : {"spectral", "kmeans", "ward"}, default="spectral"
+        Spectral clustering of the events' nearest-neighbour graph (built on at most 5000
+        seeded events, the others taking their neighbours' majority label), k-means, or
+        Ward's hierarchical clustering (tree on at most 5000 seeded events, the others
+        joining the nearest Ward centroid). Spectral clustering separated planted
+        waveform classes best in the fidelity benchmark (see the README's fidelity
+        table); k-means assumes round clusters of similar spread, which the fingerprints
+        of one class do not form.
+    n_neighbors : int, default=20
+        Neighbours of each event in the graph of spectral clustering.
     pca_variance : float or None, default=None
         Keep the fewest principal components that explain this fraction of the variance.
     scale : bool, default=False
@@ -276,7 +283,8 @@ class ClusteringConfig:
     random_state: int = 0
     n_init: int = 30
     transform: str = "idf"
-    method: str = "kmeans"
+    method: str = "spectral"
+    n_neighbors: int = 20
     pca_variance: float | None = None
     scale: bool = False
     silhouette_sample: int = 5000
@@ -329,6 +337,7 @@ class ClusteringConfig:
             )
         _require(self.random_state >= 0, f"{name}.random_state", self.random_state, ">= 0")
         _require(self.n_init >= 1, f"{name}.n_init", self.n_init, ">= 1")
+        _require(self.n_neighbors >= 1, f"{name}.n_neighbors", self.n_neighbors, ">= 1")
 
 
 @dataclass(frozen=True)
@@ -482,7 +491,7 @@ def _section_name(name: str, overrides: Mapping[str, Any], source: str) -> str:
         )
     warnings.warn(
         f"configuration section '{name}' in {source} is now called '{new}' (the Dask "
-        f"cluster; k-means settings are in 'clustering'): rename it",
+        f"cluster; the clustering's settings are in 'clustering'): rename it",
         DeprecationWarning,
         stacklevel=3,
     )

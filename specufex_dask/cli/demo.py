@@ -82,7 +82,7 @@ def register(commands: Commands) -> None:
         f"Spectrograms ({spectrograms_demo['fs']:g} Hz, {spectrograms_demo['window_s']:g} s "
         f"segments, overlap {spectrograms_demo['overlap']:g}, nfft "
         f"{spectrograms_demo['nfft']}, {spectrograms_demo['fmin']:g}-"
-        f"{spectrograms_demo['fmax']:g} Hz), fit, transform, k-means clusters and figures; "
+        f"{spectrograms_demo['fmax']:g} Hz), fit, transform, clusters and figures; "
         "the summary gives the patterns kept, the states in use and the cluster sizes. "
         f"Writes OUTDIR/{DEMO_ARCHIVE} and OUTDIR/{DEMO_FIGURES}/*.png. Defaults below are "
         "the demo's own; --config and flags override them. Needs the obspy, plot and "
@@ -238,7 +238,8 @@ def demo_summary(archive: str | Path, config: Config) -> dict[str, Any]:
         f"NMF patterns kept: {n_patterns} of {config.nmf.num_pat}",
         f"HMM states in use (>= 1 % of all frames): {in_use} of {n_states}",
         f"distinct fingerprints: {n_distinct} of {n_events}",
-        f"clusters (k-means on the {config.clustering.transform} fingerprints):",
+        f"clusters ({config.clustering.method} on the {config.clustering.transform} "
+        "fingerprints):",
         *(
             f"  cluster {cluster}: {plural(size, 'event')} ({by_station(labels == cluster)})"
             for cluster, size in zip(clusters, sizes, strict=True)

@@ -349,10 +349,20 @@ CLUSTERING_FLAGS = (
         ("--method",),
         "clustering",
         "method",
+        "spectral clustering of the events' nearest-neighbour graph (built on at most "
+        "5000 seeded events, the others taking their neighbours' majority label), "
         "k-means, or Ward's hierarchical clustering (its tree built on at most 5000 "
         "seeded events, the others joining the nearest Ward centroid)",
         str,
-        "{kmeans,ward}",
+        "{spectral,kmeans,ward}",
+    ),
+    Flag(
+        ("--n-neighbors",),
+        "clustering",
+        "n_neighbors",
+        "neighbours of each event in the graph of spectral clustering",
+        int,
+        "N",
     ),
     Flag(
         ("--pca-variance",),
