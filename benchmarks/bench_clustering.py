@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=6)
     parser.add_argument("--k-min", type=int, default=2)
     parser.add_argument("--k-max", type=int, default=10)
-    parser.add_argument("--methods", nargs="+", default=["kmeans", "ward"])
+    parser.add_argument("--methods", nargs="+", default=["spectral", "kmeans", "ward"])
     parser.add_argument("--n-init", type=int, default=30)
     parser.add_argument("--pca-variance", type=float, default=0.9)
     parser.add_argument("--samples", type=int, nargs="+", default=[5000])

@@ -297,7 +297,9 @@ def test_cluster_defaults_to_the_idf_transform(golden_archive, tmp_path, capsys)
     text = " ".join(capsys.readouterr().out.split())
     assert "--transform {none,sqrt,hellinger,idf}" in text
     assert "(default: idf; config: clustering.transform)" in text
-    assert "The default transform, idf" in text and "0.95 / 0.75 / 0.51" in text
+    assert "--method {spectral,kmeans,ward}" in text
+    assert "(default: spectral; config: clustering.method)" in text
+    assert "on the idf transform" in text and "0.97 / 0.86 / 0.65" in text
 
 
 def test_a_bad_transform_is_one_error_line(golden_archive, tmp_path, capsys):
@@ -526,7 +528,8 @@ def test_demo_runs_the_whole_pipeline(demo_run):
     for cluster, count in enumerate(np.bincount(labels, minlength=5)):
         assert f"  cluster {cluster}: {count} event" in result.stdout
     # The clusters' mean fingerprints differ, well beyond what clusters of the same sizes
-    # drawn at random give (measured: 0.44-0.99 against at most 0.19 for shuffled labels;
+    # drawn at random give (measured with spectral clustering: 0.57-0.93 against at most
+    # 0.21 for shuffled labels; with k-means 0.44-0.99 against 0.19;
     # the 10-event demo's three clusters were 0.56-0.71 apart, no more than its shuffles).
     distance = mean_transition_distance(fingerprint, labels)
     rng = np.random.default_rng(0)

@@ -404,7 +404,7 @@ CLUSTERING_FLAGS = (
         ("--seed",),
         "clustering",
         "random_state",
-        "seed of the PCA and of the k-means initialisation",
+        "seed of the PCA, the k-means initialisation, the spectral embedding and every sample",
         int,
         "N",
     ),
