@@ -125,6 +125,35 @@ def fit_loop(X: np.ndarray, seed: int, compat: str, **options) -> tuple:
     return nmf, hmm
 
 
+def fit_loop_one_stage_in_minibatches(X: np.ndarray, seed: int, stage: str) -> tuple:
+    """The default mode's loop with one stage fitted in minibatches instead: 64 events per
+    step, 500 NMF or 200 HMM steps (which stage holds the loop back)."""
+    from specufex_dask import BayesianHMM, BayesianNonparametricNMF
+
+    rng = np.random.default_rng(seed)
+    if stage == "nmf":
+        nmf = BayesianNonparametricNMF(
+            X.shape, N_PATTERNS, batch_size=64, max_steps=500, tol=None, random_state=seed
+        )
+        nmf.fit(X)
+    else:
+        nmf = BayesianNonparametricNMF(X.shape, N_PATTERNS, random_state=seed)
+        for _ in range(LOOP_NMF_CALLS):
+            nmf.fit(X[rng.integers(len(X), size=1)])
+    V = nmf.transform(X)
+    if stage == "hmm":
+        hmm = BayesianHMM(
+            nmf.num_pat, nmf.gain, N_STATES, batch_size=64, max_steps=200, tol=None,
+            random_state=seed,
+        )  # fmt: skip
+        hmm.fit(V)
+    else:
+        hmm = BayesianHMM(nmf.num_pat, nmf.gain, N_STATES, random_state=seed)
+        for _ in range(LOOP_HMM_CALLS):
+            hmm.fit(V[rng.integers(len(V), size=1)])
+    return nmf, hmm
+
+
 def fit_loop_schedule(X: np.ndarray, seed: int, delay: float, exponent: float) -> tuple:
     """The default mode's loop with another step size in both stages:
     ``rho = (delay / (1 + 5 spread) + step) ** -exponent`` (the default: 250 and 0.51;
@@ -211,6 +240,8 @@ ABLATIONS: dict[str, Callable[[np.ndarray, int], tuple]] = {
     "loop: step (250 + t)^-0.75": lambda X, s: fit_loop_schedule(X, s, 250.0, 0.75),
     "loop: step (50 + t)^-0.75": lambda X, s: fit_loop_schedule(X, s, 50.0, 0.75),
     "loop: step (20 + t)^-1": lambda X, s: fit_loop_schedule(X, s, 20.0, 1.0),
+    "loop: NMF in minibatches": lambda X, s: fit_loop_one_stage_in_minibatches(X, s, "nmf"),
+    "loop: HMM in minibatches": lambda X, s: fit_loop_one_stage_in_minibatches(X, s, "hmm"),
     "minibatch default": lambda X, s: fit_minibatch(X, s),
     "minibatch: scale by frames": lambda X, s: fit_minibatch(X, s, {"likelihood_scale": "frames"}),
     "minibatch: random q(B)": lambda X, s: fit_minibatch(X, s, None, {"init": "random"}),
