@@ -163,6 +163,34 @@ def test_a_refit_after_the_transform_is_flagged_and_cluster_and_plot_refuse(
     assert read_lease(path) is None
 
 
+def test_labels_of_an_earlier_models_fingerprints_are_refused_until_clustered_again(
+    tmp_path: Path, capsys
+) -> None:
+    path = _archive(tmp_path / "events.zarr")
+    _fit(path, 7).transform_to_zarr(path)
+    assert main(["cluster", path, "--n-clusters", "2"]) == 0
+    first = archive.open_archive(path)
+    made_from = first["cluster"].attrs["fingerprint_model"]
+    assert made_from == first["fingerprint"].attrs[archive.TRANSFORM_TOKEN_ATTR]
+    assert _info(capsys, path)["cluster_problem"] is None
+    # a new fit and transform: the fingerprints are the new model's, the labels are not
+    _fit(path, 8).transform_to_zarr(path)
+    summary = _info(capsys, path)
+    assert "made from the fingerprints of another model" in summary["cluster_problem"]
+    assert any(line.startswith("  stale: ") for line in _text_info(capsys, path))
+    for argv in (
+        ["plot", path, str(tmp_path / "figures")],
+        ["export", path, str(tmp_path / "catalog")],
+    ):
+        error = _failing(capsys, *argv)
+        assert "the cluster labels were made from the fingerprints of another model" in error
+        assert f"run `specufex-dask cluster {path}` again" in error
+    assert not (tmp_path / "catalog").exists()
+    assert main(["cluster", path, "--n-clusters", "2"]) == 0
+    assert _info(capsys, path)["cluster_problem"] is None
+    assert main(["export", path, str(tmp_path / "catalog")]) == 0
+
+
 def test_appended_events_leave_the_outputs_incomplete(tmp_path: Path) -> None:
     path = _archive(tmp_path / "events.zarr")
     _fit(path, 7).transform_to_zarr(path)

@@ -105,7 +105,8 @@ def run_clustering(archive: str | Path, config: Config, reporter: Reporter):
 
 def _cluster_and_store(archive: str | Path, config: Config, reporter: Reporter):
     from specufex_dask.analysis.clustering import cluster_fingerprints
-    from specufex_dask.io.status import output_problem
+    from specufex_dask.io.archive import TRANSFORM_TOKEN_ATTR
+    from specufex_dask.io.status import CLUSTER_MODEL_ATTR, output_problem
     from specufex_dask.parallel.engine import require_writable
 
     dataset = open_archive(archive)
@@ -132,6 +133,9 @@ def _cluster_and_store(archive: str | Path, config: Config, reporter: Reporter):
         + f", seed {settings.random_state}"
     )
     result = cluster_fingerprints(dataset["fingerprint"], **clustering_arguments(config))
+    made_from = dataset["fingerprint"].attrs.get(TRANSFORM_TOKEN_ATTR)
+    if made_from is not None:  # so that labels of older fingerprints are known as such
+        result.labels.attrs[CLUSTER_MODEL_ATTR] = made_from
     dataset.close()
     for variable in (result.labels, result.silhouette, result.distance):
         write_event_variable(archive, variable)

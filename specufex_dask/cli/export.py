@@ -55,7 +55,7 @@ def cmd_export(args: argparse.Namespace, config: Config, reporter: Reporter) -> 
     """Write the chosen formats of an archive into OUTDIR."""
     from specufex_dask.analysis import export
     from specufex_dask.io.archive import open_archive
-    from specufex_dask.io.status import OUTPUTS, output_problem
+    from specufex_dask.io.status import OUTPUTS, cluster_problem, output_problem
 
     formats = _formats(args.formats)
     outdir = Path(args.outdir)
@@ -68,6 +68,7 @@ def cmd_export(args: argparse.Namespace, config: Config, reporter: Reporter) -> 
         for name in OUTPUTS
         if name in dataset.variables
     ]
+    problems.append(cluster_problem(dataset, str(args.archive)))
     dataset.close()
     problem = next((p for p in problems if p is not None), None)
     if problem is not None:

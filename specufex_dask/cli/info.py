@@ -174,6 +174,9 @@ def archive_summary(path: str | Path, dataset, model) -> dict[str, Any]:
     if "cluster" in dataset.variables:
         labels, counts = np.unique(np.asarray(dataset["cluster"].values), return_counts=True)
         summary["cluster_sizes"] = {int(k): int(v) for k, v in zip(labels, counts, strict=True)}
+        from specufex_dask.io.status import cluster_problem
+
+        summary["cluster_problem"] = cluster_problem(dataset, str(path))
     if model is not None:
         summary["model"] = {
             "variables": {
@@ -224,6 +227,8 @@ def describe_archive(path: str | Path, dataset, model) -> list[str]:
     if "cluster_sizes" in s:
         sizes = ", ".join(f"{k}: {v}" for k, v in s["cluster_sizes"].items())
         lines.append(f"  cluster sizes: {sizes}")
+        if s.get("cluster_problem"):
+            lines.append(f"  stale: {s['cluster_problem']}")
     if s["model"] is None:
         lines.append("model: none (run `specufex-dask fit`)")
     else:

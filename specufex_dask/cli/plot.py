@@ -80,13 +80,16 @@ def make_figures(
 ) -> list[Path]:
     """Draw every figure the archive's contents allow; return the files written."""
     from specufex_dask.analysis import plot
-    from specufex_dask.io.status import OUTPUTS, output_problem
+    from specufex_dask.io.status import OUTPUTS, cluster_problem, output_problem
 
     dataset = open_archive(archive)
     for name in OUTPUTS:
         problem = output_problem(dataset, name, str(archive)) if name in dataset else None
         if problem is not None:
             raise CommandError(problem)
+    problem = cluster_problem(dataset, str(archive))
+    if problem is not None:
+        raise CommandError(problem)
     model = open_model(archive)
     events = plot.select_events(dataset, config.plot.events, config.plot.n_events)
     outdir = Path(outdir)

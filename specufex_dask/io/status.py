@@ -40,7 +40,9 @@ from specufex_dask.io.modelgroup import stored_model_token
 
 __all__ = [
     "APPLIED_MODEL_ATTR",
+    "CLUSTER_MODEL_ATTR",
     "applied_model",
+    "cluster_problem",
     "OUTPUTS",
     "STATUS_ATTRS",
     "TRANSFORMED",
@@ -58,6 +60,9 @@ STATUS_ATTRS = ("events_done", "complete", "model_match")
 """The attributes :func:`specufex_dask.io.archive.open_archive` sets on each output."""
 APPLIED_MODEL_ATTR = "specufex_dask_transform_applied_model"
 """The archive's record of a model from elsewhere that the transform applied."""
+CLUSTER_MODEL_ATTR = "fingerprint_model"
+"""The attribute of the ``cluster`` labels holding the token of the model whose
+fingerprints they were made from (the fingerprints' :data:`TRANSFORM_TOKEN_ATTR`)."""
 
 
 def record_applied_model(path: ArchivePath, token: str, source: str | None) -> None:
@@ -194,3 +199,20 @@ def output_problem(dataset: Any, name: str, path: ArchivePath) -> str | None:
             f"run `specufex-dask transform --resume {path}` first"
         )
     return None
+
+
+def cluster_problem(dataset: Any, path: ArchivePath) -> str | None:
+    """Why the ``cluster`` labels of an archive opened by ``open_archive`` cannot be
+    used, as a one-line message telling how to fix it; None when they can, when there
+    are none, or when nothing is known (labels of earlier versions, or fingerprints
+    without a model's token)."""
+    if archive.CLUSTER not in dataset.variables or archive.FINGERPRINT not in dataset.variables:
+        return None
+    made_from = dataset[archive.CLUSTER].attrs.get(CLUSTER_MODEL_ATTR)
+    current = dataset[archive.FINGERPRINT].attrs.get(TRANSFORM_TOKEN_ATTR)
+    if made_from is None or current is None or made_from == current:
+        return None
+    return (
+        f"{path}: the cluster labels were made from the fingerprints of another model (a "
+        f"fit and transform ran since); run `specufex-dask cluster {path}` again"
+    )
