@@ -406,8 +406,8 @@ def test_bad_sweeps_and_settings_are_named(rng):
         cluster_fingerprints(fingerprint, 2, pca_variance=1.5)
     with pytest.raises(ValueError, match=r"method must be one of .*got 'dbscan'"):
         cluster_fingerprints(fingerprint, 2, method="dbscan")
-    with pytest.raises(ValueError, match="n_neighbors must be at least 1, got 0"):
-        cluster_fingerprints(fingerprint, 2, method="spectral", n_neighbors=0)
+    with pytest.raises(ValueError, match=r"n_neighbors must be at least 2 .*, got 1"):
+        cluster_fingerprints(fingerprint, 2, method="spectral", n_neighbors=1)
 
 
 def two_rings(rng, sizes=(150, 150), radii=(1.0, 3.0), noise=0.1):

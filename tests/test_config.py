@@ -118,6 +118,8 @@ def test_empty_file_gives_defaults(tmp_path):
         ("spectrograms:\n  fmin: 30\n  fmax: 20\n", r"'spectrograms' settings: fmin 30"),
         ("spectrograms:\n  events_per_chunk: 0\n", r"'spectrograms\.events_per_chunk'"),
         ("fit:\n  compat: matlab\n", r"'fit\.compat'.*'default', 'specufex'"),
+        ("clustering:\n  n_neighbors: 1\n", r"'clustering\.n_neighbors'.*>= 2"),
+        ("clustering:\n  method: dbscan\n", r"'clustering\.method'.*'spectral', 'kmeans'"),
         ("cluster:\n  kind: sge\n", r"'cluster\.kind'"),
         ("cluster:\n  jobqueue: [1, 2]\n", r"wrong type for 'cluster\.jobqueue'.*mapping"),
         ("cluster:\n  scheduler: tcp://h:8786\n  kind: pbs\n", r"'dask\.scheduler'.*kind"),

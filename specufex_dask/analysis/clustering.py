@@ -312,6 +312,7 @@ CLUSTER_METHODS = ("spectral", "kmeans", "ward")
 """Clustering algorithms of :func:`cluster_fingerprints`."""
 
 METHOD_NAMES = {"spectral": "spectral", "kmeans": "k-means", "ward": "Ward"}
+"""How labels, titles and messages name each method."""
 
 SPECTRAL_SAMPLE = 5000
 """Events the nearest-neighbour graph of spectral clustering is built on at most; the
@@ -452,8 +453,8 @@ def _neighbour_graph(
     members = _seeded_members(features.shape[0], sample, random_state)
     half_cluster = members.size // (2 * largest_n_clusters)
     # An event counts as its own first neighbour: 2 is the fewest that join events.
-    neighbours = min(n_neighbors, max(half_cluster, 2), members.size - 1)
-    if neighbours < 1:
+    neighbours = min(n_neighbors, max(half_cluster, 2), members.size)
+    if members.size < 2:
         raise ValueError(f"spectral clustering needs at least 2 events, got {members.size}")
     connectivity = kneighbors_graph(features[members], neighbours, include_self=True)
     return 0.5 * (connectivity + connectivity.T), members, neighbours
@@ -485,9 +486,8 @@ def _spectral(
         member_labels = spectral.fit_predict(affinity).astype(np.int64)
     if members.size == features.shape[0]:
         return member_labels
-    labels = np.empty(features.shape[0], dtype=np.int64)
     vote = KNeighborsClassifier(neighbours).fit(features[members], member_labels)
-    labels[:] = vote.predict(features)
+    labels = vote.predict(features).astype(np.int64)
     labels[members] = member_labels  # the graph's own events keep their label
     return labels
 
@@ -669,8 +669,8 @@ def cluster_fingerprints(
         per-event silhouettes (:func:`sampled_silhouette`); exact up to this many events.
     n_neighbors : int, default=SPECTRAL_NEIGHBOURS
         Neighbours of each event in the graph of spectral clustering, itself included (at
-        least 1; at most half the mean cluster size of the largest number of clusters
-        asked for, but not below 2).
+        least 2; cut to half the mean cluster size of the largest number of clusters
+        asked for when that is smaller, but not below 2).
 
     Returns
     -------
@@ -700,8 +700,10 @@ def cluster_fingerprints(
         raise ValueError(f"method must be one of {CLUSTER_METHODS}, got {method!r}")
     if silhouette_sample < 2:
         raise ValueError(f"silhouette_sample must be at least 2, got {silhouette_sample}")
-    if n_neighbors < 1:
-        raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}")
+    if n_neighbors < 2:
+        raise ValueError(
+            f"n_neighbors must be at least 2 (an event counts as its own first), got {n_neighbors}"
+        )
     features = fingerprint_features(fingerprint, transform)
     n_events = features.shape[0]
     candidates = _candidates(n_clusters, n_events)

@@ -271,7 +271,8 @@ class ClusteringConfig:
         0.070 / 0.027): k-means assumes round clusters of similar spread, which the
         fingerprints of one class need not form.
     n_neighbors : int, default=20
-        Neighbours of each event in the graph of spectral clustering.
+        Neighbours of each event in the graph of spectral clustering, itself included
+        (at least 2).
     pca_variance : float or None, default=None
         Keep the fewest principal components that explain this fraction of the variance.
     scale : bool, default=False
@@ -340,7 +341,7 @@ class ClusteringConfig:
             )
         _require(self.random_state >= 0, f"{name}.random_state", self.random_state, ">= 0")
         _require(self.n_init >= 1, f"{name}.n_init", self.n_init, ">= 1")
-        _require(self.n_neighbors >= 1, f"{name}.n_neighbors", self.n_neighbors, ">= 1")
+        _require(self.n_neighbors >= 2, f"{name}.n_neighbors", self.n_neighbors, ">= 2")
 
 
 @dataclass(frozen=True)
