@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
@@ -389,6 +390,8 @@ class SpecUFEx(ParameterContract):
             stage: auto_steps(n_events, batch) if steps is None else steps
             for stage, steps in (("nmf", self.nmf_steps), ("hmm", self.hmm_steps))
         }
+        if state is not None and resume:
+            self._warn_going_on(chunks, stage, budgets, window, refit=only == "hmm")
         with (
             waiting_for_workers(self.no_worker_timeout),
             naming_every_bad_event(chunks, client),
@@ -419,6 +422,60 @@ class SpecUFEx(ParameterContract):
                 self._write_checkpoint(checkpoints, stage)
         self._record_steps()
         return self
+
+    def _warn_going_on(
+        self,
+        chunks: EventChunks,
+        stage: str,
+        budgets: dict[str, int],
+        window: int,
+        refit: bool,
+    ) -> None:
+        """Warn when a resumed fit's settings (a larger budget, another ``tol``) would
+        take a stage further that has finished: its patterns or states were sorted and
+        the next stage built on it, so a resume leaves it as it is (a resumed refit of
+        the HMM leaves the NMF as it is too). Not an error: resuming an interrupted
+        transform with the default settings must go ahead."""
+        finished = {"hmm": ("nmf",), "done": ("nmf", "hmm")}.get(stage, ())
+        if refit:
+            finished = tuple(name for name in finished if name == "hmm")
+        going_on = []
+        for name in finished:
+            record = self.progress_.get(name)
+            model = self.nmf_ if name == "nmf" else self.hmm_
+            if record is None or model is None:
+                continue
+            if record.converged:
+                min_steps = self._min_stop_steps(budgets[name])
+                monitor = StageMonitor(
+                    self.tol, window, model.elbo_, record.counts, min_steps,
+                    noisy_count=name == "hmm",
+                )  # fmt: skip
+                if monitor.holds():
+                    continue
+                why = f"converged after {record.step} steps under another tol"
+            elif record.step < budgets[name]:
+                why = f"ran its budget of {record.step} steps, and {budgets[name]} are asked"
+            else:
+                continue
+            going_on.append(f"the {name.upper()} {why}")
+        if going_on:
+            remedy = "fit again without resume"
+            if not any(line.startswith("the NMF") for line in going_on):
+                remedy = "refit the HMM with stage 'hmm' (--stage hmm), or " + remedy
+            warnings.warn(
+                f"{chunks.path}: {'; '.join(going_on)}; a finished stage does not resume "
+                f"and stays as it is: to take it further, {remedy}",
+                UserWarning,
+                stacklevel=4,
+            )
+
+    def _min_stop_steps(self, budget: int) -> int:
+        """Steps a stage runs at least before its rule may stop it. The reference has
+        no stopping rule, and its prune (a share decaying to 1e-3) is too slow for the
+        count test: 200 steps of one event kept all 75 patterns of the planted sets. Its
+        mode runs the whole budget."""
+        return budget if self.compat == "specufex" else min(MIN_STOP_STEPS, budget)
 
     def _write_checkpoint(self, checkpoints: BackgroundCheckpoints, stage: str) -> None:
         checkpoints.write(
@@ -631,13 +688,9 @@ class SpecUFEx(ParameterContract):
         )
         last = self.progress_.get(stage)
         if last is None or not last.converged:
-            # The reference has no stopping rule, and its prune (a share decaying to 1e-3)
-            # is too slow for the count test: 200 steps of one event kept all 75
-            # patterns of the planted sets. Its mode runs the whole budget.
-            min_steps = budget if self.compat == "specufex" else min(MIN_STOP_STEPS, budget)
             monitor = StageMonitor(
-                self.tol, window, model.elbo_, last.counts if last else (), min_steps,
-                noisy_count=stage == "hmm",
+                self.tol, window, model.elbo_, last.counts if last else (),
+                self._min_stop_steps(budget), noisy_count=stage == "hmm",
             )  # fmt: skip
             records = run_svi(
                 stage, **arguments, budget=budget, monitor=monitor,

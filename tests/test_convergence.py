@@ -60,6 +60,28 @@ def test_a_noisy_stationary_elbo_stops_where_a_fixed_window_runs_on() -> None:
         assert _first_stop(StageMonitor(1e-4, 20, min_steps=200), elbos, [30] * 3000) == 200
 
 
+def test_holds_judges_the_steps_recorded_as_the_next_report_would() -> None:
+    """What a resumed stage that stopped is asked: does the rule hold on its history
+    under these settings? Where the first monitor stopped it does, under the same
+    settings; not under a tol of None, nor with more steps asked before a stop, nor
+    one step earlier; and a drifting history never holds."""
+    elbos = _noisy_elbos(np.random.default_rng(3), 600, 0.03)
+    stop = _first_stop(StageMonitor(1e-4, 20, min_steps=200), elbos, [30] * 600)
+    assert stop is not None
+    history, counts = elbos[:stop], [30] * stop
+    assert StageMonitor(1e-4, 20, history, counts, 200).holds()
+    assert not StageMonitor(None, 20, history, counts, 200).holds()
+    assert not StageMonitor(1e-4, 20, history, counts, stop + 1).holds()
+    earlier = StageMonitor(1e-4, 20, history[:-1], counts[:-1], 200)
+    assert not earlier.holds()  # the first monitor did not stop there
+    drifting = _noisy_elbos(np.random.default_rng(1), 2000, 0.01, drift=1e-3 / 3)
+    assert not StageMonitor(1e-4, 20, drifting, [30] * 2000, 200).holds()
+    # the in-memory rule: fixed windows within tol
+    flat = [100.0] * 40
+    assert StageMonitor(1e-4, 20, flat, [], noise_aware=False).holds()
+    assert not StageMonitor(1e-4, 20, flat[:39], [], noise_aware=False).holds()
+
+
 def test_a_drift_larger_than_the_noise_holds_the_stop_back() -> None:
     """1e-3 relative a step under 1 % of noise: a window's mean moves by 5 standard
     errors and more, and the rule runs the whole budget; the same noise alone stops."""

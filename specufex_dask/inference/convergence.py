@@ -227,6 +227,21 @@ class StageMonitor:
         self.converged = settled and enough
         return self.converged
 
+    def holds(self) -> bool:
+        """Whether the rule holds on the steps recorded so far, without a new one (a
+        finished stage asked to resume under other settings)."""
+        if len(self._elbo.history) < self.min_steps:
+            return False
+        if not self.noise_aware:
+            window = self._elbo.window
+            history = self._elbo.history
+            if self._elbo.tol is None or len(history) < 2 * window:
+                return False
+            latest = float(np.mean(history[-window:]))
+            previous = float(np.mean(history[-2 * window : -window]))
+            return abs(latest - previous) <= self._elbo.tol * abs(latest)
+        return self._settled()
+
     def _settled(self) -> bool:
         """The ELBO and the count rules of the pipeline, on the windows of now."""
         history, tol = self._elbo.history, self._elbo.tol
