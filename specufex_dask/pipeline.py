@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
@@ -431,7 +430,7 @@ class SpecUFEx(ParameterContract):
         window: int,
         refit: bool,
     ) -> None:
-        """Warn when a resumed fit's settings (a larger budget, another ``tol``) would
+        """Log a warning when a resumed fit's settings (a larger budget, another ``tol``) would
         take a stage further that has finished: its patterns or states were sorted and
         the next stage built on it, so a resume leaves it as it is (a resumed refit of
         the HMM leaves the NMF as it is too). Not an error: resuming an interrupted
@@ -463,12 +462,11 @@ class SpecUFEx(ParameterContract):
             remedy = "fit again without resume"
             if not any(line.startswith("the NMF") for line in going_on):
                 remedy = "refit the HMM with stage 'hmm' (--stage hmm), or " + remedy
-            warnings.warn(
-                f"{chunks.path}: {'; '.join(going_on)}; a finished stage does not resume "
-                f"and stays as it is: to take it further, {remedy}",
-                UserWarning,
-                stacklevel=4,
-            )
+            logger.warning(
+                "%s: %s; a finished stage does not resume and stays as it is: to take it "
+                "further, %s",
+                chunks.path, "; ".join(going_on), remedy,
+            )  # fmt: skip
 
     def _min_stop_steps(self, budget: int) -> int:
         """Steps a stage runs at least before its rule may stop it. The reference has
