@@ -314,20 +314,12 @@ def _kmeans(features: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarra
 
 def _spectral(features: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
     """Spectral clustering as the `cluster` command makes it, on any features."""
-    from sklearn.cluster import SpectralClustering
+    from specufex_dask.analysis import clustering
 
-    from specufex_dask.analysis.clustering import SPECTRAL_NEIGHBOURS
-
-    # the package's cap: at most half the mean cluster size, at least 2 (self included)
-    neighbours = min(SPECTRAL_NEIGHBOURS, max(len(features) // (2 * n_clusters), 2))
-    spectral = SpectralClustering(
-        n_clusters,
-        affinity="nearest_neighbors",
-        n_neighbors=min(neighbours, len(features) - 1),
-        assign_labels="discretize",
-        random_state=seed,
+    graph = clustering._neighbour_graph(
+        features, clustering.SPECTRAL_NEIGHBOURS, n_clusters, seed, clustering.SPECTRAL_SAMPLE
     )
-    return spectral.fit_predict(features)
+    return clustering._spectral(features, n_clusters, graph, seed)
 
 
 def supervised_ari(features: np.ndarray, truth: np.ndarray | None, seed: int) -> float:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -438,18 +438,14 @@ class SpecUFEx(ParameterContract):
         finished = {"hmm": ("nmf",), "done": ("nmf", "hmm")}.get(stage, ())
         if refit:
             finished = tuple(name for name in finished if name == "hmm")
-        going_on = []
+        going_on: dict[str, str] = {}
         for name in finished:
             record = self.progress_.get(name)
             model = self.nmf_ if name == "nmf" else self.hmm_
             if record is None or model is None:
                 continue
             if record.converged:
-                min_steps = self._min_stop_steps(budgets[name])
-                monitor = StageMonitor(
-                    self.tol, window, model.elbo_, record.counts, min_steps,
-                    noisy_count=name == "hmm",
-                )  # fmt: skip
+                monitor = self._stage_monitor(name, model, record.counts, window, budgets[name])
                 if monitor.holds():
                     continue
                 why = f"converged after {record.step} steps under another tol"
@@ -457,16 +453,31 @@ class SpecUFEx(ParameterContract):
                 why = f"ran its budget of {record.step} steps, and {budgets[name]} are asked"
             else:
                 continue
-            going_on.append(f"the {name.upper()} {why}")
+            going_on[name] = f"the {name.upper()} {why}"
         if going_on:
             remedy = "fit again without resume"
-            if not any(line.startswith("the NMF") for line in going_on):
+            if "nmf" not in going_on:
                 remedy = "refit the HMM with stage 'hmm' (--stage hmm), or " + remedy
             logger.warning(
                 "%s: %s; a finished stage does not resume and stays as it is: to take it "
                 "further, %s",
-                chunks.path, "; ".join(going_on), remedy,
+                chunks.path, "; ".join(going_on.values()), remedy,
             )  # fmt: skip
+
+    def _stage_monitor(
+        self,
+        stage: str,
+        model: BayesianNonparametricNMF | BayesianHMM,
+        counts: Iterable[int],
+        window: int,
+        budget: int,
+    ) -> StageMonitor:
+        """The stopping rule of ``stage`` on the steps ``model`` has run and their
+        ``counts``, for a budget of ``budget`` steps."""
+        return StageMonitor(
+            self.tol, window, model.elbo_, counts, self._min_stop_steps(budget),
+            noisy_count=stage == "hmm",
+        )  # fmt: skip
 
     def _min_stop_steps(self, budget: int) -> int:
         """Steps a stage runs at least before its rule may stop it. The reference has
@@ -686,10 +697,9 @@ class SpecUFEx(ParameterContract):
         )
         last = self.progress_.get(stage)
         if last is None or not last.converged:
-            monitor = StageMonitor(
-                self.tol, window, model.elbo_, last.counts if last else (),
-                self._min_stop_steps(budget), noisy_count=stage == "hmm",
-            )  # fmt: skip
+            monitor = self._stage_monitor(
+                stage, model, last.counts if last else (), window, budget
+            )
             records = run_svi(
                 stage, **arguments, budget=budget, monitor=monitor,
                 start=last.step if last else 0, lookahead=lookahead,

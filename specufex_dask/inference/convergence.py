@@ -100,12 +100,19 @@ class ConvergenceMonitor:
         ``ready=False`` (annealing still on) records without testing.
         """
         self.history.append(float(elbo))
-        if self.tol is None or not ready or len(self.history) < 2 * self.window:
+        if not ready:
+            return False
+        self.converged = self.settled()
+        return self.converged
+
+    def settled(self) -> bool:
+        """Whether the means of the history's last two windows differ by less than
+        ``tol`` relative to the latest (False with no ``tol`` or too short a history)."""
+        if self.tol is None or len(self.history) < 2 * self.window:
             return False
         latest = np.mean(self.history[-self.window :])
         previous = np.mean(self.history[-2 * self.window : -self.window])
-        self.converged = bool(abs(latest - previous) <= self.tol * abs(latest))
-        return self.converged
+        return bool(abs(latest - previous) <= self.tol * abs(latest))
 
 
 def window_steps(n_events: int, batch: int) -> int:
@@ -232,15 +239,7 @@ class StageMonitor:
         finished stage asked to resume under other settings)."""
         if len(self._elbo.history) < self.min_steps:
             return False
-        if not self.noise_aware:
-            window = self._elbo.window
-            history = self._elbo.history
-            if self._elbo.tol is None or len(history) < 2 * window:
-                return False
-            latest = float(np.mean(history[-window:]))
-            previous = float(np.mean(history[-2 * window : -window]))
-            return abs(latest - previous) <= self._elbo.tol * abs(latest)
-        return self._settled()
+        return self._settled() if self.noise_aware else self._elbo.settled()
 
     def _settled(self) -> bool:
         """The ELBO and the count rules of the pipeline, on the windows of now."""
