@@ -9,6 +9,7 @@ from scipy import integrate, stats
 from scipy.special import digamma, gammaln
 
 from specufex_dask.inference.updates import nmf_inner_iterations
+from specufex_dask.kernels import nmf
 from specufex_dask.kernels.nmf import expected_log, gamma_kl, nmf_local_step, nmf_transform
 
 N_EVENTS, N_FREQUENCIES, N_TIMES, N_PATTERNS = 3, 7, 5, 4
@@ -141,28 +142,52 @@ def test_local_step_survives_extreme_log_basis(problem) -> None:
     assert_allclose(shifted.basis_counts, reference.basis_counts, rtol=1e-10)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize(("D", "M"), [(513, 51), (12, 7), (40, 17)])
-def test_a_spectrogram_gets_the_same_bits_in_any_batch(rng, dtype, D, M) -> None:
+@pytest.mark.parametrize(("D", "M", "K"), [(513, 51, 75), (241, 26, 9), (12, 7, 9), (40, 17, 3)])
+def test_a_spectrogram_gets_the_same_bits_in_any_batch(rng, threads, dtype, D, M, K) -> None:
     """A spectrogram's numbers must not depend on its neighbours, its position or the
-    batch size (one BLAS product over a whole batch breaks this: its blocking over the
-    inner dimension can change with the number of columns)."""
-    K, n = 9, 11
+    batch size, whether the products are per spectrogram or one over a block of padded
+    spectrograms (odd and even frame counts; batches that end inside a block of the
+    kernels' loops and span several), at one or two BLAS threads."""
+    from threadpoolctl import threadpool_limits
+
+    n = 11
     X = rng.poisson(3.0, size=(n, D, M)).astype(dtype)
     log_basis = rng.normal(-1.0, 1.0, size=(D, K))
     basis_weight = rng.gamma(2.0, 1.0, size=K)
     args = {"h01": 1.0 / K, "h02": 1.0}
     step = {"temperature": 1.0, "n_inner": 3}
-    alone = nmf_local_step(X[5:6], log_basis, basis_weight, **args, **step)
-    alone_activation = nmf_transform(X[5:6], log_basis, basis_weight, **args)
-    for batch in (slice(0, n), slice(4, 6), slice(5, 8), slice(1, 10)):
-        position = 5 - batch.start
-        local = nmf_local_step(X[batch], log_basis, basis_weight, **args, **step)
-        for name in ("shape", "basis_counts", "activation_sum", "elbo"):
-            assert getattr(local, name)[position].tobytes() == getattr(alone, name)[0].tobytes()
-        activation = nmf_transform(X[batch], log_basis, basis_weight, **args)
-        assert activation[position].tobytes() == alone_activation[0].tobytes()
+    with threadpool_limits(limits=threads, user_api="blas"):
+        alone = nmf_local_step(X[5:6], log_basis, basis_weight, **args, **step)
+        alone_activation = nmf_transform(X[5:6], log_basis, basis_weight, **args)
+        for batch in (slice(0, n), slice(4, 6), slice(5, 8), slice(1, 10), slice(2, 7)):
+            position = 5 - batch.start
+            local = nmf_local_step(X[batch], log_basis, basis_weight, **args, **step)
+            for name in ("shape", "basis_counts", "activation_sum", "elbo"):
+                assert (
+                    getattr(local, name)[position].tobytes() == getattr(alone, name)[0].tobytes()
+                )
+            activation = nmf_transform(X[batch], log_basis, basis_weight, **args)
+            assert activation[position].tobytes() == alone_activation[0].tobytes()
     assert alone.shape.dtype == dtype and np.isfinite(alone.elbo).all()
+
+
+def test_block_products_agree_with_products_per_spectrogram(rng) -> None:
+    """Where the products run over blocks of padded spectrograms, they give what one
+    product per spectrogram gives, to rounding (an odd frame count is padded here)."""
+    D, M, K = 241, 27, 75
+    X = rng.poisson(3.0, size=(6, D, M)).astype(np.float64)
+    log_basis = rng.normal(-1.0, 1.0, size=(D, K))
+    basis_weight = rng.gamma(2.0, 1.0, size=K)
+    args = {"h01": 1.0 / K, "h02": 1.0}
+    blocked = nmf_local_step(X, log_basis, basis_weight, **args, temperature=1.0, n_inner=4)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nmf, "block_row_alignment", lambda *shape: None)
+        separate = nmf_local_step(X, log_basis, basis_weight, **args, temperature=1.0, n_inner=4)
+    assert_allclose(blocked.shape, separate.shape, rtol=1e-12)
+    assert_allclose(blocked.basis_counts, separate.basis_counts, rtol=1e-12)
+    assert_allclose(blocked.elbo, separate.elbo, rtol=1e-12)
 
 
 @pytest.mark.parametrize(
