@@ -154,6 +154,35 @@ def fit_loop_one_stage_in_minibatches(X: np.ndarray, seed: int, stage: str) -> t
     return nmf, hmm
 
 
+def fit_loop_start_size(X: np.ndarray, seed: int, size: int) -> tuple:
+    """The default mode's loop with q(B) started once the calls bring ``min(size, N)``
+    sequences instead of ``min(256, N)`` (``size=1``: from the first call's sequence,
+    as before the HMM held its first calls)."""
+    import specufex_dask.models as models
+
+    saved = models.BayesianHMM._start_size
+    models.BayesianHMM._start_size = lambda self: min(size, saved(self))
+    try:
+        return fit_loop(X, seed, "default")
+    finally:
+        models.BayesianHMM._start_size = saved
+
+
+def fit_loop_hmm_schedule(X: np.ndarray, seed: int, delay: float, exponent: float) -> tuple:
+    """The default mode's loop with another HMM step size, ``(delay + t) ** -exponent``
+    for its one-sequence steps (the NMF's stays the default)."""
+    import specufex_dask.models as models
+
+    saved = models.hmm_step_size
+    models.hmm_step_size = lambda step, batch_size: min(
+        1.0, float((delay / (1.0 + 5.0 * (batch_size - 1)) + step) ** -exponent)
+    )
+    try:
+        return fit_loop(X, seed, "default")
+    finally:
+        models.hmm_step_size = saved
+
+
 def fit_loop_schedule(X: np.ndarray, seed: int, delay: float, exponent: float) -> tuple:
     """The default mode's loop with another step size in both stages:
     ``rho = (delay / (1 + 5 spread) + step) ** -exponent`` (the default: 250 and 0.51;
@@ -242,6 +271,14 @@ ABLATIONS: dict[str, Callable[[np.ndarray, int], tuple]] = {
     "loop: step (20 + t)^-1": lambda X, s: fit_loop_schedule(X, s, 20.0, 1.0),
     "loop: NMF in minibatches": lambda X, s: fit_loop_one_stage_in_minibatches(X, s, "nmf"),
     "loop: HMM in minibatches": lambda X, s: fit_loop_one_stage_in_minibatches(X, s, "hmm"),
+    "loop: q(B) from the first sequence": lambda X, s: fit_loop_start_size(X, s, 1),
+    "loop: q(B) from 64 sequences": lambda X, s: fit_loop_start_size(X, s, 64),
+    **{
+        f"loop: HMM step ({delay} + t)^-{exponent}": (
+            lambda d, e: lambda X, s: fit_loop_hmm_schedule(X, s, d, e)
+        )(delay, exponent)
+        for delay, exponent in ((250, 0.75), (256, 1.0), (64, 1.0), (1000, 0.51))
+    },
     "minibatch default": lambda X, s: fit_minibatch(X, s),
     "minibatch: scale by frames": lambda X, s: fit_minibatch(X, s, {"likelihood_scale": "frames"}),
     "minibatch: random q(B)": lambda X, s: fit_minibatch(X, s, None, {"init": "random"}),

@@ -41,6 +41,7 @@ from specufex_dask.inference.convergence import (
     states_in_use,
 )
 from specufex_dask.inference.initialise import (
+    INIT_EVENTS,
     emission_frames,
     emission_start,
     init_sample,
@@ -701,6 +702,8 @@ class BayesianHMM(_SVIModel):
     # what model files written before data starts (and the reference's) were
     init = "random"
     initialised = True
+    # fit calls waiting for the data start, with their sequences (see _ready)
+    _held: tuple[tuple[str, NDArray], ...] = ()
 
     def __init__(
         self,
@@ -745,6 +748,7 @@ class BayesianHMM(_SVIModel):
         self.step = 0
         self.initialised = self._init() == "random"
         self.elbo_: list[float] = []
+        self._held = ()
 
     @staticmethod
     def default_init(compat: str) -> str:
@@ -784,13 +788,67 @@ class BayesianHMM(_SVIModel):
         """Indices of the sequences whose frames :meth:`start_from_frames` uses."""
         return init_sample(generator(self._seed, "hmm_init_sample"), n_sequences)
 
-    def _start_from_data(self, V: NDArray) -> None:
+    def _start_size(self) -> int:
+        """Sequences a data start waits for: the init sample's size, or the data size
+        when that is smaller; none (start at once) when the data size is unknown, as the
+        sequences of each call are then the data."""
+        data_size = self._data_size()
+        return 0 if data_size is None else min(INIT_EVENTS, data_size)
+
+    def _ready(self, V: NDArray, call: str) -> bool:
+        """Whether the ``call`` ("fit" or "partial_fit") on ``V`` may step now.
+
+        A data start from the frames of one sequence (the reference README's loop, one
+        sequence per call) leaves q(B) far from the data (``bench_fidelity``'s rows
+        "loop: q(B) from the first sequence" and "loop: q(B) from 64 sequences" against
+        "loop default"). So
+        until the model has started, calls are held with their sequences; once they
+        hold :meth:`_start_size` sequences (256, or the data size N when smaller and
+        known), q(B) starts from them and the held calls' steps run, in their order, as
+        they would have run from that start. Fewer are started from when the model is
+        used first (:meth:`step_parameters`, :meth:`transform`, :meth:`save`); until
+        then ``B1``, ``B2``, ``step`` and ``elbo_`` are those of the draw.
+        """
         if self.initialised:
+            return True
+        # a copy: the caller may reuse its array (the loop passes views of one array)
+        self._held = (*self._held, (call, np.array(V, copy=True)))
+        held = sum(len(sequences) for _, sequences in self._held)
+        if held >= self._start_size():
+            self._start_from_held()
+        else:
+            self._log(
+                "HMM: %d of %d sequences held for the start of q(B)", held, self._start_size()
+            )
+        return False
+
+    def save(self, filename: str | Path) -> None:
+        """Write the model to an HDF5 file, after a held start (see :meth:`_ready`)."""
+        self._start_from_held()
+        super().save(filename)
+
+    def _start_from_held(self) -> None:
+        """Start q(B) from the held calls' sequences, then run their steps in order."""
+        held, self._held = self._held, ()
+        if self.initialised or not held:
             return
-        frames = emission_frames(V[self.init_sample(len(V))], self.gain)
-        self.start_from_frames(
-            frames.reshape(-1, self.num_pat), (self._data_size() or len(V)) * V.shape[2]
+        sequences = [sequence for _, V in held for sequence in V]
+        sample = self.init_sample(len(sequences))
+        frames = np.concatenate(
+            [emission_frames(sequences[index][None], self.gain)[0] for index in sample]
         )
+        frames_per_sequence = np.mean([sequence.shape[1] for sequence in sequences])
+        self.start_from_frames(frames, (self._data_size() or len(sequences)) * frames_per_sequence)
+        for call, V in held:
+            self._step_call(V, call)
+
+    def _step_call(self, V: NDArray, call: str) -> None:
+        """The steps of one default-mode ``fit`` or ``partial_fit`` call."""
+        if call == "fit":
+            self._run_svi(V, "seeded")
+            self.sort_states()
+        else:
+            self._run_svi(V, "all")
 
     @property
     def EB(self) -> NDArray:
@@ -803,7 +861,8 @@ class BayesianHMM(_SVIModel):
         return expected_log(self.B1, self.B2)
 
     def step_parameters(self) -> steps.HMMStepParameters:
-        """What the local step needs (sent to workers)."""
+        """What the local step needs (sent to workers); starts a held start first."""
+        self._start_from_held()
         check_finite("HMM", self.step, EB=self.EB, ElnB=self.ElnB)
         return steps.HMMStepParameters(
             log_rate=self.ElnB,
@@ -920,9 +979,8 @@ class BayesianHMM(_SVIModel):
         V = self._check_V(V)
         if self.compat == "specufex":
             self._run_svi(V, "in order")
-        else:
-            self._start_from_data(V)
-            self._run_svi(V, "all")
+        elif self._ready(V, "partial_fit"):
+            self._step_call(V, "partial_fit")
         return self
 
     def fit(self, V: ArrayLike) -> BayesianHMM:
@@ -934,10 +992,9 @@ class BayesianHMM(_SVIModel):
         V = self._check_V(V)
         if self.compat == "specufex":
             self._run_svi(V, "in order")
-        else:
-            self._start_from_data(V)
-            self._run_svi(V, "seeded")
-        self.sort_states()
+            self.sort_states()
+        elif self._ready(V, "fit"):
+            self._step_call(V, "fit")
         return self
 
     def transform(self, V: ArrayLike) -> tuple[NDArray, NDArray, NDArray]:

@@ -174,8 +174,72 @@ def test_hmm_starts_from_data_once_and_remembers_it(tmp_path, rng) -> None:
     loaded = BayesianHMM.load(tmp_path / "hmm.h5")
     assert loaded.initialised and loaded.init == "data"
     before = loaded.B1.copy()
-    loaded._start_from_data(V)  # already started: nothing happens
+    assert loaded._ready(V, "fit")  # already started: no new start, nothing held
     np.testing.assert_array_equal(loaded.B1, before)
+    assert loaded._held == ()
+
+
+def _loop_model(rng: np.random.Generator, n_events: int):
+    """An HMM built as the README's loop builds it (from an NMF's gain, which carries the
+    NMF's data size), and sequences of that NMF."""
+    X = rng.gamma(2.0, 2.0, size=(n_events, 6, 12))
+    nmf = BayesianNonparametricNMF(X.shape, 4, random_state=0).fit(X[:4])
+    V = nmf.transform(X)
+    return (lambda: BayesianHMM(nmf.num_pat, nmf.gain, 3, random_state=1)), V
+
+
+def _started_by_hand(make, V: np.ndarray, calls: list[int]):
+    """What the held calls must give: a start from their sequences, then their steps."""
+    hmm = make()
+    held = V[calls]
+    frames = (held * hmm.gain[None, :, None]).transpose(0, 2, 1).reshape(-1, hmm.num_pat)
+    hmm.start_from_frames(frames, hmm._data_size() * V.shape[2])
+    for index in calls:
+        hmm.fit(V[index : index + 1])
+    return hmm
+
+
+def test_one_sequence_calls_are_held_until_the_data_start(rng) -> None:
+    """The README's loop: calls of one sequence wait until they bring min(256, N)
+    sequences, then q(B) starts from all of them and their steps run in order."""
+    make, V = _loop_model(rng, 30)
+    hmm = make()
+    drawn = hmm.B1.copy()
+    calls = [int(i) for i in rng.integers(30, size=30)]
+    for count, index in enumerate(calls, start=1):
+        hmm.fit(V[index : index + 1])
+        if count < 30:
+            assert not hmm.initialised and hmm.step == 0
+            np.testing.assert_array_equal(hmm.B1, drawn)
+    assert hmm.initialised and hmm.step == 30 and len(hmm.elbo_) == 30
+    expected = _started_by_hand(make, V, calls)
+    np.testing.assert_array_equal(hmm.B1, expected.B1)
+    np.testing.assert_array_equal(hmm.B2, expected.B2)
+    # a start from the first call's sequence alone gives another model
+    alone = _started_by_hand(make, V, calls[:1])
+    for index in calls[1:]:
+        alone.fit(V[index : index + 1])
+    assert not np.allclose(alone.B1, hmm.B1)
+
+
+def test_a_held_start_runs_when_the_model_is_used(rng, tmp_path) -> None:
+    make, V = _loop_model(rng, 30)
+    calls = [3, 17, 17, 8]
+    for use in ("transform", "save"):
+        hmm = make()
+        for index in calls:
+            hmm.fit(V[index : index + 1])
+        assert not hmm.initialised
+        if use == "transform":
+            fingerprint = hmm.transform(V)[0]
+        else:
+            hmm.save(tmp_path / "hmm.h5")
+            hmm = BayesianHMM.load(tmp_path / "hmm.h5")
+        expected = _started_by_hand(make, V, calls)
+        assert hmm.initialised and hmm.step == len(calls)
+        np.testing.assert_array_equal(hmm.B1, expected.B1)
+        if use == "transform":
+            np.testing.assert_array_equal(fingerprint, expected.transform(V)[0])
 
 
 def test_hmm_init_settings_are_checked_and_compat_keeps_the_draw() -> None:
