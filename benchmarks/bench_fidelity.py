@@ -35,6 +35,7 @@ records run the same seeds. ``--quick`` runs 2 seeds, 300 planted events, no CLI
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -201,8 +202,11 @@ def fit_loop_schedule(X: np.ndarray, seed: int, delay: float, exponent: float) -
         models.nmf_step_size, models.hmm_step_size = saved
 
 
-def fit_pipeline(X: np.ndarray, seed: int, compat: str, **options) -> tuple:
-    """``SpecUFEx`` with its defaults, on dask's in-process scheduler."""
+def fit_pipeline(
+    X: np.ndarray, seed: int, compat: str, n_states: int = N_STATES, **options
+) -> tuple:
+    """``SpecUFEx`` with its defaults (``n_states`` states), on dask's in-process
+    scheduler."""
     import xarray as xr
 
     from specufex_dask import SpecUFEx
@@ -211,7 +215,7 @@ def fit_pipeline(X: np.ndarray, seed: int, compat: str, **options) -> tuple:
         X, dims=("event", "frequency", "time"), coords={"event": [str(i) for i in range(len(X))]}
     )
     model = SpecUFEx(
-        N_PATTERNS, N_STATES, compat=compat, random_state=seed, client=False, **options
+        N_PATTERNS, n_states, compat=compat, random_state=seed, client=False, **options
     )
     model.fit(data)
     return model.nmf_, model.hmm_
@@ -273,6 +277,10 @@ ABLATIONS: dict[str, Callable[[np.ndarray, int], tuple]] = {
     "loop: HMM in minibatches": lambda X, s: fit_loop_one_stage_in_minibatches(X, s, "hmm"),
     "loop: q(B) from the first sequence": lambda X, s: fit_loop_start_size(X, s, 1),
     "loop: q(B) from 64 sequences": lambda X, s: fit_loop_start_size(X, s, 64),
+    **{
+        f"pipeline: {n} states": functools.partial(fit_pipeline, compat="default", n_states=n)
+        for n in (10, 20, 25)
+    },
     **{
         f"loop: HMM step ({delay} + t)^-{exponent}": (
             lambda d, e: lambda X, s: fit_loop_hmm_schedule(X, s, d, e)

@@ -659,7 +659,11 @@ class BayesianHMM(_SVIModel):
     init : {"data", "random"}, optional
         Start of q(B). ``"data"`` (the default mode's default): at the first fit, each
         state starts at the mean emission of a seeded k-means group of the frames of up
-        to 256 of the sequences given (:mod:`specufex_dask.inference.initialise`). ``"random"``
+        to 256 of the sequences given (:mod:`specufex_dask.inference.initialise`). When
+        the data size N is known (``n_eff``, or the NMF's that ``gain`` carries), fit
+        calls that bring fewer than min(256, N) sequences, as the reference README's
+        loop of one sequence per call does, are held until they bring that many (or the
+        model is used), and their steps then run from that start. ``"random"``
         (always so in compat mode): the reference's random draw at construction, which
         on real records leaves every frame in one state. Set it when assigning
         ``B1, B2`` by hand, or the first fit replaces them.
