@@ -488,8 +488,15 @@ class SpecUFEx(ParameterContract):
 
     def _write_checkpoint(self, checkpoints: BackgroundCheckpoints, stage: str) -> None:
         checkpoints.write(
-            self.nmf_, self.hmm_, _checkpoint(stage, self.progress_, self._fit_settings)
+            self.nmf_,
+            self.hmm_,
+            _checkpoint(stage, self.progress_, self._fit_settings, self._stopping_settings()),
         )
+
+    def _stopping_settings(self) -> dict[str, Any]:
+        """The budgets and tolerance the fit ran with, as given (None: the defaults):
+        resumable, so not compared on resume, but stored for :meth:`from_archive`."""
+        return {name: _plain(getattr(self, name)) for name in STOPPING_SETTINGS}
 
     def _shaping_settings(self, n_events: int, seed: int) -> dict[str, Any]:
         """The settings that shape the fit (the table's rows that are not resumable) as
@@ -843,7 +850,8 @@ class SpecUFEx(ParameterContract):
         settings = getattr(self, "_fit_settings", None) or {
             name: _plain(self.get_params()[name]) for name in shaping_names(PIPELINE_PARAMETERS)
         }
-        dataset = model_group_dataset(nmf, hmm, _checkpoint("done", self.progress_, settings))
+        progress = _checkpoint("done", self.progress_, settings, self._stopping_settings())
+        dataset = model_group_dataset(nmf, hmm, progress)
         write_model_dataset(str(path), dataset.assign_coords({FREQUENCY: frequency}))
 
     @classmethod
@@ -909,6 +917,7 @@ class SpecUFEx(ParameterContract):
             "num_pat": nmf.num_pat,
             **_settings_of_models(nmf, hmm),
             **saved.get("settings", {}),
+            **saved.get("stopping", {}),
         }
         model = cls(**stored, client=client, progress=progress)
         model.nmf_, model.hmm_ = nmf, hmm
@@ -918,6 +927,9 @@ class SpecUFEx(ParameterContract):
         model._record_steps()
         return model
 
+
+# The resumable settings a stored model keeps for from_archive: how long its fit ran
+STOPPING_SETTINGS = ("nmf_steps", "hmm_steps", "tol")
 
 # K x D float64 arrays the driver holds at once, at least: q(W) (W1, W2), the two of its
 # update, the folded statistics and the checkpoint's copy of q(W)
@@ -1008,13 +1020,17 @@ def _settings_of_models(nmf: BayesianNonparametricNMF, hmm: BayesianHMM | None) 
 
 
 def _checkpoint(
-    stage: str, progress: dict[str, SVIProgress], settings: dict[str, Any]
+    stage: str,
+    progress: dict[str, SVIProgress],
+    settings: dict[str, Any],
+    stopping: dict[str, Any],
 ) -> dict[str, Any]:
     """The ``progress`` a checkpoint stores: the stage the fit is in and, per stage, the
     steps done, whether it converged, the budget and the stopping rule's window of
-    counts (the layout of the model group's ``progress`` attribute), and the settings
-    that shaped the fit (a resumed fit must have the same)."""
-    saved: dict[str, Any] = {"stage": stage, "settings": settings}
+    counts (the layout of the model group's ``progress`` attribute), the settings
+    that shaped the fit (a resumed fit must have the same) and its ``stopping``
+    settings (:data:`STOPPING_SETTINGS`, which a resume may change)."""
+    saved: dict[str, Any] = {"stage": stage, "settings": settings, "stopping": stopping}
     saved.update({f"{s}_steps": progress[s].step if s in progress else 0 for s in STAGES})
     for s, record in progress.items():
         saved[f"{s}_converged"] = record.converged

@@ -177,9 +177,14 @@ def test_a_stored_model_has_the_settings_of_its_fit_and_resumes_as_done(
     loaded = SpecUFEx.from_archive(path, client=False)
     shaping = {name: fitted.get_params()[name] for name in shaping_names(PIPELINE_PARAMETERS)}
     assert {name: loaded.get_params()[name] for name in shaping} == shaping
-    # its budgets are not stored: the defaults ask for more steps, which it says
+    # its budgets and tol too (resumable settings, stored for this): resumed, it is done
+    stopping = ("nmf_steps", "hmm_steps", "tol")
+    assert {name: loaded.get_params()[name] for name in stopping} == {
+        name: SETTINGS.get(name, fitted.get_params()[name]) for name in stopping
+    }
+    caplog.clear()
     assert loaded.fit(path, resume=True).n_steps_ == fitted.n_steps_
-    assert "and 1000 are asked; a finished stage does not resume" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_a_finished_stage_is_not_taken_further_by_a_resume(
