@@ -22,6 +22,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -387,3 +388,28 @@ def test_a_task_failing_on_a_worker_is_one_line_unless_debug(tmp_path: Path) -> 
     _, loud = done[True]
     assert runs[True].returncode == 1
     assert "Compute Failed" in loud and "Traceback" in loud and "BadValues" in loud
+
+
+def test_a_worker_killed_while_its_step_runner_starts_is_noticed(workers: Cluster, client) -> None:
+    """A runner is pinned to its worker: when that worker dies between the look at the
+    cluster and the runner's start, the start fails within a liveness check instead of
+    waiting out the start timeout (and the step then runs as tasks). The race is made
+    certain: the runners see the cluster as it was before a worker was SIGKILLed."""
+    import signal
+
+    from specufex_dask.parallel import runners
+
+    ours = ensure_workers(workers, client, 2)
+    pid, address = sorted(ours.items())[0]
+    before = client.nthreads()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: address not in client.nthreads(), "the scheduler to drop the worker")
+    live, looks = client.nthreads, iter([before])
+    started = time.monotonic()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runners, "LIVENESS_CHECK_S", 1.0)
+        # the runners' first look sees the worker; every later one asks the scheduler
+        patch.setattr(client, "nthreads", lambda: next(looks, None) or live())
+        with pytest.raises(OSError, match=f"worker {address} left the cluster while its step"):
+            runners.StepRunners(client)._follow_cluster()
+    assert time.monotonic() - started < 30.0

@@ -272,19 +272,41 @@ class StepRunners:
         self.release()
         if not addresses:
             raise OSError("the cluster has no workers")
-        from distributed import wait
-
         futures = [
             self._client.submit(StepRunner, actor=True, workers=[address], pure=False)
             for address in addresses
         ]
         self._futures = futures
-        wait(futures, timeout=START_TIMEOUT_S)
+        self._wait_for_start(futures, addresses)
         self._runners = [future.result() for future in futures]
         if _calls_direct(self._client):
             self._runners = [_direct_actor(runner, self._client) for runner in self._runners]
         self._addresses = addresses
         self._threads = [int(nthreads[address]) for address in addresses]
+
+    def _wait_for_start(self, futures: list, addresses: list[str]) -> None:
+        """Wait for the runners to start, checking every ``LIVENESS_CHECK_S`` that their
+        workers are still there: a runner is pinned to its worker, so one that left
+        would hold the start for the whole ``START_TIMEOUT_S``. Raises OSError then, or
+        when the start takes longer (the caller runs the steps as tasks)."""
+        from distributed import wait
+
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                wait(futures, timeout=max(0.0, min(LIVENESS_CHECK_S, left)))
+                return
+            except (TimeoutError, asyncio.TimeoutError):  # distinct before Python 3.11
+                gone = sorted(set(addresses) - set(self._client.nthreads()))
+                if gone:
+                    raise OSError(
+                        f"worker {gone[0]} left the cluster while its step runner started"
+                    ) from None
+                if time.monotonic() >= deadline:
+                    raise OSError(
+                        f"the step runners did not start within {START_TIMEOUT_S:.0f} s"
+                    ) from None
 
     def _slots(self) -> list[int]:
         """Runner of each worker thread, the runners taking turns."""
