@@ -61,8 +61,10 @@ logger = logging.getLogger(__name__)
 # How long to wait on a runner's call before asking the scheduler whether its worker is
 # still there (a worker that vanishes without closing its connections never answers).
 LIVENESS_CHECK_S = 10.0
-# How long a new runner may take to start on its worker.
+# How long a new runner may take to start on its worker, and how often its start is
+# looked at meanwhile.
 START_TIMEOUT_S = 60.0
+START_POLL_S = 0.02
 # After a failure, steps run as tasks this long before runners are tried again.
 RETRY_AFTER_S = 30.0
 # Rows read ahead for the whole cluster at most (a full-batch step reads none ahead).
@@ -288,25 +290,23 @@ class StepRunners:
         """Wait for the runners to start, checking every ``LIVENESS_CHECK_S`` that their
         workers are still there: a runner is pinned to its worker, so one that left
         would hold the start for the whole ``START_TIMEOUT_S``. Raises OSError then, or
-        when the start takes longer (the caller runs the steps as tasks)."""
-        from distributed import wait
-
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                wait(futures, timeout=max(0.0, min(LIVENESS_CHECK_S, left)))
-                return
-            except (TimeoutError, asyncio.TimeoutError):  # distinct before Python 3.11
+        when the start takes longer (the caller runs the steps as tasks). It polls the
+        futures' own state rather than waiting with a timeout, which leaves no timed-out
+        waits behind."""
+        now = time.monotonic()
+        deadline, next_check = now + START_TIMEOUT_S, now + LIVENESS_CHECK_S
+        while not all(future.done() for future in futures):
+            now = time.monotonic()
+            if now >= next_check:
                 gone = sorted(set(addresses) - set(self._client.nthreads()))
                 if gone:
                     raise OSError(
                         f"worker {gone[0]} left the cluster while its step runner started"
-                    ) from None
-                if time.monotonic() >= deadline:
-                    raise OSError(
-                        f"the step runners did not start within {START_TIMEOUT_S:.0f} s"
-                    ) from None
+                    )
+                next_check = now + LIVENESS_CHECK_S
+            if now >= deadline:
+                raise OSError(f"the step runners did not start within {START_TIMEOUT_S:.0f} s")
+            time.sleep(START_POLL_S)
 
     def _slots(self) -> list[int]:
         """Runner of each worker thread, the runners taking turns."""
