@@ -169,33 +169,26 @@ def fit_loop_start_size(X: np.ndarray, seed: int, size: int) -> tuple:
         models.BayesianHMM._start_size = saved
 
 
-def fit_loop_hmm_schedule(X: np.ndarray, seed: int, delay: float, exponent: float) -> tuple:
-    """The default mode's loop with another HMM step size, ``(delay + t) ** -exponent``
-    for its one-sequence steps (the NMF's stays the default)."""
-    import specufex_dask.models as models
-
-    saved = models.hmm_step_size
-    models.hmm_step_size = lambda step, batch_size: min(
-        1.0, float((delay / (1.0 + 5.0 * (batch_size - 1)) + step) ** -exponent)
-    )
-    try:
-        return fit_loop(X, seed, "default")
-    finally:
-        models.hmm_step_size = saved
-
-
-def fit_loop_schedule(X: np.ndarray, seed: int, delay: float, exponent: float) -> tuple:
-    """The default mode's loop with another step size in both stages:
-    ``rho = (delay / (1 + 5 spread) + step) ** -exponent`` (the default: 250 and 0.51;
-    ``spread`` is the NMF's temperature - 1 and the HMM's batch size - 1)."""
+def fit_loop_schedule(
+    X: np.ndarray,
+    seed: int,
+    delay: float,
+    exponent: float,
+    stages: tuple[str, ...] = ("nmf", "hmm"),
+) -> tuple:
+    """The default mode's loop with another step size in ``stages`` (the others keep the
+    default): ``rho = (delay / (1 + 5 spread) + step) ** -exponent`` (the default: 250
+    and 0.51; ``spread`` is the NMF's temperature - 1 and the HMM's batch size - 1)."""
     import specufex_dask.models as models
 
     def schedule(step: int, spread: float) -> float:
         return min(1.0, float((delay / (1.0 + 5.0 * spread) + step) ** -exponent))
 
     saved = models.nmf_step_size, models.hmm_step_size
-    models.nmf_step_size = lambda step, temperature: schedule(step, temperature - 1.0)
-    models.hmm_step_size = lambda step, batch_size: schedule(step, batch_size - 1)
+    if "nmf" in stages:
+        models.nmf_step_size = lambda step, temperature: schedule(step, temperature - 1.0)
+    if "hmm" in stages:
+        models.hmm_step_size = lambda step, batch_size: schedule(step, batch_size - 1)
     try:
         return fit_loop(X, seed, "default")
     finally:
@@ -282,9 +275,9 @@ ABLATIONS: dict[str, Callable[[np.ndarray, int], tuple]] = {
         for n in (10, 20, 25)
     },
     **{
-        f"loop: HMM step ({delay} + t)^-{exponent}": (
-            lambda d, e: lambda X, s: fit_loop_hmm_schedule(X, s, d, e)
-        )(delay, exponent)
+        f"loop: HMM step ({delay} + t)^-{exponent}": functools.partial(
+            fit_loop_schedule, delay=delay, exponent=exponent, stages=("hmm",)
+        )
         for delay, exponent in ((250, 0.75), (256, 1.0), (64, 1.0), (1000, 0.51))
     },
     "minibatch default": lambda X, s: fit_minibatch(X, s),
