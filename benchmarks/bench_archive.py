@@ -130,28 +130,53 @@ def synthetic_events(seed: int, start: int, stop: int) -> np.ndarray:
     return np.concatenate([synthetic_chunk(seed, first, end) for first, end in blocks])
 
 
-def _write_chunk(store: str, seed: int, start: int, stop: int) -> tuple[int, int]:
+@dataclass(frozen=True)
+class SyntheticContent:
+    """What a synthetic archive holds: ``events(seed, start, stop)`` gives the float32
+    spectrograms (n, n_frequencies, n_times) of events [start, stop), the same however
+    the range is cut; ``version`` changes whenever they do, so that a kept archive of
+    another version is built again."""
+
+    events: Callable[[int, int, int], np.ndarray]
+    n_frequencies: int
+    n_times: int
+    version: int
+
+
+ARCHIVE_CONTENT = SyntheticContent(synthetic_events, N_FREQUENCIES, N_TIMES, SYNTHETIC_VERSION)
+
+
+def _write_chunk(
+    store: str, content: SyntheticContent, seed: int, start: int, stop: int
+) -> tuple[int, int]:
     from specufex_dask.io import archive
 
     return archive.write_region(
-        store, archive.SPECTROGRAM, start, synthetic_events(seed, start, stop)
+        store, archive.SPECTROGRAM, start, content.events(seed, start, stop)
     )
 
 
 def build_archive(
-    path: Path, n_events: int, chunk_events: int, seed: int, client, shard_events: int = 0
+    path: Path,
+    n_events: int,
+    chunk_events: int,
+    seed: int,
+    client,
+    shard_events: int = 0,
+    content: SyntheticContent = ARCHIVE_CONTENT,
 ) -> float:
-    """Write the synthetic archive at ``path`` from the workers (here without ``client``),
-    sharded by ``shard_events`` (0: plain chunks); return seconds taken."""
+    """Write the synthetic archive of ``content`` at ``path`` from the workers (here
+    without ``client``), sharded by ``shard_events`` (0: plain chunks); return seconds
+    taken."""
     from specufex_dask.io import archive
 
     began = time.perf_counter()
     writer = archive.ArchiveWriter.create(
         path,
         event_coords={archive.EVENT: np.array([f"ev{i:07d}" for i in range(n_events)])},
-        frequency=np.linspace(0.0, 50.0, N_FREQUENCIES),
-        time=np.arange(N_TIMES) * 0.04,
-        attrs={"synthetic_seed": seed, "synthetic_version": SYNTHETIC_VERSION},
+        frequency=np.linspace(0.0, 50.0, content.n_frequencies),
+        time=np.arange(content.n_times) * 0.04,
+        attrs={"synthetic_seed": seed, "synthetic_version": content.version},
         chunk_events=chunk_events,
         dtype=np.float32,
         overwrite=True,
@@ -161,12 +186,13 @@ def build_archive(
         regions = writer.regions
         if client is None:
             for start, stop in regions:
-                _write_chunk(str(writer.store_path), seed, start, stop)
+                _write_chunk(str(writer.store_path), content, seed, start, stop)
             writer.commit()
             return time.perf_counter() - began
         futures = client.map(
             _write_chunk,
             [str(writer.store_path)] * len(regions),
+            [content] * len(regions),
             [seed] * len(regions),
             [a for a, _ in regions],
             [b for _, b in regions],
@@ -788,10 +814,15 @@ def rate_table(groups: dict[tuple[int, int, int], list[RunResult]]) -> str:
 
 
 def kept_archive_fits(
-    path: Path, n_events: int, chunk_events: int, seed: int, shard_events: int = 0
+    path: Path,
+    n_events: int,
+    chunk_events: int,
+    seed: int,
+    shard_events: int = 0,
+    content: SyntheticContent = ARCHIVE_CONTENT,
 ) -> bool:
     """Whether ``path`` is a complete synthetic archive of this size, chunking (inner
-    chunks of one event when sharded), seed and generator version."""
+    chunks of one event when sharded), seed and version of ``content``."""
     from specufex_dask.io import archive
 
     if not path.exists():
@@ -806,7 +837,7 @@ def kept_archive_fits(
         and chunks[0] == (archive.SHARD_CHUNK_EVENTS if shard_events else chunk_events)
         and stored_shard_events(path) == shard_events
         and ds.attrs.get("synthetic_seed") == seed
-        and ds.attrs.get("synthetic_version") == SYNTHETIC_VERSION
+        and ds.attrs.get("synthetic_version") == content.version
     )
 
 

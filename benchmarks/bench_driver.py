@@ -40,15 +40,27 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import bench_archive
 import numpy as np
-from bench_archive import MEMORY_LIMIT, MemorySampler, git_version, load_line, machine_line
+from bench_archive import (
+    MEMORY_LIMIT,
+    MemorySampler,
+    SyntheticContent,
+    git_version,
+    load_line,
+    machine_line,
+)
+
+from specufex_dask.io.archive import DEFAULT_CHUNK_EVENTS, DEFAULT_SHARD_EVENTS
 
 logger = logging.getLogger("bench_driver")
 
 N_FREQUENCIES = 64
 N_TIMES = 32
-BLOCK_EVENTS = 8192  # events per write task (a multiple of every chunking used)
-SYNTHETIC_VERSION = 1
+# Events per seeded Generator: the writer's regions are cut into these blocks, so the
+# content does not depend on how it cuts the archive.
+GENERATOR_EVENTS = 256
+SYNTHETIC_VERSION = 2
 BATCH = 64
 
 
@@ -67,57 +79,30 @@ def synthetic_block(seed: int, start: int, stop: int) -> np.ndarray:
     return values
 
 
-def _write_block(store: str, seed: int, start: int, stop: int) -> tuple[int, int]:
-    from specufex_dask.io import archive
+def synthetic_events(seed: int, start: int, stop: int) -> np.ndarray:
+    """:func:`synthetic_block` of every ``GENERATOR_EVENTS`` block of [start, stop), so
+    the spectrograms do not depend on how the writer cuts the range."""
+    from specufex_dask.io.archive import region_bounds
 
-    return archive.write_region(
-        store, archive.SPECTROGRAM, start, synthetic_block(seed, start, stop)
-    )
+    blocks = region_bounds(start, stop, GENERATOR_EVENTS)
+    return np.concatenate([synthetic_block(seed, first, end) for first, end in blocks])
+
+
+CONTENT = SyntheticContent(synthetic_events, N_FREQUENCIES, N_TIMES, SYNTHETIC_VERSION)
 
 
 def build_archive(path: Path, n_events: int, seed: int, client) -> float:
-    """Write the synthetic archive at ``path`` from the workers; return seconds taken."""
-    from specufex_dask.io import archive
-
-    began = time.perf_counter()
-    writer = archive.ArchiveWriter.create(
-        path,
-        event_coords={archive.EVENT: np.array([f"ev{i:07d}" for i in range(n_events)])},
-        frequency=np.linspace(0.0, 50.0, N_FREQUENCIES),
-        time=np.arange(N_TIMES) * 0.04,
-        attrs={"synthetic_seed": seed, "synthetic_version": SYNTHETIC_VERSION},
-        dtype=np.float32,
-        overwrite=True,
+    """Write the synthetic archive at ``path`` from the workers, in the archive writer's
+    default layout; return seconds taken."""
+    return bench_archive.build_archive(
+        path, n_events, DEFAULT_CHUNK_EVENTS, seed, client, DEFAULT_SHARD_EVENTS, CONTENT
     )
-    try:
-        starts = list(range(0, n_events, BLOCK_EVENTS))
-        stops = [min(start + BLOCK_EVENTS, n_events) for start in starts]
-        store = str(writer.store_path)
-        futures = client.map(
-            _write_block, [store] * len(starts), [seed] * len(starts), starts, stops, pure=False
-        )
-        client.gather(futures)
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    return time.perf_counter() - began
 
 
 def kept_archive_fits(path: Path, n_events: int, seed: int) -> bool:
     """Whether ``path`` is a complete synthetic archive of this size, seed and version."""
-    from specufex_dask.io import archive
-
-    if not path.exists():
-        return False
-    try:
-        ds = archive.open_archive(path, with_dask=False)
-    except archive.ArchiveError:
-        return False
-    return (
-        ds.sizes[archive.EVENT] == n_events
-        and ds.attrs.get("synthetic_seed") == seed
-        and ds.attrs.get("synthetic_version") == SYNTHETIC_VERSION
+    return bench_archive.kept_archive_fits(
+        path, n_events, DEFAULT_CHUNK_EVENTS, seed, DEFAULT_SHARD_EVENTS, CONTENT
     )
 
 
