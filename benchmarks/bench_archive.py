@@ -25,6 +25,7 @@ run, just before and just after each run (the faster of the two is compared).
 
 Usage: python benchmarks/bench_archive.py [--sizes 1000 10000] [--workers 1 2]
        [--chunk-events 16] [--nmf-steps 100] [--hmm-steps 100] [--batch-size 64]
+       [--checkpoint-every auto|N]
        [--converged | --passes P] [--profile] [--repeats 1]
        [--scratch /work/bench-scratch] [--keep]
 """
@@ -344,9 +345,10 @@ def fit_settings(args: argparse.Namespace, n_events: int) -> dict:
     if args.mode == "passes":
         steps = -(-args.passes * n_events // args.batch_size)
         return {"nmf_steps": steps, "hmm_steps": steps, "batch_size": args.batch_size,
-                "tol": None}  # fmt: skip
+                "tol": None, "checkpoint_every": args.checkpoint_every}  # fmt: skip
     return {"nmf_steps": args.nmf_steps, "hmm_steps": args.hmm_steps,
-            "batch_size": args.batch_size, "tol": None}  # fmt: skip
+            "batch_size": args.batch_size, "tol": None,
+            "checkpoint_every": args.checkpoint_every}  # fmt: skip
 
 
 def stage_summary(model, stamps: dict[str, list[float]], fit_began: float, n: int) -> dict:
@@ -643,6 +645,7 @@ def run_in_subprocess(args: argparse.Namespace, path: Path, n: int, k: int) -> R
         sys.executable, __file__, "--one-path", str(path), "--one-size", str(n),
         "--one-workers", str(k), "--nmf-steps", str(args.nmf_steps),
         "--hmm-steps", str(args.hmm_steps), "--batch-size", str(args.batch_size),
+        "--checkpoint-every", str(args.checkpoint_every),
         *(["--fit-only"] if args.fit_only else []),
         "--passes", str(args.passes), *(["--converged"] if args.converged else []),
         *(["--profile"] if args.profile else []),
@@ -873,6 +876,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nmf-steps", type=int, default=100)
     parser.add_argument("--hmm-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--checkpoint-every",
+        type=lambda text: text if text == "auto" else int(text),
+        default="auto",
+        help="SpecUFEx's checkpoint_every in the fixed and --passes modes (default: auto)",
+    )
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument(
         "--converged", action="store_true",

@@ -221,13 +221,14 @@ class FitConfig:
         "specufex" reproduces the reference implementation's numerics.
     random_state : int, default=0
         Seed of every random choice of the fit.
-    checkpoint_every : int, default=10
-        SVI steps between checkpoints written into the archive.
+    checkpoint_every : int or "auto", default="auto"
+        SVI steps between checkpoints written into the archive; "auto" writes one every
+        10 steps once 30 s have passed since the last.
     """
 
     compat: Literal["default", "specufex"] = _FIT["compat"].default
     random_state: int = _FIT["random_state"].default
-    checkpoint_every: int = _FIT["checkpoint_every"].default
+    checkpoint_every: int | Literal["auto"] = _FIT["checkpoint_every"].default
 
     def _check(self, name: str) -> None:
         _check_fit_keys(self, name)

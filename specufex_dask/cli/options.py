@@ -97,6 +97,8 @@ _optional_float = _keyword_or(float, ("none", "null"), None, "a number or 'none'
 _step_budget = _keyword_or(int, ("auto", "none", "null"), None, "an integer or 'auto'")
 # A number of spectrograms, or "auto".
 _batch_size = _keyword_or(int, ("auto",), "auto", "an integer or 'auto'")
+# A number of steps between checkpoints, or "auto".
+_checkpoint_every = _keyword_or(int, ("auto",), "auto", "an integer or 'auto'")
 
 
 def _none_or(convert: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -312,8 +314,9 @@ FIT_FLAGS = (
         ("--checkpoint-every",),
         "fit",
         "checkpoint_every",
-        "SVI steps between checkpoints written into the archive",
-        int,
+        "SVI steps between checkpoints written into the archive, or 'auto' (every 10 "
+        "steps once 30 s have passed since the last)",
+        _checkpoint_every,
         "N",
     ),
 )

@@ -162,6 +162,11 @@ CALLABLE_OR_NONE = Rule("a callable or None", lambda v: v is None or callable(v)
 SECONDS_OR_NONE = Rule(
     "a positive number of seconds or None", _or_none(lambda v: _real(v) and v > 0), (0.0, -1.0)
 )
+CHECKPOINT_EVERY = Rule(
+    "a positive integer or 'auto'",
+    lambda v: (isinstance(v, str) and v == "auto") or _integer(v, 1),
+    (0, 2.5, None, "often"),
+)
 PIPELINE_BATCH_SIZE = Rule(
     "a positive integer, None (every event in every step) or 'auto'",
     lambda v: v is None or (isinstance(v, str) and v == "auto") or _integer(v, 1),
@@ -250,7 +255,7 @@ PIPELINE_PARAMETERS = _table(
     Parameter("batch_size", PIPELINE_BATCH_SIZE, "auto"),
     Parameter("tol", TOLERANCE, 1e-4, resumable=True),
     Parameter("random_state", SEED, 0),
-    Parameter("checkpoint_every", POSITIVE_INT, 10, resumable=True),
+    Parameter("checkpoint_every", CHECKPOINT_EVERY, "auto", resumable=True),
     Parameter("client", ANY, None, resumable=True),
     # the engine computes the same bits for any split of the events
     Parameter("chunk_events", POSITIVE_INT, 256, resumable=True),
