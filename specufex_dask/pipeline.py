@@ -500,8 +500,9 @@ class SpecUFEx(ParameterContract):
 
     def _checkpoint_due(self, step: int) -> bool:
         """Whether a checkpoint is written after ``step`` (see ``checkpoint_every``)."""
-        if self.checkpoint_every != "auto":
-            return step % self.checkpoint_every == 0
+        every = self.checkpoint_every
+        if not isinstance(every, str):  # the parameter's rule: a count, or "auto"
+            return step % every == 0
         since = monotonic() - self._checkpointed_at
         return step % AUTO_CHECKPOINT_STEPS == 0 and since >= AUTO_CHECKPOINT_SECONDS
 
