@@ -214,6 +214,18 @@ def fit_pipeline(
     return model.nmf_, model.hmm_
 
 
+def fit_pipeline_share(X: np.ndarray, seed: int, share: float) -> tuple:
+    """``SpecUFEx`` with its defaults but another default share pruning of the NMF."""
+    import specufex_dask.models as models
+
+    saved = models.MIN_PATTERN_SHARE
+    models.MIN_PATTERN_SHARE = share
+    try:
+        return fit_pipeline(X, seed, "default")
+    finally:
+        models.MIN_PATTERN_SHARE = saved
+
+
 def fit_minibatch(
     X: np.ndarray, seed: int, nmf_options=None, hmm_options=None, n_states: int = N_STATES
 ) -> tuple:
@@ -280,6 +292,7 @@ ABLATIONS: dict[str, Callable[[np.ndarray, int], tuple]] = {
         )
         for delay, exponent in ((250, 0.75), (256, 1.0), (64, 1.0), (1000, 0.51))
     },
+    "pipeline: share 1e-3 (budget 1000)": functools.partial(fit_pipeline_share, share=1e-3),
     "minibatch default": lambda X, s: fit_minibatch(X, s),
     "minibatch: scale by frames": lambda X, s: fit_minibatch(X, s, {"likelihood_scale": "frames"}),
     "minibatch: random q(B)": lambda X, s: fit_minibatch(X, s, None, {"init": "random"}),
