@@ -133,7 +133,8 @@ class SpecUFEx(ParameterContract):
     checkpoint_every : int or "auto", default="auto"
         Steps between checkpoints written to ``<archive>/model`` (when fitting a path);
         "auto" writes one every 10 steps once 30 s have passed since the last, so a fit
-        that stops loses at most about 30 s of steps (:data:`AUTO_CHECKPOINT_SECONDS`).
+        that stops loses at most the steps of the last 30 s and 10 more
+        (:data:`AUTO_CHECKPOINT_SECONDS`).
         The end of each stage is always checkpointed.
     client : distributed.Client, str, None or False
         A client, a scheduler address, None to start a local cluster on 127.0.0.1, or
