@@ -46,8 +46,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -161,12 +163,11 @@ def fit_loop_start_size(X: np.ndarray, seed: int, size: int) -> tuple:
     as before the HMM held its first calls)."""
     import specufex_dask.models as models
 
-    saved = models.BayesianHMM._start_size
-    models.BayesianHMM._start_size = lambda self: min(size, saved(self))
-    try:
+    default = models.BayesianHMM._start_size
+    with mock.patch.object(
+        models.BayesianHMM, "_start_size", lambda self: min(size, default(self))
+    ):
         return fit_loop(X, seed, "default")
-    finally:
-        models.BayesianHMM._start_size = saved
 
 
 def fit_loop_schedule(
@@ -184,15 +185,14 @@ def fit_loop_schedule(
     def schedule(step: int, spread: float) -> float:
         return min(1.0, float((delay / (1.0 + 5.0 * spread) + step) ** -exponent))
 
-    saved = models.nmf_step_size, models.hmm_step_size
-    if "nmf" in stages:
-        models.nmf_step_size = lambda step, temperature: schedule(step, temperature - 1.0)
-    if "hmm" in stages:
-        models.hmm_step_size = lambda step, batch_size: schedule(step, batch_size - 1)
-    try:
+    replacements = {
+        "nmf": ("nmf_step_size", lambda step, temperature: schedule(step, temperature - 1.0)),
+        "hmm": ("hmm_step_size", lambda step, batch_size: schedule(step, batch_size - 1)),
+    }
+    with ExitStack() as patches:
+        for stage in stages:
+            patches.enter_context(mock.patch.object(models, *replacements[stage]))
         return fit_loop(X, seed, "default")
-    finally:
-        models.nmf_step_size, models.hmm_step_size = saved
 
 
 def fit_pipeline(
@@ -218,12 +218,8 @@ def fit_pipeline_share(X: np.ndarray, seed: int, share: float) -> tuple:
     """``SpecUFEx`` with its defaults but another default share pruning of the NMF."""
     import specufex_dask.models as models
 
-    saved = models.MIN_PATTERN_SHARE
-    models.MIN_PATTERN_SHARE = share
-    try:
+    with mock.patch.object(models, "MIN_PATTERN_SHARE", share):
         return fit_pipeline(X, seed, "default")
-    finally:
-        models.MIN_PATTERN_SHARE = saved
 
 
 def fit_minibatch(
