@@ -16,10 +16,20 @@ the package's direct reader and through Zarr's own read (``get_orthogonal_select
 partial shard reads), and a 256-event range (a transform task's read), and prints the
 medians and the disk size of each archive.
 
+With ``--codecs`` it compares the compressors of ``spectrogram`` in the layout of new
+archives (shards of 256 one-event chunks, crc32c last): zstd (the former default),
+Blosc's LZ4 with bit shuffle (the default) and none, on ``--events`` synthetic events
+and on the 935 windows of the KW1 record (real data, 113 x 39). For each it prints the
+disk size, the seconds to write the archive, and the medians of a step's read
+(``--rows`` sorted random events, the same draws for every codec) and of a 256-event
+range through the package's direct reader.
+
 Usage: python benchmarks/bench_chunkread.py [--events 400] [--rows 256] [--repeats 15]
        [--scratch /work/bench-scratch]
        python benchmarks/bench_chunkread.py --layouts [--events 10000] [--rows 64]
        [--shards 256 512] [--repeats 15] [--scratch /work/bench-scratch] [--keep] [--reuse]
+       python benchmarks/bench_chunkread.py --codecs [--events 4096] [--rows 64]
+       [--repeats 30] [--scratch /work/bench-scratch]
 """
 
 from __future__ import annotations
@@ -54,8 +64,8 @@ CHUNK_EVENTS = 8
 
 def write(path: Path, n_events: int, codecs: Callable[[], tuple]) -> Path:
     """An archive of ``n_events`` synthetic events whose arrays use ``codecs``."""
-    original = archive.checksummed
-    archive.checksummed = codecs
+    original = archive.checksummed, archive.spectrogram_checksummed
+    archive.checksummed = archive.spectrogram_checksummed = codecs
     try:
         values = synthetic_chunk(SEED, 0, n_events)
         ids = [f"ev{i:05d}" for i in range(n_events)]
@@ -65,7 +75,7 @@ def write(path: Path, n_events: int, codecs: Callable[[], tuple]) -> Path:
             shard_events=None,
         )  # fmt: skip
     finally:
-        archive.checksummed = original
+        archive.checksummed, archive.spectrogram_checksummed = original
 
 
 def seconds(path: Path, rows: slice | np.ndarray) -> float:
@@ -143,6 +153,72 @@ def compare_layouts(args: argparse.Namespace) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def codec_choices() -> dict[str, Callable[[], tuple]]:
+    """The spectrogram codecs compared by ``--codecs``, each followed by a crc32c."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return {
+        "zstd": lambda: (ZstdCodec(), Crc32cCodec()),
+        "blosc lz4 bitshuffle": archive.spectrogram_checksummed,
+        "none": lambda: (Crc32cCodec(),),
+    }
+
+
+def codec_archive(path: Path, values: np.ndarray, codecs: Callable[[], tuple]) -> float:
+    """Write ``values`` as a new archive's spectrograms with ``codecs``; seconds taken."""
+    original = archive.spectrogram_checksummed
+    archive.spectrogram_checksummed = codecs
+    began = time.perf_counter()
+    try:
+        ids = [f"ev{i:05d}" for i in range(len(values))]
+        frequency, times = np.arange(values.shape[1]), np.arange(values.shape[2])
+        archive.write_spectrograms(path, values, ids, frequency, times, shard_events=256)
+    finally:
+        archive.spectrogram_checksummed = original
+    return time.perf_counter() - began
+
+
+def compare_codecs(args: argparse.Namespace) -> None:
+    """Size, write time and reads of the spectrogram codecs on synthetic and real rows."""
+    from specufex_dask.analysis import datasets
+
+    data = {
+        f"synthetic {N_FREQUENCIES} x {N_TIMES}": synthetic_chunk(SEED, 0, args.events),
+        "KW1 113 x 39": datasets.kw1_spectrograms()[0].astype(np.float32),
+    }
+    folder = Path(tempfile.mkdtemp(prefix="bench-chunkread-", dir=args.scratch))
+    print(f"shards of 256 one-event chunks, crc32c last; medians of {args.repeats} "
+          "alternating reads on one thread")  # fmt: skip
+    print(f"| data | codec | disk MB | write s | step: {args.rows} random rows ms "
+          "| 256-event range ms |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|")
+    try:
+        for label, values in data.items():
+            paths, written = {}, {}
+            for name, codecs in codec_choices().items():
+                paths[name] = folder / f"{len(paths)}-{label.split()[0]}.zarr"
+                written[name] = codec_archive(paths[name], values, codecs)
+            rng = np.random.default_rng(SEED)
+            n = len(values)
+            draws = [np.sort(rng.choice(n, args.rows, replace=False))
+                     for _ in range(args.repeats)]  # fmt: skip
+            starts = rng.integers(0, max(n - 256, 0) + 1, args.repeats)
+            times: dict[tuple[str, str], list[float]] = {}
+            for number in range(args.repeats):
+                for name, path in paths.items():
+                    span = slice(int(starts[number]), int(starts[number]) + 256)
+                    for what, rows in (("step", draws[number]), ("range", span)):
+                        times.setdefault((name, what), []).append(seconds(path, rows))
+            for name, path in paths.items():
+                size = disk_bytes(path / archive.SPECTROGRAM) / 1e6
+                step = statistics.median(times[(name, "step")]) * 1e3
+                span_ms = statistics.median(times[(name, "range")]) * 1e3
+                print(f"| {label} | {name} | {size:.1f} | {written[name]:.2f} | {step:.2f} "
+                      f"| {span_ms:.2f} |")  # fmt: skip
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=None)
@@ -150,6 +226,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--scratch", type=Path, default=None)
     parser.add_argument("--layouts", action="store_true", help="compare the layouts")
+    parser.add_argument("--codecs", action="store_true", help="compare the compressors")
     parser.add_argument("--shards", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--keep", action="store_true", help="keep the layouts' archives")
     parser.add_argument("--reuse", action="store_true", help="take kept archives again")
@@ -158,6 +235,11 @@ def main() -> None:
         args.events = args.events or 10000
         args.rows = args.rows or 64
         compare_layouts(args)
+        return
+    if args.codecs:
+        args.events = args.events or 4096
+        args.rows = args.rows or 64
+        compare_codecs(args)
         return
     args.events = args.events or 400
     args.rows = args.rows or 256

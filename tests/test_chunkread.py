@@ -45,6 +45,9 @@ def _zarr_read(array: zarr.Array, rows) -> np.ndarray:
         ("float64", "auto"),
         ("float32", None),
         ("float32", ZstdCodec(level=-1, checksum=True)),
+        ("float32", BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")),
+        ("float64", BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")),
+        ("float32", (BloscCodec(cname="lz4", shuffle="noshuffle"), Crc32cCodec())),
     ],
 )
 def test_rows_equal_zarrs_read(tmp_path: Path, rng, dtype: str, compressors) -> None:
@@ -67,7 +70,7 @@ def test_a_chunk_without_a_file_holds_the_fill_value(tmp_path: Path, rng) -> Non
     np.testing.assert_array_equal(plain.read(rows), expected)
 
 
-@pytest.mark.parametrize("compressors", ["auto", None])
+@pytest.mark.parametrize("compressors", ["auto", None, BloscCodec(cname="lz4")])
 def test_a_damaged_chunk_file_is_named(tmp_path: Path, rng, compressors) -> None:
     array = _array(tmp_path / "a.zarr", rng, compressors=compressors)
     plain = plain_chunks(array)
@@ -89,15 +92,15 @@ def test_rows_outside_the_array_are_refused(tmp_path: Path, rng) -> None:
 @pytest.mark.parametrize(
     "options",
     [
-        {"compressors": BloscCodec(cname="lz4", clevel=5)},
         {"compressors": GzipCodec()},
+        {"compressors": (BloscCodec(cname="lz4"), ZstdCodec())},
         {"chunks": (4, 5, 1)},  # chunked along another axis too
         {"shards": {"shape": (8, 5, 3), "index_location": "start"}},
         {"shards": (8, 5, 3), "chunks": (4, 5, 1)},
         {"zarr_format": 2},
         {"serializer": BytesCodec(endian="big")},
     ],
-    ids="blosc gzip chunked-in-time index-first sharded-in-time zarr-v2 big-endian".split(),
+    ids="gzip blosc-zstd chunked-in-time index-first sharded-in-time zarr-v2 big-endian".split(),
 )
 def test_other_arrays_are_left_to_zarr(tmp_path: Path, rng, options: dict) -> None:
     array = _array(tmp_path / archive.SPECTROGRAM, rng, **options)
@@ -119,11 +122,12 @@ def test_archives_are_read_directly(tmp_path: Path, rng, shard_events) -> None:
     array = zarr.open_array(path, path=archive.SPECTROGRAM, mode="r")
     if shard_events is None:
         plain = plain_chunks(array)
-        assert plain is not None and plain.zstd and plain.crc32c
+        assert plain is not None and plain.codec == "blosc" and plain.crc32c
     else:
         sharded = sharded_chunks(array)
         assert sharded is not None and sharded.index_crc32c and sharded.shard_events == 4
         assert sharded.chunks.chunk_shape == (1, 6, 4) and sharded.chunks.crc32c
+        assert sharded.chunks.codec == "blosc"
     rows = np.array([0, 4, 5, 9])
     np.testing.assert_array_equal(engine.StoredRows(str(path), rows).read(), values[rows])
     np.testing.assert_array_equal(engine.StoredRows(str(path), slice(2, 8)).read(), values[2:8])
@@ -187,14 +191,47 @@ def test_a_deleted_chunk_file_is_named_as_missing(tmp_path: Path, rng) -> None:
 def test_archives_without_checksums_still_read(tmp_path: Path, rng, monkeypatch) -> None:
     """Archives written before checksums (zstd only) read directly, as before."""
     monkeypatch.setattr(archive, "checksummed", lambda: (ZstdCodec(),))
+    monkeypatch.setattr(archive, "spectrogram_checksummed", lambda: (ZstdCodec(),))
     path, values = _small_archive(tmp_path / "old.zarr", rng)
     array = zarr.open_array(path, path=archive.SPECTROGRAM, mode="r")
     assert [type(codec) for codec in array.metadata.codecs] == [BytesCodec, ZstdCodec]
     plain = plain_chunks(array)
-    assert plain is not None and plain.zstd and not plain.crc32c
+    assert plain is not None and plain.codec == "zstd" and not plain.crc32c
     rows = np.array([1, 8, 15, 19])
     np.testing.assert_array_equal(engine.StoredRows(str(path), rows).read(), values[rows])
     np.testing.assert_array_equal(archive.open_archive(path).spectrogram.values, values)
+
+
+@pytest.mark.parametrize("shard_events", [4, None], ids=["sharded", "plain"])
+def test_zstd_spectrograms_read_as_blosc_ones(
+    tmp_path: Path, rng, monkeypatch, shard_events
+) -> None:
+    """Archives whose spectrograms are zstd (written before Blosc) read directly, to the
+    values a Blosc archive of the same events reads."""
+    values = rng.gamma(1.0, 1.0, size=(10, 6, 4)).astype(np.float32)
+    values[values < 0.5] = 0
+    ids = np.array([f"e{i}" for i in range(10)])
+
+    def written(name: str) -> Path:
+        path = tmp_path / name
+        archive.write_spectrograms(path, values, ids, np.arange(6.0), np.arange(4.0),
+                                   chunk_events=3, shard_events=shard_events)  # fmt: skip
+        return path
+
+    new = written("blosc.zarr")
+    monkeypatch.setattr(archive, "spectrogram_checksummed", archive.checksummed)
+    old = written("zstd.zarr")
+    layouts = {}
+    for path in (new, old):
+        array = zarr.open_array(path, path=archive.SPECTROGRAM, mode="r")
+        direct = plain_chunks(array) if shard_events is None else sharded_chunks(array)
+        assert direct is not None
+        layouts[path] = direct.chunks if shard_events else direct
+    assert (layouts[new].codec, layouts[old].codec) == ("blosc", "zstd")
+    for rows in (np.array([0, 4, 5, 9]), slice(2, 8), np.array([7])):
+        expected = values[rows]
+        np.testing.assert_array_equal(engine.StoredRows(str(old), rows).read(), expected)
+        np.testing.assert_array_equal(engine.StoredRows(str(new), rows).read(), expected)
 
 
 def test_damage_read_through_zarr_is_named_by_its_file(tmp_path: Path, rng) -> None:
