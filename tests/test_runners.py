@@ -4,7 +4,6 @@ ahead used exactly once, runners that follow the cluster's workers and notice a 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 
@@ -158,24 +157,35 @@ def test_an_archives_ids_stay_in_it_until_a_task_names_an_event(tmp_path: Path, 
         engine.task_nodes(*task)
 
 
-def test_the_next_steps_rows_are_read_while_the_tasks_run(tmp_path: Path, rng, monkeypatch):
+def test_the_next_steps_rows_are_read_after_the_tasks_and_used_by_the_next_call(
+    tmp_path: Path, rng, monkeypatch
+) -> None:
+    """The read ahead starts when a call's tasks end (beside them it slows their kernels),
+    and the next call's task gets those rows without reading them again."""
     path = _archive(tmp_path / "a.zarr", rng)
-    reading = threading.Event()
+    reads: list[tuple[int, ...]] = []
     read = StoredRows.read
 
-    def flagged(self):
-        reading.set()
+    def recorded(self):
+        reads.append(tuple(np.asarray(self.rows).tolist()))
         return read(self)
 
-    def waits_for_the_read(source, *rest, values=None) -> dict:
-        assert reading.wait(10), "the next step's rows were not being read"
-        return {(0, 0): 1.0}
+    given: list[bool] = []
 
-    monkeypatch.setattr(StoredRows, "read", flagged)
+    def records_the_reads(source, *rest, values=None) -> dict:
+        given.append(values is not None)
+        time.sleep(0.2)  # time enough for a read started beside the task to happen
+        return {(0, 0): float(len(reads))}
+
+    monkeypatch.setattr(StoredRows, "read", recorded)
     runner = StepRunner()
-    task = _task(path, np.array([0, 1]), 0, 2, _params(rng))
+    first = _task(path, np.array([0, 1]), 0, 2, _params(rng))
     ahead = [StoredRows(path, np.array([5, 6]))]
-    assert runner.run(waits_for_the_read, [task], ahead=ahead) == {(0, 0): 1.0}
+    # no read had started when the task ran: it saw none
+    assert runner.run(records_the_reads, [first], ahead=ahead) == {(0, 0): 0.0}
+    second = _task(path, np.array([5, 6]), 0, 2, _params(rng))
+    assert runner.run(records_the_reads, [second]) == {(0, 0): 1.0}
+    assert reads == [(5, 6)] and given == [False, True]
 
 
 def test_rows_read_ahead_are_not_taken_for_other_rows(tmp_path: Path, rng) -> None:

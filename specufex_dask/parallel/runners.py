@@ -13,9 +13,19 @@ sit idle, and reading a task's rows (decompressing every chunk a minibatch event
 in) is a third of a fit task's time. So each call also names the rows the runner will
 get in the next step (the minibatches are drawn from the seed and the step number only,
 so they are known a step ahead), and the runner reads them on a thread of its own,
-started with the step's tasks: a core the tasks leave free (more cores than worker
-threads, the gap of the driver's update) reads the next step's rows meanwhile. A runner
-then holds the rows of two steps at most.
+started when the step's tasks end, so that the read fills the gap of the answer's
+travel and the driver's update. A runner then holds the rows of two steps at most.
+
+The read used to start with the tasks, to use a core they leave free. It cost the tasks
+more than it took: the kernels release and take back the GIL at every NumPy call on
+arrays of a few hundred values, and each time the reader's Python holds it, they wait.
+In one process (``benchmarks/bench_readahead.py``), an NMF fit step of 32 events at 12
+patterns took 25.6 ms alone and 48.6 ms beside a thread reading rows of an archive
+(1638 ms beside a thread of pure Python). On the 10k benchmark archive (300 + 200
+steps of 64 events, two alternations, ``bench_archive.py --profile``) a worker's
+compute of its 32 events went from 59-63 to 43 ms (NMF) and 53-54 to 36-38 ms (HMM)
+with two workers, the fit from 43.7 / 40.9 s to 37.6 / 35.7 s; with one worker the step
+waits 10-11 ms for the read and the fit took 55.8 / 54.2 s against 54.3 / 57.7.
 
 The driver reaches the runners through :class:`ActorExecutor`, the actor implementation
 of :class:`specufex_dask.parallel.executor.Executor`. Actors are not fault tolerant by
@@ -188,15 +198,16 @@ class StepRunner:
         ahead: Sequence[StoredRows] = (),
     ) -> dict:
         """Tree nodes of ``function(*task, values=...)`` for every step task of ``tasks``
-        (see :mod:`specufex_dask.parallel.tasks`), merged, while :meth:`read_ahead` of
-        ``ahead`` runs on the runner's reader thread.
+        (see :mod:`specufex_dask.parallel.tasks`), merged; then :meth:`read_ahead` of
+        ``ahead`` starts on the runner's reader thread.
 
         Rows read ahead are used once, for the task with the same path and rows (rows
         left unused are dropped); a read ahead still running is waited for first. The
-        next one starts before the tasks do, so that a core the tasks leave free (a
-        worker with more cores than threads, the gap of the driver's update) reads the
-        next step's rows meanwhile. With ``threads`` > 1 the tasks run on that many
-        threads.
+        next one starts when the tasks end, so that it reads the next step's rows while
+        the answer travels and the driver folds and updates. Read beside the tasks, it
+        slowed them by more than it took: the kernels release and take back the GIL
+        many times a step, and each time a thread running Python holds it they wait
+        (module docstring). With ``threads`` > 1 the tasks run on that many threads.
         """
         start, began = time.time(), time.perf_counter()
         if self._reading is not None:
@@ -205,8 +216,6 @@ class StepRunner:
         waited = time.perf_counter()
         current, self._ahead = self._ahead, {}
         read_s, self._read_s = self._read_s, 0.0
-        if ahead:
-            self._reading = self._reader.submit(self.read_ahead, list(ahead))
 
         def nodes_of(task: tuple) -> dict:
             source, *rest = task
@@ -217,6 +226,8 @@ class StepRunner:
         for part in map_groups(nodes_of, tasks, threads):
             merged.update(part)
         computed = time.perf_counter()
+        if ahead:
+            self._reading = self._reader.submit(self.read_ahead, list(ahead))
         CALL_TIMES.append({
             "start": start, "end": time.time(), "wait_read": waited - began,
             "compute": computed - waited, "read_ahead": read_s,
