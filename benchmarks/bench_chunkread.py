@@ -42,6 +42,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -64,9 +65,10 @@ CHUNK_EVENTS = 8
 
 def write(path: Path, n_events: int, codecs: Callable[[], tuple]) -> Path:
     """An archive of ``n_events`` synthetic events whose arrays use ``codecs``."""
-    original = archive.checksummed, archive.spectrogram_checksummed
-    archive.checksummed = archive.spectrogram_checksummed = codecs
-    try:
+    with (
+        mock.patch.object(archive, "checksummed", codecs),
+        mock.patch.object(archive, "spectrogram_checksummed", codecs),
+    ):
         values = synthetic_chunk(SEED, 0, n_events)
         ids = [f"ev{i:05d}" for i in range(n_events)]
         frequency = np.linspace(0.0, 50.0, N_FREQUENCIES)
@@ -74,8 +76,6 @@ def write(path: Path, n_events: int, codecs: Callable[[], tuple]) -> Path:
             path, values, ids, frequency, np.arange(N_TIMES) * 0.04, chunk_events=CHUNK_EVENTS,
             shard_events=None,
         )  # fmt: skip
-    finally:
-        archive.checksummed, archive.spectrogram_checksummed = original
 
 
 def seconds(path: Path, rows: slice | np.ndarray) -> float:
@@ -166,15 +166,11 @@ def codec_choices() -> dict[str, Callable[[], tuple]]:
 
 def codec_archive(path: Path, values: np.ndarray, codecs: Callable[[], tuple]) -> float:
     """Write ``values`` as a new archive's spectrograms with ``codecs``; seconds taken."""
-    original = archive.spectrogram_checksummed
-    archive.spectrogram_checksummed = codecs
+    ids = [f"ev{i:05d}" for i in range(len(values))]
+    frequency, times = np.arange(values.shape[1]), np.arange(values.shape[2])
     began = time.perf_counter()
-    try:
-        ids = [f"ev{i:05d}" for i in range(len(values))]
-        frequency, times = np.arange(values.shape[1]), np.arange(values.shape[2])
+    with mock.patch.object(archive, "spectrogram_checksummed", codecs):
         archive.write_spectrograms(path, values, ids, frequency, times, shard_events=256)
-    finally:
-        archive.spectrogram_checksummed = original
     return time.perf_counter() - began
 
 

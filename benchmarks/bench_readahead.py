@@ -18,7 +18,6 @@ Usage: python benchmarks/bench_readahead.py
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import threading
 import time
@@ -35,13 +34,8 @@ from specufex_dask.parallel.tasks import StoredRows  # noqa: E402
 
 
 def median_ms(run: Callable[[], object], repeats: int) -> float:
-    """Median milliseconds of ``repeats`` calls of ``run``."""
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times) * 1e3
+    """Median milliseconds of ``repeats`` single calls of ``run`` (bench_kernels' timer)."""
+    return bench_kernels._median_seconds(run, repeats, runs=1) * 1e3
 
 
 def beside(work: Callable[[], object], run: Callable[[], object], repeats: int) -> float:
